@@ -1,0 +1,207 @@
+use crate::CryptoError;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
+
+/// An ed25519 public key, kept as its 32 bytes so it can be hashed, ordered and
+/// serialised cheaply. It doubles as the identity of a client, and of a replica
+/// (whose id is its index in the validator set).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parse 64 hex characters.
+    ///
+    /// # Errors
+    /// [`CryptoError::BadPublicKey`] if not hex, not 32 bytes, or not a curve point.
+    pub fn from_hex(s: &str) -> Result<Self, CryptoError> {
+        let bytes = hex::decode(s.trim()).map_err(|_| CryptoError::BadPublicKey)?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| CryptoError::BadPublicKey)?;
+        VerifyingKey::from_bytes(&arr).map_err(|_| CryptoError::BadPublicKey)?;
+        Ok(Self(arr))
+    }
+
+    pub(crate) fn verifying_key(&self) -> Result<VerifyingKey, CryptoError> {
+        VerifyingKey::from_bytes(&self.0).map_err(|_| CryptoError::BadPublicKey)
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pk:{}", hex::encode(&self.0[..4]))
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A secret signing key with its public half.
+#[derive(Clone)]
+pub struct KeyPair {
+    signing: SigningKey,
+    public: PublicKey,
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPair({:?})", self.public)
+    }
+}
+
+impl KeyPair {
+    /// A fresh key from the operating system's randomness.
+    #[must_use]
+    pub fn generate() -> Self {
+        Self::from_signing(SigningKey::generate(&mut rand::rngs::OsRng))
+    }
+
+    /// A key derived from 32 seed bytes. Deterministic: the simulator and tests
+    /// derive every replica's key from the run's seed.
+    #[must_use]
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Self::from_signing(SigningKey::from_bytes(&seed))
+    }
+
+    fn from_signing(signing: SigningKey) -> Self {
+        let public = PublicKey(signing.verifying_key().to_bytes());
+        Self { signing, public }
+    }
+
+    #[must_use]
+    pub fn public(&self) -> PublicKey {
+        self.public
+    }
+
+    /// The 32 secret seed bytes (for libp2p identities and key files).
+    #[must_use]
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
+    pub(crate) fn sign_bytes(&self, msg: &[u8]) -> Signature {
+        self.signing.sign(msg)
+    }
+
+    /// Write the secret key as hex to `path`, readable by the owner only (0600),
+    /// and the public key beside it as `<path>.pub`.
+    ///
+    /// # Errors
+    /// [`CryptoError::KeyFile`] on any I/O failure.
+    pub fn save(&self, path: &Path) -> Result<(), CryptoError> {
+        let err = |e: std::io::Error| CryptoError::KeyFile { path: path.display().to_string(), reason: e.to_string() };
+        write_private(path, hex::encode(self.secret_bytes()).as_bytes()).map_err(err)?;
+        let pub_path = path.with_extension("pub");
+        std::fs::write(&pub_path, self.public.to_hex()).map_err(err)?;
+        Ok(())
+    }
+
+    /// Read a key written by [`KeyPair::save`]. Refuses a secret key file that
+    /// others can read, as ssh does.
+    ///
+    /// # Errors
+    /// [`CryptoError::KeyFile`] if unreadable, too open, or not 64 hex characters.
+    pub fn load(path: &Path) -> Result<Self, CryptoError> {
+        let err = |reason: String| CryptoError::KeyFile { path: path.display().to_string(), reason };
+        check_private(path).map_err(err)?;
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let bytes = hex::decode(text.trim()).map_err(|_| err("not hex".into()))?;
+        let seed: [u8; 32] = bytes.try_into().map_err(|_| err("not a 32-byte ed25519 secret key".into()))?;
+        Ok(Self::from_seed(seed))
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // `mode` only applies on creation; tighten an existing file too.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+#[cfg(unix)]
+fn check_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!("permissions {mode:o} are too open; expected 600"));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_path: &Path) -> Result<(), String> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_then_load_round_trips_with_private_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replica.key");
+        let key = KeyPair::generate();
+        key.save(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let loaded = KeyPair::load(&path).unwrap();
+        assert_eq!(loaded.public(), key.public());
+        let pub_text = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+        assert_eq!(PublicKey::from_hex(&pub_text).unwrap(), key.public());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn load_refuses_world_readable_secret() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        KeyPair::generate().save(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(KeyPair::load(&path), Err(CryptoError::KeyFile { .. })));
+    }
+
+    #[test]
+    fn load_refuses_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        write_private(&path, b"not a key").unwrap();
+        assert!(KeyPair::load(&path).is_err());
+        assert!(KeyPair::load(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn seeded_keys_are_deterministic() {
+        assert_eq!(KeyPair::from_seed([7; 32]).public(), KeyPair::from_seed([7; 32]).public());
+        assert_ne!(KeyPair::from_seed([7; 32]).public(), KeyPair::from_seed([8; 32]).public());
+    }
+
+    #[test]
+    fn public_key_hex_rejects_bad_input() {
+        assert!(PublicKey::from_hex("zz").is_err());
+        assert!(PublicKey::from_hex(&"ab".repeat(31)).is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! Cryptography for bftnode: ed25519 keys, domain-separated signed envelopes,
+//! SHA-256 digests and batch signature verification.
+//!
+//! The one rule this crate enforces through types: a [`Verified<T>`] can only be
+//! made here, by checking a signature. Code that needs an authenticated message
+//! takes `Verified<T>`, so forgetting to verify is a compile error, not a review
+//! comment.
+#![forbid(unsafe_code)]
+
+mod digest;
+mod error;
+mod keys;
+mod signed;
+
+pub use digest::{sha256, Digest, Hasher};
+pub use error::CryptoError;
+pub use keys::{KeyPair, PublicKey};
+pub use signed::{verify_batch, Signable, Signed, Verified};
+
+/// Encode a value with the one bincode configuration used everywhere a byte string
+/// is signed or hashed. Deterministic: equal values give equal bytes.
+///
+/// # Errors
+/// Only if serde refuses the value (e.g. a map with non-string keys in some formats);
+/// bincode itself does not fail on our message types.
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CryptoError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| CryptoError::Encode(e.to_string()))
+}
+
+/// Decode a value that was produced by [`encode`], refusing inputs larger than
+/// `limit` bytes and trailing garbage.
+///
+/// # Errors
+/// [`CryptoError::Decode`] on malformed, oversized or trailing bytes.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CryptoError> {
+    if bytes.len() > limit {
+        return Err(CryptoError::Decode(format!("{} bytes exceeds the {limit}-byte bound", bytes.len())));
+    }
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| CryptoError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CryptoError::Decode(format!("{} trailing bytes", bytes.len() - used)));
+    }
+    Ok(value)
+}

@@ -1,0 +1,215 @@
+//! Signed envelopes with per-type domain separation.
+//!
+//! The bytes signed are `len(DOMAIN) || DOMAIN || bincode(payload)`. Every message
+//! type has its own `DOMAIN`, so a signature over a prepare can never be replayed
+//! as a commit even if the two payloads happened to encode to the same bytes.
+
+use crate::{encode, CryptoError, KeyPair, PublicKey};
+use ed25519_dalek::Signature;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::fmt;
+use std::ops::Deref;
+
+/// A payload type that can be signed. `DOMAIN` must be unique per type.
+pub trait Signable: Serialize + DeserializeOwned + Clone {
+    const DOMAIN: &'static str;
+}
+
+/// A payload, who claims to have signed it, and the signature. Nothing about a
+/// `Signed<T>` has been checked: it is what arrives from the network.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound = "T: Signable")]
+pub struct Signed<T> {
+    pub payload: T,
+    pub signer: PublicKey,
+    pub signature: Signature,
+}
+
+impl<T: Signable + fmt::Debug> fmt::Debug for Signed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}by{:?}", self.payload, self.signer)
+    }
+}
+
+fn signing_bytes<T: Signable>(payload: &T) -> Result<Vec<u8>, CryptoError> {
+    let body = encode(payload)?;
+    let mut out = Vec::with_capacity(8 + T::DOMAIN.len() + body.len());
+    out.extend_from_slice(&(T::DOMAIN.len() as u64).to_le_bytes());
+    out.extend_from_slice(T::DOMAIN.as_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+impl<T: Signable> Signed<T> {
+    /// Sign `payload` with `key`.
+    ///
+    /// # Panics
+    /// Never for the serde-derived message types of this project (their encoding
+    /// cannot fail); a type whose encoding fails is a programming error.
+    #[must_use]
+    pub fn sign(payload: T, key: &KeyPair) -> Self {
+        let bytes = signing_bytes(&payload).expect("message types always encode");
+        let signature = key.sign_bytes(&bytes);
+        Self { payload, signer: key.public(), signature }
+    }
+
+    /// Check the signature against the claimed signer.
+    ///
+    /// # Errors
+    /// [`CryptoError::BadSignature`] or [`CryptoError::BadPublicKey`].
+    pub fn verify(self) -> Result<Verified<T>, CryptoError> {
+        let key = self.signer.verifying_key()?;
+        let bytes = signing_bytes(&self.payload)?;
+        key.verify_strict(&bytes, &self.signature).map_err(|_| CryptoError::BadSignature)?;
+        Ok(Verified(self))
+    }
+
+    /// Check without consuming (for proofs kept inside other messages).
+    ///
+    /// # Errors
+    /// As [`Signed::verify`].
+    pub fn check(&self) -> Result<(), CryptoError> {
+        self.clone().verify().map(|_| ())
+    }
+}
+
+/// A `Signed<T>` whose signature has been checked. Only this crate constructs one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Verified<T>(Signed<T>);
+
+impl<T: Signable + fmt::Debug> fmt::Debug for Verified<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T> Verified<T> {
+    #[must_use]
+    pub fn signer(&self) -> PublicKey {
+        self.0.signer
+    }
+
+    /// The signed form, e.g. to keep as proof or to relay.
+    #[must_use]
+    pub fn signed(&self) -> &Signed<T> {
+        &self.0
+    }
+
+    #[must_use]
+    pub fn into_signed(self) -> Signed<T> {
+        self.0
+    }
+}
+
+impl<T: Signable> Verified<T> {
+    /// Sign and mark verified in one step: our own signature needs no check.
+    #[must_use]
+    pub fn sign(payload: T, key: &KeyPair) -> Self {
+        Self(Signed::sign(payload, key))
+    }
+}
+
+impl<T> Deref for Verified<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0.payload
+    }
+}
+
+/// Verify many signatures of one type at once with ed25519 batch verification
+/// (roughly 2.5x cheaper per signature than one by one). If the batch fails, fall
+/// back to one-by-one checks so the bad ones are found and the good ones kept.
+#[must_use]
+pub fn verify_batch<T: Signable>(items: Vec<Signed<T>>) -> Vec<Result<Verified<T>, CryptoError>> {
+    if items.len() < 2 {
+        return items.into_iter().map(Signed::verify).collect();
+    }
+    let prepared: Result<Vec<_>, CryptoError> = items
+        .iter()
+        .map(|s| Ok((signing_bytes(&s.payload)?, s.signer.verifying_key()?)))
+        .collect();
+    if let Ok(prepared) = prepared {
+        let msgs: Vec<&[u8]> = prepared.iter().map(|(b, _)| b.as_slice()).collect();
+        let keys: Vec<_> = prepared.iter().map(|(_, k)| *k).collect();
+        let sigs: Vec<Signature> = items.iter().map(|s| s.signature).collect();
+        if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
+            return items.into_iter().map(|s| Ok(Verified(s))).collect();
+        }
+    }
+    items.into_iter().map(Signed::verify).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Vote {
+        seq: u64,
+    }
+    impl Signable for Vote {
+        const DOMAIN: &'static str = "test/vote";
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Ballot {
+        seq: u64,
+    }
+    impl Signable for Ballot {
+        const DOMAIN: &'static str = "test/ballot";
+    }
+
+    #[test]
+    fn sign_then_verify() {
+        let k = KeyPair::from_seed([1; 32]);
+        let v = Signed::sign(Vote { seq: 3 }, &k).verify().unwrap();
+        assert_eq!(v.seq, 3);
+        assert_eq!(v.signer(), k.public());
+    }
+
+    #[test]
+    fn tampered_payload_or_signer_fails() {
+        let k = KeyPair::from_seed([1; 32]);
+        let mut s = Signed::sign(Vote { seq: 3 }, &k);
+        s.payload.seq = 4;
+        assert_eq!(s.verify().unwrap_err(), CryptoError::BadSignature);
+        let mut s = Signed::sign(Vote { seq: 3 }, &k);
+        s.signer = KeyPair::from_seed([2; 32]).public();
+        assert_eq!(s.verify().unwrap_err(), CryptoError::BadSignature);
+    }
+
+    #[test]
+    fn signature_never_crosses_domains() {
+        // Vote and Ballot encode identically; only the domain tag tells them apart.
+        let k = KeyPair::from_seed([1; 32]);
+        let vote = Signed::sign(Vote { seq: 9 }, &k);
+        assert_eq!(encode(&vote.payload).unwrap(), encode(&Ballot { seq: 9 }).unwrap());
+        let forged = Signed { payload: Ballot { seq: 9 }, signer: vote.signer, signature: vote.signature };
+        assert_eq!(forged.verify().unwrap_err(), CryptoError::BadSignature);
+    }
+
+    #[test]
+    fn batch_verify_accepts_good_and_pinpoints_bad() {
+        let keys: Vec<_> = (0..8u8).map(|i| KeyPair::from_seed([i; 32])).collect();
+        let mut items: Vec<_> = keys.iter().enumerate().map(|(i, k)| Signed::sign(Vote { seq: i as u64 }, k)).collect();
+        assert!(verify_batch(items.clone()).iter().all(Result::is_ok));
+        items[5].payload.seq = 99;
+        let results = verify_batch(items);
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r.is_ok(), i != 5, "item {i}");
+        }
+    }
+
+    #[test]
+    fn signed_round_trips_through_bincode() {
+        let k = KeyPair::from_seed([3; 32]);
+        let s = Signed::sign(Vote { seq: 1 }, &k);
+        let bytes = encode(&s).unwrap();
+        let back: Signed<Vote> = crate::decode(&bytes, 1024).unwrap();
+        assert!(back.verify().is_ok());
+        assert!(crate::decode::<Signed<Vote>>(&bytes, 10).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(crate::decode::<Signed<Vote>>(&longer, 1024).is_err());
+    }
+}
