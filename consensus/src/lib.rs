@@ -1,1 +1,45 @@
-//! p
+//! PBFT (Castro & Liskov, OSDI'99 / TOCS'02) as a deterministic, sans-IO state
+//! machine, with its client, application trait, and a deterministic simulator.
+//!
+//! # The contract (read this before driving a [`Replica`])
+//! 1. Check signatures with a [`Validator`] (any thread, batched); feed the
+//!    resulting [`VerifiedMessage`]s and fired timers to [`Replica::handle`] together
+//!    with the current time. The replica never reads a clock.
+//! 2. Perform the returned [`Output`]s **in order**. A [`Output::Persist`] must be
+//!    durable before any later `Send`/`Broadcast`/`Reply` leaves the process (one
+//!    sync may cover all records of one `handle` call or loop turn).
+//! 3. After a crash, fold the persisted records into a [`DurableState`] and call
+//!    [`Replica::recover`]; perform its outputs.
+//!
+//! Nothing here uses tokio, libp2p, RocksDB, the wall clock or a thread RNG, so the
+//! same code runs under the node's runtime and under the simulator.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod client;
+pub mod client_table;
+pub mod durable;
+pub mod io;
+pub mod kv;
+pub mod messages;
+pub mod new_view;
+pub mod rejection;
+mod replica;
+pub mod types;
+pub mod validate;
+
+#[cfg(feature = "sim")]
+pub mod byzantine;
+#[cfg(feature = "sim")]
+pub mod sim;
+
+pub use app::Application;
+pub use client::{Client, ClientOutput};
+pub use durable::{DurableState, PersistRecord, StableCheckpoint};
+pub use io::{Executed, Input, Output, Timer};
+pub use kv::{KvOp, KvResult, KvStore};
+pub use messages::Message;
+pub use rejection::Rejection;
+pub use replica::{RecoveryError, Replica};
+pub use types::{ClientId, Membership, ReplicaConfig, ReplicaId, RequestId, Seq, View};
+pub use validate::{Validator, VerifiedMessage};

@@ -1,0 +1,76 @@
+//! What goes into the replica state machine and what comes out.
+//!
+//! Outputs are performed in order by the driver. A [`Output::Persist`] must be
+//! durable before any later send leaves the process: that is how a replica that
+//! crashes and restarts never contradicts a message it signed before (DESIGN.md,
+//! "Persistence").
+
+use crate::durable::PersistRecord;
+use crate::messages::{Message, Reply};
+use crate::rejection::Rejection;
+use crate::types::{ClientId, ReplicaId, RequestId, Seq, View};
+use crate::validate::VerifiedMessage;
+use bft_crypto::{Digest, Signed};
+use std::time::Duration;
+
+/// Timers the replica asks for. Setting a timer replaces the previous deadline of
+/// the same kind; a timer that fires late or stale is ignored by the replica, so
+/// drivers need not cancel anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Timer {
+    /// The primary proposes a partial batch.
+    Batch,
+    /// A backup waited too long for a request (or a new view): change view (§4.4).
+    ViewChange,
+    /// A state-transfer request went unanswered: ask another peer.
+    StateFetch,
+}
+
+/// An event for the replica.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A message whose signatures have been checked (see [`crate::validate`]).
+    Message(VerifiedMessage),
+    /// A timer set earlier reached its deadline.
+    Timer(Timer),
+}
+
+/// An effect for the driver to perform, in order.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Send to one replica.
+    Send { to: ReplicaId, message: Message },
+    /// Send to every other replica.
+    Broadcast { message: Message },
+    /// Send a signed reply to a client.
+    Reply { client: ClientId, reply: Signed<Reply> },
+    /// Make this durable before any later Send/Broadcast/Reply leaves.
+    Persist(PersistRecord),
+    /// Deliver `Input::Timer(timer)` at `at` (replaces an earlier deadline).
+    SetTimer { timer: Timer, at: Duration },
+    /// Bad input, for counting and logging; `peer` is the replica it came from, if known.
+    Rejected { peer: Option<ReplicaId>, reason: Rejection },
+    /// A batch was executed (for metrics, logs and the simulator's checkers).
+    Executed(Executed),
+    /// The replica entered a new view (normal operation resumes).
+    ViewEntered { view: View, primary: ReplicaId },
+    /// The replica started a view change to `view`.
+    ViewChangeStarted { view: View },
+    /// A checkpoint became stable.
+    CheckpointStable { seq: Seq, digest: Digest },
+    /// A state snapshot from a peer was checked and installed.
+    StateInstalled { seq: Seq, digest: Digest },
+}
+
+/// One executed batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Executed {
+    pub seq: Seq,
+    pub view: View,
+    pub digest: Digest,
+    /// Requests executed now, in order, with their results. Requests in the batch that
+    /// were already executed earlier (duplicates) are not listed.
+    pub requests: Vec<(RequestId, Vec<u8>)>,
+    /// Requests in the batch (executed or skipped).
+    pub batch_len: usize,
+}

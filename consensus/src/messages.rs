@@ -1,0 +1,234 @@
+//! The protocol's messages, named as in Castro & Liskov (OSDI'99 §4, TOCS'02 §4).
+//!
+//! Each signed payload is its own type with its own signing domain. The wire enum
+//! [`Message`] carries them unverified; [`crate::validate`] turns one into a
+//! [`crate::VerifiedMessage`].
+
+use crate::types::{ClientId, ReplicaId, RequestId, Seq, View};
+use bft_crypto::{Digest, Hasher, Signable, Signed};
+use serde::{Deserialize, Serialize};
+
+macro_rules! signable {
+    ($t:ty, $domain:literal) => {
+        impl Signable for $t {
+            const DOMAIN: &'static str = $domain;
+        }
+    };
+}
+
+/// <REQUEST, o, t, c>σc: operation `o` with the client's timestamp `t`; the client
+/// `c` is the signer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub timestamp: u64,
+    pub operation: Vec<u8>,
+}
+signable!(Request, "bftnode/request/v1");
+
+/// The request's identity and digest, from its signed form.
+#[must_use]
+pub fn request_id(req: &Signed<Request>) -> RequestId {
+    (req.signer, req.payload.timestamp)
+}
+
+/// The digest of a request: its client, timestamp and operation.
+#[must_use]
+pub fn request_digest(req: &Signed<Request>) -> Digest {
+    let mut h = Hasher::new("bftnode/request-digest/v1");
+    h.update(&req.signer.0).update_u64(req.payload.timestamp).update(&req.payload.operation);
+    h.finish()
+}
+
+/// The requests the primary orders under one sequence number. An empty batch is the
+/// paper's null request (§4.4), used to fill gaps in a new view.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub requests: Vec<Signed<Request>>,
+}
+
+impl Batch {
+    /// The digest `d` that pre-prepares, prepares and commits agree on.
+    #[must_use]
+    pub fn digest(&self) -> Digest {
+        let mut h = Hasher::new("bftnode/batch/v1");
+        h.update_u64(self.requests.len() as u64);
+        for r in &self.requests {
+            h.update(&request_digest(r).0);
+        }
+        h.finish()
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+}
+
+/// <PRE-PREPARE, v, n, d>σp: the primary assigns sequence `n` to the batch with digest `d`.
+/// The batch itself travels beside the signed header (§4.2: "requests are not included").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrePrepare {
+    pub view: View,
+    pub seq: Seq,
+    pub digest: Digest,
+    pub replica: ReplicaId,
+}
+signable!(PrePrepare, "bftnode/pre-prepare/v1");
+
+/// <PREPARE, v, n, d, i>σi: backup `i` accepted the pre-prepare.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepare {
+    pub view: View,
+    pub seq: Seq,
+    pub digest: Digest,
+    pub replica: ReplicaId,
+}
+signable!(Prepare, "bftnode/prepare/v1");
+
+/// <COMMIT, v, n, d, i>σi: replica `i` is prepared for (v, n, d).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub view: View,
+    pub seq: Seq,
+    pub digest: Digest,
+    pub replica: ReplicaId,
+}
+signable!(Commit, "bftnode/commit/v1");
+
+/// <REPLY, v, t, c, i, r>σi: the result `r` of the client's request with timestamp `t`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub view: View,
+    pub timestamp: u64,
+    pub client: ClientId,
+    pub replica: ReplicaId,
+    pub result: Vec<u8>,
+}
+signable!(Reply, "bftnode/reply/v1");
+
+/// <CHECKPOINT, n, d, i>σi: replica `i`'s state after executing `n` has digest `d` (§4.3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: Seq,
+    pub state_digest: Digest,
+    pub replica: ReplicaId,
+}
+signable!(Checkpoint, "bftnode/checkpoint/v1");
+
+/// A prepared certificate (the paper's P_m): a pre-prepare and 2f matching prepares
+/// from distinct backups, with the batch so a new primary can re-propose it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedCert {
+    pub pre_prepare: Signed<PrePrepare>,
+    pub batch: Batch,
+    pub prepares: Vec<Signed<Prepare>>,
+}
+
+impl PreparedCert {
+    #[must_use]
+    pub fn seq(&self) -> Seq {
+        self.pre_prepare.payload.seq
+    }
+
+    #[must_use]
+    pub fn view(&self) -> View {
+        self.pre_prepare.payload.view
+    }
+
+    #[must_use]
+    pub fn digest(&self) -> Digest {
+        self.pre_prepare.payload.digest
+    }
+}
+
+/// <VIEW-CHANGE, v+1, n, C, P, i>σi (§4.4): `n` is the stable checkpoint, `C` its
+/// 2f+1 proof, `P` the prepared certificates above it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewChange {
+    pub new_view: View,
+    pub stable_seq: Seq,
+    pub checkpoint_proof: Vec<Signed<Checkpoint>>,
+    pub prepared: Vec<PreparedCert>,
+    pub replica: ReplicaId,
+}
+signable!(ViewChange, "bftnode/view-change/v1");
+
+/// <NEW-VIEW, v+1, V, O>σp (§4.4): the 2f+1 view-changes `V` and the pre-prepares `O`
+/// computed from them. Batches for `O` are found in `V`'s certificates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewView {
+    pub view: View,
+    pub view_changes: Vec<Signed<ViewChange>>,
+    pub pre_prepares: Vec<Signed<PrePrepare>>,
+    pub replica: ReplicaId,
+}
+signable!(NewView, "bftnode/new-view/v1");
+
+/// Ask a peer for its stable checkpoint's state, at least `seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchState {
+    pub seq: Seq,
+    pub replica: ReplicaId,
+}
+signable!(FetchState, "bftnode/fetch-state/v1");
+
+/// A stable checkpoint's full state with its 2f+1 proof. The receiver trusts the
+/// proof, not the sender: the snapshot must hash to the proven digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateSnapshot {
+    pub seq: Seq,
+    pub proof: Vec<Signed<Checkpoint>>,
+    pub snapshot: Vec<u8>,
+    pub replica: ReplicaId,
+}
+signable!(StateSnapshot, "bftnode/state/v1");
+
+/// The digest of a replica's state snapshot, as carried in checkpoints.
+#[must_use]
+pub fn state_digest(snapshot: &[u8]) -> Digest {
+    let mut h = Hasher::new("bftnode/state/v1");
+    h.update(snapshot);
+    h.finish()
+}
+
+/// What travels between replicas and clients, signatures not yet checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    Request(Signed<Request>),
+    PrePrepare(Signed<PrePrepare>, Batch),
+    Prepare(Signed<Prepare>),
+    Commit(Signed<Commit>),
+    Checkpoint(Signed<Checkpoint>),
+    ViewChange(Signed<ViewChange>),
+    NewView(Signed<NewView>),
+    FetchState(Signed<FetchState>),
+    State(Signed<StateSnapshot>),
+    Reply(Signed<Reply>),
+}
+
+impl Message {
+    /// A short stable name, used as the `type` label of message metrics.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Request(_) => "request",
+            Message::PrePrepare(..) => "pre_prepare",
+            Message::Prepare(_) => "prepare",
+            Message::Commit(_) => "commit",
+            Message::Checkpoint(_) => "checkpoint",
+            Message::ViewChange(_) => "view_change",
+            Message::NewView(_) => "new_view",
+            Message::FetchState(_) => "fetch_state",
+            Message::State(_) => "state",
+            Message::Reply(_) => "reply",
+        }
+    }
+}
+
+/// Largest encoded message accepted from the network (a bound on hostile input).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -1,0 +1,72 @@
+//! Typed reasons for refusing input. Each has a stable label for the
+//! `bft_invalid_messages_total{reason}` metric.
+
+use crate::types::{ReplicaId, Seq, View};
+use thiserror::Error;
+
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum Rejection {
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("signer is not a member of the replica group")]
+    UnknownSigner,
+    #[error("message claims replica {claimed} but is signed by another key")]
+    SignerMismatch { claimed: ReplicaId },
+    #[error("replica {replica} is not the primary of view {view}")]
+    NotPrimary { replica: ReplicaId, view: View },
+    #[error("batch digest does not match the pre-prepare")]
+    DigestMismatch,
+    #[error("sequence {seq} outside the window ({low}, {high}]")]
+    OutOfWindow { seq: Seq, low: Seq, high: Seq },
+    #[error("a different pre-prepare for view {view} seq {seq} was already accepted")]
+    ConflictingPrePrepare { view: View, seq: Seq },
+    #[error("replica {replica} sent two different votes for view {view} seq {seq}")]
+    Equivocation { replica: ReplicaId, view: View, seq: Seq },
+    #[error("batch of {len} requests exceeds the limit {max}")]
+    BatchTooLarge { len: usize, max: usize },
+    #[error("checkpoint at {seq} is not a multiple of the checkpoint interval")]
+    MisalignedCheckpoint { seq: Seq },
+    #[error("invalid checkpoint proof: {0}")]
+    InvalidCheckpointProof(&'static str),
+    #[error("invalid prepared certificate: {0}")]
+    InvalidPreparedCert(&'static str),
+    #[error("invalid view-change: {0}")]
+    InvalidViewChange(&'static str),
+    #[error("invalid new-view: {0}")]
+    InvalidNewView(&'static str),
+    #[error("state snapshot does not match its proven digest")]
+    BadSnapshot,
+    #[error("a replica sent a message only clients send, or the reverse")]
+    WrongSender,
+    #[error("too many pending requests")]
+    Overloaded,
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl Rejection {
+    /// The metric label: short, stable, low cardinality.
+    #[must_use]
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::BadSignature => "bad_signature",
+            Rejection::UnknownSigner => "unknown_signer",
+            Rejection::SignerMismatch { .. } => "signer_mismatch",
+            Rejection::NotPrimary { .. } => "not_primary",
+            Rejection::DigestMismatch => "digest_mismatch",
+            Rejection::OutOfWindow { .. } => "out_of_window",
+            Rejection::ConflictingPrePrepare { .. } => "conflicting_pre_prepare",
+            Rejection::Equivocation { .. } => "equivocation",
+            Rejection::BatchTooLarge { .. } => "batch_too_large",
+            Rejection::MisalignedCheckpoint { .. } => "misaligned_checkpoint",
+            Rejection::InvalidCheckpointProof(_) => "invalid_checkpoint_proof",
+            Rejection::InvalidPreparedCert(_) => "invalid_prepared_cert",
+            Rejection::InvalidViewChange(_) => "invalid_view_change",
+            Rejection::InvalidNewView(_) => "invalid_new_view",
+            Rejection::BadSnapshot => "bad_snapshot",
+            Rejection::WrongSender => "wrong_sender",
+            Rejection::Overloaded => "overloaded",
+            Rejection::Malformed(_) => "malformed",
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The PBFT replica as a deterministic, sans-IO state machine.
+//!
+//! `handle(now, input, &mut outbox)` is the whole interface: no clock is read,
+//! nothing is sent, nothing is written. The sub-protocols live in their own files:
+//! [`normal`] (§4.2 normal case), [`checkpoint`] (§4.3 garbage collection),
+//! [`view_change`] (§4.4), [`state_transfer`] (TOCS §6.2) and [`recovery`]
+//! (restart from what was persisted).
+
+mod checkpoint;
+mod normal;
+mod recovery;
+mod slot;
+mod state_transfer;
+mod view_change;
+
+use crate::app::Application;
+use crate::client_table::{ClientTable, ReplicaSnapshot};
+use crate::durable::StableCheckpoint;
+use crate::io::{Input, Output, Timer};
+use crate::messages::{state_digest, Checkpoint, Message, NewView, PreparedCert, Request, ViewChange};
+use crate::rejection::Rejection;
+use crate::types::{ClientId, ReplicaConfig, ReplicaId, RequestId, Seq, View};
+use crate::validate::VerifiedMessage;
+use bft_crypto::{Digest, KeyPair, Signed};
+use slot::Slot;
+use state_transfer::Fetch;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+pub use recovery::RecoveryError;
+
+/// Cap on the exponential view-change back-off, as a multiple of the base timeout.
+const MAX_BACKOFF_FACTOR: u32 = 64;
+
+/// A PBFT replica over application `A`.
+pub struct Replica<A: Application> {
+    cfg: ReplicaConfig,
+    key: KeyPair,
+    app: A,
+    clients: ClientTable,
+    now: Duration,
+    out: Vec<Output>,
+
+    view: View,
+    /// True between sending a view-change and entering the new view.
+    changing: bool,
+    log: BTreeMap<Seq, Slot>,
+    /// The P set: for each seq above the stable checkpoint, the prepared certificate
+    /// from the highest view this replica was prepared in.
+    certs: BTreeMap<Seq, PreparedCert>,
+    last_executed: Seq,
+    /// Primary only: the next sequence number to assign.
+    next_seq: Seq,
+    stable: StableCheckpoint,
+
+    checkpoint_votes: BTreeMap<Seq, BTreeMap<ReplicaId, Signed<Checkpoint>>>,
+    /// Own checkpoints not yet stable: seq -> (digest, snapshot).
+    own_checkpoints: BTreeMap<Seq, (Digest, Vec<u8>)>,
+
+    /// Requests known and not yet executed, newest per client (the paper's "waiting").
+    waiting: BTreeMap<ClientId, Signed<Request>>,
+    /// Primary only: requests to put into batches, in arrival order.
+    queue: VecDeque<Signed<Request>>,
+    /// Requests in an accepted pre-prepare of this view, not yet executed.
+    in_flight: BTreeSet<RequestId>,
+    /// Set when a request executes; the request timer restarts (§4.4).
+    progress: bool,
+
+    /// Latest view-change from each replica.
+    view_changes: BTreeMap<ReplicaId, Signed<ViewChange>>,
+    /// The new-view that started the current view (re-sent to laggards).
+    last_new_view: Option<Signed<NewView>>,
+    vc_timeout: Duration,
+    deadlines: BTreeMap<Timer, Duration>,
+    fetch: Option<Fetch>,
+}
+
+impl<A: Application> Replica<A> {
+    /// A fresh replica at view 0 with the application's initial state.
+    #[must_use]
+    pub fn new(cfg: ReplicaConfig, key: KeyPair, app: A) -> Self {
+        let clients = ClientTable::default();
+        let snapshot = encode_snapshot(&app, &clients);
+        let stable = StableCheckpoint { seq: 0, digest: state_digest(&snapshot), proof: Vec::new(), snapshot };
+        let vc_timeout = cfg.view_change_timeout;
+        Self {
+            cfg,
+            key,
+            app,
+            clients,
+            now: Duration::ZERO,
+            out: Vec::new(),
+            view: 0,
+            changing: false,
+            log: BTreeMap::new(),
+            certs: BTreeMap::new(),
+            last_executed: 0,
+            next_seq: 1,
+            stable,
+            checkpoint_votes: BTreeMap::new(),
+            own_checkpoints: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            queue: VecDeque::new(),
+            in_flight: BTreeSet::new(),
+            progress: false,
+            view_changes: BTreeMap::new(),
+            last_new_view: None,
+            vc_timeout,
+            deadlines: BTreeMap::new(),
+            fetch: None,
+        }
+    }
+
+    /// Feed one event; effects are appended to `out` in the order they must happen.
+    pub fn handle(&mut self, now: Duration, input: Input, out: &mut Vec<Output>) {
+        self.now = now;
+        match input {
+            Input::Timer(timer) => self.on_timer(timer),
+            Input::Message(msg) => self.on_message(msg),
+        }
+        self.update_request_timer();
+        out.append(&mut self.out);
+    }
+
+    fn on_message(&mut self, msg: VerifiedMessage) {
+        match msg {
+            VerifiedMessage::Request(r) => self.on_request(r),
+            VerifiedMessage::PrePrepare(pp, batch) => self.on_pre_prepare(pp, batch),
+            VerifiedMessage::Prepare(p) => self.on_prepare(p),
+            VerifiedMessage::Commit(c) => self.on_commit(c),
+            VerifiedMessage::Checkpoint(c) => self.on_checkpoint(c),
+            VerifiedMessage::ViewChange(vc) => self.on_view_change(vc),
+            VerifiedMessage::NewView(nv, plan) => self.on_new_view(nv, plan),
+            VerifiedMessage::FetchState(f) => self.on_fetch_state(&f),
+            VerifiedMessage::State(s) => self.on_state(s),
+            VerifiedMessage::Reply(r) => self.reject(Some(r.replica), Rejection::WrongSender),
+        }
+    }
+
+    fn on_timer(&mut self, timer: Timer) {
+        match self.deadlines.get(&timer) {
+            Some(at) if *at <= self.now => {
+                self.deadlines.remove(&timer);
+            }
+            _ => return, // stale or superseded
+        }
+        match timer {
+            Timer::Batch => self.try_propose(true),
+            Timer::ViewChange => self.on_view_change_timeout(),
+            Timer::StateFetch => self.ask_next_peer(),
+        }
+    }
+
+    /// §4.4: a backup waiting for a request runs a timer; it restarts the timer when
+    /// a request executes and it is still waiting for another.
+    fn update_request_timer(&mut self) {
+        if self.changing || self.is_primary() {
+            self.progress = false;
+            return;
+        }
+        if self.waiting.is_empty() {
+            self.deadlines.remove(&Timer::ViewChange);
+        } else if self.progress || !self.deadlines.contains_key(&Timer::ViewChange) {
+            self.set_timer(Timer::ViewChange, self.vc_timeout);
+        }
+        self.progress = false;
+    }
+
+    fn set_timer(&mut self, timer: Timer, after: Duration) {
+        let at = self.now + after;
+        self.deadlines.insert(timer, at);
+        self.emit(Output::SetTimer { timer, at });
+    }
+
+    fn emit(&mut self, o: Output) {
+        self.out.push(o);
+    }
+
+    fn broadcast(&mut self, message: Message) {
+        self.emit(Output::Broadcast { message });
+    }
+
+    fn reject(&mut self, peer: Option<ReplicaId>, reason: Rejection) {
+        self.emit(Output::Rejected { peer, reason });
+    }
+
+    fn sign<T: bft_crypto::Signable>(&self, payload: T) -> Signed<T> {
+        Signed::sign(payload, &self.key)
+    }
+
+    fn me(&self) -> ReplicaId {
+        self.cfg.id
+    }
+
+    fn quorum(&self) -> usize {
+        self.cfg.members.quorum()
+    }
+
+    fn primary_of(&self, view: View) -> ReplicaId {
+        self.cfg.members.primary(view)
+    }
+
+    fn is_primary(&self) -> bool {
+        self.primary_of(self.view) == self.me()
+    }
+
+    fn low_watermark(&self) -> Seq {
+        self.stable.seq
+    }
+
+    fn high_watermark(&self) -> Seq {
+        self.stable.seq + self.cfg.window
+    }
+
+    fn in_window(&self, seq: Seq) -> bool {
+        seq > self.low_watermark() && seq <= self.high_watermark()
+    }
+
+    // ---- read-only views for the node's /status and the simulator ----
+
+    #[must_use]
+    pub fn id(&self) -> ReplicaId {
+        self.cfg.id
+    }
+    #[must_use]
+    pub fn view(&self) -> View {
+        self.view
+    }
+    #[must_use]
+    pub fn primary(&self) -> ReplicaId {
+        self.primary_of(self.view)
+    }
+    #[must_use]
+    pub fn in_view_change(&self) -> bool {
+        self.changing
+    }
+    #[must_use]
+    pub fn last_executed(&self) -> Seq {
+        self.last_executed
+    }
+    #[must_use]
+    pub fn stable_checkpoint(&self) -> &StableCheckpoint {
+        &self.stable
+    }
+    #[must_use]
+    pub fn watermarks(&self) -> (Seq, Seq) {
+        (self.low_watermark(), self.high_watermark())
+    }
+    #[must_use]
+    pub fn in_state_transfer(&self) -> bool {
+        self.fetch.as_ref().is_some_and(|f| f.is_proven() && f.min_seq > self.last_executed)
+    }
+    /// Digest of the application state (equal on replicas with equal `last_executed`).
+    #[must_use]
+    pub fn state_digest(&self) -> Digest {
+        self.app.digest()
+    }
+    #[must_use]
+    pub fn app(&self) -> &A {
+        &self.app
+    }
+    #[must_use]
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.cfg
+    }
+    #[must_use]
+    pub fn pending_requests(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+fn encode_snapshot<A: Application>(app: &A, clients: &ClientTable) -> Vec<u8> {
+    let snap = ReplicaSnapshot { app: app.snapshot(), clients: clients.clone() };
+    bft_crypto::encode(&snap).expect("snapshots always encode")
+}
+
+fn backoff(current: Duration, base: Duration) -> Duration {
+    (current * 2).min(base * MAX_BACKOFF_FACTOR)
+}

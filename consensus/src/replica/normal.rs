@@ -1,0 +1,316 @@
+//! Normal-case operation (OSDI'99 §4.2): request, pre-prepare, prepare, commit,
+//! and execution in sequence order.
+
+use super::slot::{insert_vote, matching};
+use super::Replica;
+use crate::app::Application;
+use crate::client_table::Freshness;
+use crate::durable::PersistRecord;
+use crate::io::{Executed, Output, Timer};
+use crate::messages::{request_id, Batch, Commit, Message, PrePrepare, Prepare, PreparedCert, Reply, Request};
+use crate::rejection::Rejection;
+use crate::types::Seq;
+use bft_crypto::{Signed, Verified};
+
+impl<A: Application> Replica<A> {
+    /// §4.1: a request newer than the client's last executed one is ordered; the last
+    /// one gets its cached reply again; older ones are ignored.
+    pub(super) fn on_request(&mut self, req: Verified<Request>) {
+        let client = req.signer();
+        let ts = req.timestamp;
+        match self.clients.freshness(&client, ts) {
+            Freshness::Stale => return,
+            Freshness::Repeat(last) => {
+                let result = last.result.clone();
+                self.send_reply(client, ts, result);
+                return;
+            }
+            Freshness::New => {}
+        }
+        let known = self.waiting.get(&client).map(|w| w.payload.timestamp);
+        if known.is_some_and(|k| k > ts) {
+            return;
+        }
+        let req = req.into_signed();
+        if known != Some(ts) {
+            if known.is_none() && self.waiting.len() >= self.cfg.max_pending {
+                self.reject(None, Rejection::Overloaded);
+                return;
+            }
+            self.waiting.insert(client, req.clone());
+            if self.is_primary() && !self.changing {
+                self.queue.push_back(req.clone());
+            }
+        }
+        if self.changing {
+            return;
+        }
+        if self.is_primary() {
+            self.try_propose(false);
+        } else {
+            // A client sends to the primary first; a backup that hears of a request
+            // relays it and starts its timer (the primary may be faulty).
+            let primary = self.primary();
+            self.emit(Output::Send { to: primary, message: Message::Request(req) });
+        }
+    }
+
+    /// Primary: cut batches while the window has room. A batch leaves when full, when
+    /// the batch timer fired (`timer_fired`), or at once when nothing is in flight (so
+    /// an idle system answers a lone request without waiting for the timer).
+    pub(super) fn try_propose(&mut self, mut timer_fired: bool) {
+        if !self.is_primary() || self.changing {
+            return;
+        }
+        loop {
+            self.drop_stale_queue_head();
+            if self.queue.is_empty() {
+                self.deadlines.remove(&Timer::Batch);
+                return;
+            }
+            if self.next_seq > self.high_watermark() {
+                return; // resumes when a checkpoint becomes stable
+            }
+            let idle = self.next_seq <= self.last_executed + 1;
+            if self.queue.len() < self.cfg.batch_size && !timer_fired && !idle {
+                if !self.deadlines.contains_key(&Timer::Batch) {
+                    self.set_timer(Timer::Batch, self.cfg.batch_timeout);
+                }
+                return;
+            }
+            timer_fired = false;
+            let mut requests = Vec::new();
+            while requests.len() < self.cfg.batch_size {
+                let Some(r) = self.queue.pop_front() else { break };
+                if self.is_orderable(&r) {
+                    requests.push(r);
+                }
+            }
+            if !requests.is_empty() {
+                self.propose(Batch { requests });
+            }
+        }
+    }
+
+    fn drop_stale_queue_head(&mut self) {
+        while let Some(r) = self.queue.front() {
+            if self.is_orderable(r) {
+                return;
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    /// Not executed, not already in a batch of this view, and still the client's newest.
+    fn is_orderable(&self, r: &Signed<Request>) -> bool {
+        let id = request_id(r);
+        matches!(self.clients.freshness(&id.0, id.1), Freshness::New)
+            && !self.in_flight.contains(&id)
+            && self.waiting.get(&id.0).is_some_and(|w| w.payload.timestamp == id.1)
+    }
+
+    fn propose(&mut self, batch: Batch) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let pp = self.sign(PrePrepare { view: self.view, seq, digest: batch.digest(), replica: self.me() });
+        self.accept_pre_prepare(pp.clone(), batch.clone());
+        self.broadcast(Message::PrePrepare(pp, batch));
+        self.check_prepared(seq);
+    }
+
+    /// Record an accepted pre-prepare; durable before our prepare (or, as primary,
+    /// the pre-prepare itself) leaves, so a restart never accepts a second digest.
+    pub(super) fn accept_pre_prepare(&mut self, pp: Signed<PrePrepare>, batch: Batch) {
+        let seq = pp.payload.seq;
+        for r in &batch.requests {
+            self.in_flight.insert(request_id(r));
+        }
+        self.emit(Output::Persist(PersistRecord::Accepted { pre_prepare: pp.clone(), batch: batch.clone() }));
+        let slot = self.log.entry(seq).or_default();
+        slot.pre_prepare = Some((pp, batch));
+        slot.prepared = false;
+        slot.committed = false;
+    }
+
+    /// §4.2: a backup accepts a pre-prepare if it is in view v, signed by v's primary,
+    /// within the watermarks, and it has not accepted another digest for (v, n).
+    pub(super) fn on_pre_prepare(&mut self, pp: Verified<PrePrepare>, batch: Batch) {
+        let (view, seq, digest) = (pp.view, pp.seq, pp.digest);
+        if self.changing || view != self.view || seq <= self.low_watermark() {
+            return; // another view's, or already garbage collected
+        }
+        if pp.replica != self.primary() {
+            return self.reject(Some(pp.replica), Rejection::NotPrimary { replica: pp.replica, view });
+        }
+        if self.is_primary() {
+            return; // our own, echoed back
+        }
+        if !self.in_window(seq) {
+            let (low, high) = self.watermarks();
+            return self.reject(Some(pp.replica), Rejection::OutOfWindow { seq, low, high });
+        }
+        if let Some((v, d)) = self.log.get(&seq).and_then(|s| s.accepted()) {
+            if v == view {
+                if d != digest {
+                    self.reject(Some(pp.replica), Rejection::ConflictingPrePrepare { view, seq });
+                }
+                return;
+            }
+        }
+        self.accept_pre_prepare(pp.into_signed(), batch);
+        self.send_prepare(seq);
+        self.check_prepared(seq);
+    }
+
+    /// Sign, record and broadcast our prepare for the accepted pre-prepare at `seq`.
+    pub(super) fn send_prepare(&mut self, seq: Seq) {
+        let Some((view, digest)) = self.log.get(&seq).and_then(|s| s.accepted()) else { return };
+        let prepare = self.sign(Prepare { view, seq, digest, replica: self.me() });
+        let slot = self.log.entry(seq).or_default();
+        slot.prepares.insert(prepare.payload.replica, prepare.clone());
+        self.broadcast(Message::Prepare(prepare));
+    }
+
+    pub(super) fn on_prepare(&mut self, p: Verified<Prepare>) {
+        let (view, seq, replica) = (p.view, p.seq, p.replica);
+        if seq <= self.low_watermark() || view < self.view {
+            return;
+        }
+        if seq > self.high_watermark() {
+            let (low, high) = self.watermarks();
+            return self.reject(Some(replica), Rejection::OutOfWindow { seq, low, high });
+        }
+        if replica == self.primary_of(view) {
+            return self.reject(Some(replica), Rejection::Malformed("prepare from the primary".into()));
+        }
+        let slot = self.log.entry(seq).or_default();
+        match insert_vote(&mut slot.prepares, p.into_signed(), seq) {
+            Ok(true) => self.check_prepared(seq),
+            Ok(false) => {}
+            Err(e) => self.reject(Some(replica), e),
+        }
+    }
+
+    pub(super) fn on_commit(&mut self, c: Verified<Commit>) {
+        let (view, seq, replica) = (c.view, c.seq, c.replica);
+        if seq <= self.low_watermark() || view < self.view {
+            return;
+        }
+        if seq > self.high_watermark() {
+            let (low, high) = self.watermarks();
+            return self.reject(Some(replica), Rejection::OutOfWindow { seq, low, high });
+        }
+        let slot = self.log.entry(seq).or_default();
+        match insert_vote(&mut slot.commits, c.into_signed(), seq) {
+            Ok(true) => self.check_committed(seq),
+            Ok(false) => {}
+            Err(e) => self.reject(Some(replica), e),
+        }
+    }
+
+    /// prepared(m, v, n, i): the pre-prepare and 2f matching prepares from distinct
+    /// backups. On becoming prepared: persist the certificate, then multicast a commit.
+    pub(super) fn check_prepared(&mut self, seq: Seq) {
+        if self.changing {
+            return;
+        }
+        let view = self.view;
+        let primary = self.primary();
+        let needed = self.quorum() - 1;
+        let Some(slot) = self.log.get(&seq) else { return };
+        let Some((pp, batch)) = slot.pre_prepare.as_ref() else { return };
+        if pp.payload.view != view {
+            return;
+        }
+        if !slot.prepared {
+            let prepares = matching(&slot.prepares, view, pp.payload.digest, Some(primary));
+            if prepares.len() < needed {
+                return;
+            }
+            let cert = PreparedCert {
+                pre_prepare: pp.clone(),
+                batch: batch.clone(),
+                prepares: prepares.into_iter().take(needed).collect(),
+            };
+            let digest = cert.digest();
+            self.emit(Output::Persist(PersistRecord::Prepared(cert.clone())));
+            self.certs.insert(seq, cert);
+            let commit = self.sign(Commit { view, seq, digest, replica: self.me() });
+            let slot = self.log.get_mut(&seq).expect("slot checked above");
+            slot.prepared = true;
+            slot.commits.insert(commit.payload.replica, commit.clone());
+            self.broadcast(Message::Commit(commit));
+        }
+        self.check_committed(seq);
+    }
+
+    /// committed-local(m, v, n, i): prepared and 2f+1 matching commits.
+    pub(super) fn check_committed(&mut self, seq: Seq) {
+        let view = self.view;
+        let Some(slot) = self.log.get_mut(&seq) else { return };
+        let Some((view_pp, digest)) = slot.accepted() else { return };
+        if !slot.prepared || slot.committed || view_pp != view || self.changing {
+            return;
+        }
+        if matching(&slot.commits, view, digest, None).len() < self.cfg.commit_quorum {
+            return;
+        }
+        slot.committed = true;
+        self.emit(Output::Persist(PersistRecord::Committed { seq, view, digest }));
+        self.try_execute();
+    }
+
+    /// Execute committed batches in sequence order, without gaps.
+    pub(super) fn try_execute(&mut self) {
+        // Execution never waits for a state fetch: if the committed slots are here,
+        // catching up by executing them is as good as installing a snapshot.
+        loop {
+            let seq = self.last_executed + 1;
+            let Some(slot) = self.log.get(&seq) else { return };
+            if !slot.committed {
+                return;
+            }
+            let Some((pp, batch)) = slot.pre_prepare.clone() else { return };
+            self.execute(seq, pp.payload.view, &batch);
+        }
+    }
+
+    /// Apply one batch; reply to each client; take a checkpoint every K.
+    pub(super) fn execute(&mut self, seq: Seq, view: u64, batch: &Batch) {
+        let mut done = Vec::new();
+        for r in &batch.requests {
+            let id = request_id(r);
+            self.in_flight.remove(&id);
+            if self.clients.freshness(&id.0, id.1) != Freshness::New {
+                continue;
+            }
+            let result = self.app.execute(&r.payload.operation);
+            self.clients.record(id.0, id.1, result.clone());
+            if self.waiting.get(&id.0).is_some_and(|w| w.payload.timestamp <= id.1) {
+                self.waiting.remove(&id.0);
+            }
+            self.send_reply(id.0, id.1, result.clone());
+            done.push((id, result));
+        }
+        self.last_executed = seq;
+        if !done.is_empty() {
+            self.progress = true;
+            self.vc_timeout = self.cfg.view_change_timeout;
+        }
+        self.emit(Output::Executed(Executed {
+            seq,
+            view,
+            digest: batch.digest(),
+            requests: done,
+            batch_len: batch.len(),
+        }));
+        if seq % self.cfg.checkpoint_interval == 0 {
+            self.take_checkpoint(seq);
+        }
+    }
+
+    fn send_reply(&mut self, client: bft_crypto::PublicKey, timestamp: u64, result: Vec<u8>) {
+        let reply = self.sign(Reply { view: self.view, timestamp, client, replica: self.me(), result });
+        self.emit(Output::Reply { client, reply });
+    }
+}

@@ -1,0 +1,88 @@
+//! Restart from what was persisted (DESIGN.md "Persistence"): the stable
+//! checkpoint's snapshot, then re-execution of the batches known committed, then the
+//! view and the accepted pre-prepares and prepared certificates, so that nothing
+//! this replica signed before the crash is contradicted after it.
+
+use super::Replica;
+use crate::app::Application;
+use crate::client_table::ReplicaSnapshot;
+use crate::durable::DurableState;
+use crate::io::{Output, Timer};
+use crate::messages::{request_id, Message};
+use crate::types::{ReplicaConfig, Seq};
+use bft_crypto::KeyPair;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum RecoveryError {
+    #[error("persisted snapshot at seq {seq} is unreadable: {reason}")]
+    Snapshot { seq: Seq, reason: String },
+}
+
+/// How many peers a restarted replica asks for a newer stable checkpoint.
+const RECOVERY_FETCH_ATTEMPTS: usize = 3;
+
+impl<A: Application> Replica<A> {
+    /// Rebuild a replica from its durable state. The returned outputs (re-sent
+    /// messages, timers) must be performed like any others.
+    ///
+    /// # Errors
+    /// If the persisted snapshot cannot be decoded or restored (disk corruption).
+    pub fn recover(
+        cfg: ReplicaConfig,
+        key: KeyPair,
+        app: A,
+        durable: &DurableState,
+        now: std::time::Duration,
+    ) -> Result<(Self, Vec<Output>), RecoveryError> {
+        let mut r = Self::new(cfg, key, app);
+        r.now = now;
+        if let Some(stable) = &durable.stable {
+            let err = |reason: String| RecoveryError::Snapshot { seq: stable.seq, reason };
+            let snap: ReplicaSnapshot = bft_crypto::decode(&stable.snapshot, usize::MAX).map_err(|e| err(e.to_string()))?;
+            r.app.restore(&snap.app).map_err(|e| err(e.to_string()))?;
+            r.clients = snap.clients;
+            r.last_executed = stable.seq;
+            r.stable = stable.clone();
+        }
+        // Re-execute what we know was committed, in order.
+        let mut seq = r.last_executed + 1;
+        while let Some((view, _, batch)) = durable.committed_batch(seq) {
+            r.execute(seq, view, &batch);
+            seq += 1;
+        }
+        r.view = durable.view;
+        r.changing = durable.changing;
+        r.certs = durable.prepared.range(r.stable.seq + 1..).map(|(s, c)| (*s, c.clone())).collect();
+        if !r.changing {
+            for (seq, (pp, batch)) in durable.accepted.range(r.stable.seq + 1..) {
+                if pp.payload.view != r.view {
+                    continue;
+                }
+                let slot = r.log.entry(*seq).or_default();
+                slot.pre_prepare = Some((pp.clone(), batch.clone()));
+                if *seq > r.last_executed {
+                    r.in_flight.extend(batch.requests.iter().map(request_id));
+                }
+                r.next_seq = r.next_seq.max(seq + 1);
+                if !r.is_primary() {
+                    // Our prepare is deterministic: re-sending it contradicts nothing.
+                    r.send_prepare(*seq);
+                }
+            }
+            r.next_seq = r.next_seq.max(r.last_executed + 1);
+        } else if let Some(vc) = &durable.view_change {
+            if vc.payload.new_view == r.view {
+                r.view_changes.insert(r.me(), vc.clone());
+                r.broadcast(Message::ViewChange(vc.clone()));
+                r.set_timer(Timer::ViewChange, r.vc_timeout);
+            }
+        }
+        // Ask a few peers whether a newer stable checkpoint exists.
+        let peers: Vec<_> = r.cfg.members.ids().collect();
+        r.begin_fetch(r.last_executed + 1, peers, Some(RECOVERY_FETCH_ATTEMPTS));
+        let mut out = Vec::new();
+        out.append(&mut r.out);
+        Ok((r, out))
+    }
+}

@@ -1,0 +1,215 @@
+//! Identifiers, the replica group and its quorum arithmetic, and the replica's
+//! configuration.
+
+use bft_crypto::PublicKey;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A replica's index in the validator set (0..n).
+pub type ReplicaId = u32;
+/// A view number; the primary of view `v` is replica `v mod n` (PBFT §4.1).
+pub type View = u64;
+/// A sequence number assigned by the primary to a batch.
+pub type Seq = u64;
+/// A client is identified by its public key.
+pub type ClientId = PublicKey;
+/// (client, timestamp): identifies one request (PBFT §4.1: timestamps order a client's requests).
+pub type RequestId = (ClientId, u64);
+
+/// The replica group: who is in it and how big its quorums are.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    keys: Vec<PublicKey>,
+    index: BTreeMap<PublicKey, ReplicaId>,
+    f: usize,
+}
+
+impl Membership {
+    /// # Panics
+    /// If `keys` is empty or holds a key twice: a misconfigured group is a startup error
+    /// the node reports before building one.
+    #[must_use]
+    pub fn new(keys: Vec<PublicKey>) -> Self {
+        assert!(!keys.is_empty(), "a replica group needs at least one member");
+        let index: BTreeMap<_, _> = keys.iter().enumerate().map(|(i, k)| (*k, i as ReplicaId)).collect();
+        assert_eq!(index.len(), keys.len(), "duplicate replica key in the validator set");
+        let f = (keys.len() - 1) / 3;
+        Self { keys, index, f }
+    }
+
+    #[must_use]
+    pub fn n(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The number of Byzantine replicas tolerated: floor((n-1)/3).
+    #[must_use]
+    pub fn f(&self) -> usize {
+        self.f
+    }
+
+    /// Quorum size: any two quorums intersect in at least f+1 replicas, so in at
+    /// least one correct one. ceil((n+f+1)/2), which is 2f+1 when n = 3f+1.
+    #[must_use]
+    pub fn quorum(&self) -> usize {
+        (self.n() + self.f + 2) / 2
+    }
+
+    /// f+1: enough replicas that at least one is correct.
+    #[must_use]
+    pub fn weak_quorum(&self) -> usize {
+        self.f + 1
+    }
+
+    #[must_use]
+    pub fn primary(&self, view: View) -> ReplicaId {
+        (view % self.n() as u64) as ReplicaId
+    }
+
+    #[must_use]
+    pub fn key(&self, id: ReplicaId) -> Option<PublicKey> {
+        self.keys.get(id as usize).copied()
+    }
+
+    #[must_use]
+    pub fn id_of(&self, key: &PublicKey) -> Option<ReplicaId> {
+        self.index.get(key).copied()
+    }
+
+    #[must_use]
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = ReplicaId> {
+        0..self.n() as ReplicaId
+    }
+}
+
+/// Tunables of one replica (the `[consensus]` section of the node's config).
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    pub id: ReplicaId,
+    pub members: Membership,
+    /// Most requests the primary puts in one pre-prepare.
+    pub batch_size: usize,
+    /// How long the primary waits to fill a batch before proposing a partial one.
+    pub batch_timeout: Duration,
+    /// K: a checkpoint is taken every K sequence numbers (PBFT §4.3).
+    pub checkpoint_interval: u64,
+    /// L: the log window above the low water mark (a multiple of K).
+    pub window: u64,
+    /// Base view-change timeout; doubled on each consecutive view change (§4.4).
+    pub view_change_timeout: Duration,
+    /// How long to wait for a state-transfer reply before asking another peer.
+    pub state_fetch_timeout: Duration,
+    /// Most requests held waiting to be ordered; more are refused as overload.
+    pub max_pending: usize,
+    /// Commits needed for committed-local. Always the quorum; only the simulator's
+    /// "planted bug" test lowers it, to show the checkers catch the violation.
+    pub(crate) commit_quorum: usize,
+}
+
+impl ReplicaConfig {
+    /// Defaults sized for a LAN testnet.
+    #[must_use]
+    pub fn new(id: ReplicaId, members: Membership) -> Self {
+        let commit_quorum = members.quorum();
+        Self {
+            id,
+            members,
+            batch_size: 64,
+            batch_timeout: Duration::from_millis(1),
+            checkpoint_interval: 64,
+            window: 256,
+            view_change_timeout: Duration::from_millis(1000),
+            state_fetch_timeout: Duration::from_millis(500),
+            max_pending: 100_000,
+            commit_quorum,
+        }
+    }
+
+    /// Check the tunables make sense together.
+    ///
+    /// # Errors
+    /// A one-line description of the first problem found.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.members.n() < 4 {
+            return Err(format!("n = {} replicas tolerates no Byzantine fault; need n >= 4", self.members.n()));
+        }
+        if self.id as usize >= self.members.n() {
+            return Err(format!("replica id {} is not in a validator set of {}", self.id, self.members.n()));
+        }
+        if self.batch_size == 0 {
+            return Err("batch_size must be at least 1".into());
+        }
+        if self.checkpoint_interval == 0 || self.window < 2 * self.checkpoint_interval {
+            return Err("window must be at least twice checkpoint_interval (and both positive)".into());
+        }
+        if self.window % self.checkpoint_interval != 0 {
+            return Err("window must be a multiple of checkpoint_interval".into());
+        }
+        Ok(())
+    }
+
+    /// Test-only: commit with `quorum` matching commits instead of 2f+1. Used to show
+    /// the simulator finds the agreement violation such a bug causes.
+    #[cfg(feature = "sim")]
+    #[must_use]
+    pub fn with_planted_commit_quorum(mut self, quorum: usize) -> Self {
+        self.commit_quorum = quorum;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bft_crypto::KeyPair;
+    use proptest::prelude::*;
+
+    fn group(n: usize) -> Membership {
+        Membership::new((0..n).map(|i| KeyPair::from_seed([i as u8; 32]).public()).collect())
+    }
+
+    #[test]
+    fn n_3f_plus_1_has_2f_plus_1_quorums() {
+        for f in 1..6 {
+            let m = group(3 * f + 1);
+            assert_eq!(m.f(), f);
+            assert_eq!(m.quorum(), 2 * f + 1);
+            assert_eq!(m.weak_quorum(), f + 1);
+        }
+    }
+
+    proptest! {
+        /// Any two quorums intersect in at least f+1 replicas (so in a correct one),
+        /// and a quorum of correct replicas always exists (liveness).
+        #[test]
+        fn quorums_intersect_in_a_correct_replica(n in 4usize..40) {
+            let m = group(n);
+            let q = m.quorum();
+            prop_assert!(2 * q >= n + m.f() + 1);
+            prop_assert!(q <= n - m.f());
+        }
+
+        #[test]
+        fn primary_rotates_over_all_replicas(n in 4usize..20, v in 0u64..1000) {
+            let m = group(n);
+            prop_assert_eq!(m.primary(v), (v % n as u64) as ReplicaId);
+            prop_assert_eq!(m.primary(v + n as u64), m.primary(v));
+        }
+    }
+
+    #[test]
+    fn config_validation_rejects_nonsense() {
+        let mut c = ReplicaConfig::new(0, group(4));
+        assert!(c.validate().is_ok());
+        c.window = c.checkpoint_interval;
+        assert!(c.validate().is_err());
+        let c = ReplicaConfig::new(9, group(4));
+        assert!(c.validate().is_err());
+        let c = ReplicaConfig::new(0, group(3));
+        assert!(c.validate().is_err());
+    }
+}
