@@ -28,7 +28,6 @@ mod replica;
 pub mod types;
 pub mod validate;
 
-#[cfg(feature = "sim")]
 pub mod byzantine;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -15,6 +15,7 @@ mod signed;
 pub use digest::{sha256, Digest, Hasher};
 pub use error::CryptoError;
 pub use keys::{KeyPair, PublicKey};
+pub use ed25519_dalek::Signature;
 pub use signed::{verify_batch, Signable, Signed, Verified};
 
 /// Encode a value with the one bincode configuration used everywhere a byte string

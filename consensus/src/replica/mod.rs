@@ -68,9 +68,13 @@ pub struct Replica<A: Application> {
 
     /// Latest view-change from each replica.
     view_changes: BTreeMap<ReplicaId, Signed<ViewChange>>,
+    /// Pre-prepares of the view we are changing to that overtook its new-view.
+    early_pre_prepares: BTreeMap<Seq, (bft_crypto::Verified<crate::messages::PrePrepare>, crate::messages::Batch)>,
     /// The new-view that started the current view (re-sent to laggards).
     last_new_view: Option<Signed<NewView>>,
     vc_timeout: Duration,
+    /// While changing view: whether 2f+1 view-changes arrived and the new-view timer runs.
+    new_view_timer_armed: bool,
     deadlines: BTreeMap<Timer, Duration>,
     fetch: Option<Fetch>,
 }
@@ -104,8 +108,10 @@ impl<A: Application> Replica<A> {
             in_flight: BTreeSet::new(),
             progress: false,
             view_changes: BTreeMap::new(),
+            early_pre_prepares: BTreeMap::new(),
             last_new_view: None,
             vc_timeout,
+            new_view_timer_armed: false,
             deadlines: BTreeMap::new(),
             fetch: None,
         }
@@ -151,10 +157,12 @@ impl<A: Application> Replica<A> {
         }
     }
 
-    /// §4.4: a backup waiting for a request runs a timer; it restarts the timer when
-    /// a request executes and it is still waiting for another.
+    /// §4.4: a replica waiting for a request runs a timer; it restarts the timer when
+    /// a request executes and it is still waiting for another. Unlike the paper, the
+    /// primary runs it too: a primary that cannot gather a quorum (say it restarted
+    /// into a view the others have left) must give up its view as well.
     fn update_request_timer(&mut self) {
-        if self.changing || self.is_primary() {
+        if self.changing {
             self.progress = false;
             return;
         }
@@ -262,6 +270,9 @@ impl<A: Application> Replica<A> {
     #[must_use]
     pub fn config(&self) -> &ReplicaConfig {
         &self.cfg
+    }
+    pub(crate) fn signing_key(&self) -> &KeyPair {
+        &self.key
     }
     #[must_use]
     pub fn pending_requests(&self) -> usize {

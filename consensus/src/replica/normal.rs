@@ -136,6 +136,12 @@ impl<A: Application> Replica<A> {
     /// within the watermarks, and it has not accepted another digest for (v, n).
     pub(super) fn on_pre_prepare(&mut self, pp: Verified<PrePrepare>, batch: Batch) {
         let (view, seq, digest) = (pp.view, pp.seq, pp.digest);
+        if self.changing && view == self.view && self.in_window(seq) && pp.replica == self.primary() {
+            // The new primary's proposals can overtake its new-view; keep them for
+            // when we enter the view (at most one per seq in the window).
+            self.early_pre_prepares.insert(seq, (pp, batch));
+            return;
+        }
         if self.changing || view != self.view || seq <= self.low_watermark() {
             return; // another view's, or already garbage collected
         }
@@ -275,7 +281,8 @@ impl<A: Application> Replica<A> {
         }
     }
 
-    /// Apply one batch; reply to each client; take a checkpoint every K.
+    /// Apply one batch; report it; reply to each client; take a checkpoint every K.
+    /// `Executed` precedes the replies: what a client hears was executed first.
     pub(super) fn execute(&mut self, seq: Seq, view: u64, batch: &Batch) {
         let mut done = Vec::new();
         for r in &batch.requests {
@@ -289,7 +296,6 @@ impl<A: Application> Replica<A> {
             if self.waiting.get(&id.0).is_some_and(|w| w.payload.timestamp <= id.1) {
                 self.waiting.remove(&id.0);
             }
-            self.send_reply(id.0, id.1, result.clone());
             done.push((id, result));
         }
         self.last_executed = seq;
@@ -297,6 +303,7 @@ impl<A: Application> Replica<A> {
             self.progress = true;
             self.vc_timeout = self.cfg.view_change_timeout;
         }
+        let replies: Vec<_> = done.iter().map(|((client, ts), result)| (*client, *ts, result.clone())).collect();
         self.emit(Output::Executed(Executed {
             seq,
             view,
@@ -304,6 +311,9 @@ impl<A: Application> Replica<A> {
             requests: done,
             batch_len: batch.len(),
         }));
+        for (client, ts, result) in replies {
+            self.send_reply(client, ts, result);
+        }
         if seq % self.cfg.checkpoint_interval == 0 {
             self.take_checkpoint(seq);
         }

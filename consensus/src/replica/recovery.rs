@@ -75,7 +75,7 @@ impl<A: Application> Replica<A> {
             if vc.payload.new_view == r.view {
                 r.view_changes.insert(r.me(), vc.clone());
                 r.broadcast(Message::ViewChange(vc.clone()));
-                r.set_timer(Timer::ViewChange, r.vc_timeout);
+                r.set_timer(Timer::ViewChange, r.cfg.view_change_timeout);
             }
         }
         // Ask a few peers whether a newer stable checkpoint exists.

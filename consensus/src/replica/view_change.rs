@@ -13,7 +13,16 @@ use bft_crypto::{Signed, Verified};
 
 impl<A: Application> Replica<A> {
     /// The timer expired: waiting for a request (normal) or for a new-view (changing).
+    /// Before 2f+1 view-changes are in, the timer only re-sends ours (messages get
+    /// lost); once they are in, it means the new primary failed us: try the next view.
     pub(super) fn on_view_change_timeout(&mut self) {
+        if self.changing && !self.new_view_timer_armed {
+            if let Some(vc) = self.view_changes.get(&self.me()).cloned() {
+                self.broadcast(Message::ViewChange(vc));
+            }
+            self.set_timer(Timer::ViewChange, self.cfg.view_change_timeout);
+            return;
+        }
         self.start_view_change(self.view + 1);
     }
 
@@ -39,17 +48,39 @@ impl<A: Application> Replica<A> {
         self.view_changes.insert(self.me(), vc.clone());
         self.broadcast(Message::ViewChange(vc));
         self.emit(Output::ViewChangeStarted { view: target });
-        // Wait T for the new view; the next attempt waits 2T (§4.5.2).
-        self.set_timer(Timer::ViewChange, self.vc_timeout);
-        self.vc_timeout = backoff(self.vc_timeout, self.cfg.view_change_timeout);
+        self.new_view_timer_armed = false;
+        self.set_timer(Timer::ViewChange, self.cfg.view_change_timeout);
+        self.arm_new_view_timer();
         self.try_new_view();
+    }
+
+    /// §4.5.2: the new-view timer starts only once 2f+1 view-changes for our target
+    /// view (or later ones) are in. A replica that alone gave up on a view therefore waits for the
+    /// others instead of racing ahead through views nobody else will join. On expiry
+    /// the next view change waits twice as long.
+    fn arm_new_view_timer(&mut self) {
+        if !self.changing || self.new_view_timer_armed {
+            return;
+        }
+        // A replica asking for a view at or above ours has given up on every view
+        // below it, so it counts: otherwise one that moved on past our target (its
+        // view-change for our view superseded) would leave us short forever.
+        let view = self.view;
+        let count = self.view_changes.values().filter(|vc| vc.payload.new_view >= view).count();
+        if count >= self.quorum() {
+            self.new_view_timer_armed = true;
+            self.set_timer(Timer::ViewChange, self.vc_timeout);
+            self.vc_timeout = backoff(self.vc_timeout, self.cfg.view_change_timeout);
+        }
     }
 
     pub(super) fn on_view_change(&mut self, vc: Verified<ViewChange>) {
         let (from, target) = (vc.replica, vc.new_view);
         if target < self.view || (target == self.view && !self.changing) {
-            // A laggard still asking for a view we are in: re-send its new-view.
-            if target == self.view && self.is_primary() {
+            // A laggard still asking for a view we are in: relay the new-view. It is
+            // self-certifying (signed by its primary, carrying 2f+1 view-changes), so
+            // any replica may relay it, which matters when the primary has moved on.
+            if target == self.view {
                 if let Some(nv) = self.last_new_view.clone() {
                     self.emit(Output::Send { to: from, message: Message::NewView(nv) });
                 }
@@ -61,6 +92,7 @@ impl<A: Application> Replica<A> {
         }
         self.view_changes.insert(from, vc.into_signed());
         self.join_if_f_plus_1_moved();
+        self.arm_new_view_timer();
         self.try_new_view();
     }
 
@@ -100,8 +132,10 @@ impl<A: Application> Replica<A> {
             .collect();
         let nv = self.sign(NewView { view, view_changes: vcs, pre_prepares, replica: self.me() });
         // Enter first: the pre-prepares are persisted before the new-view leaves.
+        // New proposals only after it, so backups see the new-view first.
         self.enter_new_view(nv.clone(), plan);
         self.broadcast(Message::NewView(nv));
+        self.resume_proposing();
     }
 
     pub(super) fn on_new_view(&mut self, nv: Verified<NewView>, plan: NewViewPlan) {
@@ -109,6 +143,10 @@ impl<A: Application> Replica<A> {
             return;
         }
         self.enter_new_view(nv.into_signed(), plan);
+        let early = std::mem::take(&mut self.early_pre_prepares);
+        for (pp, batch) in early.into_values() {
+            self.on_pre_prepare(pp, batch);
+        }
     }
 
     /// Install the new view: adopt V's latest stable checkpoint, accept O's
@@ -126,6 +164,7 @@ impl<A: Application> Replica<A> {
         }
         self.in_flight.clear();
         self.queue.clear();
+        self.early_pre_prepares.retain(|_, (pp, _)| pp.view == view);
         let primary = self.is_primary();
         let mut max_seq = plan.min_s;
         for ((seq, _, batch), pp) in plan.entries.into_iter().zip(nv.payload.pre_prepares.iter()) {
@@ -147,10 +186,12 @@ impl<A: Application> Replica<A> {
         for seq in seqs {
             self.check_prepared(seq);
         }
-        if primary {
-            let queue: Vec<_> = self.waiting.values().cloned().collect();
-            self.queue.extend(queue);
-            self.try_propose(false);
-        }
+    }
+
+    /// New primary: queue every request still waiting, and propose.
+    fn resume_proposing(&mut self) {
+        let queue: Vec<_> = self.waiting.values().cloned().collect();
+        self.queue.extend(queue);
+        self.try_propose(false);
     }
 }

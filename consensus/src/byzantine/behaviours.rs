@@ -1,0 +1,308 @@
+//! The misbehaviours, each a small filter over the honest replica's traffic.
+
+use super::{Behaviour, Ctx, SplitMix64};
+use crate::io::{Input, Output};
+use crate::messages::{Batch, Checkpoint, Commit, Message, PrePrepare, Prepare, PreparedCert, ViewChange};
+use crate::validate::VerifiedMessage;
+use bft_crypto::{Digest, Signature, Signed};
+use std::collections::VecDeque;
+
+fn is_network(o: &Output) -> bool {
+    matches!(o, Output::Send { .. } | Output::Broadcast { .. } | Output::Reply { .. })
+}
+
+/// `silent`: keeps its state (and, in the node, its heartbeats) but sends nothing.
+pub struct Silent;
+
+impl Behaviour for Silent {
+    fn name(&self) -> &'static str {
+        "silent"
+    }
+    fn outputs(&mut self, _ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {
+        outputs.into_iter().filter(|o| !is_network(o)).collect()
+    }
+}
+
+/// `equivocate`: as primary, sends half the backups one batch and the other half a
+/// conflicting one (the same requests reversed, or a null batch), both signed.
+pub struct Equivocate;
+
+impl Behaviour for Equivocate {
+    fn name(&self) -> &'static str {
+        "equivocate"
+    }
+    fn outputs(&mut self, ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {
+        let mut out = Vec::with_capacity(outputs.len());
+        for o in outputs {
+            let Output::Broadcast { message: Message::PrePrepare(pp, batch) } = o else {
+                out.push(o);
+                continue;
+            };
+            let mut other = batch.clone();
+            if other.len() > 1 {
+                other.requests.reverse();
+            } else {
+                other = Batch::default();
+            }
+            let forked =
+                Signed::sign(PrePrepare { digest: other.digest(), ..pp.payload.clone() }, ctx.key);
+            let others = ctx.others();
+            let half = others.len() / 2;
+            for (i, to) in others.into_iter().enumerate() {
+                let message = if i < half {
+                    Message::PrePrepare(pp.clone(), batch.clone())
+                } else {
+                    Message::PrePrepare(forked.clone(), other.clone())
+                };
+                out.push(Output::Send { to, message });
+            }
+        }
+        out
+    }
+}
+
+/// Flip a bit of the outer signature so it no longer verifies.
+fn corrupt(message: &mut Message) {
+    fn flip(sig: &mut Signature) {
+        let mut b = sig.to_bytes();
+        b[40] ^= 0x01;
+        *sig = Signature::from_bytes(&b);
+    }
+    match message {
+        Message::Request(s) => flip(&mut s.signature),
+        Message::PrePrepare(s, _) => flip(&mut s.signature),
+        Message::Prepare(s) => flip(&mut s.signature),
+        Message::Commit(s) => flip(&mut s.signature),
+        Message::Checkpoint(s) => flip(&mut s.signature),
+        Message::ViewChange(s) => flip(&mut s.signature),
+        Message::NewView(s) => flip(&mut s.signature),
+        Message::FetchState(s) => flip(&mut s.signature),
+        Message::State(s) => flip(&mut s.signature),
+        Message::Reply(s) => flip(&mut s.signature),
+    }
+}
+
+/// `bad-signature`: every message it sends carries a broken signature.
+pub struct BadSignature;
+
+impl Behaviour for BadSignature {
+    fn name(&self) -> &'static str {
+        "bad-signature"
+    }
+    fn outputs(&mut self, _ctx: &Ctx<'_>, mut outputs: Vec<Output>) -> Vec<Output> {
+        for o in &mut outputs {
+            match o {
+                Output::Send { message, .. } | Output::Broadcast { message } => corrupt(message),
+                Output::Reply { reply, .. } => {
+                    let mut m = Message::Reply(reply.clone());
+                    corrupt(&mut m);
+                    if let Message::Reply(r) = m {
+                        *reply = r;
+                    }
+                }
+                _ => {}
+            }
+        }
+        outputs
+    }
+}
+
+/// `wrong-digest`: its prepares and commits vouch for a digest nobody proposed.
+pub struct WrongDigest(SplitMix64);
+
+impl WrongDigest {
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(SplitMix64::new(seed))
+    }
+}
+
+impl Behaviour for WrongDigest {
+    fn name(&self) -> &'static str {
+        "wrong-digest"
+    }
+    fn outputs(&mut self, ctx: &Ctx<'_>, mut outputs: Vec<Output>) -> Vec<Output> {
+        for o in &mut outputs {
+            if let Output::Broadcast { message } = o {
+                match message {
+                    Message::Prepare(p) => {
+                        let digest = Digest(self.0.bytes32());
+                        *p = Signed::sign(Prepare { digest, ..p.payload.clone() }, ctx.key);
+                    }
+                    Message::Commit(c) => {
+                        let digest = Digest(self.0.bytes32());
+                        *c = Signed::sign(Commit { digest, ..c.payload.clone() }, ctx.key);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        outputs
+    }
+}
+
+/// `lying-checkpoint`: signs checkpoints with a wrong state digest.
+pub struct LyingCheckpoint(SplitMix64);
+
+impl LyingCheckpoint {
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(SplitMix64::new(seed))
+    }
+}
+
+impl Behaviour for LyingCheckpoint {
+    fn name(&self) -> &'static str {
+        "lying-checkpoint"
+    }
+    fn outputs(&mut self, ctx: &Ctx<'_>, mut outputs: Vec<Output>) -> Vec<Output> {
+        for o in &mut outputs {
+            if let Output::Broadcast { message: Message::Checkpoint(c) } = o {
+                let state_digest = Digest(self.0.bytes32());
+                *c = Signed::sign(Checkpoint { state_digest, ..c.payload.clone() }, ctx.key);
+            }
+        }
+        outputs
+    }
+}
+
+/// `forge-view-change`: asks for view changes with prepared certificates it cannot
+/// prove (prepares "from" other replicas signed with its own key).
+pub struct ForgeViewChange(SplitMix64);
+
+impl ForgeViewChange {
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(SplitMix64::new(seed))
+    }
+
+    fn forged(&mut self, ctx: &Ctx<'_>, new_view: u64, stable_seq: u64) -> Signed<ViewChange> {
+        let view = new_view.saturating_sub(1);
+        let seq = stable_seq + 1 + self.0.below(4);
+        let batch = Batch::default();
+        let digest = Digest(self.0.bytes32());
+        let primary = ctx.members.primary(view);
+        let pre_prepare = Signed::sign(PrePrepare { view, seq, digest, replica: primary }, ctx.key);
+        let prepares = ctx
+            .members
+            .ids()
+            .filter(|r| *r != primary)
+            .map(|replica| Signed::sign(Prepare { view, seq, digest, replica }, ctx.key))
+            .collect();
+        let cert = PreparedCert { pre_prepare, batch, prepares };
+        Signed::sign(
+            ViewChange { new_view, stable_seq, checkpoint_proof: Vec::new(), prepared: vec![cert], replica: ctx.id },
+            ctx.key,
+        )
+    }
+}
+
+impl Behaviour for ForgeViewChange {
+    fn name(&self) -> &'static str {
+        "forge-view-change"
+    }
+    fn outputs(&mut self, ctx: &Ctx<'_>, mut outputs: Vec<Output>) -> Vec<Output> {
+        for o in &mut outputs {
+            if let Output::Broadcast { message: Message::ViewChange(vc) } = o {
+                let forged = self.forged(ctx, vc.payload.new_view, 0);
+                *vc = forged;
+            }
+        }
+        if self.0.chance(0.05) {
+            let vc = self.forged(ctx, ctx.view + 1, 0);
+            outputs.push(Output::Broadcast { message: Message::ViewChange(vc) });
+        }
+        outputs
+    }
+}
+
+/// `replay`: re-sends old messages of its own, at random, to random replicas.
+pub struct Replay {
+    rng: SplitMix64,
+    sent: VecDeque<Message>,
+}
+
+impl Replay {
+    const KEEP: usize = 256;
+
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self { rng: SplitMix64::new(seed), sent: VecDeque::new() }
+    }
+}
+
+impl Behaviour for Replay {
+    fn name(&self) -> &'static str {
+        "replay"
+    }
+    fn outputs(&mut self, ctx: &Ctx<'_>, mut outputs: Vec<Output>) -> Vec<Output> {
+        for o in &outputs {
+            if let Output::Send { message, .. } | Output::Broadcast { message } = o {
+                if self.sent.len() == Self::KEEP {
+                    self.sent.pop_front();
+                }
+                self.sent.push_back(message.clone());
+            }
+        }
+        if !self.sent.is_empty() && self.rng.chance(0.5) {
+            let old = self.sent[self.rng.below(self.sent.len() as u64) as usize].clone();
+            let others = ctx.others();
+            let to = others[self.rng.below(others.len() as u64) as usize];
+            outputs.push(Output::Send { to, message: old });
+        }
+        outputs
+    }
+}
+
+/// `censor`: ignores client requests (as primary: never orders them).
+pub struct Censor;
+
+impl Behaviour for Censor {
+    fn name(&self) -> &'static str {
+        "censor"
+    }
+    fn filter_input(&mut self, _ctx: &Ctx<'_>, input: Input) -> Option<Input> {
+        match input {
+            Input::Message(VerifiedMessage::Request(_)) => None,
+            other => Some(other),
+        }
+    }
+    fn outputs(&mut self, _ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {
+        outputs
+    }
+}
+
+/// `flood`: adds a burst of invalid messages (bad signatures, wrong claimed sender,
+/// out-of-window sequence numbers) to everything it sends.
+pub struct Flood(SplitMix64);
+
+impl Flood {
+    const BURST: usize = 8;
+
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(SplitMix64::new(seed))
+    }
+}
+
+impl Behaviour for Flood {
+    fn name(&self) -> &'static str {
+        "flood"
+    }
+    fn outputs(&mut self, ctx: &Ctx<'_>, mut outputs: Vec<Output>) -> Vec<Output> {
+        for _ in 0..Self::BURST {
+            let digest = Digest(self.0.bytes32());
+            let seq = ctx.window.1 + 1 + self.0.below(1 << 20);
+            let claimed = self.0.below(ctx.members.n() as u64) as u32;
+            let mut message = Message::Commit(Signed::sign(
+                Commit { view: ctx.view, seq, digest, replica: claimed },
+                ctx.key,
+            ));
+            if self.0.chance(0.5) {
+                corrupt(&mut message);
+            }
+            outputs.push(Output::Broadcast { message });
+        }
+        outputs
+    }
+}

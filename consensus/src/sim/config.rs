@@ -1,0 +1,129 @@
+use crate::byzantine::CORE_BEHAVIOURS;
+use crate::types::ReplicaId;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::time::Duration;
+
+/// Network and process faults during the chaos phase. After it the network heals:
+/// no drops or partitions, every crashed honest replica restarts.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    pub drop: f64,
+    pub duplicate: f64,
+    /// Delivery delay range; random delays also reorder messages.
+    pub delay_ms: (u64, u64),
+    /// Chance that an honest replica crashes while performing one step's outputs.
+    pub crash: f64,
+    pub partitions: bool,
+    pub chaos: Duration,
+}
+
+impl Faults {
+    #[must_use]
+    pub fn none() -> Self {
+        Self { drop: 0.0, duplicate: 0.0, delay_ms: (1, 5), crash: 0.0, partitions: false, chaos: Duration::ZERO }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub f: usize,
+    pub clients: usize,
+    pub requests_per_client: usize,
+    pub faults: Faults,
+    /// Replicas that misbehave, by INTERFACE.md behaviour name (at most f for liveness).
+    pub byzantine: Vec<(ReplicaId, String)>,
+    /// Test-only planted bug: commit on this many commits instead of 2f+1.
+    pub planted_commit_quorum: Option<usize>,
+    pub batch_size: usize,
+    pub checkpoint_interval: u64,
+    pub window: u64,
+    /// How long after the heal every request must have completed.
+    pub liveness_budget: Duration,
+    /// Print every event.
+    pub trace: bool,
+}
+
+impl SimConfig {
+    /// A fault-free baseline.
+    #[must_use]
+    pub fn calm(seed: u64, f: usize) -> Self {
+        Self {
+            seed,
+            f,
+            clients: 3,
+            requests_per_client: 20,
+            faults: Faults::none(),
+            byzantine: Vec::new(),
+            planted_commit_quorum: None,
+            batch_size: 4,
+            checkpoint_interval: 8,
+            window: 32,
+            liveness_budget: Duration::from_secs(300),
+            trace: false,
+        }
+    }
+
+    /// Faults, Byzantine replicas and workload all drawn from the seed.
+    #[must_use]
+    pub fn randomized(seed: u64, f: usize) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_C0F1);
+        let n = 3 * f + 1;
+        let mut cfg = Self::calm(seed, f);
+        cfg.clients = rng.gen_range(2..=4);
+        cfg.requests_per_client = rng.gen_range(8..=20);
+        cfg.batch_size = rng.gen_range(1..=6);
+        let max_delay = rng.gen_range(2..=60);
+        cfg.faults = Faults {
+            drop: if rng.gen_bool(0.7) { rng.gen_range(0.0..0.15) } else { 0.0 },
+            duplicate: if rng.gen_bool(0.5) { rng.gen_range(0.0..0.1) } else { 0.0 },
+            delay_ms: (1, max_delay),
+            crash: if rng.gen_bool(0.6) { rng.gen_range(0.0..0.01) } else { 0.0 },
+            partitions: rng.gen_bool(0.4),
+            chaos: Duration::from_millis(rng.gen_range(500..=6000)),
+        };
+        let faulty = rng.gen_range(0..=f);
+        let mut ids: Vec<ReplicaId> = (0..n as ReplicaId).collect();
+        for i in 0..faulty {
+            let j = rng.gen_range(i..ids.len());
+            ids.swap(i, j);
+            let behaviour = CORE_BEHAVIOURS[rng.gen_range(0..CORE_BEHAVIOURS.len())];
+            cfg.byzantine.push((ids[i], behaviour.to_string()));
+        }
+        cfg
+    }
+
+    #[must_use]
+    pub fn n(&self) -> usize {
+        3 * self.f + 1
+    }
+
+    #[must_use]
+    pub fn is_byzantine(&self, id: ReplicaId) -> bool {
+        self.byzantine.iter().any(|(r, _)| *r == id)
+    }
+
+    /// One line describing the run, printed with failures.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        format!(
+            "f={} n={} clients={}x{} batch={} K={} L={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} planted={:?}",
+            self.f,
+            self.n(),
+            self.clients,
+            self.requests_per_client,
+            self.batch_size,
+            self.checkpoint_interval,
+            self.window,
+            self.faults.drop,
+            self.faults.duplicate,
+            self.faults.delay_ms,
+            self.faults.crash,
+            self.faults.partitions,
+            self.faults.chaos,
+            self.byzantine,
+            self.planted_commit_quorum
+        )
+    }
+}

@@ -1,0 +1,575 @@
+//! The simulated world: replicas, clients, a faulty network and a clock, all driven
+//! by one seeded RNG and one time-ordered event queue.
+
+use super::checker::{Checker, Violation};
+use super::{SimConfig, SimFailure, SimReport};
+use crate::byzantine::{by_name, Honest, Wrapped};
+use crate::client::{Client, ClientOutput};
+use crate::durable::DurableState;
+use crate::io::{Input, Output, Timer};
+use crate::kv::{KvOp, KvStore};
+use crate::messages::Message;
+use crate::replica::Replica;
+use crate::types::{Membership, ReplicaConfig, ReplicaId, Seq};
+use crate::validate::{claimed_sender, Validator, VerifiedMessage};
+use bft_crypto::KeyPair;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::time::Duration;
+
+const TRACE_TAIL: usize = 300;
+const CLIENT_RETRANSMIT: Duration = Duration::from_millis(600);
+const VIEW_CHANGE_TIMEOUT: Duration = Duration::from_millis(400);
+/// Bound on events per run (a livelock guard; far above what a passing run uses).
+const MAX_EVENTS: u64 = 3_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Node {
+    Replica(ReplicaId),
+    Client(usize),
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver { from: Node, to: Node, msg: Message },
+    ReplicaTimer { replica: ReplicaId, incarnation: u32, timer: Timer },
+    ClientTimer { client: usize },
+    ClientNext { client: usize },
+    Restart { replica: ReplicaId },
+    PartitionStart,
+    PartitionEnd,
+    Heal,
+}
+
+struct Entry {
+    at: Duration,
+    tie: u64,
+    event: Event,
+}
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.tie) == (o.at, o.tie)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.tie).cmp(&(o.at, o.tie))
+    }
+}
+
+struct SimReplica {
+    node: Option<Wrapped<KvStore>>,
+    durable: DurableState,
+    key: KeyPair,
+    cfg: ReplicaConfig,
+    honest: bool,
+    incarnation: u32,
+    timers: BTreeMap<Timer, Duration>,
+}
+
+struct SimClient {
+    client: Client,
+    remaining: usize,
+    timer_at: Option<Duration>,
+}
+
+pub(crate) struct World {
+    cfg: SimConfig,
+    rng: ChaCha8Rng,
+    now: Duration,
+    queue: BinaryHeap<Reverse<Entry>>,
+    tie: u64,
+    replicas: Vec<SimReplica>,
+    clients: Vec<SimClient>,
+    client_index: BTreeMap<bft_crypto::PublicKey, usize>,
+    validator: Validator,
+    healed: bool,
+    heal_at: Duration,
+    /// One side of the current partition (the rest is the other side).
+    partition: Option<BTreeSet<ReplicaId>>,
+    checker: Checker,
+    trace: VecDeque<String>,
+    report: SimReport,
+    /// Requests issued after the workload to let laggards catch up.
+    tail_requests: usize,
+    /// The highest honest executed seq when the workload finished.
+    catch_up_target: Option<Seq>,
+}
+
+type Step = Result<(), Violation>;
+
+impl World {
+    pub fn new(cfg: SimConfig) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let n = cfg.n();
+        let keys: Vec<KeyPair> = (0..n).map(|_| KeyPair::from_seed(rng.gen())).collect();
+        let members = Membership::new(keys.iter().map(KeyPair::public).collect());
+        let replicas: Vec<SimReplica> = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let id = i as ReplicaId;
+                let mut rc = ReplicaConfig::new(id, members.clone());
+                rc.batch_size = cfg.batch_size;
+                rc.checkpoint_interval = cfg.checkpoint_interval;
+                rc.window = cfg.window;
+                rc.view_change_timeout = VIEW_CHANGE_TIMEOUT;
+                rc.state_fetch_timeout = Duration::from_millis(300);
+                if let Some(q) = cfg.planted_commit_quorum {
+                    rc = rc.with_planted_commit_quorum(q);
+                }
+                let honest = !cfg.is_byzantine(id);
+                let behaviour = cfg
+                    .byzantine
+                    .iter()
+                    .find(|(r, _)| *r == id)
+                    .map_or_else(|| Box::new(Honest) as _, |(_, b)| by_name(b, cfg.seed ^ u64::from(id)).expect("known behaviour"));
+                let replica = Replica::new(rc.clone(), key.clone(), KvStore::new());
+                SimReplica {
+                    node: Some(Wrapped::new(replica, behaviour)),
+                    durable: DurableState::default(),
+                    key,
+                    cfg: rc,
+                    honest,
+                    incarnation: 0,
+                    timers: BTreeMap::new(),
+                }
+            })
+            .collect();
+        let validator = Validator::new(&replicas[0].cfg);
+        let clients: Vec<SimClient> = (0..cfg.clients)
+            .map(|_| SimClient {
+                client: Client::new(KeyPair::from_seed(rng.gen()), members.clone(), 1, CLIENT_RETRANSMIT),
+                remaining: cfg.requests_per_client,
+                timer_at: None,
+            })
+            .collect();
+        let client_index = clients.iter().enumerate().map(|(i, c)| (c.client.id(), i)).collect();
+        let heal_at = cfg.faults.chaos;
+        let report = SimReport { seed: cfg.seed, ..SimReport::default() };
+        Self {
+            cfg,
+            rng,
+            now: Duration::ZERO,
+            queue: BinaryHeap::new(),
+            tie: 0,
+            replicas,
+            clients,
+            client_index,
+            validator,
+            healed: false,
+            heal_at,
+            partition: None,
+            checker: Checker::default(),
+            trace: VecDeque::new(),
+            report,
+            tail_requests: 0,
+            catch_up_target: None,
+        }
+    }
+
+    fn schedule(&mut self, after: Duration, event: Event) {
+        self.tie += 1;
+        self.queue.push(Reverse(Entry { at: self.now + after, tie: self.tie, event }));
+    }
+
+    fn log(&mut self, line: String) {
+        let line = format!("[{:>8.3}s] {line}", self.now.as_secs_f64());
+        if self.cfg.trace {
+            println!("{line}");
+        }
+        if self.trace.len() == TRACE_TAIL {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(line);
+    }
+
+    pub fn run(mut self) -> Result<SimReport, Box<SimFailure>> {
+        match self.run_inner() {
+            Ok(()) => Ok(self.report),
+            Err(violation) => Err(Box::new(SimFailure {
+                seed: self.cfg.seed,
+                config: self.cfg.summary(),
+                violation,
+                trace_tail: self.trace.into_iter().collect(),
+            })),
+        }
+    }
+
+    fn run_inner(&mut self) -> Step {
+        for c in 0..self.clients.len() {
+            let think = Duration::from_millis(self.rng.gen_range(0..20));
+            self.schedule(think, Event::ClientNext { client: c });
+        }
+        self.schedule(self.heal_at, Event::Heal);
+        if self.cfg.faults.partitions && self.heal_at > Duration::ZERO {
+            let at = Duration::from_millis(self.rng.gen_range(0..=self.heal_at.as_millis() as u64));
+            self.schedule(at, Event::PartitionStart);
+        }
+        let mut events = 0u64;
+        while let Some(Reverse(entry)) = self.queue.pop() {
+            self.now = entry.at;
+            events += 1;
+            if events > MAX_EVENTS {
+                return Err(Violation { invariant: "liveness", detail: "event budget exhausted (livelock?)".into() });
+            }
+            self.step(entry.event)?;
+            if self.healed && self.done()? {
+                self.report.sim_time_ms = self.now.as_millis() as u64;
+                self.report.committed_seqs = self.checker.committed_seqs();
+                self.report.accepted_requests = self.checker.accepted.len();
+                return Ok(());
+            }
+            if self.healed && self.now > self.heal_at + self.cfg.liveness_budget {
+                return Err(self.liveness_failure());
+            }
+        }
+        Err(self.liveness_failure())
+    }
+
+    fn liveness_failure(&self) -> Violation {
+        let status: Vec<String> = self
+            .replicas
+            .iter()
+            .filter_map(|r| r.node.as_ref().map(|n| (r.honest, n.replica())))
+            .map(|(h, r)| {
+                format!(
+                    "r{}{}: view {}{} exec {} stable {} pending {}",
+                    r.id(),
+                    if h { "" } else { "(byz)" },
+                    r.view(),
+                    if r.in_view_change() { "*" } else { "" },
+                    r.last_executed(),
+                    r.stable_checkpoint().seq,
+                    r.pending_requests()
+                )
+            })
+            .collect();
+        let remaining: usize = self.clients.iter().map(|c| c.remaining + usize::from(c.client.is_busy())).sum();
+        Violation {
+            invariant: "liveness",
+            detail: format!(
+                "{} requests unfinished {:?} after the heal at {:?}; {}",
+                remaining,
+                self.cfg.liveness_budget,
+                self.heal_at,
+                status.join("; ")
+            ),
+        }
+    }
+
+    /// Finished when every client is done and every honest replica has caught up to
+    /// the prefix committed when the workload ended (through execution or state
+    /// transfer). Until then a trickle of requests keeps new checkpoints coming, which
+    /// is how a replica that fell behind (even one stuck alone in a view change) learns
+    /// of newer stable state.
+    fn done(&mut self) -> Result<bool, Violation> {
+        if self.clients.iter().any(|c| c.remaining > 0 || c.client.is_busy()) {
+            return Ok(false);
+        }
+        let honest: Vec<&Replica<KvStore>> =
+            self.replicas.iter().filter(|r| r.honest).filter_map(|r| r.node.as_ref().map(Wrapped::replica)).collect();
+        let highest = honest.iter().map(|r| r.last_executed()).max().unwrap_or(0).max(self.checker.highest_accepted_seq());
+        let target = *self.catch_up_target.get_or_insert(highest);
+        if honest.iter().all(|r| r.last_executed() >= target) {
+            let mut digests: BTreeMap<Seq, bft_crypto::Digest> = BTreeMap::new();
+            for r in &honest {
+                if let Some(d) = digests.insert(r.last_executed(), r.state_digest()) {
+                    if d != r.state_digest() {
+                        return Err(Violation {
+                            invariant: "agreement",
+                            detail: format!("replicas at seq {} hold different states", r.last_executed()),
+                        });
+                    }
+                }
+            }
+            // Every accepted request survives in the honest order (the tail's last ones
+            // may not have reached the laggards yet; all earlier ones have: `target`).
+            let upto = honest.iter().map(|r| r.last_executed()).max().unwrap_or(0);
+            self.checker.check_durable(upto)?;
+            return Ok(true);
+        }
+        if self.tail_requests < 400 {
+            self.tail_requests += 1;
+            self.clients[0].remaining += 1;
+            self.schedule(Duration::from_millis(5), Event::ClientNext { client: 0 });
+        }
+        Ok(false)
+    }
+
+    fn step(&mut self, event: Event) -> Step {
+        match event {
+            Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
+            Event::ReplicaTimer { replica, incarnation, timer } => {
+                let r = &self.replicas[replica as usize];
+                let due = r.timers.get(&timer).is_some_and(|at| *at == self.now);
+                if r.node.is_some() && r.incarnation == incarnation && due {
+                    self.log(format!("r{replica} timer {timer:?}"));
+                    self.handle(replica, Input::Timer(timer))?;
+                }
+                Ok(())
+            }
+            Event::ClientTimer { client } => {
+                if self.clients[client].timer_at == Some(self.now) {
+                    let out = self.clients[client].client.on_timeout(self.now);
+                    if !out.is_empty() {
+                        self.log(format!("c{client} retransmits"));
+                    }
+                    self.client_outputs(client, out)?;
+                }
+                Ok(())
+            }
+            Event::ClientNext { client } => self.client_submit(client),
+            Event::Restart { replica } => self.restart(replica),
+            Event::PartitionStart => {
+                if !self.healed {
+                    let n = self.cfg.n() as ReplicaId;
+                    let side: BTreeSet<ReplicaId> = (0..n).filter(|_| self.rng.gen_bool(0.5)).collect();
+                    self.log(format!("partition {side:?} | rest"));
+                    self.partition = Some(side);
+                    let len = Duration::from_millis(self.rng.gen_range(200..2000));
+                    self.schedule(len, Event::PartitionEnd);
+                }
+                Ok(())
+            }
+            Event::PartitionEnd => {
+                self.partition = None;
+                self.log("partition healed".into());
+                if !self.healed {
+                    let gap = Duration::from_millis(self.rng.gen_range(100..1500));
+                    self.schedule(gap, Event::PartitionStart);
+                }
+                Ok(())
+            }
+            Event::Heal => {
+                self.healed = true;
+                self.partition = None;
+                self.log("HEAL: network reliable, crashed replicas restart".into());
+                for id in 0..self.cfg.n() as ReplicaId {
+                    if self.replicas[id as usize].node.is_none() {
+                        self.restart(id)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn client_submit(&mut self, client: usize) -> Step {
+        let c = &mut self.clients[client];
+        if c.remaining == 0 || c.client.is_busy() {
+            return Ok(());
+        }
+        c.remaining -= 1;
+        let key = vec![b'k', self.rng.gen_range(0..4u8)];
+        let op = match self.rng.gen_range(0..4) {
+            0 => KvOp::Put { key, value: vec![self.rng.gen(); 3] },
+            1 => KvOp::Get { key },
+            2 => KvOp::Delete { key },
+            _ => KvOp::CompareAndSwap { key, expected: None, new: vec![self.rng.gen(); 2] },
+        };
+        let out = self.clients[client].client.submit(self.now, op.encode()).expect("client is idle");
+        let ts = self.clients[client].client.outstanding_timestamp().expect("just submitted");
+        self.checker.issued(self.clients[client].client.id(), ts);
+        self.log(format!("c{client} submits ts {ts}"));
+        self.client_outputs(client, out)
+    }
+
+    fn client_outputs(&mut self, client: usize, out: Vec<ClientOutput>) -> Step {
+        for o in out {
+            match o {
+                ClientOutput::Send { to, message } => self.net_send(Node::Client(client), Node::Replica(to), message),
+                ClientOutput::Broadcast { message } => {
+                    for r in 0..self.cfg.n() as ReplicaId {
+                        self.net_send(Node::Client(client), Node::Replica(r), message.clone());
+                    }
+                }
+                ClientOutput::SetTimer { at } => {
+                    self.clients[client].timer_at = Some(at);
+                    self.schedule(at - self.now, Event::ClientTimer { client });
+                }
+                ClientOutput::Accepted { timestamp, result } => {
+                    let id = (self.clients[client].client.id(), timestamp);
+                    self.log(format!("c{client} accepted ts {timestamp}"));
+                    self.checker.on_accept(id, &result)?;
+                    self.clients[client].timer_at = None;
+                    let think = Duration::from_millis(self.rng.gen_range(0..30));
+                    self.schedule(think, Event::ClientNext { client });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn partitioned(&self, a: Node, b: Node) -> bool {
+        match (&self.partition, a, b) {
+            (Some(side), Node::Replica(x), Node::Replica(y)) => side.contains(&x) != side.contains(&y),
+            _ => false,
+        }
+    }
+
+    fn net_send(&mut self, from: Node, to: Node, msg: Message) {
+        if from == to {
+            return;
+        }
+        let lossy = !self.healed;
+        if self.partitioned(from, to) || (lossy && self.rng.gen_bool(self.cfg.faults.drop)) {
+            self.report.messages_dropped += 1;
+            return;
+        }
+        let (lo, hi) = if lossy { self.cfg.faults.delay_ms } else { (1, 5) };
+        let copies = if lossy && self.rng.gen_bool(self.cfg.faults.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = Duration::from_micros(self.rng.gen_range(lo * 1000..=hi * 1000));
+            self.schedule(delay, Event::Deliver { from, to, msg: msg.clone() });
+        }
+    }
+
+    fn deliver(&mut self, from: Node, to: Node, msg: Message) -> Step {
+        if self.partitioned(from, to) {
+            self.report.messages_dropped += 1;
+            return Ok(());
+        }
+        self.report.messages_delivered += 1;
+        let claimed = claimed_sender(&msg);
+        let kind = msg.kind();
+        let verified = self.validator.verify(msg);
+        match (to, verified) {
+            (_, Err(reason)) => {
+                self.report.rejections += 1;
+                self.log(format!("{to:?} rejects {kind} from {from:?}: {reason}"));
+                if let (Node::Replica(at), Some(sender), Node::Replica(_)) = (to, claimed, from) {
+                    if self.replicas[sender as usize].honest && Node::Replica(sender) == from {
+                        self.checker.on_rejection(at, sender, &reason)?;
+                    }
+                }
+                Ok(())
+            }
+            (Node::Client(c), Ok(VerifiedMessage::Reply(reply))) => {
+                let out = self.clients[c].client.on_reply(&reply);
+                self.client_outputs(c, out)
+            }
+            (Node::Client(_), Ok(_)) => Ok(()),
+            (Node::Replica(r), Ok(m)) => {
+                if self.replicas[r as usize].node.is_none() {
+                    return Ok(());
+                }
+                self.log(format!("r{r} <- {from:?} {kind}"));
+                self.handle(r, Input::Message(m))
+            }
+        }
+    }
+
+    fn handle(&mut self, id: ReplicaId, input: Input) -> Step {
+        let mut out = Vec::new();
+        let r = &mut self.replicas[id as usize];
+        let Some(node) = r.node.as_mut() else { return Ok(()) };
+        node.handle(self.now, input, &mut out);
+        let crash_at = if r.honest && !self.healed && self.rng.gen_bool(self.cfg.faults.crash) {
+            Some(self.rng.gen_range(0..=out.len()))
+        } else {
+            None
+        };
+        self.perform(id, out, crash_at)
+    }
+
+    /// Perform outputs in order; a crash after `crash_at` of them loses the rest
+    /// (including un-sent messages), exactly like a process dying mid-loop.
+    fn perform(&mut self, id: ReplicaId, out: Vec<Output>, crash_at: Option<usize>) -> Step {
+        let honest = self.replicas[id as usize].honest;
+        for (i, o) in out.into_iter().enumerate() {
+            if crash_at == Some(i) {
+                return self.crash(id);
+            }
+            match o {
+                Output::Send { to, message } => self.net_send(Node::Replica(id), Node::Replica(to), message),
+                Output::Broadcast { message } => {
+                    for to in 0..self.cfg.n() as ReplicaId {
+                        if to != id {
+                            self.net_send(Node::Replica(id), Node::Replica(to), message.clone());
+                        }
+                    }
+                }
+                Output::Reply { client, reply } => {
+                    if let Some(&c) = self.client_index.get(&client) {
+                        self.net_send(Node::Replica(id), Node::Client(c), Message::Reply(reply));
+                    }
+                }
+                Output::Persist(record) => self.replicas[id as usize].durable.apply(&record),
+                Output::SetTimer { timer, at } => {
+                    let r = &mut self.replicas[id as usize];
+                    r.timers.insert(timer, at);
+                    let incarnation = r.incarnation;
+                    self.schedule(at.saturating_sub(self.now), Event::ReplicaTimer { replica: id, incarnation, timer });
+                }
+                Output::Rejected { peer, reason } => {
+                    self.report.rejections += 1;
+                    self.log(format!("r{id} rejects input from {peer:?}: {reason}"));
+                    if let Some(p) = peer {
+                        if honest && self.replicas[p as usize].honest {
+                            self.checker.on_rejection(id, p, &reason)?;
+                        }
+                    }
+                }
+                Output::Executed(e) => {
+                    self.log(format!("r{id} executes seq {} {:?} ({} requests)", e.seq, e.digest, e.requests.len()));
+                    if honest {
+                        self.checker.on_execute(id, &e)?;
+                    }
+                }
+                Output::ViewEntered { view, primary } => {
+                    self.report.view_changes += 1;
+                    self.report.max_view = self.report.max_view.max(view);
+                    self.log(format!("r{id} enters view {view} (primary {primary})"));
+                }
+                Output::ViewChangeStarted { view } => self.log(format!("r{id} starts view change to {view}")),
+                Output::CheckpointStable { seq, .. } => {
+                    self.report.stable_checkpoints += 1;
+                    self.log(format!("r{id} checkpoint {seq} stable"));
+                }
+                Output::StateInstalled { seq, .. } => {
+                    self.report.state_transfers += 1;
+                    self.log(format!("r{id} installed state at {seq}"));
+                }
+            }
+        }
+        if crash_at.is_some() {
+            return self.crash(id); // crash after the last output
+        }
+        Ok(())
+    }
+
+    fn crash(&mut self, id: ReplicaId) -> Step {
+        let r = &mut self.replicas[id as usize];
+        r.node = None;
+        r.incarnation += 1;
+        r.timers.clear();
+        self.report.crashes += 1;
+        self.log(format!("r{id} CRASHES"));
+        let down = Duration::from_millis(self.rng.gen_range(50..2000));
+        self.schedule(down, Event::Restart { replica: id });
+        Ok(())
+    }
+
+    fn restart(&mut self, id: ReplicaId) -> Step {
+        let r = &mut self.replicas[id as usize];
+        if r.node.is_some() {
+            return Ok(());
+        }
+        let (replica, out) = Replica::recover(r.cfg.clone(), r.key.clone(), KvStore::new(), &r.durable, self.now)
+            .map_err(|e| Violation { invariant: "durability", detail: format!("r{id} cannot recover: {e}") })?;
+        let last: Seq = replica.last_executed();
+        r.node = Some(Wrapped::new(replica, Box::new(Honest)));
+        let view = r.durable.view;
+        self.log(format!("r{id} RESTARTS at view {view} executed {last}"));
+        self.perform(id, out, None)
+    }
+}
