@@ -1,7 +1,9 @@
 //! Run or replay simulator seeds.
 //!
 //! `bft-sim --seed 42 --f 1 --trace` replays one seed, printing every event;
-//! `bft-sim --seeds 1000 --f 2` runs seeds 0..1000 and reports the first failure.
+//! `bft-sim --seeds 1000 --f 2` runs seeds 0..1000 and reports the first failure;
+//! `--byzantine 3=eager-vote` overrides the seed's Byzantine replicas and
+//! `--planted-commit-quorum 2` plants the test-only quorum bug.
 
 use bft_consensus::sim::{run, SimConfig};
 use std::process::ExitCode;
@@ -27,6 +29,16 @@ fn main() -> ExitCode {
         let mut cfg = SimConfig::randomized(seed, f);
         cfg.trace = trace;
         cfg.planted_commit_quorum = planted;
+        if let Some(spec) = arg(&args, "--byzantine") {
+            // ID=BEHAVIOUR[,ID=BEHAVIOUR...]: replaces the seed's own choice.
+            cfg.byzantine = spec
+                .split(',')
+                .map(|one| {
+                    let (id, name) = one.split_once('=').expect("--byzantine ID=BEHAVIOUR");
+                    (id.parse().expect("replica id"), name.to_string())
+                })
+                .collect();
+        }
         match run(&cfg) {
             Ok(r) => {
                 if count == 1 || trace {

@@ -306,3 +306,25 @@ impl Behaviour for Flood {
         outputs
     }
 }
+
+/// `eager-vote`: prepares and commits every pre-prepare the moment it arrives,
+/// without waiting to be prepared. Harmless against correct quorums; it is what
+/// turns a too-small commit quorum into an agreement violation.
+pub struct EagerVote;
+
+impl Behaviour for EagerVote {
+    fn name(&self) -> &'static str {
+        "eager-vote"
+    }
+    fn on_input(&mut self, ctx: &Ctx<'_>, input: &Input) -> Vec<Output> {
+        let Input::Message(VerifiedMessage::PrePrepare(pp, _)) = input else { return Vec::new() };
+        let (view, seq, digest, replica) = (pp.view, pp.seq, pp.digest, ctx.id);
+        vec![
+            Output::Broadcast { message: Message::Prepare(Signed::sign(Prepare { view, seq, digest, replica }, ctx.key)) },
+            Output::Broadcast { message: Message::Commit(Signed::sign(Commit { view, seq, digest, replica }, ctx.key)) },
+        ]
+    }
+    fn outputs(&mut self, _ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {
+        outputs
+    }
+}

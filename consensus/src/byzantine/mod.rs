@@ -7,7 +7,7 @@ mod behaviours;
 mod rng;
 
 pub use behaviours::{
-    BadSignature, Censor, Equivocate, Flood, ForgeViewChange, LyingCheckpoint, Replay, Silent, WrongDigest,
+    BadSignature, Censor, EagerVote, Equivocate, Flood, ForgeViewChange, LyingCheckpoint, Replay, Silent, WrongDigest,
 };
 pub use rng::SplitMix64;
 
@@ -49,6 +49,11 @@ pub trait Behaviour: Send {
         Some(input)
     }
 
+    /// Extra outputs upon an input, before the honest replica's own.
+    fn on_input(&mut self, _ctx: &Ctx<'_>, _input: &Input) -> Vec<Output> {
+        Vec::new()
+    }
+
     /// Transform the honest replica's outputs.
     fn outputs(&mut self, ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output>;
 }
@@ -79,6 +84,7 @@ pub fn by_name(name: &str, seed: u64) -> Option<Box<dyn Behaviour>> {
         "replay" => Box::new(Replay::new(seed)),
         "censor" => Box::new(Censor),
         "flood" => Box::new(Flood::new(seed)),
+        "eager-vote" => Box::new(EagerVote),
         _ => return None,
     })
 }
@@ -95,6 +101,7 @@ pub const CORE_BEHAVIOURS: &[&str] = &[
     "replay",
     "censor",
     "flood",
+    "eager-vote",
 ];
 
 /// An honest replica with a behaviour around it.
@@ -133,6 +140,7 @@ impl<A: Application> Wrapped<A> {
             view: self.replica.view(),
             window: self.replica.watermarks(),
         };
+        out.extend(self.behaviour.on_input(&ctx, &input));
         let Some(input) = self.behaviour.filter_input(&ctx, input) else { return };
         let mut honest = Vec::new();
         self.replica.handle(now, input, &mut honest);
