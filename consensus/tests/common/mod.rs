@@ -1,0 +1,223 @@
+//! A tiny synchronous cluster for directed tests: FIFO delivery, filters to drop
+//! messages, manual time. (The randomized simulator lives in `bft_consensus::sim`.)
+#![allow(dead_code)]
+
+use bft_consensus::client_table::ReplicaSnapshot;
+use bft_consensus::messages::{Batch, Checkpoint, PrePrepare, Prepare, PreparedCert, Request, ViewChange};
+use bft_consensus::{
+    DurableState, Input, KvOp, KvStore, Membership, Message, Output, Replica, ReplicaConfig, ReplicaId, Validator,
+};
+use bft_crypto::{KeyPair, Signed};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+pub struct Group {
+    pub keys: Vec<KeyPair>,
+    pub members: Membership,
+}
+
+impl Group {
+    pub fn new(n: usize) -> Self {
+        let keys: Vec<_> = (0..n).map(|i| KeyPair::from_seed([i as u8 + 1; 32])).collect();
+        let members = Membership::new(keys.iter().map(KeyPair::public).collect());
+        Self { keys, members }
+    }
+
+    pub fn config(&self, id: ReplicaId) -> ReplicaConfig {
+        let mut c = ReplicaConfig::new(id, self.members.clone());
+        c.batch_size = 4;
+        c.checkpoint_interval = 4;
+        c.window = 16;
+        c.view_change_timeout = Duration::from_millis(100);
+        c
+    }
+
+    pub fn validator(&self) -> Validator {
+        Validator::new(&self.config(0))
+    }
+
+    pub fn sign<T: bft_crypto::Signable>(&self, id: ReplicaId, payload: T) -> Signed<T> {
+        Signed::sign(payload, &self.keys[id as usize])
+    }
+
+    pub fn prepare(&self, id: ReplicaId, view: u64, seq: u64, batch: &Batch) -> Signed<Prepare> {
+        self.sign(id, Prepare { view, seq, digest: batch.digest(), replica: id })
+    }
+
+    pub fn pre_prepare(&self, view: u64, seq: u64, batch: &Batch) -> Signed<PrePrepare> {
+        let p = self.members.primary(view);
+        self.sign(p, PrePrepare { view, seq, digest: batch.digest(), replica: p })
+    }
+
+    /// A valid prepared certificate for `batch` at (view, seq).
+    pub fn cert(&self, view: u64, seq: u64, batch: &Batch) -> PreparedCert {
+        let primary = self.members.primary(view);
+        let prepares = self
+            .members
+            .ids()
+            .filter(|r| *r != primary)
+            .take(self.members.quorum() - 1)
+            .map(|r| self.prepare(r, view, seq, batch))
+            .collect();
+        PreparedCert { pre_prepare: self.pre_prepare(view, seq, batch), batch: batch.clone(), prepares }
+    }
+
+    /// 2f+1 checkpoints for (seq, snapshot of an empty replica).
+    pub fn checkpoint_proof(&self, seq: u64, digest: bft_crypto::Digest) -> Vec<Signed<Checkpoint>> {
+        self.members
+            .ids()
+            .take(self.members.quorum())
+            .map(|r| self.sign(r, Checkpoint { seq, state_digest: digest, replica: r }))
+            .collect()
+    }
+
+    pub fn view_change(&self, id: ReplicaId, new_view: u64, prepared: Vec<PreparedCert>) -> Signed<ViewChange> {
+        self.sign(id, ViewChange { new_view, stable_seq: 0, checkpoint_proof: vec![], prepared, replica: id })
+    }
+}
+
+pub fn client_key(i: u8) -> KeyPair {
+    KeyPair::from_seed([100 + i; 32])
+}
+
+pub fn request(client: &KeyPair, ts: u64, key: &str, value: &str) -> Signed<Request> {
+    let op = KvOp::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec() };
+    Signed::sign(Request { timestamp: ts, operation: op.encode() }, client)
+}
+
+pub fn batch_of(reqs: Vec<Signed<Request>>) -> Batch {
+    Batch { requests: reqs }
+}
+
+pub fn empty_snapshot() -> Vec<u8> {
+    use bft_consensus::Application;
+    bft_crypto::encode(&ReplicaSnapshot { app: KvStore::new().snapshot(), clients: Default::default() }).unwrap()
+}
+
+/// Where a message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum To {
+    Replica(ReplicaId),
+    Client(bft_crypto::PublicKey),
+}
+
+/// A synchronous cluster: every output of every replica is recorded, messages are
+/// delivered FIFO through the validator, `drop_if` loses chosen messages.
+pub struct Cluster {
+    pub group: Group,
+    pub replicas: Vec<Option<Replica<KvStore>>>,
+    pub durable: Vec<DurableState>,
+    pub now: Duration,
+    pub queue: VecDeque<(ReplicaId, To, Message)>,
+    /// Every output each replica produced, per handle call, in order.
+    pub outputs: Vec<Vec<Vec<Output>>>,
+    pub replies: Vec<(bft_crypto::PublicKey, Signed<bft_consensus::messages::Reply>)>,
+    pub timers: Vec<Vec<(bft_consensus::Timer, Duration)>>,
+    pub drop_if: Box<dyn Fn(ReplicaId, &To, &Message) -> bool>,
+}
+
+impl Cluster {
+    pub fn new(n: usize) -> Self {
+        let group = Group::new(n);
+        let replicas =
+            (0..n).map(|i| Some(Replica::new(group.config(i as u32), group.keys[i].clone(), KvStore::new()))).collect();
+        Self {
+            group,
+            replicas,
+            durable: vec![DurableState::default(); n],
+            now: Duration::ZERO,
+            queue: VecDeque::new(),
+            outputs: vec![Vec::new(); n],
+            replies: Vec::new(),
+            timers: vec![Vec::new(); n],
+            drop_if: Box::new(|_, _, _| false),
+        }
+    }
+
+    pub fn replica(&self, id: ReplicaId) -> &Replica<KvStore> {
+        self.replicas[id as usize].as_ref().expect("replica is up")
+    }
+
+    pub fn input(&mut self, id: ReplicaId, input: Input) {
+        let Some(r) = self.replicas[id as usize].as_mut() else { return };
+        let mut out = Vec::new();
+        r.handle(self.now, input, &mut out);
+        self.perform(id, out);
+    }
+
+    pub fn perform(&mut self, id: ReplicaId, out: Vec<Output>) {
+        let n = self.replicas.len() as ReplicaId;
+        for o in &out {
+            match o {
+                Output::Send { to, message } => self.queue.push_back((id, To::Replica(*to), message.clone())),
+                Output::Broadcast { message } => {
+                    for to in (0..n).filter(|t| *t != id) {
+                        self.queue.push_back((id, To::Replica(to), message.clone()));
+                    }
+                }
+                Output::Reply { client, reply } => self.replies.push((*client, reply.clone())),
+                Output::Persist(rec) => self.durable[id as usize].apply(rec),
+                Output::SetTimer { timer, at } => self.timers[id as usize].push((*timer, *at)),
+                _ => {}
+            }
+        }
+        self.outputs[id as usize].push(out);
+    }
+
+    /// Send a client request to one replica.
+    pub fn client_sends(&mut self, to: ReplicaId, req: Signed<Request>) {
+        self.queue.push_back((u32::MAX, To::Replica(to), Message::Request(req)));
+    }
+
+    /// Deliver until quiet; return how many messages were delivered.
+    pub fn run(&mut self) -> usize {
+        let validator = self.group.validator();
+        let mut delivered = 0;
+        while let Some((from, to, msg)) = self.queue.pop_front() {
+            if (self.drop_if)(from, &to, &msg) {
+                continue;
+            }
+            let To::Replica(r) = to else { continue };
+            if self.replicas[r as usize].is_none() {
+                continue;
+            }
+            delivered += 1;
+            let verified = validator.verify(msg).expect("cluster messages are valid");
+            self.input(r, Input::Message(verified));
+            assert!(delivered < 1_000_000, "message storm");
+        }
+        delivered
+    }
+
+    /// Advance time to `at` and fire every timer due by then (latest deadline per kind).
+    pub fn advance_to(&mut self, at: Duration) {
+        self.now = at;
+        for id in 0..self.replicas.len() {
+            let mut due: Vec<_> = self.timers[id].iter().filter(|(_, t)| *t <= at).map(|(k, _)| *k).collect();
+            due.sort();
+            due.dedup();
+            self.timers[id].retain(|(_, t)| *t > at);
+            for timer in due {
+                self.input(id as u32, Input::Timer(timer));
+            }
+        }
+    }
+
+    pub fn crash(&mut self, id: ReplicaId) {
+        self.replicas[id as usize] = None;
+        self.timers[id as usize].clear();
+    }
+
+    pub fn restart(&mut self, id: ReplicaId) {
+        let cfg = self.group.config(id);
+        let key = self.group.keys[id as usize].clone();
+        let (r, out) = Replica::recover(cfg, key, KvStore::new(), &self.durable[id as usize], self.now).unwrap();
+        self.replicas[id as usize] = Some(r);
+        self.perform(id, out);
+    }
+
+    /// All outputs of replica `id`, flattened.
+    pub fn all_outputs(&self, id: ReplicaId) -> Vec<Output> {
+        self.outputs[id as usize].iter().flatten().cloned().collect()
+    }
+}

@@ -1,0 +1,318 @@
+//! Directed tests of the replica state machine, each naming the rule it checks.
+
+mod common;
+
+use bft_consensus::messages::{Batch, Commit, Message, PrePrepare, Prepare};
+use bft_consensus::{Input, KvOp, KvResult, Output, PersistRecord, Rejection, Timer};
+use common::*;
+use std::time::Duration;
+
+fn executed_seqs(c: &Cluster, id: u32) -> Vec<u64> {
+    c.all_outputs(id)
+        .iter()
+        .filter_map(|o| if let Output::Executed(e) = o { Some(e.seq) } else { None })
+        .collect()
+}
+
+/// §4.2: request -> pre-prepare -> prepare -> commit -> execute, on every replica,
+/// and every replica replies.
+#[test]
+fn normal_case_executes_everywhere_and_replies() {
+    let mut c = Cluster::new(4);
+    let client = client_key(1);
+    c.client_sends(0, request(&client, 1, "a", "1"));
+    c.run();
+    for id in 0..4 {
+        assert_eq!(c.replica(id).last_executed(), 1, "replica {id}");
+        assert_eq!(executed_seqs(&c, id), vec![1]);
+    }
+    let digests: Vec<_> = (0..4).map(|i| c.replica(i).state_digest()).collect();
+    assert!(digests.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(c.replies.len(), 4);
+    for (to, reply) in &c.replies {
+        assert_eq!(*to, client.public());
+        assert_eq!(KvResult::decode(&reply.payload.result).unwrap(), KvResult::Done { previous: None });
+    }
+}
+
+/// DESIGN.md persistence: in every step's outputs, the prepare for (v, n) comes after
+/// the persisted pre-prepare, and the commit after the persisted certificate.
+#[test]
+fn what_a_message_commits_to_is_persisted_before_it_leaves() {
+    let mut c = Cluster::new(4);
+    for ts in 1..=6 {
+        c.client_sends(0, request(&client_key(1), ts, "k", "v"));
+        c.run();
+    }
+    let mut checked = 0;
+    for id in 0..4 {
+        for step in &c.outputs[id as usize] {
+            for (i, o) in step.iter().enumerate() {
+                let earlier = &step[..i];
+                match o {
+                    Output::Broadcast { message: Message::Prepare(p) } => {
+                        assert!(earlier.iter().any(|e| matches!(e,
+                            Output::Persist(PersistRecord::Accepted { pre_prepare, .. })
+                                if pre_prepare.payload.seq == p.payload.seq && pre_prepare.payload.digest == p.payload.digest)));
+                        checked += 1;
+                    }
+                    Output::Broadcast { message: Message::Commit(cm) } => {
+                        assert!(earlier.iter().any(|e| matches!(e,
+                            Output::Persist(PersistRecord::Prepared(cert)) if cert.seq() == cm.payload.seq)));
+                        checked += 1;
+                    }
+                    Output::Broadcast { message: Message::PrePrepare(pp, _) } => {
+                        assert!(earlier.iter().any(|e| matches!(e,
+                            Output::Persist(PersistRecord::Accepted { pre_prepare, .. }) if pre_prepare == pp)));
+                        checked += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} sends checked");
+}
+
+/// §4.2: a backup accepts at most one digest per (view, seq); a second is reported.
+#[test]
+fn conflicting_pre_prepare_is_rejected() {
+    let mut c = Cluster::new(4);
+    let g = Group::new(4);
+    let a = batch_of(vec![request(&client_key(1), 1, "k", "a")]);
+    let b = batch_of(vec![request(&client_key(1), 1, "k", "b")]);
+    let v = g.validator();
+    for batch in [&a, &b] {
+        let m = v.verify(Message::PrePrepare(g.pre_prepare(0, 1, batch), batch.clone())).unwrap();
+        c.input(1, Input::Message(m));
+    }
+    let out = c.all_outputs(1);
+    assert!(out.iter().any(|o| matches!(o, Output::Rejected { peer: Some(0), reason: Rejection::ConflictingPrePrepare { view: 0, seq: 1 } })));
+    let prepares = out.iter().filter(|o| matches!(o, Output::Broadcast { message: Message::Prepare(_) })).count();
+    assert_eq!(prepares, 1);
+}
+
+/// §4.2: pre-prepares beyond the high water mark are refused; votes that equivocate are reported.
+#[test]
+fn window_and_vote_equivocation_are_enforced() {
+    let mut c = Cluster::new(4);
+    let g = Group::new(4);
+    let v = g.validator();
+    let b = batch_of(vec![request(&client_key(1), 1, "k", "a")]);
+    let far = v.verify(Message::PrePrepare(g.pre_prepare(0, 17, &b), b.clone())).unwrap();
+    c.input(1, Input::Message(far));
+    assert!(c.all_outputs(1).iter().any(|o| matches!(o, Output::Rejected { reason: Rejection::OutOfWindow { seq: 17, low: 0, high: 16 }, .. })));
+    for digest_of in [&b, &Batch::default()] {
+        let p = g.sign(2, Prepare { view: 0, seq: 1, digest: digest_of.digest(), replica: 2 });
+        c.input(1, Input::Message(v.verify(Message::Prepare(p)).unwrap()));
+    }
+    assert!(c.all_outputs(1).iter().any(|o| matches!(o, Output::Rejected { peer: Some(2), reason: Rejection::Equivocation { replica: 2, view: 0, seq: 1 } })));
+    let from_primary = g.sign(0, Prepare { view: 0, seq: 1, digest: b.digest(), replica: 0 });
+    c.input(1, Input::Message(v.verify(Message::Prepare(from_primary)).unwrap()));
+    assert!(c.all_outputs(1).iter().any(|o| matches!(o, Output::Rejected { peer: Some(0), reason: Rejection::Malformed(_) })));
+}
+
+/// §4.4: a primary that drops everything is replaced; the request then executes.
+#[test]
+fn silent_primary_is_replaced_by_a_view_change() {
+    let mut c = Cluster::new(4);
+    c.drop_if = Box::new(|from, _, _| from == 0);
+    let req = request(&client_key(1), 1, "k", "v");
+    // The client times out and sends to every replica.
+    for r in 0..4 {
+        c.client_sends(r, req.clone());
+    }
+    c.run();
+    // Backups wait for the request; their timers fire; they change view; after the
+    // view-changes are in, the new primary (1) sends the new-view and orders it.
+    for step in 1..=10 {
+        c.advance_to(Duration::from_millis(150 * step));
+        c.run();
+    }
+    for id in 1..4 {
+        let r = c.replica(id);
+        assert!(r.view() >= 1 && !r.in_view_change(), "replica {id} in view {}", r.view());
+        assert_eq!(r.last_executed(), 1, "replica {id}");
+    }
+    assert!(c.all_outputs(1).iter().any(|o| matches!(o, Output::ViewEntered { view: 1, primary: 1 })));
+}
+
+/// §4.3: every K executions a checkpoint; stable at 2f+1; the log below is discarded
+/// and the window moves.
+#[test]
+fn checkpoints_become_stable_and_move_the_window() {
+    let mut c = Cluster::new(4);
+    for ts in 1..=9 {
+        c.client_sends(0, request(&client_key(1), ts, "k", "v"));
+        c.run();
+    }
+    for id in 0..4 {
+        let r = c.replica(id);
+        assert_eq!(r.last_executed(), 9);
+        assert_eq!(r.stable_checkpoint().seq, 8);
+        assert_eq!(r.stable_checkpoint().proof.len(), 3);
+        assert_eq!(r.watermarks(), (8, 24));
+    }
+    assert!(c.durable[2].stable.as_ref().is_some_and(|s| s.seq == 8));
+    assert!(c.durable[2].accepted.keys().all(|s| *s > 8), "log not garbage-collected");
+}
+
+/// TOCS §6.2: a replica cut off while the others move several checkpoints ahead
+/// fetches the state, checks it against the proof and installs it.
+#[test]
+fn lagging_replica_catches_up_by_state_transfer() {
+    let mut c = Cluster::new(4);
+    c.drop_if = Box::new(|_, to, m| *to == To::Replica(3) && !matches!(m, Message::Checkpoint(_) | Message::State(_)));
+    for ts in 1..=12 {
+        c.client_sends(0, request(&client_key(1), ts, "k", &format!("v{ts}")));
+        c.run();
+    }
+    c.drop_if = Box::new(|_, _, _| false);
+    c.run();
+    let r3 = c.replica(3);
+    assert_eq!(r3.stable_checkpoint().seq, 12);
+    assert_eq!(r3.last_executed(), 12);
+    assert_eq!(r3.state_digest(), c.replica(0).state_digest());
+    assert!(c.all_outputs(3).iter().any(|o| matches!(o, Output::StateInstalled { seq: 12, .. })));
+}
+
+/// Recovery: a replica that prepared a digest, crashed and restarted, refuses a
+/// different digest for the same (view, seq): it never contradicts what it signed.
+#[test]
+fn restarted_replica_does_not_contradict_its_prepare() {
+    let mut c = Cluster::new(4);
+    let g = Group::new(4);
+    let v = g.validator();
+    let a = batch_of(vec![request(&client_key(1), 1, "k", "a")]);
+    let b = batch_of(vec![request(&client_key(1), 1, "k", "b")]);
+    c.input(1, Input::Message(v.verify(Message::PrePrepare(g.pre_prepare(0, 1, &a), a.clone())).unwrap()));
+    c.crash(1);
+    c.restart(1);
+    c.input(1, Input::Message(v.verify(Message::PrePrepare(g.pre_prepare(0, 1, &b), b.clone())).unwrap()));
+    let out = c.all_outputs(1);
+    let prepared_digests: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Broadcast { message: Message::Prepare(p) } => Some(p.payload.digest),
+            _ => None,
+        })
+        .collect();
+    assert!(prepared_digests.iter().all(|d| *d == a.digest()), "prepared a second digest after restart");
+    assert!(out.iter().any(|o| matches!(o, Output::Rejected { reason: Rejection::ConflictingPrePrepare { .. }, .. })));
+}
+
+/// Recovery: all replicas crash after executing; restarted from what they persisted
+/// they have the same state, and the data is still there.
+#[test]
+fn whole_group_restart_keeps_every_executed_write() {
+    let mut c = Cluster::new(4);
+    for ts in 1..=10 {
+        c.client_sends(0, request(&client_key(1), ts, &format!("k{ts}"), "v"));
+        c.run();
+    }
+    let before = c.replica(0).state_digest();
+    for id in 0..4 {
+        c.crash(id);
+    }
+    for id in 0..4 {
+        c.restart(id);
+    }
+    c.run();
+    for id in 0..4 {
+        assert_eq!(c.replica(id).last_executed(), 10, "replica {id}");
+        assert_eq!(c.replica(id).state_digest(), before, "replica {id}");
+        assert_eq!(c.replica(id).app().get(b"k7").map(Vec::as_slice), Some(&b"v"[..]));
+    }
+}
+
+/// §4.1 exactly-once: a retransmitted request is answered from the reply cache, not
+/// executed again.
+#[test]
+fn retransmitted_request_gets_cached_reply_without_re_execution() {
+    let mut c = Cluster::new(4);
+    let client = client_key(1);
+    let cas = KvOp::CompareAndSwap { key: b"k".to_vec(), expected: None, new: b"x".to_vec() };
+    let req = bft_crypto::Signed::sign(bft_consensus::messages::Request { timestamp: 1, operation: cas.encode() }, &client);
+    c.client_sends(0, req.clone());
+    c.run();
+    c.replies.clear();
+    for r in 0..4 {
+        c.client_sends(r, req.clone());
+    }
+    c.run();
+    assert_eq!(c.replica(0).last_executed(), 1);
+    assert_eq!(c.replies.len(), 4);
+    for (_, reply) in &c.replies {
+        // The cached result of the first (successful) swap, not a failed second one.
+        assert_eq!(KvResult::decode(&reply.payload.result).unwrap(), KvResult::Swapped { swapped: true, current: None });
+    }
+}
+
+/// Stale timers are ignored; the primary batches up to batch_size and flushes a
+/// partial batch when the batch timer fires.
+#[test]
+fn batching_by_size_and_by_timer() {
+    let mut c = Cluster::new(4);
+    // Keep one batch in flight (backups silent) so the primary has to batch.
+    c.drop_if = Box::new(|from, _, _| from != 0 && from != u32::MAX);
+    for i in 0..6u8 {
+        c.client_sends(0, request(&client_key(i), 1, "k", "v"));
+    }
+    c.run();
+    let sizes: Vec<usize> = c
+        .all_outputs(0)
+        .iter()
+        .filter_map(|o| match o {
+            Output::Broadcast { message: Message::PrePrepare(_, b) } => Some(b.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, vec![1, 4], "first alone (idle), then a full batch");
+    // A timer input before its deadline (stale or early) changes nothing.
+    let count_pre_prepares = |c: &Cluster| {
+        c.all_outputs(0).iter().filter(|o| matches!(o, Output::Broadcast { message: Message::PrePrepare(..) })).count()
+    };
+    let before = count_pre_prepares(&c);
+    c.input(0, Input::Timer(Timer::Batch));
+    assert_eq!(count_pre_prepares(&c), before, "an early timer proposed a batch");
+    let deadline = c.timers[0].iter().find(|(t, _)| *t == Timer::Batch).map(|(_, at)| *at).expect("batch timer set");
+    c.advance_to(deadline);
+    c.run();
+    let last = c.all_outputs(0).into_iter().rev().find_map(|o| match o {
+        Output::Broadcast { message: Message::PrePrepare(_, b) } => Some(b.len()),
+        _ => None,
+    });
+    assert_eq!(last, Some(1), "the leftover request goes out when the timer fires");
+}
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// A Byzantine replica can sign anything. No well-signed message, however
+        /// extreme its numbers, makes the core panic (overflow checks are on).
+        #[test]
+        fn arbitrary_signed_votes_never_panic(
+            msgs in proptest::collection::vec((0u8..4, any::<u64>(), any::<u64>(), any::<[u8; 32]>(), 1u32..4), 1..40)
+        ) {
+            let mut c = Cluster::new(4);
+            let g = Group::new(4);
+            let v = g.validator();
+            for (kind, view, seq, digest, from) in msgs {
+                let digest = bft_crypto::Digest(digest);
+                let m = match kind {
+                    0 => Message::Prepare(g.sign(from, Prepare { view, seq, digest, replica: from })),
+                    1 => Message::Commit(g.sign(from, Commit { view, seq, digest, replica: from })),
+                    2 => Message::Checkpoint(g.sign(from, bft_consensus::messages::Checkpoint { seq: seq - seq % 4, state_digest: digest, replica: from })),
+                    _ => Message::PrePrepare(g.sign(from, PrePrepare { view, seq, digest: Batch::default().digest(), replica: from }), Batch::default()),
+                };
+                if let Ok(m) = v.verify(m) {
+                    c.input(0, Input::Message(m));
+                }
+            }
+            c.advance_to(Duration::from_secs(1000));
+        }
+    }
+}
