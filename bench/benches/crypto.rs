@@ -1,1 +1,47 @@
-fn main(){}
+//! ed25519 sign, verify and batch verify, SHA-256 of a 512-byte request.
+
+use bft_consensus::messages::Request;
+use bft_crypto::{sha256, verify_batch, KeyPair, Signed};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+fn request(i: u64) -> Request {
+    Request {
+        timestamp: i,
+        operation: vec![7u8; 512],
+    }
+}
+
+fn crypto(c: &mut Criterion) {
+    let key = KeyPair::from_seed([9; 32]);
+    c.bench_function("ed25519_sign_512B_request", |b| {
+        b.iter(|| Signed::sign(request(1), &key))
+    });
+    let signed = Signed::sign(request(1), &key);
+    c.bench_function("ed25519_verify_512B_request", |b| {
+        b.iter_batched(
+            || signed.clone(),
+            |s| s.verify().unwrap(),
+            BatchSize::SmallInput,
+        );
+    });
+    let mut group = c.benchmark_group("ed25519_batch_verify");
+    for n in [16usize, 64, 256] {
+        let items: Vec<_> = (0..n as u64)
+            .map(|i| Signed::sign(request(i), &key))
+            .collect();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(format!("{n}"), |b| {
+            b.iter_batched(
+                || items.clone(),
+                |v| assert!(verify_batch(v).iter().all(Result::is_ok)),
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+    let bytes = vec![1u8; 512];
+    c.bench_function("sha256_512B", |b| b.iter(|| sha256(&bytes)));
+}
+
+criterion_group!(benches, crypto);
+criterion_main!(benches);

@@ -18,13 +18,23 @@ pub enum ClientError {
 /// What the client asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientOutput {
-    Send { to: ReplicaId, message: Message },
+    Send {
+        to: ReplicaId,
+        message: Message,
+    },
     /// Send to every replica.
-    Broadcast { message: Message },
+    Broadcast {
+        message: Message,
+    },
     /// Call [`Client::on_timeout`] at this time (replaces the previous deadline).
-    SetTimer { at: Duration },
+    SetTimer {
+        at: Duration,
+    },
     /// f+1 replicas agreed on this result.
-    Accepted { timestamp: u64, result: Vec<u8> },
+    Accepted {
+        timestamp: u64,
+        result: Vec<u8>,
+    },
 }
 
 struct Outstanding {
@@ -47,8 +57,20 @@ impl Client {
     /// `first_timestamp` must exceed any timestamp this key used before (the node
     /// seeds it from the wall clock so a restarted client never reuses one).
     #[must_use]
-    pub fn new(key: KeyPair, members: Membership, first_timestamp: u64, retransmit_timeout: Duration) -> Self {
-        Self { key, members, view: 0, next_timestamp: first_timestamp, retransmit_timeout, outstanding: None }
+    pub fn new(
+        key: KeyPair,
+        members: Membership,
+        first_timestamp: u64,
+        retransmit_timeout: Duration,
+    ) -> Self {
+        Self {
+            key,
+            members,
+            view: 0,
+            next_timestamp: first_timestamp,
+            retransmit_timeout,
+            outstanding: None,
+        }
     }
 
     #[must_use]
@@ -70,42 +92,68 @@ impl Client {
     /// The outstanding request's timestamp.
     #[must_use]
     pub fn outstanding_timestamp(&self) -> Option<u64> {
-        self.outstanding.as_ref().map(|o| o.request.payload.timestamp)
+        self.outstanding
+            .as_ref()
+            .map(|o| o.request.payload.timestamp)
     }
 
     /// Sign and send `operation` to the primary.
     ///
     /// # Errors
     /// [`ClientError::Busy`] while another request is outstanding.
-    pub fn submit(&mut self, now: Duration, operation: Vec<u8>) -> Result<Vec<ClientOutput>, ClientError> {
+    pub fn submit(
+        &mut self,
+        now: Duration,
+        operation: Vec<u8>,
+    ) -> Result<Vec<ClientOutput>, ClientError> {
         if self.outstanding.is_some() {
             return Err(ClientError::Busy);
         }
         let timestamp = self.next_timestamp;
         self.next_timestamp += 1;
-        let request = Signed::sign(Request { timestamp, operation }, &self.key);
+        let request = Signed::sign(
+            Request {
+                timestamp,
+                operation,
+            },
+            &self.key,
+        );
         let deadline = now + self.retransmit_timeout;
         let to = self.members.primary(self.view);
         let out = vec![
-            ClientOutput::Send { to, message: Message::Request(request.clone()) },
+            ClientOutput::Send {
+                to,
+                message: Message::Request(request.clone()),
+            },
             ClientOutput::SetTimer { at: deadline },
         ];
-        self.outstanding = Some(Outstanding { request, replies: BTreeMap::new(), deadline });
+        self.outstanding = Some(Outstanding {
+            request,
+            replies: BTreeMap::new(),
+            deadline,
+        });
         Ok(out)
     }
 
     /// A verified reply. Accept once f+1 distinct replicas sent the same result.
     pub fn on_reply(&mut self, reply: &Verified<Reply>) -> Vec<ClientOutput> {
-        let Some(o) = self.outstanding.as_mut() else { return Vec::new() };
+        let Some(o) = self.outstanding.as_mut() else {
+            return Vec::new();
+        };
         if reply.client != self.key.public()
             || reply.timestamp != o.request.payload.timestamp
             || self.members.key(reply.replica) != Some(reply.signer())
         {
             return Vec::new();
         }
-        o.replies.insert(reply.replica, (reply.view, reply.result.clone()));
-        let matching: Vec<View> =
-            o.replies.values().filter(|(_, r)| *r == reply.result).map(|(v, _)| *v).collect();
+        o.replies
+            .insert(reply.replica, (reply.view, reply.result.clone()));
+        let matching: Vec<View> = o
+            .replies
+            .values()
+            .filter(|(_, r)| *r == reply.result)
+            .map(|(v, _)| *v)
+            .collect();
         if matching.len() < self.members.weak_quorum() {
             return Vec::new();
         }
@@ -115,18 +163,25 @@ impl Client {
         self.view = self.view.max(view);
         let timestamp = o.request.payload.timestamp;
         self.outstanding = None;
-        vec![ClientOutput::Accepted { timestamp, result: reply.result.clone() }]
+        vec![ClientOutput::Accepted {
+            timestamp,
+            result: reply.result.clone(),
+        }]
     }
 
     /// Retransmit to all replicas (the primary may be faulty; §4.1).
     pub fn on_timeout(&mut self, now: Duration) -> Vec<ClientOutput> {
-        let Some(o) = self.outstanding.as_mut() else { return Vec::new() };
+        let Some(o) = self.outstanding.as_mut() else {
+            return Vec::new();
+        };
         if now < o.deadline {
             return Vec::new();
         }
         o.deadline = now + self.retransmit_timeout;
         vec![
-            ClientOutput::Broadcast { message: Message::Request(o.request.clone()) },
+            ClientOutput::Broadcast {
+                message: Message::Request(o.request.clone()),
+            },
             ClientOutput::SetTimer { at: o.deadline },
         ]
     }

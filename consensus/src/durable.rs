@@ -30,13 +30,20 @@ pub enum PersistRecord {
     View { view: View, changing: bool },
     /// A pre-prepare this replica accepted (and will prepare) or, as primary, issued.
     /// After a restart it must not accept or issue another digest for (view, seq).
-    Accepted { pre_prepare: Signed<PrePrepare>, batch: Batch },
+    Accepted {
+        pre_prepare: Signed<PrePrepare>,
+        batch: Batch,
+    },
     /// This replica is prepared (it is about to send a commit); a later view change
     /// must carry this certificate.
     Prepared(PreparedCert),
     /// (seq, digest) is committed-local; the batch is in `Accepted`/`Prepared`.
     /// Lets a restarted replica re-execute without asking its peers.
-    Committed { seq: Seq, view: View, digest: Digest },
+    Committed {
+        seq: Seq,
+        view: View,
+        digest: Digest,
+    },
     /// The view-change message this replica sent.
     ViewChangeSent(Signed<ViewChange>),
     /// A new stable checkpoint; everything at or below `seq` may be discarded.
@@ -73,14 +80,23 @@ impl DurableState {
             PersistRecord::Accepted { pre_prepare, batch } => {
                 let seq = pre_prepare.payload.seq;
                 if seq > self.stable_seq() {
-                    let newer = self.accepted.get(&seq).is_none_or(|(pp, _)| pp.payload.view <= pre_prepare.payload.view);
+                    let newer = self
+                        .accepted
+                        .get(&seq)
+                        .is_none_or(|(pp, _)| pp.payload.view <= pre_prepare.payload.view);
                     if newer {
-                        self.accepted.insert(seq, (pre_prepare.clone(), batch.clone()));
+                        self.accepted
+                            .insert(seq, (pre_prepare.clone(), batch.clone()));
                     }
                 }
             }
             PersistRecord::Prepared(cert) => {
-                if cert.seq() > self.stable_seq() && self.prepared.get(&cert.seq()).is_none_or(|c| c.view() <= cert.view()) {
+                if cert.seq() > self.stable_seq()
+                    && self
+                        .prepared
+                        .get(&cert.seq())
+                        .is_none_or(|c| c.view() <= cert.view())
+                {
                     self.prepared.insert(cert.seq(), cert.clone());
                 }
             }
@@ -90,7 +106,11 @@ impl DurableState {
                 }
             }
             PersistRecord::ViewChangeSent(vc) => {
-                if self.view_change.as_ref().is_none_or(|old| old.payload.new_view <= vc.payload.new_view) {
+                if self
+                    .view_change
+                    .as_ref()
+                    .is_none_or(|old| old.payload.new_view <= vc.payload.new_view)
+                {
                     self.view_change = Some(vc.clone());
                 }
             }

@@ -26,8 +26,10 @@ pub enum Timer {
     StateFetch,
 }
 
-/// An event for the replica.
+/// An event for the replica. (Messages are moved, never copied, once per event;
+/// boxing them would only add an allocation.)
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Input {
     /// A message whose signatures have been checked (see [`crate::validate`]).
     Message(VerifiedMessage),
@@ -43,13 +45,19 @@ pub enum Output {
     /// Send to every other replica.
     Broadcast { message: Message },
     /// Send a signed reply to a client.
-    Reply { client: ClientId, reply: Signed<Reply> },
+    Reply {
+        client: ClientId,
+        reply: Signed<Reply>,
+    },
     /// Make this durable before any later Send/Broadcast/Reply leaves.
     Persist(PersistRecord),
     /// Deliver `Input::Timer(timer)` at `at` (replaces an earlier deadline).
     SetTimer { timer: Timer, at: Duration },
     /// Bad input, for counting and logging; `peer` is the replica it came from, if known.
-    Rejected { peer: Option<ReplicaId>, reason: Rejection },
+    Rejected {
+        peer: Option<ReplicaId>,
+        reason: Rejection,
+    },
     /// A batch was executed (for metrics, logs and the simulator's checkers).
     Executed(Executed),
     /// The replica entered a new view (normal operation resumes).

@@ -8,11 +8,22 @@ use std::collections::BTreeMap;
 /// A client operation on the key-value store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvOp {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Get { key: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Get {
+        key: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     /// Set `key` to `new` only if its current value is `expected` (`None`: absent).
-    CompareAndSwap { key: Vec<u8>, expected: Option<Vec<u8>>, new: Vec<u8> },
+    CompareAndSwap {
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    },
 }
 
 /// The result of a [`KvOp`].
@@ -23,7 +34,10 @@ pub enum KvResult {
     /// Get: the value, if any.
     Value(Option<Vec<u8>>),
     /// CompareAndSwap: whether it swapped, and the value found.
-    Swapped { swapped: bool, current: Option<Vec<u8>> },
+    Swapped {
+        swapped: bool,
+        current: Option<Vec<u8>>,
+    },
     /// The operation bytes did not decode.
     Invalid,
 }
@@ -78,16 +92,26 @@ impl KvStore {
 
     fn apply(&mut self, op: KvOp) -> KvResult {
         match op {
-            KvOp::Put { key, value } => KvResult::Done { previous: self.map.insert(key, value) },
+            KvOp::Put { key, value } => KvResult::Done {
+                previous: self.map.insert(key, value),
+            },
             KvOp::Get { key } => KvResult::Value(self.map.get(&key).cloned()),
-            KvOp::Delete { key } => KvResult::Done { previous: self.map.remove(&key) },
+            KvOp::Delete { key } => KvResult::Done {
+                previous: self.map.remove(&key),
+            },
             KvOp::CompareAndSwap { key, expected, new } => {
                 let current = self.map.get(&key).cloned();
                 if current == expected {
                     self.map.insert(key, new);
-                    KvResult::Swapped { swapped: true, current }
+                    KvResult::Swapped {
+                        swapped: true,
+                        current,
+                    }
                 } else {
-                    KvResult::Swapped { swapped: false, current }
+                    KvResult::Swapped {
+                        swapped: false,
+                        current,
+                    }
                 }
             }
         }
@@ -108,7 +132,8 @@ impl Application for KvStore {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
-        self.map = bft_crypto::decode(snapshot, usize::MAX).map_err(|e| RestoreError(e.to_string()))?;
+        self.map =
+            bft_crypto::decode(snapshot, usize::MAX).map_err(|e| RestoreError(e.to_string()))?;
         Ok(())
     }
 
@@ -133,24 +158,65 @@ mod tests {
     fn put_get_delete_cas() {
         let mut kv = KvStore::new();
         let k = b"k".to_vec();
-        assert_eq!(run(&mut kv, KvOp::Get { key: k.clone() }), KvResult::Value(None));
-        assert_eq!(run(&mut kv, KvOp::Put { key: k.clone(), value: b"1".to_vec() }), KvResult::Done { previous: None });
-        assert_eq!(run(&mut kv, KvOp::Get { key: k.clone() }), KvResult::Value(Some(b"1".to_vec())));
+        assert_eq!(
+            run(&mut kv, KvOp::Get { key: k.clone() }),
+            KvResult::Value(None)
+        );
+        assert_eq!(
+            run(
+                &mut kv,
+                KvOp::Put {
+                    key: k.clone(),
+                    value: b"1".to_vec()
+                }
+            ),
+            KvResult::Done { previous: None }
+        );
+        assert_eq!(
+            run(&mut kv, KvOp::Get { key: k.clone() }),
+            KvResult::Value(Some(b"1".to_vec()))
+        );
         let cas = |e: Option<&[u8]>, n: &[u8]| KvOp::CompareAndSwap {
             key: k.clone(),
             expected: e.map(<[u8]>::to_vec),
             new: n.to_vec(),
         };
-        assert_eq!(run(&mut kv, cas(Some(b"0"), b"2")), KvResult::Swapped { swapped: false, current: Some(b"1".to_vec()) });
-        assert_eq!(run(&mut kv, cas(Some(b"1"), b"2")), KvResult::Swapped { swapped: true, current: Some(b"1".to_vec()) });
-        assert_eq!(run(&mut kv, KvOp::Delete { key: k.clone() }), KvResult::Done { previous: Some(b"2".to_vec()) });
-        assert_eq!(run(&mut kv, cas(None, b"3")), KvResult::Swapped { swapped: true, current: None });
+        assert_eq!(
+            run(&mut kv, cas(Some(b"0"), b"2")),
+            KvResult::Swapped {
+                swapped: false,
+                current: Some(b"1".to_vec())
+            }
+        );
+        assert_eq!(
+            run(&mut kv, cas(Some(b"1"), b"2")),
+            KvResult::Swapped {
+                swapped: true,
+                current: Some(b"1".to_vec())
+            }
+        );
+        assert_eq!(
+            run(&mut kv, KvOp::Delete { key: k.clone() }),
+            KvResult::Done {
+                previous: Some(b"2".to_vec())
+            }
+        );
+        assert_eq!(
+            run(&mut kv, cas(None, b"3")),
+            KvResult::Swapped {
+                swapped: true,
+                current: None
+            }
+        );
     }
 
     #[test]
     fn garbage_operation_is_an_invalid_result_not_a_panic() {
         let mut kv = KvStore::new();
-        assert_eq!(KvResult::decode(&kv.execute(&[0xff, 0xff, 0xff])).unwrap(), KvResult::Invalid);
+        assert_eq!(
+            KvResult::decode(&kv.execute(&[0xff, 0xff, 0xff])).unwrap(),
+            KvResult::Invalid
+        );
         assert!(kv.is_empty());
     }
 
@@ -158,7 +224,13 @@ mod tests {
     fn snapshot_restore_and_digest_agree() {
         let mut a = KvStore::new();
         for i in 0..50u8 {
-            run(&mut a, KvOp::Put { key: vec![i], value: vec![i; 3] });
+            run(
+                &mut a,
+                KvOp::Put {
+                    key: vec![i],
+                    value: vec![i; 3],
+                },
+            );
         }
         let mut b = KvStore::new();
         b.restore(&a.snapshot()).unwrap();

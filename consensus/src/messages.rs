@@ -35,7 +35,9 @@ pub fn request_id(req: &Signed<Request>) -> RequestId {
 #[must_use]
 pub fn request_digest(req: &Signed<Request>) -> Digest {
     let mut h = Hasher::new("bftnode/request-digest/v1");
-    h.update(&req.signer.0).update_u64(req.payload.timestamp).update(&req.payload.operation);
+    h.update(&req.signer.0)
+        .update_u64(req.payload.timestamp)
+        .update(&req.payload.operation);
     h.finish()
 }
 

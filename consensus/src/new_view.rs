@@ -24,10 +24,12 @@ pub struct NewViewPlan {
 pub fn plan(view_changes: &[Signed<ViewChange>]) -> NewViewPlan {
     let best_stable = view_changes.iter().max_by_key(|vc| vc.payload.stable_seq);
     let min_s = best_stable.map_or(0, |vc| vc.payload.stable_seq);
-    let checkpoint = best_stable.filter(|vc| vc.payload.stable_seq > 0).and_then(|vc| {
-        let digest = vc.payload.checkpoint_proof.first()?.payload.state_digest;
-        Some((digest, vc.payload.checkpoint_proof.clone()))
-    });
+    let checkpoint = best_stable
+        .filter(|vc| vc.payload.stable_seq > 0)
+        .and_then(|vc| {
+            let digest = vc.payload.checkpoint_proof.first()?.payload.state_digest;
+            Some((digest, vc.payload.checkpoint_proof.clone()))
+        });
 
     // For each seq above min-s, the certificate from the highest view. Two valid
     // certificates from the same view always agree (quorum intersection); the digest
@@ -35,7 +37,9 @@ pub fn plan(view_changes: &[Signed<ViewChange>]) -> NewViewPlan {
     let mut chosen: BTreeMap<Seq, &PreparedCert> = BTreeMap::new();
     for vc in view_changes {
         for cert in vc.payload.prepared.iter().filter(|c| c.seq() > min_s) {
-            let better = chosen.get(&cert.seq()).is_none_or(|old| (cert.view(), cert.digest()) > (old.view(), old.digest()));
+            let better = chosen
+                .get(&cert.seq())
+                .is_none_or(|old| (cert.view(), cert.digest()) > (old.view(), old.digest()));
             if better {
                 chosen.insert(cert.seq(), cert);
             }
@@ -51,5 +55,9 @@ pub fn plan(view_changes: &[Signed<ViewChange>]) -> NewViewPlan {
             }
         })
         .collect();
-    NewViewPlan { min_s, checkpoint, entries }
+    NewViewPlan {
+        min_s,
+        checkpoint,
+        entries,
+    }
 }

@@ -21,7 +21,11 @@ pub enum Rejection {
     #[error("a different pre-prepare for view {view} seq {seq} was already accepted")]
     ConflictingPrePrepare { view: View, seq: Seq },
     #[error("replica {replica} sent two different votes for view {view} seq {seq}")]
-    Equivocation { replica: ReplicaId, view: View, seq: Seq },
+    Equivocation {
+        replica: ReplicaId,
+        view: View,
+        seq: Seq,
+    },
     #[error("batch of {len} requests exceeds the limit {max}")]
     BatchTooLarge { len: usize, max: usize },
     #[error("checkpoint at {seq} is not a multiple of the checkpoint interval")]

@@ -30,9 +30,20 @@ impl Membership {
     /// the node reports before building one.
     #[must_use]
     pub fn new(keys: Vec<PublicKey>) -> Self {
-        assert!(!keys.is_empty(), "a replica group needs at least one member");
-        let index: BTreeMap<_, _> = keys.iter().enumerate().map(|(i, k)| (*k, i as ReplicaId)).collect();
-        assert_eq!(index.len(), keys.len(), "duplicate replica key in the validator set");
+        assert!(
+            !keys.is_empty(),
+            "a replica group needs at least one member"
+        );
+        let index: BTreeMap<_, _> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (*k, i as ReplicaId))
+            .collect();
+        assert_eq!(
+            index.len(),
+            keys.len(),
+            "duplicate replica key in the validator set"
+        );
         let f = (keys.len() - 1) / 3;
         Self { keys, index, f }
     }
@@ -135,18 +146,27 @@ impl ReplicaConfig {
     /// A one-line description of the first problem found.
     pub fn validate(&self) -> Result<(), String> {
         if self.members.n() < 4 {
-            return Err(format!("n = {} replicas tolerates no Byzantine fault; need n >= 4", self.members.n()));
+            return Err(format!(
+                "n = {} replicas tolerates no Byzantine fault; need n >= 4",
+                self.members.n()
+            ));
         }
         if self.id as usize >= self.members.n() {
-            return Err(format!("replica id {} is not in a validator set of {}", self.id, self.members.n()));
+            return Err(format!(
+                "replica id {} is not in a validator set of {}",
+                self.id,
+                self.members.n()
+            ));
         }
         if self.batch_size == 0 {
             return Err("batch_size must be at least 1".into());
         }
         if self.checkpoint_interval == 0 || self.window < 2 * self.checkpoint_interval {
-            return Err("window must be at least twice checkpoint_interval (and both positive)".into());
+            return Err(
+                "window must be at least twice checkpoint_interval (and both positive)".into(),
+            );
         }
-        if self.window % self.checkpoint_interval != 0 {
+        if !self.window.is_multiple_of(self.checkpoint_interval) {
             return Err("window must be a multiple of checkpoint_interval".into());
         }
         Ok(())
@@ -169,7 +189,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn group(n: usize) -> Membership {
-        Membership::new((0..n).map(|i| KeyPair::from_seed([i as u8; 32]).public()).collect())
+        Membership::new(
+            (0..n)
+                .map(|i| KeyPair::from_seed([i as u8; 32]).public())
+                .collect(),
+        )
     }
 
     #[test]
@@ -189,7 +213,7 @@ mod tests {
         fn quorums_intersect_in_a_correct_replica(n in 4usize..40) {
             let m = group(n);
             let q = m.quorum();
-            prop_assert!(2 * q >= n + m.f() + 1);
+            prop_assert!(2 * q > n + m.f(), "two quorums overlap in at least f+1");
             prop_assert!(q <= n - m.f());
         }
 

@@ -5,11 +5,11 @@
 //! This is pure CPU work with no access to replica state, so the node runs it off
 //! the event loop, in parallel and batched.
 
+use crate::messages::{state_digest, Commit};
 use crate::messages::{
-    Batch, Checkpoint, FetchState, Message, NewView, PrePrepare, Prepare, PreparedCert, Reply, Request, StateSnapshot,
-    ViewChange,
+    Batch, Checkpoint, FetchState, Message, NewView, PrePrepare, Prepare, PreparedCert, Reply,
+    Request, StateSnapshot, ViewChange,
 };
-use crate::messages::{Commit, state_digest};
 use crate::new_view::{plan, NewViewPlan};
 use crate::rejection::Rejection;
 use crate::types::{Membership, ReplicaConfig, ReplicaId, Seq, View};
@@ -101,7 +101,9 @@ impl Validator {
     /// The first problem found, typed.
     pub fn verify(&self, msg: Message) -> Checked<VerifiedMessage> {
         Ok(match msg {
-            Message::Request(r) => VerifiedMessage::Request(r.verify().map_err(|_| Rejection::BadSignature)?),
+            Message::Request(r) => {
+                VerifiedMessage::Request(r.verify().map_err(|_| Rejection::BadSignature)?)
+            }
             Message::PrePrepare(pp, batch) => {
                 let claimed = pp.payload.replica;
                 let pp = self.by_replica(pp, claimed)?;
@@ -119,7 +121,7 @@ impl Validator {
             Message::Checkpoint(m) => {
                 let r = m.payload.replica;
                 let m = self.by_replica(m, r)?;
-                if m.seq == 0 || m.seq % self.checkpoint_interval != 0 {
+                if m.seq == 0 || !m.seq.is_multiple_of(self.checkpoint_interval) {
                     return Err(Rejection::MisalignedCheckpoint { seq: m.seq });
                 }
                 VerifiedMessage::Checkpoint(m)
@@ -154,7 +156,11 @@ impl Validator {
     }
 
     /// Verify `signed` and that its signer is replica `claimed`.
-    fn by_replica<T: Signable>(&self, signed: Signed<T>, claimed: ReplicaId) -> Checked<Verified<T>> {
+    fn by_replica<T: Signable>(
+        &self,
+        signed: Signed<T>,
+        claimed: ReplicaId,
+    ) -> Checked<Verified<T>> {
         self.check_signer(&signed, claimed)?;
         signed.verify().map_err(|_| Rejection::BadSignature)
     }
@@ -176,12 +182,18 @@ impl Validator {
     /// signed by its client (Validity: only signed requests are ever executed).
     fn check_batch(&self, batch: &Batch, digest: Digest) -> Checked<()> {
         if batch.len() > self.max_batch {
-            return Err(Rejection::BatchTooLarge { len: batch.len(), max: self.max_batch });
+            return Err(Rejection::BatchTooLarge {
+                len: batch.len(),
+                max: self.max_batch,
+            });
         }
         if batch.digest() != digest {
             return Err(Rejection::DigestMismatch);
         }
-        if verify_batch(batch.requests.clone()).iter().any(Result::is_err) {
+        if verify_batch(batch.requests.clone())
+            .iter()
+            .any(Result::is_err)
+        {
             return Err(Rejection::BadSignature);
         }
         Ok(())
@@ -189,14 +201,24 @@ impl Validator {
 
     /// 2f+1 signed checkpoints from distinct replicas agreeing on (seq, digest).
     /// Returns the digest, or None for the genesis checkpoint (seq 0, empty proof).
-    fn check_checkpoint_proof(&self, seq: Seq, proof: &[Signed<Checkpoint>]) -> Checked<Option<Digest>> {
+    fn check_checkpoint_proof(
+        &self,
+        seq: Seq,
+        proof: &[Signed<Checkpoint>],
+    ) -> Checked<Option<Digest>> {
         if seq == 0 {
-            return if proof.is_empty() { Ok(None) } else { Err(Rejection::InvalidCheckpointProof("proof for seq 0")) };
+            return if proof.is_empty() {
+                Ok(None)
+            } else {
+                Err(Rejection::InvalidCheckpointProof("proof for seq 0"))
+            };
         }
-        if seq % self.checkpoint_interval != 0 {
+        if !seq.is_multiple_of(self.checkpoint_interval) {
             return Err(Rejection::InvalidCheckpointProof("misaligned seq"));
         }
-        let first = proof.first().ok_or(Rejection::InvalidCheckpointProof("empty proof"))?;
+        let first = proof
+            .first()
+            .ok_or(Rejection::InvalidCheckpointProof("empty proof"))?;
         let digest = first.payload.state_digest;
         let mut seen = BTreeSet::new();
         for c in proof {
@@ -206,10 +228,13 @@ impl Validator {
             if !seen.insert(c.payload.replica) {
                 return Err(Rejection::InvalidCheckpointProof("duplicate signer"));
             }
-            self.check_nested(c, c.payload.replica).map_err(|_| Rejection::InvalidCheckpointProof("bad signature"))?;
+            self.check_nested(c, c.payload.replica)
+                .map_err(|_| Rejection::InvalidCheckpointProof("bad signature"))?;
         }
         if seen.len() < self.members.quorum() {
-            return Err(Rejection::InvalidCheckpointProof("fewer than 2f+1 checkpoints"));
+            return Err(Rejection::InvalidCheckpointProof(
+                "fewer than 2f+1 checkpoints",
+            ));
         }
         Ok(Some(digest))
     }
@@ -229,8 +254,10 @@ impl Validator {
         if pp.replica != primary {
             return Err(bad("pre-prepare not from the view's primary"));
         }
-        self.check_nested(&cert.pre_prepare, primary).map_err(|_| bad("bad pre-prepare signature"))?;
-        self.check_batch(&cert.batch, pp.digest).map_err(|_| bad("batch does not match"))?;
+        self.check_nested(&cert.pre_prepare, primary)
+            .map_err(|_| bad("bad pre-prepare signature"))?;
+        self.check_batch(&cert.batch, pp.digest)
+            .map_err(|_| bad("batch does not match"))?;
         let mut seen = BTreeSet::new();
         for p in &cert.prepares {
             let m = &p.payload;
@@ -240,7 +267,8 @@ impl Validator {
             if m.replica == primary || !seen.insert(m.replica) {
                 return Err(bad("prepare from the primary or a duplicate"));
             }
-            self.check_nested(p, m.replica).map_err(|_| bad("bad prepare signature"))?;
+            self.check_nested(p, m.replica)
+                .map_err(|_| bad("bad prepare signature"))?;
         }
         if seen.len() + 1 < self.members.quorum() {
             return Err(bad("fewer than 2f prepares"));
@@ -268,7 +296,10 @@ impl Validator {
         let bad = Rejection::InvalidNewView;
         let primary = self.members.primary(nv.view);
         if nv.replica != primary {
-            return Err(Rejection::NotPrimary { replica: nv.replica, view: nv.view });
+            return Err(Rejection::NotPrimary {
+                replica: nv.replica,
+                view: nv.view,
+            });
         }
         let mut seen = BTreeSet::new();
         for vc in &nv.view_changes {
@@ -279,7 +310,8 @@ impl Validator {
                 return Err(bad("two view-changes from one replica"));
             }
             self.check_view_change(&vc.payload)?;
-            self.check_nested(vc, vc.payload.replica).map_err(|_| bad("bad view-change signature"))?;
+            self.check_nested(vc, vc.payload.replica)
+                .map_err(|_| bad("bad view-change signature"))?;
         }
         if seen.len() < self.members.quorum() {
             return Err(bad("fewer than 2f+1 view-changes"));
@@ -293,7 +325,8 @@ impl Validator {
             if (m.view, m.seq, m.digest, m.replica) != (nv.view, *seq, *digest, primary) {
                 return Err(bad("pre-prepare set differs from the one computed from V"));
             }
-            self.check_nested(pp, primary).map_err(|_| bad("bad pre-prepare signature"))?;
+            self.check_nested(pp, primary)
+                .map_err(|_| bad("bad pre-prepare signature"))?;
         }
         Ok(plan)
     }

@@ -8,52 +8,108 @@ use bft_crypto::Verified;
 use common::*;
 use std::time::Duration;
 
-fn reply(g: &Group, from: u32, client: &bft_crypto::KeyPair, ts: u64, view: u64, result: &[u8]) -> Verified<Reply> {
-    g.sign(from, Reply { view, timestamp: ts, client: client.public(), replica: from, result: result.to_vec() })
-        .verify()
-        .unwrap()
+fn reply(
+    g: &Group,
+    from: u32,
+    client: &bft_crypto::KeyPair,
+    ts: u64,
+    view: u64,
+    result: &[u8],
+) -> Verified<Reply> {
+    g.sign(
+        from,
+        Reply {
+            view,
+            timestamp: ts,
+            client: client.public(),
+            replica: from,
+            result: result.to_vec(),
+        },
+    )
+    .verify()
+    .unwrap()
 }
 
 #[test]
 fn accepts_on_f_plus_1_matching_replies_only() {
     let g = Group::new(4);
     let key = client_key(1);
-    let mut c = Client::new(key.clone(), g.members.clone(), 10, Duration::from_millis(500));
+    let mut c = Client::new(
+        key.clone(),
+        g.members.clone(),
+        10,
+        Duration::from_millis(500),
+    );
     let out = c.submit(Duration::ZERO, b"op".to_vec()).unwrap();
-    assert!(matches!(&out[0], ClientOutput::Send { to: 0, message: Message::Request(r) } if r.payload.timestamp == 10));
-    assert_eq!(c.submit(Duration::ZERO, b"again".to_vec()), Err(ClientError::Busy));
+    assert!(
+        matches!(&out[0], ClientOutput::Send { to: 0, message: Message::Request(r) } if r.payload.timestamp == 10)
+    );
+    assert_eq!(
+        c.submit(Duration::ZERO, b"again".to_vec()),
+        Err(ClientError::Busy)
+    );
     // One reply, then a conflicting one (a faulty replica), then a duplicate: not enough.
     assert!(c.on_reply(&reply(&g, 1, &key, 10, 0, b"ok")).is_empty());
     assert!(c.on_reply(&reply(&g, 2, &key, 10, 0, b"evil")).is_empty());
     assert!(c.on_reply(&reply(&g, 1, &key, 10, 0, b"ok")).is_empty());
     // A reply for another timestamp or client is ignored.
     assert!(c.on_reply(&reply(&g, 3, &key, 9, 0, b"ok")).is_empty());
-    assert!(c.on_reply(&reply(&g, 3, &client_key(2), 10, 0, b"ok")).is_empty());
+    assert!(c
+        .on_reply(&reply(&g, 3, &client_key(2), 10, 0, b"ok"))
+        .is_empty());
     let out = c.on_reply(&reply(&g, 3, &key, 10, 2, b"ok"));
-    assert_eq!(out, vec![ClientOutput::Accepted { timestamp: 10, result: b"ok".to_vec() }]);
+    assert_eq!(
+        out,
+        vec![ClientOutput::Accepted {
+            timestamp: 10,
+            result: b"ok".to_vec()
+        }]
+    );
     assert!(!c.is_busy());
     // The next request goes to the primary of the lowest view among the f+1 (view 0).
     assert_eq!(c.view(), 0);
     let out = c.submit(Duration::ZERO, b"next".to_vec()).unwrap();
-    assert!(matches!(&out[0], ClientOutput::Send { message: Message::Request(r), .. } if r.payload.timestamp == 11));
+    assert!(
+        matches!(&out[0], ClientOutput::Send { message: Message::Request(r), .. } if r.payload.timestamp == 11)
+    );
 }
 
 #[test]
 fn retransmits_to_all_replicas_on_timeout() {
     let g = Group::new(4);
-    let mut c = Client::new(client_key(1), g.members.clone(), 1, Duration::from_millis(500));
+    let mut c = Client::new(
+        client_key(1),
+        g.members.clone(),
+        1,
+        Duration::from_millis(500),
+    );
     c.submit(Duration::ZERO, b"op".to_vec()).unwrap();
-    assert!(c.on_timeout(Duration::from_millis(499)).is_empty(), "not yet due");
+    assert!(
+        c.on_timeout(Duration::from_millis(499)).is_empty(),
+        "not yet due"
+    );
     let out = c.on_timeout(Duration::from_millis(500));
-    assert!(matches!(&out[0], ClientOutput::Broadcast { message: Message::Request(r) } if r.payload.timestamp == 1));
-    assert_eq!(out[1], ClientOutput::SetTimer { at: Duration::from_millis(1000) });
+    assert!(
+        matches!(&out[0], ClientOutput::Broadcast { message: Message::Request(r) } if r.payload.timestamp == 1)
+    );
+    assert_eq!(
+        out[1],
+        ClientOutput::SetTimer {
+            at: Duration::from_millis(1000)
+        }
+    );
 }
 
 #[test]
 fn learns_the_view_from_replies() {
     let g = Group::new(4);
     let key = client_key(1);
-    let mut c = Client::new(key.clone(), g.members.clone(), 1, Duration::from_millis(500));
+    let mut c = Client::new(
+        key.clone(),
+        g.members.clone(),
+        1,
+        Duration::from_millis(500),
+    );
     c.submit(Duration::ZERO, b"op".to_vec()).unwrap();
     c.on_reply(&reply(&g, 1, &key, 1, 2, b"r"));
     c.on_reply(&reply(&g, 2, &key, 1, 2, b"r"));

@@ -22,9 +22,14 @@ fn planted_f_plus_1_commit_quorum_is_caught_as_an_agreement_violation() {
             _ => None,
         }
     });
-    let (seed, failure) = found.expect("the simulator should find the planted agreement bug within 400 seeds");
+    let (seed, failure) =
+        found.expect("the simulator should find the planted agreement bug within 400 seeds");
     println!("planted bug found: {failure}");
     // The same seed with the real 2f+1 quorum is safe and live.
     let correct = run(&hunt_config(seed));
-    assert!(correct.is_ok(), "seed {seed} fails even without the planted bug: {}", correct.unwrap_err());
+    assert!(
+        correct.is_ok(),
+        "seed {seed} fails even without the planted bug: {}",
+        correct.unwrap_err()
+    );
 }

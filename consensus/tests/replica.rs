@@ -10,7 +10,13 @@ use std::time::Duration;
 fn executed_seqs(c: &Cluster, id: u32) -> Vec<u64> {
     c.all_outputs(id)
         .iter()
-        .filter_map(|o| if let Output::Executed(e) = o { Some(e.seq) } else { None })
+        .filter_map(|o| {
+            if let Output::Executed(e) = o {
+                Some(e.seq)
+            } else {
+                None
+            }
+        })
         .collect()
 }
 
@@ -31,7 +37,10 @@ fn normal_case_executes_everywhere_and_replies() {
     assert_eq!(c.replies.len(), 4);
     for (to, reply) in &c.replies {
         assert_eq!(*to, client.public());
-        assert_eq!(KvResult::decode(&reply.payload.result).unwrap(), KvResult::Done { previous: None });
+        assert_eq!(
+            KvResult::decode(&reply.payload.result).unwrap(),
+            KvResult::Done { previous: None }
+        );
     }
 }
 
@@ -50,18 +59,24 @@ fn what_a_message_commits_to_is_persisted_before_it_leaves() {
             for (i, o) in step.iter().enumerate() {
                 let earlier = &step[..i];
                 match o {
-                    Output::Broadcast { message: Message::Prepare(p) } => {
+                    Output::Broadcast {
+                        message: Message::Prepare(p),
+                    } => {
                         assert!(earlier.iter().any(|e| matches!(e,
                             Output::Persist(PersistRecord::Accepted { pre_prepare, .. })
                                 if pre_prepare.payload.seq == p.payload.seq && pre_prepare.payload.digest == p.payload.digest)));
                         checked += 1;
                     }
-                    Output::Broadcast { message: Message::Commit(cm) } => {
+                    Output::Broadcast {
+                        message: Message::Commit(cm),
+                    } => {
                         assert!(earlier.iter().any(|e| matches!(e,
                             Output::Persist(PersistRecord::Prepared(cert)) if cert.seq() == cm.payload.seq)));
                         checked += 1;
                     }
-                    Output::Broadcast { message: Message::PrePrepare(pp, _) } => {
+                    Output::Broadcast {
+                        message: Message::PrePrepare(pp, _),
+                    } => {
                         assert!(earlier.iter().any(|e| matches!(e,
                             Output::Persist(PersistRecord::Accepted { pre_prepare, .. }) if pre_prepare == pp)));
                         checked += 1;
@@ -83,12 +98,33 @@ fn conflicting_pre_prepare_is_rejected() {
     let b = batch_of(vec![request(&client_key(1), 1, "k", "b")]);
     let v = g.validator();
     for batch in [&a, &b] {
-        let m = v.verify(Message::PrePrepare(g.pre_prepare(0, 1, batch), batch.clone())).unwrap();
+        let m = v
+            .verify(Message::PrePrepare(
+                g.pre_prepare(0, 1, batch),
+                batch.clone(),
+            ))
+            .unwrap();
         c.input(1, Input::Message(m));
     }
     let out = c.all_outputs(1);
-    assert!(out.iter().any(|o| matches!(o, Output::Rejected { peer: Some(0), reason: Rejection::ConflictingPrePrepare { view: 0, seq: 1 } })));
-    let prepares = out.iter().filter(|o| matches!(o, Output::Broadcast { message: Message::Prepare(_) })).count();
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            peer: Some(0),
+            reason: Rejection::ConflictingPrePrepare { view: 0, seq: 1 }
+        }
+    )));
+    let prepares = out
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::Broadcast {
+                    message: Message::Prepare(_)
+                }
+            )
+        })
+        .count();
     assert_eq!(prepares, 1);
 }
 
@@ -99,17 +135,64 @@ fn window_and_vote_equivocation_are_enforced() {
     let g = Group::new(4);
     let v = g.validator();
     let b = batch_of(vec![request(&client_key(1), 1, "k", "a")]);
-    let far = v.verify(Message::PrePrepare(g.pre_prepare(0, 17, &b), b.clone())).unwrap();
+    let far = v
+        .verify(Message::PrePrepare(g.pre_prepare(0, 17, &b), b.clone()))
+        .unwrap();
     c.input(1, Input::Message(far));
-    assert!(c.all_outputs(1).iter().any(|o| matches!(o, Output::Rejected { reason: Rejection::OutOfWindow { seq: 17, low: 0, high: 16 }, .. })));
+    assert!(c.all_outputs(1).iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: Rejection::OutOfWindow {
+                seq: 17,
+                low: 0,
+                high: 16
+            },
+            ..
+        }
+    )));
     for digest_of in [&b, &Batch::default()] {
-        let p = g.sign(2, Prepare { view: 0, seq: 1, digest: digest_of.digest(), replica: 2 });
+        let p = g.sign(
+            2,
+            Prepare {
+                view: 0,
+                seq: 1,
+                digest: digest_of.digest(),
+                replica: 2,
+            },
+        );
         c.input(1, Input::Message(v.verify(Message::Prepare(p)).unwrap()));
     }
-    assert!(c.all_outputs(1).iter().any(|o| matches!(o, Output::Rejected { peer: Some(2), reason: Rejection::Equivocation { replica: 2, view: 0, seq: 1 } })));
-    let from_primary = g.sign(0, Prepare { view: 0, seq: 1, digest: b.digest(), replica: 0 });
-    c.input(1, Input::Message(v.verify(Message::Prepare(from_primary)).unwrap()));
-    assert!(c.all_outputs(1).iter().any(|o| matches!(o, Output::Rejected { peer: Some(0), reason: Rejection::Malformed(_) })));
+    assert!(c.all_outputs(1).iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            peer: Some(2),
+            reason: Rejection::Equivocation {
+                replica: 2,
+                view: 0,
+                seq: 1
+            }
+        }
+    )));
+    let from_primary = g.sign(
+        0,
+        Prepare {
+            view: 0,
+            seq: 1,
+            digest: b.digest(),
+            replica: 0,
+        },
+    );
+    c.input(
+        1,
+        Input::Message(v.verify(Message::Prepare(from_primary)).unwrap()),
+    );
+    assert!(c.all_outputs(1).iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            peer: Some(0),
+            reason: Rejection::Malformed(_)
+        }
+    )));
 }
 
 /// §4.4: a primary that drops everything is replaced; the request then executes.
@@ -131,10 +214,20 @@ fn silent_primary_is_replaced_by_a_view_change() {
     }
     for id in 1..4 {
         let r = c.replica(id);
-        assert!(r.view() >= 1 && !r.in_view_change(), "replica {id} in view {}", r.view());
+        assert!(
+            r.view() >= 1 && !r.in_view_change(),
+            "replica {id} in view {}",
+            r.view()
+        );
         assert_eq!(r.last_executed(), 1, "replica {id}");
     }
-    assert!(c.all_outputs(1).iter().any(|o| matches!(o, Output::ViewEntered { view: 1, primary: 1 })));
+    assert!(c.all_outputs(1).iter().any(|o| matches!(
+        o,
+        Output::ViewEntered {
+            view: 1,
+            primary: 1
+        }
+    )));
 }
 
 /// §4.3: every K executions a checkpoint; stable at 2f+1; the log below is discarded
@@ -154,7 +247,10 @@ fn checkpoints_become_stable_and_move_the_window() {
         assert_eq!(r.watermarks(), (8, 24));
     }
     assert!(c.durable[2].stable.as_ref().is_some_and(|s| s.seq == 8));
-    assert!(c.durable[2].accepted.keys().all(|s| *s > 8), "log not garbage-collected");
+    assert!(
+        c.durable[2].accepted.keys().all(|s| *s > 8),
+        "log not garbage-collected"
+    );
 }
 
 /// TOCS §6.2: a replica cut off while the others move several checkpoints ahead
@@ -162,7 +258,9 @@ fn checkpoints_become_stable_and_move_the_window() {
 #[test]
 fn lagging_replica_catches_up_by_state_transfer() {
     let mut c = Cluster::new(4);
-    c.drop_if = Box::new(|_, to, m| *to == To::Replica(3) && !matches!(m, Message::Checkpoint(_) | Message::State(_)));
+    c.drop_if = Box::new(|_, to, m| {
+        *to == To::Replica(3) && !matches!(m, Message::Checkpoint(_) | Message::State(_))
+    });
     for ts in 1..=12 {
         c.client_sends(0, request(&client_key(1), ts, "k", &format!("v{ts}")));
         c.run();
@@ -173,7 +271,10 @@ fn lagging_replica_catches_up_by_state_transfer() {
     assert_eq!(r3.stable_checkpoint().seq, 12);
     assert_eq!(r3.last_executed(), 12);
     assert_eq!(r3.state_digest(), c.replica(0).state_digest());
-    assert!(c.all_outputs(3).iter().any(|o| matches!(o, Output::StateInstalled { seq: 12, .. })));
+    assert!(c
+        .all_outputs(3)
+        .iter()
+        .any(|o| matches!(o, Output::StateInstalled { seq: 12, .. })));
 }
 
 /// Recovery: a replica that prepared a digest, crashed and restarted, refuses a
@@ -185,20 +286,43 @@ fn restarted_replica_does_not_contradict_its_prepare() {
     let v = g.validator();
     let a = batch_of(vec![request(&client_key(1), 1, "k", "a")]);
     let b = batch_of(vec![request(&client_key(1), 1, "k", "b")]);
-    c.input(1, Input::Message(v.verify(Message::PrePrepare(g.pre_prepare(0, 1, &a), a.clone())).unwrap()));
+    c.input(
+        1,
+        Input::Message(
+            v.verify(Message::PrePrepare(g.pre_prepare(0, 1, &a), a.clone()))
+                .unwrap(),
+        ),
+    );
     c.crash(1);
     c.restart(1);
-    c.input(1, Input::Message(v.verify(Message::PrePrepare(g.pre_prepare(0, 1, &b), b.clone())).unwrap()));
+    c.input(
+        1,
+        Input::Message(
+            v.verify(Message::PrePrepare(g.pre_prepare(0, 1, &b), b.clone()))
+                .unwrap(),
+        ),
+    );
     let out = c.all_outputs(1);
     let prepared_digests: Vec<_> = out
         .iter()
         .filter_map(|o| match o {
-            Output::Broadcast { message: Message::Prepare(p) } => Some(p.payload.digest),
+            Output::Broadcast {
+                message: Message::Prepare(p),
+            } => Some(p.payload.digest),
             _ => None,
         })
         .collect();
-    assert!(prepared_digests.iter().all(|d| *d == a.digest()), "prepared a second digest after restart");
-    assert!(out.iter().any(|o| matches!(o, Output::Rejected { reason: Rejection::ConflictingPrePrepare { .. }, .. })));
+    assert!(
+        prepared_digests.iter().all(|d| *d == a.digest()),
+        "prepared a second digest after restart"
+    );
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: Rejection::ConflictingPrePrepare { .. },
+            ..
+        }
+    )));
 }
 
 /// Recovery: all replicas crash after executing; restarted from what they persisted
@@ -221,7 +345,10 @@ fn whole_group_restart_keeps_every_executed_write() {
     for id in 0..4 {
         assert_eq!(c.replica(id).last_executed(), 10, "replica {id}");
         assert_eq!(c.replica(id).state_digest(), before, "replica {id}");
-        assert_eq!(c.replica(id).app().get(b"k7").map(Vec::as_slice), Some(&b"v"[..]));
+        assert_eq!(
+            c.replica(id).app().get(b"k7").map(Vec::as_slice),
+            Some(&b"v"[..])
+        );
     }
 }
 
@@ -231,8 +358,18 @@ fn whole_group_restart_keeps_every_executed_write() {
 fn retransmitted_request_gets_cached_reply_without_re_execution() {
     let mut c = Cluster::new(4);
     let client = client_key(1);
-    let cas = KvOp::CompareAndSwap { key: b"k".to_vec(), expected: None, new: b"x".to_vec() };
-    let req = bft_crypto::Signed::sign(bft_consensus::messages::Request { timestamp: 1, operation: cas.encode() }, &client);
+    let cas = KvOp::CompareAndSwap {
+        key: b"k".to_vec(),
+        expected: None,
+        new: b"x".to_vec(),
+    };
+    let req = bft_crypto::Signed::sign(
+        bft_consensus::messages::Request {
+            timestamp: 1,
+            operation: cas.encode(),
+        },
+        &client,
+    );
     c.client_sends(0, req.clone());
     c.run();
     c.replies.clear();
@@ -244,7 +381,13 @@ fn retransmitted_request_gets_cached_reply_without_re_execution() {
     assert_eq!(c.replies.len(), 4);
     for (_, reply) in &c.replies {
         // The cached result of the first (successful) swap, not a failed second one.
-        assert_eq!(KvResult::decode(&reply.payload.result).unwrap(), KvResult::Swapped { swapped: true, current: None });
+        assert_eq!(
+            KvResult::decode(&reply.payload.result).unwrap(),
+            KvResult::Swapped {
+                swapped: true,
+                current: None
+            }
+        );
     }
 }
 
@@ -263,26 +406,52 @@ fn batching_by_size_and_by_timer() {
         .all_outputs(0)
         .iter()
         .filter_map(|o| match o {
-            Output::Broadcast { message: Message::PrePrepare(_, b) } => Some(b.len()),
+            Output::Broadcast {
+                message: Message::PrePrepare(_, b),
+            } => Some(b.len()),
             _ => None,
         })
         .collect();
     assert_eq!(sizes, vec![1, 4], "first alone (idle), then a full batch");
     // A timer input before its deadline (stale or early) changes nothing.
     let count_pre_prepares = |c: &Cluster| {
-        c.all_outputs(0).iter().filter(|o| matches!(o, Output::Broadcast { message: Message::PrePrepare(..) })).count()
+        c.all_outputs(0)
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Output::Broadcast {
+                        message: Message::PrePrepare(..)
+                    }
+                )
+            })
+            .count()
     };
     let before = count_pre_prepares(&c);
     c.input(0, Input::Timer(Timer::Batch));
-    assert_eq!(count_pre_prepares(&c), before, "an early timer proposed a batch");
-    let deadline = c.timers[0].iter().find(|(t, _)| *t == Timer::Batch).map(|(_, at)| *at).expect("batch timer set");
+    assert_eq!(
+        count_pre_prepares(&c),
+        before,
+        "an early timer proposed a batch"
+    );
+    let deadline = c.timers[0]
+        .iter()
+        .find(|(t, _)| *t == Timer::Batch)
+        .map(|(_, at)| *at)
+        .expect("batch timer set");
     c.advance_to(deadline);
     c.run();
     let last = c.all_outputs(0).into_iter().rev().find_map(|o| match o {
-        Output::Broadcast { message: Message::PrePrepare(_, b) } => Some(b.len()),
+        Output::Broadcast {
+            message: Message::PrePrepare(_, b),
+        } => Some(b.len()),
         _ => None,
     });
-    assert_eq!(last, Some(1), "the leftover request goes out when the timer fires");
+    assert_eq!(
+        last,
+        Some(1),
+        "the leftover request goes out when the timer fires"
+    );
 }
 
 mod hostile {

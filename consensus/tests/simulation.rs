@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 fn seeds() -> u64 {
-    std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000)
+    std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000)
 }
 
 /// Run `count` seeds over all cores; return the reports, or panic with the first failure.
@@ -47,10 +50,16 @@ fn assert_faults_were_exercised(reports: &[SimReport]) {
     assert!(sum(|r| r.crashes) > 0, "no crash happened");
     assert!(sum(|r| r.view_changes) > 0, "no view change happened");
     assert!(sum(|r| r.state_transfers) > 0, "no state transfer happened");
-    assert!(sum(|r| r.stable_checkpoints) > 0, "no checkpoint became stable");
+    assert!(
+        sum(|r| r.stable_checkpoints) > 0,
+        "no checkpoint became stable"
+    );
     assert!(sum(|r| r.messages_dropped) > 0, "no message was dropped");
     assert!(sum(|r| r.rejections) > 0, "no invalid message was rejected");
-    assert!(reports.iter().all(|r| r.accepted_requests > 0), "a run accepted nothing");
+    assert!(
+        reports.iter().all(|r| r.accepted_requests > 0),
+        "a run accepted nothing"
+    );
 }
 
 #[test]
@@ -87,7 +96,9 @@ fn every_core_behaviour_at_f_replicas_keeps_safety_and_liveness() {
             for seed in 0..6 {
                 let mut cfg = SimConfig::randomized(10_000 + seed, f);
                 // f replicas misbehave, the primary of view 0 among them.
-                cfg.byzantine = (0..f as u32).map(|id| (id, (*behaviour).to_string())).collect();
+                cfg.byzantine = (0..f as u32)
+                    .map(|id| (id, (*behaviour).to_string()))
+                    .collect();
                 if let Err(e) = run(&cfg) {
                     panic!("behaviour {behaviour}:\n{e}");
                 }

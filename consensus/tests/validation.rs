@@ -4,7 +4,8 @@
 mod common;
 
 use bft_consensus::messages::{
-    state_digest, Batch, Checkpoint, Commit, FetchState, NewView, PrePrepare, Prepare, Reply, StateSnapshot,
+    state_digest, Batch, Checkpoint, Commit, FetchState, NewView, PrePrepare, Prepare, Reply,
+    StateSnapshot,
 };
 use bft_consensus::new_view::plan;
 use bft_consensus::{Message, Rejection, VerifiedMessage};
@@ -12,11 +13,18 @@ use bft_crypto::{Digest, Signed};
 use common::*;
 
 fn batch(n: u64) -> Batch {
-    batch_of((0..n).map(|i| request(&client_key(1), i + 1, "k", "v")).collect())
+    batch_of(
+        (0..n)
+            .map(|i| request(&client_key(1), i + 1, "k", "v"))
+            .collect(),
+    )
 }
 
 fn reject(msg: Message) -> Rejection {
-    Group::new(4).validator().verify(msg).expect_err("must be rejected")
+    Group::new(4)
+        .validator()
+        .verify(msg)
+        .expect_err("must be rejected")
 }
 
 #[test]
@@ -25,20 +33,67 @@ fn well_formed_messages_pass() {
     let v = g.validator();
     let b = batch(2);
     let ok = |m: Message| v.verify(m).unwrap_or_else(|e| panic!("rejected: {e}"));
-    assert!(matches!(ok(Message::Request(request(&client_key(1), 1, "k", "v"))), VerifiedMessage::Request(_)));
-    assert!(matches!(ok(Message::PrePrepare(g.pre_prepare(0, 1, &b), b.clone())), VerifiedMessage::PrePrepare(..)));
-    assert!(matches!(ok(Message::Prepare(g.prepare(1, 0, 1, &b))), VerifiedMessage::Prepare(_)));
-    let commit = g.sign(2, Commit { view: 0, seq: 1, digest: b.digest(), replica: 2 });
-    assert!(matches!(ok(Message::Commit(commit)), VerifiedMessage::Commit(_)));
-    let cp = g.sign(3, Checkpoint { seq: 4, state_digest: Digest([1; 32]), replica: 3 });
-    assert!(matches!(ok(Message::Checkpoint(cp)), VerifiedMessage::Checkpoint(_)));
+    assert!(matches!(
+        ok(Message::Request(request(&client_key(1), 1, "k", "v"))),
+        VerifiedMessage::Request(_)
+    ));
+    assert!(matches!(
+        ok(Message::PrePrepare(g.pre_prepare(0, 1, &b), b.clone())),
+        VerifiedMessage::PrePrepare(..)
+    ));
+    assert!(matches!(
+        ok(Message::Prepare(g.prepare(1, 0, 1, &b))),
+        VerifiedMessage::Prepare(_)
+    ));
+    let commit = g.sign(
+        2,
+        Commit {
+            view: 0,
+            seq: 1,
+            digest: b.digest(),
+            replica: 2,
+        },
+    );
+    assert!(matches!(
+        ok(Message::Commit(commit)),
+        VerifiedMessage::Commit(_)
+    ));
+    let cp = g.sign(
+        3,
+        Checkpoint {
+            seq: 4,
+            state_digest: Digest([1; 32]),
+            replica: 3,
+        },
+    );
+    assert!(matches!(
+        ok(Message::Checkpoint(cp)),
+        VerifiedMessage::Checkpoint(_)
+    ));
     let vc = g.view_change(1, 1, vec![g.cert(0, 1, &b)]);
-    assert!(matches!(ok(Message::ViewChange(vc)), VerifiedMessage::ViewChange(_)));
+    assert!(matches!(
+        ok(Message::ViewChange(vc)),
+        VerifiedMessage::ViewChange(_)
+    ));
     let fetch = g.sign(2, FetchState { seq: 4, replica: 2 });
-    assert!(matches!(ok(Message::FetchState(fetch)), VerifiedMessage::FetchState(_)));
-    let reply =
-        g.sign(1, Reply { view: 0, timestamp: 1, client: client_key(1).public(), replica: 1, result: vec![1] });
-    assert!(matches!(ok(Message::Reply(reply)), VerifiedMessage::Reply(_)));
+    assert!(matches!(
+        ok(Message::FetchState(fetch)),
+        VerifiedMessage::FetchState(_)
+    ));
+    let reply = g.sign(
+        1,
+        Reply {
+            view: 0,
+            timestamp: 1,
+            client: client_key(1).public(),
+            replica: 1,
+            result: vec![1],
+        },
+    );
+    assert!(matches!(
+        ok(Message::Reply(reply)),
+        VerifiedMessage::Reply(_)
+    ));
 }
 
 #[test]
@@ -57,20 +112,53 @@ fn a_replica_cannot_speak_for_another() {
     let g = Group::new(4);
     let b = batch(1);
     // Replica 2 signs a prepare claiming to be replica 1.
-    let forged = g.sign(2, Prepare { view: 0, seq: 1, digest: b.digest(), replica: 1 });
-    assert_eq!(reject(Message::Prepare(forged)), Rejection::SignerMismatch { claimed: 1 });
-    let unknown = g.sign(2, Prepare { view: 0, seq: 1, digest: b.digest(), replica: 9 });
+    let forged = g.sign(
+        2,
+        Prepare {
+            view: 0,
+            seq: 1,
+            digest: b.digest(),
+            replica: 1,
+        },
+    );
+    assert_eq!(
+        reject(Message::Prepare(forged)),
+        Rejection::SignerMismatch { claimed: 1 }
+    );
+    let unknown = g.sign(
+        2,
+        Prepare {
+            view: 0,
+            seq: 1,
+            digest: b.digest(),
+            replica: 9,
+        },
+    );
     assert_eq!(reject(Message::Prepare(unknown)), Rejection::UnknownSigner);
     // A client key is not a replica.
-    let by_client = Signed::sign(Prepare { view: 0, seq: 1, digest: b.digest(), replica: 1 }, &client_key(1));
-    assert_eq!(reject(Message::Prepare(by_client)), Rejection::SignerMismatch { claimed: 1 });
+    let by_client = Signed::sign(
+        Prepare {
+            view: 0,
+            seq: 1,
+            digest: b.digest(),
+            replica: 1,
+        },
+        &client_key(1),
+    );
+    assert_eq!(
+        reject(Message::Prepare(by_client)),
+        Rejection::SignerMismatch { claimed: 1 }
+    );
 }
 
 #[test]
 fn pre_prepare_batch_must_match_fit_and_be_signed_by_clients() {
     let g = Group::new(4);
     let b = batch(2);
-    assert_eq!(reject(Message::PrePrepare(g.pre_prepare(0, 1, &b), batch(1))), Rejection::DigestMismatch);
+    assert_eq!(
+        reject(Message::PrePrepare(g.pre_prepare(0, 1, &b), batch(1))),
+        Rejection::DigestMismatch
+    );
     let big = batch(5); // batch_size is 4 in the fixture
     assert_eq!(
         reject(Message::PrePrepare(g.pre_prepare(0, 1, &big), big)),
@@ -78,16 +166,39 @@ fn pre_prepare_batch_must_match_fit_and_be_signed_by_clients() {
     );
     let mut forged = batch(2);
     forged.requests[1].payload.operation = b"evil".to_vec();
-    assert_eq!(reject(Message::PrePrepare(g.pre_prepare(0, 1, &forged), forged)), Rejection::BadSignature);
+    assert_eq!(
+        reject(Message::PrePrepare(g.pre_prepare(0, 1, &forged), forged)),
+        Rejection::BadSignature
+    );
 }
 
 #[test]
 fn checkpoints_must_be_aligned() {
     let g = Group::new(4);
-    let cp = g.sign(1, Checkpoint { seq: 5, state_digest: Digest([1; 32]), replica: 1 });
-    assert_eq!(reject(Message::Checkpoint(cp)), Rejection::MisalignedCheckpoint { seq: 5 });
-    let cp0 = g.sign(1, Checkpoint { seq: 0, state_digest: Digest([1; 32]), replica: 1 });
-    assert_eq!(reject(Message::Checkpoint(cp0)), Rejection::MisalignedCheckpoint { seq: 0 });
+    let cp = g.sign(
+        1,
+        Checkpoint {
+            seq: 5,
+            state_digest: Digest([1; 32]),
+            replica: 1,
+        },
+    );
+    assert_eq!(
+        reject(Message::Checkpoint(cp)),
+        Rejection::MisalignedCheckpoint { seq: 5 }
+    );
+    let cp0 = g.sign(
+        1,
+        Checkpoint {
+            seq: 0,
+            state_digest: Digest([1; 32]),
+            replica: 1,
+        },
+    );
+    assert_eq!(
+        reject(Message::Checkpoint(cp0)),
+        Rejection::MisalignedCheckpoint { seq: 0 }
+    );
 }
 
 fn vc_with(g: &Group, edit: impl FnOnce(&mut bft_consensus::messages::ViewChange)) -> Message {
@@ -105,30 +216,59 @@ fn view_change_checkpoint_proofs_are_checked() {
         vc.checkpoint_proof = g.checkpoint_proof(4, d)[..2].to_vec();
         vc.prepared.clear();
     });
-    assert_eq!(reject(too_few), Rejection::InvalidCheckpointProof("fewer than 2f+1 checkpoints"));
+    assert_eq!(
+        reject(too_few),
+        Rejection::InvalidCheckpointProof("fewer than 2f+1 checkpoints")
+    );
     let disagree = vc_with(&g, |vc| {
         vc.stable_seq = 4;
         vc.checkpoint_proof = g.checkpoint_proof(4, d);
-        vc.checkpoint_proof[1] = g.sign(1, Checkpoint { seq: 4, state_digest: Digest([8; 32]), replica: 1 });
+        vc.checkpoint_proof[1] = g.sign(
+            1,
+            Checkpoint {
+                seq: 4,
+                state_digest: Digest([8; 32]),
+                replica: 1,
+            },
+        );
         vc.prepared.clear();
     });
-    assert_eq!(reject(disagree), Rejection::InvalidCheckpointProof("checkpoints disagree"));
+    assert_eq!(
+        reject(disagree),
+        Rejection::InvalidCheckpointProof("checkpoints disagree")
+    );
     let dup = vc_with(&g, |vc| {
         vc.stable_seq = 4;
         vc.checkpoint_proof = g.checkpoint_proof(4, d);
         vc.checkpoint_proof[1] = vc.checkpoint_proof[0].clone();
         vc.prepared.clear();
     });
-    assert_eq!(reject(dup), Rejection::InvalidCheckpointProof("duplicate signer"));
+    assert_eq!(
+        reject(dup),
+        Rejection::InvalidCheckpointProof("duplicate signer")
+    );
     let forged = vc_with(&g, |vc| {
         vc.stable_seq = 4;
         vc.checkpoint_proof = g.checkpoint_proof(4, d);
-        vc.checkpoint_proof[2] = g.sign(1, Checkpoint { seq: 4, state_digest: d, replica: 2 });
+        vc.checkpoint_proof[2] = g.sign(
+            1,
+            Checkpoint {
+                seq: 4,
+                state_digest: d,
+                replica: 2,
+            },
+        );
         vc.prepared.clear();
     });
-    assert_eq!(reject(forged), Rejection::InvalidCheckpointProof("bad signature"));
+    assert_eq!(
+        reject(forged),
+        Rejection::InvalidCheckpointProof("bad signature")
+    );
     let seq0 = vc_with(&g, |vc| vc.checkpoint_proof = g.checkpoint_proof(4, d));
-    assert_eq!(reject(seq0), Rejection::InvalidCheckpointProof("proof for seq 0"));
+    assert_eq!(
+        reject(seq0),
+        Rejection::InvalidCheckpointProof("proof for seq 0")
+    );
     let good = vc_with(&g, |vc| {
         vc.stable_seq = 4;
         vc.checkpoint_proof = g.checkpoint_proof(4, d);
@@ -137,13 +277,21 @@ fn view_change_checkpoint_proofs_are_checked() {
     assert!(g.validator().verify(good).is_ok());
 }
 
+type CertEdit = Box<dyn Fn(&mut bft_consensus::messages::PreparedCert)>;
+
 #[test]
 fn view_change_prepared_certificates_are_checked() {
     let g = Group::new(4);
     let b = batch(1);
-    let cases: Vec<(Box<dyn Fn(&mut bft_consensus::messages::PreparedCert)>, &str)> = vec![
-        (Box::new(|c| c.prepares.truncate(1)), "fewer than 2f prepares"),
-        (Box::new(|c| c.prepares[1] = c.prepares[0].clone()), "prepare from the primary or a duplicate"),
+    let cases: Vec<(CertEdit, &str)> = vec![
+        (
+            Box::new(|c| c.prepares.truncate(1)),
+            "fewer than 2f prepares",
+        ),
+        (
+            Box::new(|c| c.prepares[1] = c.prepares[0].clone()),
+            "prepare from the primary or a duplicate",
+        ),
         (
             Box::new(|c| c.prepares[0] = Group::new(4).prepare(0, 0, 1, &batch(1))),
             "prepare from the primary or a duplicate",
@@ -157,7 +305,15 @@ fn view_change_prepared_certificates_are_checked() {
             Box::new(|c| {
                 let g = Group::new(4);
                 let b = batch(1);
-                c.pre_prepare = g.sign(1, PrePrepare { view: 0, seq: 1, digest: b.digest(), replica: 0 });
+                c.pre_prepare = g.sign(
+                    1,
+                    PrePrepare {
+                        view: 0,
+                        seq: 1,
+                        digest: b.digest(),
+                        replica: 0,
+                    },
+                );
             }),
             "bad pre-prepare signature",
         ),
@@ -165,7 +321,15 @@ fn view_change_prepared_certificates_are_checked() {
             Box::new(|c| {
                 let g = Group::new(4);
                 let b = batch(1);
-                c.pre_prepare = g.sign(1, PrePrepare { view: 0, seq: 1, digest: b.digest(), replica: 1 });
+                c.pre_prepare = g.sign(
+                    1,
+                    PrePrepare {
+                        view: 0,
+                        seq: 1,
+                        digest: b.digest(),
+                        replica: 1,
+                    },
+                );
             }),
             "pre-prepare not from the view's primary",
         ),
@@ -178,26 +342,58 @@ fn view_change_prepared_certificates_are_checked() {
     }
     // A certificate from the new view itself, or beyond the window, or twice for one seq.
     let same_view = Message::ViewChange(g.view_change(1, 1, vec![g.cert(1, 1, &b)]));
-    assert_eq!(reject(same_view), Rejection::InvalidPreparedCert("certificate view is not below the new view"));
+    assert_eq!(
+        reject(same_view),
+        Rejection::InvalidPreparedCert("certificate view is not below the new view")
+    );
     let far = Message::ViewChange(g.view_change(1, 1, vec![g.cert(0, 17, &b)]));
-    assert_eq!(reject(far), Rejection::InvalidPreparedCert("sequence outside the window"));
-    let twice = Message::ViewChange(g.view_change(1, 2, vec![g.cert(0, 1, &b), g.cert(1, 1, &batch(2))]));
-    assert_eq!(reject(twice), Rejection::InvalidViewChange("two certificates for one sequence number"));
+    assert_eq!(
+        reject(far),
+        Rejection::InvalidPreparedCert("sequence outside the window")
+    );
+    let twice =
+        Message::ViewChange(g.view_change(1, 2, vec![g.cert(0, 1, &b), g.cert(1, 1, &batch(2))]));
+    assert_eq!(
+        reject(twice),
+        Rejection::InvalidViewChange("two certificates for one sequence number")
+    );
     let to_zero = Message::ViewChange(g.view_change(1, 0, vec![]));
-    assert_eq!(reject(to_zero), Rejection::InvalidViewChange("view change to view 0"));
+    assert_eq!(
+        reject(to_zero),
+        Rejection::InvalidViewChange("view change to view 0")
+    );
 }
 
 /// A valid new-view for view 1 from three view-changes, one carrying a certificate for seq 2.
 fn new_view(g: &Group) -> NewView {
     let b = batch(1);
-    let vcs = vec![g.view_change(0, 1, vec![]), g.view_change(2, 1, vec![g.cert(0, 2, &b)]), g.view_change(3, 1, vec![])];
+    let vcs = vec![
+        g.view_change(0, 1, vec![]),
+        g.view_change(2, 1, vec![g.cert(0, 2, &b)]),
+        g.view_change(3, 1, vec![]),
+    ];
     let p = plan(&vcs);
     let pre_prepares = p
         .entries
         .iter()
-        .map(|(seq, digest, _)| g.sign(1, PrePrepare { view: 1, seq: *seq, digest: *digest, replica: 1 }))
+        .map(|(seq, digest, _)| {
+            g.sign(
+                1,
+                PrePrepare {
+                    view: 1,
+                    seq: *seq,
+                    digest: *digest,
+                    replica: 1,
+                },
+            )
+        })
         .collect();
-    NewView { view: 1, view_changes: vcs, pre_prepares, replica: 1 }
+    NewView {
+        view: 1,
+        view_changes: vcs,
+        pre_prepares,
+        replica: 1,
+    }
 }
 
 #[test]
@@ -209,7 +405,9 @@ fn new_view_is_recomputed_and_checked() {
     assert_eq!(plan.entries.len(), 2);
     assert!(plan.entries[0].2.is_empty());
     assert_eq!(plan.entries[1].2, batch(1));
-    let ok = g.validator().verify(Message::NewView(g.sign(1, nv.clone())));
+    let ok = g
+        .validator()
+        .verify(Message::NewView(g.sign(1, nv.clone())));
     assert!(matches!(ok, Ok(VerifiedMessage::NewView(..))));
 
     let check = |edit: &dyn Fn(&mut NewView), signer: u32| {
@@ -217,27 +415,56 @@ fn new_view_is_recomputed_and_checked() {
         edit(&mut m);
         reject(Message::NewView(g.sign(signer, m)))
     };
-    assert_eq!(check(&|m| m.replica = 2, 2), Rejection::NotPrimary { replica: 2, view: 1 });
-    assert_eq!(check(&|m| { m.view_changes.pop(); }, 1), Rejection::InvalidNewView("fewer than 2f+1 view-changes"));
+    assert_eq!(
+        check(&|m| m.replica = 2, 2),
+        Rejection::NotPrimary {
+            replica: 2,
+            view: 1
+        }
+    );
+    assert_eq!(
+        check(
+            &|m| {
+                m.view_changes.pop();
+            },
+            1
+        ),
+        Rejection::InvalidNewView("fewer than 2f+1 view-changes")
+    );
     assert_eq!(
         check(&|m| m.view_changes[2] = m.view_changes[1].clone(), 1),
         Rejection::InvalidNewView("two view-changes from one replica")
     );
     assert_eq!(
-        check(&|m| m.view_changes[0] = Group::new(4).view_change(0, 2, vec![]), 1),
+        check(
+            &|m| m.view_changes[0] = Group::new(4).view_change(0, 2, vec![]),
+            1
+        ),
         Rejection::InvalidNewView("view-change for another view")
     );
     // The primary drops the prepared batch: O no longer matches V.
     assert_eq!(
-        check(&|m| { m.pre_prepares.pop(); }, 1),
+        check(
+            &|m| {
+                m.pre_prepares.pop();
+            },
+            1
+        ),
         Rejection::InvalidNewView("pre-prepare set differs from the one computed from V")
     );
     assert_eq!(
         check(
             &|m| {
                 let g = Group::new(4);
-                m.pre_prepares[1] =
-                    g.sign(1, PrePrepare { view: 1, seq: 2, digest: batch(2).digest(), replica: 1 });
+                m.pre_prepares[1] = g.sign(
+                    1,
+                    PrePrepare {
+                        view: 1,
+                        seq: 2,
+                        digest: batch(2).digest(),
+                        replica: 1,
+                    },
+                );
             },
             1
         ),
@@ -250,11 +477,22 @@ fn state_snapshots_must_match_their_proof() {
     let g = Group::new(4);
     let snapshot = empty_snapshot();
     let digest = state_digest(&snapshot);
-    let good = StateSnapshot { seq: 4, proof: g.checkpoint_proof(4, digest), snapshot: snapshot.clone(), replica: 2 };
-    assert!(g.validator().verify(Message::State(g.sign(2, good.clone()))).is_ok());
+    let good = StateSnapshot {
+        seq: 4,
+        proof: g.checkpoint_proof(4, digest),
+        snapshot: snapshot.clone(),
+        replica: 2,
+    };
+    assert!(g
+        .validator()
+        .verify(Message::State(g.sign(2, good.clone())))
+        .is_ok());
     let mut tampered = good.clone();
     tampered.snapshot.push(0);
-    assert_eq!(reject(Message::State(g.sign(2, tampered))), Rejection::BadSnapshot);
+    assert_eq!(
+        reject(Message::State(g.sign(2, tampered))),
+        Rejection::BadSnapshot
+    );
     let mut unproven = good;
     unproven.proof.truncate(2);
     assert_eq!(
@@ -267,6 +505,9 @@ fn state_snapshots_must_match_their_proof() {
 fn garbage_bytes_never_decode_into_a_message() {
     for len in [0usize, 1, 7, 64, 300] {
         let bytes: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();
-        assert!(bft_crypto::decode::<Message>(&bytes, bft_consensus::messages::MAX_MESSAGE_BYTES).is_err());
+        assert!(
+            bft_crypto::decode::<Message>(&bytes, bft_consensus::messages::MAX_MESSAGE_BYTES)
+                .is_err()
+        );
     }
 }

@@ -97,7 +97,10 @@ impl KeyPair {
     /// # Errors
     /// [`CryptoError::KeyFile`] on any I/O failure.
     pub fn save(&self, path: &Path) -> Result<(), CryptoError> {
-        let err = |e: std::io::Error| CryptoError::KeyFile { path: path.display().to_string(), reason: e.to_string() };
+        let err = |e: std::io::Error| CryptoError::KeyFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
         write_private(path, hex::encode(self.secret_bytes()).as_bytes()).map_err(err)?;
         let pub_path = path.with_extension("pub");
         std::fs::write(&pub_path, self.public.to_hex()).map_err(err)?;
@@ -110,11 +113,16 @@ impl KeyPair {
     /// # Errors
     /// [`CryptoError::KeyFile`] if unreadable, too open, or not 64 hex characters.
     pub fn load(path: &Path) -> Result<Self, CryptoError> {
-        let err = |reason: String| CryptoError::KeyFile { path: path.display().to_string(), reason };
+        let err = |reason: String| CryptoError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
         check_private(path).map_err(err)?;
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let bytes = hex::decode(text.trim()).map_err(|_| err("not hex".into()))?;
-        let seed: [u8; 32] = bytes.try_into().map_err(|_| err("not a 32-byte ed25519 secret key".into()))?;
+        let seed: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| err("not a 32-byte ed25519 secret key".into()))?;
         Ok(Self::from_seed(seed))
     }
 }
@@ -123,7 +131,12 @@ impl KeyPair {
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     // `mode` only applies on creation; tighten an existing file too.
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(contents)?;
@@ -181,7 +194,10 @@ mod tests {
         let path = dir.path().join("k");
         KeyPair::generate().save(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(KeyPair::load(&path), Err(CryptoError::KeyFile { .. })));
+        assert!(matches!(
+            KeyPair::load(&path),
+            Err(CryptoError::KeyFile { .. })
+        ));
     }
 
     #[test]
@@ -195,8 +211,14 @@ mod tests {
 
     #[test]
     fn seeded_keys_are_deterministic() {
-        assert_eq!(KeyPair::from_seed([7; 32]).public(), KeyPair::from_seed([7; 32]).public());
-        assert_ne!(KeyPair::from_seed([7; 32]).public(), KeyPair::from_seed([8; 32]).public());
+        assert_eq!(
+            KeyPair::from_seed([7; 32]).public(),
+            KeyPair::from_seed([7; 32]).public()
+        );
+        assert_ne!(
+            KeyPair::from_seed([7; 32]).public(),
+            KeyPair::from_seed([8; 32]).public()
+        );
     }
 
     #[test]

@@ -13,9 +13,9 @@ mod keys;
 mod signed;
 
 pub use digest::{sha256, Digest, Hasher};
+pub use ed25519_dalek::Signature;
 pub use error::CryptoError;
 pub use keys::{KeyPair, PublicKey};
-pub use ed25519_dalek::Signature;
 pub use signed::{verify_batch, Signable, Signed, Verified};
 
 /// Encode a value with the one bincode configuration used everywhere a byte string
@@ -34,14 +34,23 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CryptoError> {
 ///
 /// # Errors
 /// [`CryptoError::Decode`] on malformed, oversized or trailing bytes.
-pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CryptoError> {
+pub fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, CryptoError> {
     if bytes.len() > limit {
-        return Err(CryptoError::Decode(format!("{} bytes exceeds the {limit}-byte bound", bytes.len())));
+        return Err(CryptoError::Decode(format!(
+            "{} bytes exceeds the {limit}-byte bound",
+            bytes.len()
+        )));
     }
     let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
         .map_err(|e| CryptoError::Decode(e.to_string()))?;
     if used != bytes.len() {
-        return Err(CryptoError::Decode(format!("{} trailing bytes", bytes.len() - used)));
+        return Err(CryptoError::Decode(format!(
+            "{} trailing bytes",
+            bytes.len() - used
+        )));
     }
     Ok(value)
 }

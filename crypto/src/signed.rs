@@ -50,7 +50,11 @@ impl<T: Signable> Signed<T> {
     pub fn sign(payload: T, key: &KeyPair) -> Self {
         let bytes = signing_bytes(&payload).expect("message types always encode");
         let signature = key.sign_bytes(&bytes);
-        Self { payload, signer: key.public(), signature }
+        Self {
+            payload,
+            signer: key.public(),
+            signature,
+        }
     }
 
     /// Check the signature against the claimed signer.
@@ -60,7 +64,8 @@ impl<T: Signable> Signed<T> {
     pub fn verify(self) -> Result<Verified<T>, CryptoError> {
         let key = self.signer.verifying_key()?;
         let bytes = signing_bytes(&self.payload)?;
-        key.verify_strict(&bytes, &self.signature).map_err(|_| CryptoError::BadSignature)?;
+        key.verify_strict(&bytes, &self.signature)
+            .map_err(|_| CryptoError::BadSignature)?;
         Ok(Verified(self))
     }
 
@@ -183,15 +188,26 @@ mod tests {
         // Vote and Ballot encode identically; only the domain tag tells them apart.
         let k = KeyPair::from_seed([1; 32]);
         let vote = Signed::sign(Vote { seq: 9 }, &k);
-        assert_eq!(encode(&vote.payload).unwrap(), encode(&Ballot { seq: 9 }).unwrap());
-        let forged = Signed { payload: Ballot { seq: 9 }, signer: vote.signer, signature: vote.signature };
+        assert_eq!(
+            encode(&vote.payload).unwrap(),
+            encode(&Ballot { seq: 9 }).unwrap()
+        );
+        let forged = Signed {
+            payload: Ballot { seq: 9 },
+            signer: vote.signer,
+            signature: vote.signature,
+        };
         assert_eq!(forged.verify().unwrap_err(), CryptoError::BadSignature);
     }
 
     #[test]
     fn batch_verify_accepts_good_and_pinpoints_bad() {
         let keys: Vec<_> = (0..8u8).map(|i| KeyPair::from_seed([i; 32])).collect();
-        let mut items: Vec<_> = keys.iter().enumerate().map(|(i, k)| Signed::sign(Vote { seq: i as u64 }, k)).collect();
+        let mut items: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Signed::sign(Vote { seq: i as u64 }, k))
+            .collect();
         assert!(verify_batch(items.clone()).iter().all(Result::is_ok));
         items[5].payload.seq = 99;
         let results = verify_batch(items);

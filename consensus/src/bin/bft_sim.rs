@@ -9,17 +9,24 @@ use bft_consensus::sim::{run, SimConfig};
 use std::process::ExitCode;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let parse = |name: &str, default: u64| -> u64 {
-        arg(&args, name).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name} needs a number")))
+        arg(&args, name).map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} needs a number"))
+        })
     };
     let f = parse("--f", 1) as usize;
     let trace = args.iter().any(|a| a == "--trace");
-    let planted = arg(&args, "--planted-commit-quorum").map(|v| v.parse::<usize>().expect("a number"));
+    let planted =
+        arg(&args, "--planted-commit-quorum").map(|v| v.parse::<usize>().expect("a number"));
     let (first, count) = match arg(&args, "--seed") {
         Some(s) => (s.parse().expect("--seed needs a number"), 1),
         None => (parse("--first", 0), parse("--seeds", 100)),

@@ -2,13 +2,18 @@
 
 use super::{Behaviour, Ctx, SplitMix64};
 use crate::io::{Input, Output};
-use crate::messages::{Batch, Checkpoint, Commit, Message, PrePrepare, Prepare, PreparedCert, ViewChange};
+use crate::messages::{
+    Batch, Checkpoint, Commit, Message, PrePrepare, Prepare, PreparedCert, ViewChange,
+};
 use crate::validate::VerifiedMessage;
 use bft_crypto::{Digest, Signature, Signed};
 use std::collections::VecDeque;
 
 fn is_network(o: &Output) -> bool {
-    matches!(o, Output::Send { .. } | Output::Broadcast { .. } | Output::Reply { .. })
+    matches!(
+        o,
+        Output::Send { .. } | Output::Broadcast { .. } | Output::Reply { .. }
+    )
 }
 
 /// `silent`: keeps its state (and, in the node, its heartbeats) but sends nothing.
@@ -34,7 +39,10 @@ impl Behaviour for Equivocate {
     fn outputs(&mut self, ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {
         let mut out = Vec::with_capacity(outputs.len());
         for o in outputs {
-            let Output::Broadcast { message: Message::PrePrepare(pp, batch) } = o else {
+            let Output::Broadcast {
+                message: Message::PrePrepare(pp, batch),
+            } = o
+            else {
                 out.push(o);
                 continue;
             };
@@ -44,8 +52,13 @@ impl Behaviour for Equivocate {
             } else {
                 other = Batch::default();
             }
-            let forked =
-                Signed::sign(PrePrepare { digest: other.digest(), ..pp.payload.clone() }, ctx.key);
+            let forked = Signed::sign(
+                PrePrepare {
+                    digest: other.digest(),
+                    ..pp.payload.clone()
+                },
+                ctx.key,
+            );
             let others = ctx.others();
             let half = others.len() / 2;
             for (i, to) in others.into_iter().enumerate() {
@@ -127,11 +140,23 @@ impl Behaviour for WrongDigest {
                 match message {
                     Message::Prepare(p) => {
                         let digest = Digest(self.0.bytes32());
-                        *p = Signed::sign(Prepare { digest, ..p.payload.clone() }, ctx.key);
+                        *p = Signed::sign(
+                            Prepare {
+                                digest,
+                                ..p.payload.clone()
+                            },
+                            ctx.key,
+                        );
                     }
                     Message::Commit(c) => {
                         let digest = Digest(self.0.bytes32());
-                        *c = Signed::sign(Commit { digest, ..c.payload.clone() }, ctx.key);
+                        *c = Signed::sign(
+                            Commit {
+                                digest,
+                                ..c.payload.clone()
+                            },
+                            ctx.key,
+                        );
                     }
                     _ => {}
                 }
@@ -157,9 +182,18 @@ impl Behaviour for LyingCheckpoint {
     }
     fn outputs(&mut self, ctx: &Ctx<'_>, mut outputs: Vec<Output>) -> Vec<Output> {
         for o in &mut outputs {
-            if let Output::Broadcast { message: Message::Checkpoint(c) } = o {
+            if let Output::Broadcast {
+                message: Message::Checkpoint(c),
+            } = o
+            {
                 let state_digest = Digest(self.0.bytes32());
-                *c = Signed::sign(Checkpoint { state_digest, ..c.payload.clone() }, ctx.key);
+                *c = Signed::sign(
+                    Checkpoint {
+                        state_digest,
+                        ..c.payload.clone()
+                    },
+                    ctx.key,
+                );
             }
         }
         outputs
@@ -182,16 +216,44 @@ impl ForgeViewChange {
         let batch = Batch::default();
         let digest = Digest(self.0.bytes32());
         let primary = ctx.members.primary(view);
-        let pre_prepare = Signed::sign(PrePrepare { view, seq, digest, replica: primary }, ctx.key);
+        let pre_prepare = Signed::sign(
+            PrePrepare {
+                view,
+                seq,
+                digest,
+                replica: primary,
+            },
+            ctx.key,
+        );
         let prepares = ctx
             .members
             .ids()
             .filter(|r| *r != primary)
-            .map(|replica| Signed::sign(Prepare { view, seq, digest, replica }, ctx.key))
+            .map(|replica| {
+                Signed::sign(
+                    Prepare {
+                        view,
+                        seq,
+                        digest,
+                        replica,
+                    },
+                    ctx.key,
+                )
+            })
             .collect();
-        let cert = PreparedCert { pre_prepare, batch, prepares };
+        let cert = PreparedCert {
+            pre_prepare,
+            batch,
+            prepares,
+        };
         Signed::sign(
-            ViewChange { new_view, stable_seq, checkpoint_proof: Vec::new(), prepared: vec![cert], replica: ctx.id },
+            ViewChange {
+                new_view,
+                stable_seq,
+                checkpoint_proof: Vec::new(),
+                prepared: vec![cert],
+                replica: ctx.id,
+            },
             ctx.key,
         )
     }
@@ -203,14 +265,19 @@ impl Behaviour for ForgeViewChange {
     }
     fn outputs(&mut self, ctx: &Ctx<'_>, mut outputs: Vec<Output>) -> Vec<Output> {
         for o in &mut outputs {
-            if let Output::Broadcast { message: Message::ViewChange(vc) } = o {
+            if let Output::Broadcast {
+                message: Message::ViewChange(vc),
+            } = o
+            {
                 let forged = self.forged(ctx, vc.payload.new_view, 0);
                 *vc = forged;
             }
         }
         if self.0.chance(0.05) {
             let vc = self.forged(ctx, ctx.view + 1, 0);
-            outputs.push(Output::Broadcast { message: Message::ViewChange(vc) });
+            outputs.push(Output::Broadcast {
+                message: Message::ViewChange(vc),
+            });
         }
         outputs
     }
@@ -227,7 +294,10 @@ impl Replay {
 
     #[must_use]
     pub fn new(seed: u64) -> Self {
-        Self { rng: SplitMix64::new(seed), sent: VecDeque::new() }
+        Self {
+            rng: SplitMix64::new(seed),
+            sent: VecDeque::new(),
+        }
     }
 }
 
@@ -295,7 +365,12 @@ impl Behaviour for Flood {
             let seq = ctx.window.1 + 1 + self.0.below(1 << 20);
             let claimed = self.0.below(ctx.members.n() as u64) as u32;
             let mut message = Message::Commit(Signed::sign(
-                Commit { view: ctx.view, seq, digest, replica: claimed },
+                Commit {
+                    view: ctx.view,
+                    seq,
+                    digest,
+                    replica: claimed,
+                },
                 ctx.key,
             ));
             if self.0.chance(0.5) {
@@ -317,11 +392,33 @@ impl Behaviour for EagerVote {
         "eager-vote"
     }
     fn on_input(&mut self, ctx: &Ctx<'_>, input: &Input) -> Vec<Output> {
-        let Input::Message(VerifiedMessage::PrePrepare(pp, _)) = input else { return Vec::new() };
+        let Input::Message(VerifiedMessage::PrePrepare(pp, _)) = input else {
+            return Vec::new();
+        };
         let (view, seq, digest, replica) = (pp.view, pp.seq, pp.digest, ctx.id);
         vec![
-            Output::Broadcast { message: Message::Prepare(Signed::sign(Prepare { view, seq, digest, replica }, ctx.key)) },
-            Output::Broadcast { message: Message::Commit(Signed::sign(Commit { view, seq, digest, replica }, ctx.key)) },
+            Output::Broadcast {
+                message: Message::Prepare(Signed::sign(
+                    Prepare {
+                        view,
+                        seq,
+                        digest,
+                        replica,
+                    },
+                    ctx.key,
+                )),
+            },
+            Output::Broadcast {
+                message: Message::Commit(Signed::sign(
+                    Commit {
+                        view,
+                        seq,
+                        digest,
+                        replica,
+                    },
+                    ctx.key,
+                )),
+            },
         ]
     }
     fn outputs(&mut self, _ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {

@@ -7,7 +7,8 @@ mod behaviours;
 mod rng;
 
 pub use behaviours::{
-    BadSignature, Censor, EagerVote, Equivocate, Flood, ForgeViewChange, LyingCheckpoint, Replay, Silent, WrongDigest,
+    BadSignature, Censor, EagerVote, Equivocate, Flood, ForgeViewChange, LyingCheckpoint, Replay,
+    Silent, WrongDigest,
 };
 pub use rng::SplitMix64;
 
@@ -141,10 +142,16 @@ impl<A: Application> Wrapped<A> {
             window: self.replica.watermarks(),
         };
         out.extend(self.behaviour.on_input(&ctx, &input));
-        let Some(input) = self.behaviour.filter_input(&ctx, input) else { return };
+        let Some(input) = self.behaviour.filter_input(&ctx, input) else {
+            return;
+        };
         let mut honest = Vec::new();
         self.replica.handle(now, input, &mut honest);
-        let ctx = Ctx { view: self.replica.view(), window: self.replica.watermarks(), ..ctx };
+        let ctx = Ctx {
+            view: self.replica.view(),
+            window: self.replica.watermarks(),
+            ..ctx
+        };
         out.extend(self.behaviour.outputs(&ctx, honest));
     }
 }

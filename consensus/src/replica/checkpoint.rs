@@ -15,7 +15,11 @@ impl<A: Application> Replica<A> {
         let snapshot = encode_snapshot(&self.app, &self.clients);
         let digest = state_digest(&snapshot);
         self.own_checkpoints.insert(seq, (digest, snapshot));
-        let cp = self.sign(Checkpoint { seq, state_digest: digest, replica: self.me() });
+        let cp = self.sign(Checkpoint {
+            seq,
+            state_digest: digest,
+            replica: self.me(),
+        });
         self.record_checkpoint_vote(cp.clone());
         self.broadcast(Message::Checkpoint(cp));
         self.check_stable(seq);
@@ -36,9 +40,16 @@ impl<A: Application> Replica<A> {
     fn record_checkpoint_vote(&mut self, c: Signed<Checkpoint>) {
         let replica = c.payload.replica;
         let limit = (self.cfg.window / self.cfg.checkpoint_interval) as usize + 2;
-        self.checkpoint_votes.entry(c.payload.seq).or_default().insert(replica, c);
-        let mine: Vec<Seq> =
-            self.checkpoint_votes.iter().filter(|(_, v)| v.contains_key(&replica)).map(|(s, _)| *s).collect();
+        self.checkpoint_votes
+            .entry(c.payload.seq)
+            .or_default()
+            .insert(replica, c);
+        let mine: Vec<Seq> = self
+            .checkpoint_votes
+            .iter()
+            .filter(|(_, v)| v.contains_key(&replica))
+            .map(|(s, _)| *s)
+            .collect();
         if mine.len() > limit {
             let oldest = mine[0];
             if let Some(votes) = self.checkpoint_votes.get_mut(&oldest) {
@@ -49,10 +60,15 @@ impl<A: Application> Replica<A> {
 
     /// A checkpoint is stable once 2f+1 replicas signed the same digest for it.
     fn check_stable(&mut self, seq: Seq) {
-        let Some(votes) = self.checkpoint_votes.get(&seq) else { return };
+        let Some(votes) = self.checkpoint_votes.get(&seq) else {
+            return;
+        };
         let mut by_digest: BTreeMap<Digest, Vec<Signed<Checkpoint>>> = BTreeMap::new();
         for v in votes.values() {
-            by_digest.entry(v.payload.state_digest).or_default().push(v.clone());
+            by_digest
+                .entry(v.payload.state_digest)
+                .or_default()
+                .push(v.clone());
         }
         let quorum = self.quorum();
         if let Some((digest, proof)) = by_digest.into_iter().find(|(_, p)| p.len() >= quorum) {
@@ -62,14 +78,24 @@ impl<A: Application> Replica<A> {
 
     /// A proven checkpoint at `seq`. If our own state there matches, it becomes our
     /// stable checkpoint; otherwise we are behind (or diverged) and fetch the state.
-    pub(super) fn adopt_stable(&mut self, seq: Seq, digest: Digest, proof: Vec<Signed<Checkpoint>>) {
+    pub(super) fn adopt_stable(
+        &mut self,
+        seq: Seq,
+        digest: Digest,
+        proof: Vec<Signed<Checkpoint>>,
+    ) {
         if seq <= self.stable.seq {
             return;
         }
         match self.own_checkpoints.get(&seq) {
             Some((own, snapshot)) if *own == digest => {
                 let snapshot = snapshot.clone();
-                self.install_stable(StableCheckpoint { seq, digest, proof, snapshot });
+                self.install_stable(StableCheckpoint {
+                    seq,
+                    digest,
+                    proof,
+                    snapshot,
+                });
             }
             _ => self.start_fetch(seq, proof.iter().map(|c| c.payload.replica).collect()),
         }

@@ -17,7 +17,9 @@ use crate::app::Application;
 use crate::client_table::{ClientTable, ReplicaSnapshot};
 use crate::durable::StableCheckpoint;
 use crate::io::{Input, Output, Timer};
-use crate::messages::{state_digest, Checkpoint, Message, NewView, PreparedCert, Request, ViewChange};
+use crate::messages::{
+    state_digest, Checkpoint, Message, NewView, PreparedCert, Request, ViewChange,
+};
 use crate::rejection::Rejection;
 use crate::types::{ClientId, ReplicaConfig, ReplicaId, RequestId, Seq, View};
 use crate::validate::VerifiedMessage;
@@ -69,7 +71,13 @@ pub struct Replica<A: Application> {
     /// Latest view-change from each replica.
     view_changes: BTreeMap<ReplicaId, Signed<ViewChange>>,
     /// Pre-prepares of the view we are changing to that overtook its new-view.
-    early_pre_prepares: BTreeMap<Seq, (bft_crypto::Verified<crate::messages::PrePrepare>, crate::messages::Batch)>,
+    early_pre_prepares: BTreeMap<
+        Seq,
+        (
+            bft_crypto::Verified<crate::messages::PrePrepare>,
+            crate::messages::Batch,
+        ),
+    >,
     /// The new-view that started the current view (re-sent to laggards).
     last_new_view: Option<Signed<NewView>>,
     vc_timeout: Duration,
@@ -85,7 +93,12 @@ impl<A: Application> Replica<A> {
     pub fn new(cfg: ReplicaConfig, key: KeyPair, app: A) -> Self {
         let clients = ClientTable::default();
         let snapshot = encode_snapshot(&app, &clients);
-        let stable = StableCheckpoint { seq: 0, digest: state_digest(&snapshot), proof: Vec::new(), snapshot };
+        let stable = StableCheckpoint {
+            seq: 0,
+            digest: state_digest(&snapshot),
+            proof: Vec::new(),
+            snapshot,
+        };
         let vc_timeout = cfg.view_change_timeout;
         Self {
             cfg,
@@ -256,7 +269,9 @@ impl<A: Application> Replica<A> {
     }
     #[must_use]
     pub fn in_state_transfer(&self) -> bool {
-        self.fetch.as_ref().is_some_and(|f| f.is_proven() && f.min_seq > self.last_executed)
+        self.fetch
+            .as_ref()
+            .is_some_and(|f| f.is_proven() && f.min_seq > self.last_executed)
     }
     /// Digest of the application state (equal on replicas with equal `last_executed`).
     #[must_use]
@@ -281,7 +296,10 @@ impl<A: Application> Replica<A> {
 }
 
 fn encode_snapshot<A: Application>(app: &A, clients: &ClientTable) -> Vec<u8> {
-    let snap = ReplicaSnapshot { app: app.snapshot(), clients: clients.clone() };
+    let snap = ReplicaSnapshot {
+        app: app.snapshot(),
+        clients: clients.clone(),
+    };
     bft_crypto::encode(&snap).expect("snapshots always encode")
 }
 

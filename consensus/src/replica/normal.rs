@@ -7,7 +7,9 @@ use crate::app::Application;
 use crate::client_table::Freshness;
 use crate::durable::PersistRecord;
 use crate::io::{Executed, Output, Timer};
-use crate::messages::{request_id, Batch, Commit, Message, PrePrepare, Prepare, PreparedCert, Reply, Request};
+use crate::messages::{
+    request_id, Batch, Commit, Message, PrePrepare, Prepare, PreparedCert, Reply, Request,
+};
 use crate::rejection::Rejection;
 use crate::types::Seq;
 use bft_crypto::{Signed, Verified};
@@ -51,7 +53,10 @@ impl<A: Application> Replica<A> {
             // A client sends to the primary first; a backup that hears of a request
             // relays it and starts its timer (the primary may be faulty).
             let primary = self.primary();
-            self.emit(Output::Send { to: primary, message: Message::Request(req) });
+            self.emit(Output::Send {
+                to: primary,
+                message: Message::Request(req),
+            });
         }
     }
 
@@ -81,7 +86,9 @@ impl<A: Application> Replica<A> {
             timer_fired = false;
             let mut requests = Vec::new();
             while requests.len() < self.cfg.batch_size {
-                let Some(r) = self.queue.pop_front() else { break };
+                let Some(r) = self.queue.pop_front() else {
+                    break;
+                };
                 if self.is_orderable(&r) {
                     requests.push(r);
                 }
@@ -106,13 +113,21 @@ impl<A: Application> Replica<A> {
         let id = request_id(r);
         matches!(self.clients.freshness(&id.0, id.1), Freshness::New)
             && !self.in_flight.contains(&id)
-            && self.waiting.get(&id.0).is_some_and(|w| w.payload.timestamp == id.1)
+            && self
+                .waiting
+                .get(&id.0)
+                .is_some_and(|w| w.payload.timestamp == id.1)
     }
 
     fn propose(&mut self, batch: Batch) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let pp = self.sign(PrePrepare { view: self.view, seq, digest: batch.digest(), replica: self.me() });
+        let pp = self.sign(PrePrepare {
+            view: self.view,
+            seq,
+            digest: batch.digest(),
+            replica: self.me(),
+        });
         self.accept_pre_prepare(pp.clone(), batch.clone());
         self.broadcast(Message::PrePrepare(pp, batch));
         self.check_prepared(seq);
@@ -125,7 +140,10 @@ impl<A: Application> Replica<A> {
         for r in &batch.requests {
             self.in_flight.insert(request_id(r));
         }
-        self.emit(Output::Persist(PersistRecord::Accepted { pre_prepare: pp.clone(), batch: batch.clone() }));
+        self.emit(Output::Persist(PersistRecord::Accepted {
+            pre_prepare: pp.clone(),
+            batch: batch.clone(),
+        }));
         let slot = self.log.entry(seq).or_default();
         slot.pre_prepare = Some((pp, batch));
         slot.prepared = false;
@@ -136,7 +154,8 @@ impl<A: Application> Replica<A> {
     /// within the watermarks, and it has not accepted another digest for (v, n).
     pub(super) fn on_pre_prepare(&mut self, pp: Verified<PrePrepare>, batch: Batch) {
         let (view, seq, digest) = (pp.view, pp.seq, pp.digest);
-        if self.changing && view == self.view && self.in_window(seq) && pp.replica == self.primary() {
+        if self.changing && view == self.view && self.in_window(seq) && pp.replica == self.primary()
+        {
             // The new primary's proposals can overtake its new-view; keep them for
             // when we enter the view (at most one per seq in the window).
             self.early_pre_prepares.insert(seq, (pp, batch));
@@ -146,7 +165,13 @@ impl<A: Application> Replica<A> {
             return; // another view's, or already garbage collected
         }
         if pp.replica != self.primary() {
-            return self.reject(Some(pp.replica), Rejection::NotPrimary { replica: pp.replica, view });
+            return self.reject(
+                Some(pp.replica),
+                Rejection::NotPrimary {
+                    replica: pp.replica,
+                    view,
+                },
+            );
         }
         if self.is_primary() {
             return; // our own, echoed back
@@ -158,7 +183,10 @@ impl<A: Application> Replica<A> {
         if let Some((v, d)) = self.log.get(&seq).and_then(|s| s.accepted()) {
             if v == view {
                 if d != digest {
-                    self.reject(Some(pp.replica), Rejection::ConflictingPrePrepare { view, seq });
+                    self.reject(
+                        Some(pp.replica),
+                        Rejection::ConflictingPrePrepare { view, seq },
+                    );
                 }
                 return;
             }
@@ -170,10 +198,18 @@ impl<A: Application> Replica<A> {
 
     /// Sign, record and broadcast our prepare for the accepted pre-prepare at `seq`.
     pub(super) fn send_prepare(&mut self, seq: Seq) {
-        let Some((view, digest)) = self.log.get(&seq).and_then(|s| s.accepted()) else { return };
-        let prepare = self.sign(Prepare { view, seq, digest, replica: self.me() });
+        let Some((view, digest)) = self.log.get(&seq).and_then(|s| s.accepted()) else {
+            return;
+        };
+        let prepare = self.sign(Prepare {
+            view,
+            seq,
+            digest,
+            replica: self.me(),
+        });
         let slot = self.log.entry(seq).or_default();
-        slot.prepares.insert(prepare.payload.replica, prepare.clone());
+        slot.prepares
+            .insert(prepare.payload.replica, prepare.clone());
         self.broadcast(Message::Prepare(prepare));
     }
 
@@ -187,7 +223,10 @@ impl<A: Application> Replica<A> {
             return self.reject(Some(replica), Rejection::OutOfWindow { seq, low, high });
         }
         if replica == self.primary_of(view) {
-            return self.reject(Some(replica), Rejection::Malformed("prepare from the primary".into()));
+            return self.reject(
+                Some(replica),
+                Rejection::Malformed("prepare from the primary".into()),
+            );
         }
         let slot = self.log.entry(seq).or_default();
         match insert_vote(&mut slot.prepares, p.into_signed(), seq) {
@@ -223,8 +262,12 @@ impl<A: Application> Replica<A> {
         let view = self.view;
         let primary = self.primary();
         let needed = self.quorum() - 1;
-        let Some(slot) = self.log.get(&seq) else { return };
-        let Some((pp, batch)) = slot.pre_prepare.as_ref() else { return };
+        let Some(slot) = self.log.get(&seq) else {
+            return;
+        };
+        let Some((pp, batch)) = slot.pre_prepare.as_ref() else {
+            return;
+        };
         if pp.payload.view != view {
             return;
         }
@@ -241,7 +284,12 @@ impl<A: Application> Replica<A> {
             let digest = cert.digest();
             self.emit(Output::Persist(PersistRecord::Prepared(cert.clone())));
             self.certs.insert(seq, cert);
-            let commit = self.sign(Commit { view, seq, digest, replica: self.me() });
+            let commit = self.sign(Commit {
+                view,
+                seq,
+                digest,
+                replica: self.me(),
+            });
             let slot = self.log.get_mut(&seq).expect("slot checked above");
             slot.prepared = true;
             slot.commits.insert(commit.payload.replica, commit.clone());
@@ -253,8 +301,12 @@ impl<A: Application> Replica<A> {
     /// committed-local(m, v, n, i): prepared and 2f+1 matching commits.
     pub(super) fn check_committed(&mut self, seq: Seq) {
         let view = self.view;
-        let Some(slot) = self.log.get_mut(&seq) else { return };
-        let Some((view_pp, digest)) = slot.accepted() else { return };
+        let Some(slot) = self.log.get_mut(&seq) else {
+            return;
+        };
+        let Some((view_pp, digest)) = slot.accepted() else {
+            return;
+        };
         if !slot.prepared || slot.committed || view_pp != view || self.changing {
             return;
         }
@@ -262,7 +314,11 @@ impl<A: Application> Replica<A> {
             return;
         }
         slot.committed = true;
-        self.emit(Output::Persist(PersistRecord::Committed { seq, view, digest }));
+        self.emit(Output::Persist(PersistRecord::Committed {
+            seq,
+            view,
+            digest,
+        }));
         self.try_execute();
     }
 
@@ -272,11 +328,15 @@ impl<A: Application> Replica<A> {
         // catching up by executing them is as good as installing a snapshot.
         loop {
             let seq = self.last_executed + 1;
-            let Some(slot) = self.log.get(&seq) else { return };
+            let Some(slot) = self.log.get(&seq) else {
+                return;
+            };
             if !slot.committed {
                 return;
             }
-            let Some((pp, batch)) = slot.pre_prepare.clone() else { return };
+            let Some((pp, batch)) = slot.pre_prepare.clone() else {
+                return;
+            };
             self.execute(seq, pp.payload.view, &batch);
         }
     }
@@ -293,7 +353,11 @@ impl<A: Application> Replica<A> {
             }
             let result = self.app.execute(&r.payload.operation);
             self.clients.record(id.0, id.1, result.clone());
-            if self.waiting.get(&id.0).is_some_and(|w| w.payload.timestamp <= id.1) {
+            if self
+                .waiting
+                .get(&id.0)
+                .is_some_and(|w| w.payload.timestamp <= id.1)
+            {
                 self.waiting.remove(&id.0);
             }
             done.push((id, result));
@@ -303,7 +367,10 @@ impl<A: Application> Replica<A> {
             self.progress = true;
             self.vc_timeout = self.cfg.view_change_timeout;
         }
-        let replies: Vec<_> = done.iter().map(|((client, ts), result)| (*client, *ts, result.clone())).collect();
+        let replies: Vec<_> = done
+            .iter()
+            .map(|((client, ts), result)| (*client, *ts, result.clone()))
+            .collect();
         self.emit(Output::Executed(Executed {
             seq,
             view,
@@ -314,13 +381,19 @@ impl<A: Application> Replica<A> {
         for (client, ts, result) in replies {
             self.send_reply(client, ts, result);
         }
-        if seq % self.cfg.checkpoint_interval == 0 {
+        if seq.is_multiple_of(self.cfg.checkpoint_interval) {
             self.take_checkpoint(seq);
         }
     }
 
     fn send_reply(&mut self, client: bft_crypto::PublicKey, timestamp: u64, result: Vec<u8>) {
-        let reply = self.sign(Reply { view: self.view, timestamp, client, replica: self.me(), result });
+        let reply = self.sign(Reply {
+            view: self.view,
+            timestamp,
+            client,
+            replica: self.me(),
+            result,
+        });
         self.emit(Output::Reply { client, reply });
     }
 }

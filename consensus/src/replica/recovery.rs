@@ -38,8 +38,12 @@ impl<A: Application> Replica<A> {
         let mut r = Self::new(cfg, key, app);
         r.now = now;
         if let Some(stable) = &durable.stable {
-            let err = |reason: String| RecoveryError::Snapshot { seq: stable.seq, reason };
-            let snap: ReplicaSnapshot = bft_crypto::decode(&stable.snapshot, usize::MAX).map_err(|e| err(e.to_string()))?;
+            let err = |reason: String| RecoveryError::Snapshot {
+                seq: stable.seq,
+                reason,
+            };
+            let snap: ReplicaSnapshot =
+                bft_crypto::decode(&stable.snapshot, usize::MAX).map_err(|e| err(e.to_string()))?;
             r.app.restore(&snap.app).map_err(|e| err(e.to_string()))?;
             r.clients = snap.clients;
             r.last_executed = stable.seq;
@@ -53,7 +57,11 @@ impl<A: Application> Replica<A> {
         }
         r.view = durable.view;
         r.changing = durable.changing;
-        r.certs = durable.prepared.range(r.stable.seq + 1..).map(|(s, c)| (*s, c.clone())).collect();
+        r.certs = durable
+            .prepared
+            .range(r.stable.seq + 1..)
+            .map(|(s, c)| (*s, c.clone()))
+            .collect();
         if !r.changing {
             for (seq, (pp, batch)) in durable.accepted.range(r.stable.seq + 1..) {
                 if pp.payload.view != r.view {

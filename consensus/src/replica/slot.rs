@@ -60,7 +60,11 @@ pub(crate) fn insert_vote<T: Vote + Clone>(
             if old.payload.digest() == p.digest() {
                 Ok(false)
             } else {
-                Err(Rejection::Equivocation { replica: p.replica(), view: p.view(), seq })
+                Err(Rejection::Equivocation {
+                    replica: p.replica(),
+                    view: p.view(),
+                    seq,
+                })
             }
         }
         _ => {
@@ -79,7 +83,11 @@ pub(crate) fn matching<T: Vote + Clone>(
 ) -> Vec<Signed<T>> {
     votes
         .values()
-        .filter(|v| v.payload.view() == view && v.payload.digest() == digest && Some(v.payload.replica()) != exclude)
+        .filter(|v| {
+            v.payload.view() == view
+                && v.payload.digest() == digest
+                && Some(v.payload.replica()) != exclude
+        })
         .cloned()
         .collect()
 }
@@ -94,6 +102,8 @@ impl Slot {
 
     /// (view, digest) of the accepted pre-prepare.
     pub fn accepted(&self) -> Option<(View, Digest)> {
-        self.pre_prepare.as_ref().map(|(pp, _)| (pp.payload.view, pp.payload.digest))
+        self.pre_prepare
+            .as_ref()
+            .map(|(pp, _)| (pp.payload.view, pp.payload.digest))
     }
 }

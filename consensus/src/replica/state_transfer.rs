@@ -35,7 +35,12 @@ impl<A: Application> Replica<A> {
         self.begin_fetch(min_seq, peers, None);
     }
 
-    pub(super) fn begin_fetch(&mut self, min_seq: Seq, peers: Vec<ReplicaId>, attempts_left: Option<usize>) {
+    pub(super) fn begin_fetch(
+        &mut self,
+        min_seq: Seq,
+        peers: Vec<ReplicaId>,
+        attempts_left: Option<usize>,
+    ) {
         if self.fetch.as_ref().is_some_and(|f| f.min_seq >= min_seq) {
             return;
         }
@@ -46,13 +51,20 @@ impl<A: Application> Replica<A> {
         }
         // Start with a different peer on each replica so one slow peer is not everyone's first choice.
         let next = me as usize % peers.len();
-        self.fetch = Some(Fetch { min_seq, peers, next, attempts_left });
+        self.fetch = Some(Fetch {
+            min_seq,
+            peers,
+            next,
+            attempts_left,
+        });
         self.ask_next_peer();
     }
 
     pub(super) fn ask_next_peer(&mut self) {
         let me = self.me();
-        let Some(fetch) = self.fetch.as_mut() else { return };
+        let Some(fetch) = self.fetch.as_mut() else {
+            return;
+        };
         if fetch.min_seq <= self.last_executed {
             self.fetch = None;
             return;
@@ -67,8 +79,14 @@ impl<A: Application> Replica<A> {
         let peer = fetch.peers[fetch.next % fetch.peers.len()];
         fetch.next += 1;
         let min_seq = fetch.min_seq;
-        let req = self.sign(FetchState { seq: min_seq, replica: me });
-        self.emit(Output::Send { to: peer, message: Message::FetchState(req) });
+        let req = self.sign(FetchState {
+            seq: min_seq,
+            replica: me,
+        });
+        self.emit(Output::Send {
+            to: peer,
+            message: Message::FetchState(req),
+        });
         self.set_timer(Timer::StateFetch, self.cfg.state_fetch_timeout);
     }
 
@@ -83,7 +101,10 @@ impl<A: Application> Replica<A> {
             snapshot: self.stable.snapshot.clone(),
             replica: self.me(),
         });
-        self.emit(Output::Send { to: f.replica, message: Message::State(state) });
+        self.emit(Output::Send {
+            to: f.replica,
+            message: Message::State(state),
+        });
     }
 
     /// Install a proven snapshot (the validator checked proof and digest).
@@ -103,14 +124,20 @@ impl<A: Application> Replica<A> {
         let digest = s.proof[0].payload.state_digest;
         self.last_executed = seq;
         let clients = &self.clients;
-        self.waiting.retain(|c, r| clients.freshness(c, r.payload.timestamp) == Freshness::New);
+        self.waiting
+            .retain(|c, r| clients.freshness(c, r.payload.timestamp) == Freshness::New);
         if self.fetch.as_ref().is_some_and(|f| f.min_seq <= seq) {
             self.fetch = None;
             self.deadlines.remove(&Timer::StateFetch);
         }
         let s = s.into_signed().payload;
         self.emit(Output::StateInstalled { seq, digest });
-        self.install_stable(StableCheckpoint { seq, digest, proof: s.proof, snapshot: s.snapshot });
+        self.install_stable(StableCheckpoint {
+            seq,
+            digest,
+            proof: s.proof,
+            snapshot: s.snapshot,
+        });
         self.try_execute();
     }
 }

@@ -35,13 +35,20 @@ impl<A: Application> Replica<A> {
         self.changing = true;
         self.deadlines.remove(&Timer::Batch);
         self.queue.clear();
-        self.emit(Output::Persist(PersistRecord::View { view: target, changing: true }));
+        self.emit(Output::Persist(PersistRecord::View {
+            view: target,
+            changing: true,
+        }));
         let high = self.high_watermark();
         let vc = self.sign(ViewChange {
             new_view: target,
             stable_seq: self.stable.seq,
             checkpoint_proof: self.stable.proof.clone(),
-            prepared: self.certs.range(self.stable.seq + 1..=high).map(|(_, c)| c.clone()).collect(),
+            prepared: self
+                .certs
+                .range(self.stable.seq + 1..=high)
+                .map(|(_, c)| c.clone())
+                .collect(),
             replica: self.me(),
         });
         self.emit(Output::Persist(PersistRecord::ViewChangeSent(vc.clone())));
@@ -66,7 +73,11 @@ impl<A: Application> Replica<A> {
         // below it, so it counts: otherwise one that moved on past our target (its
         // view-change for our view superseded) would leave us short forever.
         let view = self.view;
-        let count = self.view_changes.values().filter(|vc| vc.payload.new_view >= view).count();
+        let count = self
+            .view_changes
+            .values()
+            .filter(|vc| vc.payload.new_view >= view)
+            .count();
         if count >= self.quorum() {
             self.new_view_timer_armed = true;
             self.set_timer(Timer::ViewChange, self.vc_timeout);
@@ -82,12 +93,19 @@ impl<A: Application> Replica<A> {
             // any replica may relay it, which matters when the primary has moved on.
             if target == self.view {
                 if let Some(nv) = self.last_new_view.clone() {
-                    self.emit(Output::Send { to: from, message: Message::NewView(nv) });
+                    self.emit(Output::Send {
+                        to: from,
+                        message: Message::NewView(nv),
+                    });
                 }
             }
             return;
         }
-        if self.view_changes.get(&from).is_some_and(|old| old.payload.new_view >= target) {
+        if self
+            .view_changes
+            .get(&from)
+            .is_some_and(|old| old.payload.new_view >= target)
+        {
             return;
         }
         self.view_changes.insert(from, vc.into_signed());
@@ -119,8 +137,13 @@ impl<A: Application> Replica<A> {
             return;
         }
         let view = self.view;
-        let vcs: Vec<Signed<ViewChange>> =
-            self.view_changes.values().filter(|vc| vc.payload.new_view == view).take(self.quorum()).cloned().collect();
+        let vcs: Vec<Signed<ViewChange>> = self
+            .view_changes
+            .values()
+            .filter(|vc| vc.payload.new_view == view)
+            .take(self.quorum())
+            .cloned()
+            .collect();
         if vcs.len() < self.quorum() {
             return;
         }
@@ -128,9 +151,21 @@ impl<A: Application> Replica<A> {
         let pre_prepares: Vec<_> = plan
             .entries
             .iter()
-            .map(|(seq, digest, _)| self.sign(PrePrepare { view, seq: *seq, digest: *digest, replica: self.me() }))
+            .map(|(seq, digest, _)| {
+                self.sign(PrePrepare {
+                    view,
+                    seq: *seq,
+                    digest: *digest,
+                    replica: self.me(),
+                })
+            })
             .collect();
-        let nv = self.sign(NewView { view, view_changes: vcs, pre_prepares, replica: self.me() });
+        let nv = self.sign(NewView {
+            view,
+            view_changes: vcs,
+            pre_prepares,
+            replica: self.me(),
+        });
         // Enter first: the pre-prepares are persisted before the new-view leaves.
         // New proposals only after it, so backups see the new-view first.
         self.enter_new_view(nv.clone(), plan);
@@ -155,7 +190,10 @@ impl<A: Application> Replica<A> {
         let view = nv.payload.view;
         self.view = view;
         self.changing = false;
-        self.emit(Output::Persist(PersistRecord::View { view, changing: false }));
+        self.emit(Output::Persist(PersistRecord::View {
+            view,
+            changing: false,
+        }));
         if let Some((digest, proof)) = plan.checkpoint.clone() {
             self.adopt_stable(plan.min_s, digest, proof);
         }
@@ -181,7 +219,10 @@ impl<A: Application> Replica<A> {
         self.view_changes.retain(|_, vc| vc.payload.new_view > view);
         self.last_new_view = Some(nv);
         self.deadlines.remove(&Timer::ViewChange);
-        self.emit(Output::ViewEntered { view, primary: self.primary() });
+        self.emit(Output::ViewEntered {
+            view,
+            primary: self.primary(),
+        });
         let seqs: Vec<_> = self.log.keys().copied().collect();
         for seq in seqs {
             self.check_prepared(seq);

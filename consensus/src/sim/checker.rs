@@ -40,7 +40,10 @@ impl Checker {
             Some((d, other)) if *d != e.digest => {
                 return violation(
                     "agreement",
-                    format!("seq {}: replica {replica} executed {:?}, replica {other} executed {d:?}", e.seq, e.digest),
+                    format!(
+                        "seq {}: replica {replica} executed {:?}, replica {other} executed {d:?}",
+                        e.seq, e.digest
+                    ),
                 )
             }
             Some(_) => {}
@@ -50,7 +53,10 @@ impl Checker {
         }
         for (id, result) in &e.requests {
             if !self.issued.get(&id.0).is_some_and(|ts| ts.contains(&id.1)) {
-                return violation("validity", format!("replica {replica} executed a request no client issued: {id:?}"));
+                return violation(
+                    "validity",
+                    format!("replica {replica} executed a request no client issued: {id:?}"),
+                );
             }
             match self.executed.get(id) {
                 Some((seq, _)) if *seq != e.seq => {
@@ -74,10 +80,14 @@ impl Checker {
     /// Client safety: an accepted result is the result in the common order.
     pub fn on_accept(&mut self, id: RequestId, result: &[u8]) -> Result<(), Violation> {
         match self.executed.get(&id) {
-            None => violation("client-safety", format!("client accepted {id:?} that no honest replica executed")),
-            Some((seq, r)) if r != result => {
-                violation("client-safety", format!("client accepted a result for {id:?} that differs from seq {seq}'s"))
-            }
+            None => violation(
+                "client-safety",
+                format!("client accepted {id:?} that no honest replica executed"),
+            ),
+            Some((seq, r)) if r != result => violation(
+                "client-safety",
+                format!("client accepted a result for {id:?} that differs from seq {seq}'s"),
+            ),
             Some(_) => {
                 self.accepted.insert(id, result.to_vec());
                 Ok(())
@@ -87,12 +97,23 @@ impl Checker {
 
     /// A validation failure of a message an honest replica sent is a bug (a forged
     /// certificate, or an amnesiac replica equivocating after a restart).
-    pub fn on_rejection(&self, at: ReplicaId, from: ReplicaId, reason: &Rejection) -> Result<(), Violation> {
-        let benign = matches!(reason, Rejection::OutOfWindow { .. } | Rejection::Overloaded);
+    pub fn on_rejection(
+        &self,
+        at: ReplicaId,
+        from: ReplicaId,
+        reason: &Rejection,
+    ) -> Result<(), Violation> {
+        let benign = matches!(
+            reason,
+            Rejection::OutOfWindow { .. } | Rejection::Overloaded
+        );
         if benign {
             return Ok(());
         }
-        violation("honest-sender", format!("replica {at} rejected a message from honest replica {from}: {reason}"))
+        violation(
+            "honest-sender",
+            format!("replica {at} rejected a message from honest replica {from}: {reason}"),
+        )
     }
 
     /// Durability: every accepted request is in the order at or below `executed_upto`.
@@ -113,7 +134,12 @@ impl Checker {
 
     /// The highest seq holding a request some client accepted.
     pub fn highest_accepted_seq(&self) -> Seq {
-        self.accepted.keys().filter_map(|id| self.executed.get(id)).map(|(s, _)| *s).max().unwrap_or(0)
+        self.accepted
+            .keys()
+            .filter_map(|id| self.executed.get(id))
+            .map(|(s, _)| *s)
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn committed_seqs(&self) -> u64 {

@@ -21,7 +21,14 @@ pub struct Faults {
 impl Faults {
     #[must_use]
     pub fn none() -> Self {
-        Self { drop: 0.0, duplicate: 0.0, delay_ms: (1, 5), crash: 0.0, partitions: false, chaos: Duration::ZERO }
+        Self {
+            drop: 0.0,
+            duplicate: 0.0,
+            delay_ms: (1, 5),
+            crash: 0.0,
+            partitions: false,
+            chaos: Duration::ZERO,
+        }
     }
 }
 
@@ -76,10 +83,22 @@ impl SimConfig {
         cfg.batch_size = rng.gen_range(1..=6);
         let max_delay = rng.gen_range(2..=60);
         cfg.faults = Faults {
-            drop: if rng.gen_bool(0.7) { rng.gen_range(0.0..0.15) } else { 0.0 },
-            duplicate: if rng.gen_bool(0.5) { rng.gen_range(0.0..0.1) } else { 0.0 },
+            drop: if rng.gen_bool(0.7) {
+                rng.gen_range(0.0..0.15)
+            } else {
+                0.0
+            },
+            duplicate: if rng.gen_bool(0.5) {
+                rng.gen_range(0.0..0.1)
+            } else {
+                0.0
+            },
             delay_ms: (1, max_delay),
-            crash: if rng.gen_bool(0.6) { rng.gen_range(0.0..0.01) } else { 0.0 },
+            crash: if rng.gen_bool(0.6) {
+                rng.gen_range(0.0..0.01)
+            } else {
+                0.0
+            },
             partitions: rng.gen_bool(0.4),
             chaos: Duration::from_millis(rng.gen_range(500..=6000)),
         };

@@ -43,7 +43,11 @@ pub struct SimFailure {
 
 impl std::fmt::Display for SimFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "seed {} violated {}: {}", self.seed, self.violation.invariant, self.violation.detail)?;
+        writeln!(
+            f,
+            "seed {} violated {}: {}",
+            self.seed, self.violation.invariant, self.violation.detail
+        )?;
         writeln!(f, "config: {}", self.config)?;
         writeln!(f, "last events:")?;
         for line in &self.trace_tail {

@@ -32,12 +32,27 @@ enum Node {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one event per message, moved once
 enum Event {
-    Deliver { from: Node, to: Node, msg: Message },
-    ReplicaTimer { replica: ReplicaId, incarnation: u32, timer: Timer },
-    ClientTimer { client: usize },
-    ClientNext { client: usize },
-    Restart { replica: ReplicaId },
+    Deliver {
+        from: Node,
+        to: Node,
+        msg: Message,
+    },
+    ReplicaTimer {
+        replica: ReplicaId,
+        incarnation: u32,
+        timer: Timer,
+    },
+    ClientTimer {
+        client: usize,
+    },
+    ClientNext {
+        client: usize,
+    },
+    Restart {
+        replica: ReplicaId,
+    },
     PartitionStart,
     PartitionEnd,
     Heal,
@@ -127,11 +142,10 @@ impl World {
                     rc = rc.with_planted_commit_quorum(q);
                 }
                 let honest = !cfg.is_byzantine(id);
-                let behaviour = cfg
-                    .byzantine
-                    .iter()
-                    .find(|(r, _)| *r == id)
-                    .map_or_else(|| Box::new(Honest) as _, |(_, b)| by_name(b, cfg.seed ^ u64::from(id)).expect("known behaviour"));
+                let behaviour = cfg.byzantine.iter().find(|(r, _)| *r == id).map_or_else(
+                    || Box::new(Honest) as _,
+                    |(_, b)| by_name(b, cfg.seed ^ u64::from(id)).expect("known behaviour"),
+                );
                 let replica = Replica::new(rc.clone(), key.clone(), KvStore::new());
                 SimReplica {
                     node: Some(Wrapped::new(replica, behaviour)),
@@ -147,14 +161,26 @@ impl World {
         let validator = Validator::new(&replicas[0].cfg);
         let clients: Vec<SimClient> = (0..cfg.clients)
             .map(|_| SimClient {
-                client: Client::new(KeyPair::from_seed(rng.gen()), members.clone(), 1, CLIENT_RETRANSMIT),
+                client: Client::new(
+                    KeyPair::from_seed(rng.gen()),
+                    members.clone(),
+                    1,
+                    CLIENT_RETRANSMIT,
+                ),
                 remaining: cfg.requests_per_client,
                 timer_at: None,
             })
             .collect();
-        let client_index = clients.iter().enumerate().map(|(i, c)| (c.client.id(), i)).collect();
+        let client_index = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.client.id(), i))
+            .collect();
         let heal_at = cfg.faults.chaos;
-        let report = SimReport { seed: cfg.seed, ..SimReport::default() };
+        let report = SimReport {
+            seed: cfg.seed,
+            ..SimReport::default()
+        };
         Self {
             cfg,
             rng,
@@ -178,7 +204,11 @@ impl World {
 
     fn schedule(&mut self, after: Duration, event: Event) {
         self.tie += 1;
-        self.queue.push(Reverse(Entry { at: self.now + after, tie: self.tie, event }));
+        self.queue.push(Reverse(Entry {
+            at: self.now + after,
+            tie: self.tie,
+            event,
+        }));
     }
 
     fn log(&mut self, line: String) {
@@ -219,7 +249,10 @@ impl World {
             self.now = entry.at;
             events += 1;
             if events > MAX_EVENTS {
-                return Err(Violation { invariant: "liveness", detail: "event budget exhausted (livelock?)".into() });
+                return Err(Violation {
+                    invariant: "liveness",
+                    detail: "event budget exhausted (livelock?)".into(),
+                });
             }
             self.step(entry.event)?;
             if self.healed && self.done()? {
@@ -253,7 +286,11 @@ impl World {
                 )
             })
             .collect();
-        let remaining: usize = self.clients.iter().map(|c| c.remaining + usize::from(c.client.is_busy())).sum();
+        let remaining: usize = self
+            .clients
+            .iter()
+            .map(|c| c.remaining + usize::from(c.client.is_busy()))
+            .sum();
         Violation {
             invariant: "liveness",
             detail: format!(
@@ -272,12 +309,25 @@ impl World {
     /// is how a replica that fell behind (even one stuck alone in a view change) learns
     /// of newer stable state.
     fn done(&mut self) -> Result<bool, Violation> {
-        if self.clients.iter().any(|c| c.remaining > 0 || c.client.is_busy()) {
+        if self
+            .clients
+            .iter()
+            .any(|c| c.remaining > 0 || c.client.is_busy())
+        {
             return Ok(false);
         }
-        let honest: Vec<&Replica<KvStore>> =
-            self.replicas.iter().filter(|r| r.honest).filter_map(|r| r.node.as_ref().map(Wrapped::replica)).collect();
-        let highest = honest.iter().map(|r| r.last_executed()).max().unwrap_or(0).max(self.checker.highest_accepted_seq());
+        let honest: Vec<&Replica<KvStore>> = self
+            .replicas
+            .iter()
+            .filter(|r| r.honest)
+            .filter_map(|r| r.node.as_ref().map(Wrapped::replica))
+            .collect();
+        let highest = honest
+            .iter()
+            .map(|r| r.last_executed())
+            .max()
+            .unwrap_or(0)
+            .max(self.checker.highest_accepted_seq());
         let target = *self.catch_up_target.get_or_insert(highest);
         if honest.iter().all(|r| r.last_executed() >= target) {
             let mut digests: BTreeMap<Seq, bft_crypto::Digest> = BTreeMap::new();
@@ -286,7 +336,10 @@ impl World {
                     if d != r.state_digest() {
                         return Err(Violation {
                             invariant: "agreement",
-                            detail: format!("replicas at seq {} hold different states", r.last_executed()),
+                            detail: format!(
+                                "replicas at seq {} hold different states",
+                                r.last_executed()
+                            ),
                         });
                     }
                 }
@@ -308,7 +361,11 @@ impl World {
     fn step(&mut self, event: Event) -> Step {
         match event {
             Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
-            Event::ReplicaTimer { replica, incarnation, timer } => {
+            Event::ReplicaTimer {
+                replica,
+                incarnation,
+                timer,
+            } => {
                 let r = &self.replicas[replica as usize];
                 let due = r.timers.get(&timer).is_some_and(|at| *at == self.now);
                 if r.node.is_some() && r.incarnation == incarnation && due {
@@ -332,7 +389,8 @@ impl World {
             Event::PartitionStart => {
                 if !self.healed {
                     let n = self.cfg.n() as ReplicaId;
-                    let side: BTreeSet<ReplicaId> = (0..n).filter(|_| self.rng.gen_bool(0.5)).collect();
+                    let side: BTreeSet<ReplicaId> =
+                        (0..n).filter(|_| self.rng.gen_bool(0.5)).collect();
                     self.log(format!("partition {side:?} | rest"));
                     self.partition = Some(side);
                     let len = Duration::from_millis(self.rng.gen_range(200..2000));
@@ -371,13 +429,26 @@ impl World {
         c.remaining -= 1;
         let key = vec![b'k', self.rng.gen_range(0..4u8)];
         let op = match self.rng.gen_range(0..4) {
-            0 => KvOp::Put { key, value: vec![self.rng.gen(); 3] },
+            0 => KvOp::Put {
+                key,
+                value: vec![self.rng.gen(); 3],
+            },
             1 => KvOp::Get { key },
             2 => KvOp::Delete { key },
-            _ => KvOp::CompareAndSwap { key, expected: None, new: vec![self.rng.gen(); 2] },
+            _ => KvOp::CompareAndSwap {
+                key,
+                expected: None,
+                new: vec![self.rng.gen(); 2],
+            },
         };
-        let out = self.clients[client].client.submit(self.now, op.encode()).expect("client is idle");
-        let ts = self.clients[client].client.outstanding_timestamp().expect("just submitted");
+        let out = self.clients[client]
+            .client
+            .submit(self.now, op.encode())
+            .expect("client is idle");
+        let ts = self.clients[client]
+            .client
+            .outstanding_timestamp()
+            .expect("just submitted");
         self.checker.issued(self.clients[client].client.id(), ts);
         self.log(format!("c{client} submits ts {ts}"));
         self.client_outputs(client, out)
@@ -386,7 +457,9 @@ impl World {
     fn client_outputs(&mut self, client: usize, out: Vec<ClientOutput>) -> Step {
         for o in out {
             match o {
-                ClientOutput::Send { to, message } => self.net_send(Node::Client(client), Node::Replica(to), message),
+                ClientOutput::Send { to, message } => {
+                    self.net_send(Node::Client(client), Node::Replica(to), message)
+                }
                 ClientOutput::Broadcast { message } => {
                     for r in 0..self.cfg.n() as ReplicaId {
                         self.net_send(Node::Client(client), Node::Replica(r), message.clone());
@@ -411,7 +484,9 @@ impl World {
 
     fn partitioned(&self, a: Node, b: Node) -> bool {
         match (&self.partition, a, b) {
-            (Some(side), Node::Replica(x), Node::Replica(y)) => side.contains(&x) != side.contains(&y),
+            (Some(side), Node::Replica(x), Node::Replica(y)) => {
+                side.contains(&x) != side.contains(&y)
+            }
             _ => false,
         }
     }
@@ -425,11 +500,26 @@ impl World {
             self.report.messages_dropped += 1;
             return;
         }
-        let (lo, hi) = if lossy { self.cfg.faults.delay_ms } else { (1, 5) };
-        let copies = if lossy && self.rng.gen_bool(self.cfg.faults.duplicate) { 2 } else { 1 };
+        let (lo, hi) = if lossy {
+            self.cfg.faults.delay_ms
+        } else {
+            (1, 5)
+        };
+        let copies = if lossy && self.rng.gen_bool(self.cfg.faults.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let delay = Duration::from_micros(self.rng.gen_range(lo * 1000..=hi * 1000));
-            self.schedule(delay, Event::Deliver { from, to, msg: msg.clone() });
+            self.schedule(
+                delay,
+                Event::Deliver {
+                    from,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
         }
     }
 
@@ -471,7 +561,9 @@ impl World {
     fn handle(&mut self, id: ReplicaId, input: Input) -> Step {
         let mut out = Vec::new();
         let r = &mut self.replicas[id as usize];
-        let Some(node) = r.node.as_mut() else { return Ok(()) };
+        let Some(node) = r.node.as_mut() else {
+            return Ok(());
+        };
         node.handle(self.now, input, &mut out);
         let crash_at = if r.honest && !self.healed && self.rng.gen_bool(self.cfg.faults.crash) {
             Some(self.rng.gen_range(0..=out.len()))
@@ -490,7 +582,9 @@ impl World {
                 return self.crash(id);
             }
             match o {
-                Output::Send { to, message } => self.net_send(Node::Replica(id), Node::Replica(to), message),
+                Output::Send { to, message } => {
+                    self.net_send(Node::Replica(id), Node::Replica(to), message)
+                }
                 Output::Broadcast { message } => {
                     for to in 0..self.cfg.n() as ReplicaId {
                         if to != id {
@@ -508,7 +602,14 @@ impl World {
                     let r = &mut self.replicas[id as usize];
                     r.timers.insert(timer, at);
                     let incarnation = r.incarnation;
-                    self.schedule(at.saturating_sub(self.now), Event::ReplicaTimer { replica: id, incarnation, timer });
+                    self.schedule(
+                        at.saturating_sub(self.now),
+                        Event::ReplicaTimer {
+                            replica: id,
+                            incarnation,
+                            timer,
+                        },
+                    );
                 }
                 Output::Rejected { peer, reason } => {
                     self.report.rejections += 1;
@@ -520,7 +621,12 @@ impl World {
                     }
                 }
                 Output::Executed(e) => {
-                    self.log(format!("r{id} executes seq {} {:?} ({} requests)", e.seq, e.digest, e.requests.len()));
+                    self.log(format!(
+                        "r{id} executes seq {} {:?} ({} requests)",
+                        e.seq,
+                        e.digest,
+                        e.requests.len()
+                    ));
                     if honest {
                         self.checker.on_execute(id, &e)?;
                     }
@@ -530,7 +636,9 @@ impl World {
                     self.report.max_view = self.report.max_view.max(view);
                     self.log(format!("r{id} enters view {view} (primary {primary})"));
                 }
-                Output::ViewChangeStarted { view } => self.log(format!("r{id} starts view change to {view}")),
+                Output::ViewChangeStarted { view } => {
+                    self.log(format!("r{id} starts view change to {view}"))
+                }
                 Output::CheckpointStable { seq, .. } => {
                     self.report.stable_checkpoints += 1;
                     self.log(format!("r{id} checkpoint {seq} stable"));
@@ -564,8 +672,17 @@ impl World {
         if r.node.is_some() {
             return Ok(());
         }
-        let (replica, out) = Replica::recover(r.cfg.clone(), r.key.clone(), KvStore::new(), &r.durable, self.now)
-            .map_err(|e| Violation { invariant: "durability", detail: format!("r{id} cannot recover: {e}") })?;
+        let (replica, out) = Replica::recover(
+            r.cfg.clone(),
+            r.key.clone(),
+            KvStore::new(),
+            &r.durable,
+            self.now,
+        )
+        .map_err(|e| Violation {
+            invariant: "durability",
+            detail: format!("r{id} cannot recover: {e}"),
+        })?;
         let last: Seq = replica.last_executed();
         r.node = Some(Wrapped::new(replica, Box::new(Honest)));
         let view = r.durable.view;

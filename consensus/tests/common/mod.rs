@@ -3,9 +3,12 @@
 #![allow(dead_code)]
 
 use bft_consensus::client_table::ReplicaSnapshot;
-use bft_consensus::messages::{Batch, Checkpoint, PrePrepare, Prepare, PreparedCert, Request, ViewChange};
+use bft_consensus::messages::{
+    Batch, Checkpoint, PrePrepare, Prepare, PreparedCert, Request, ViewChange,
+};
 use bft_consensus::{
-    DurableState, Input, KvOp, KvStore, Membership, Message, Output, Replica, ReplicaConfig, ReplicaId, Validator,
+    DurableState, Input, KvOp, KvStore, Membership, Message, Output, Replica, ReplicaConfig,
+    ReplicaId, Validator,
 };
 use bft_crypto::{KeyPair, Signed};
 use std::collections::VecDeque;
@@ -18,7 +21,9 @@ pub struct Group {
 
 impl Group {
     pub fn new(n: usize) -> Self {
-        let keys: Vec<_> = (0..n).map(|i| KeyPair::from_seed([i as u8 + 1; 32])).collect();
+        let keys: Vec<_> = (0..n)
+            .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
+            .collect();
         let members = Membership::new(keys.iter().map(KeyPair::public).collect());
         Self { keys, members }
     }
@@ -41,12 +46,28 @@ impl Group {
     }
 
     pub fn prepare(&self, id: ReplicaId, view: u64, seq: u64, batch: &Batch) -> Signed<Prepare> {
-        self.sign(id, Prepare { view, seq, digest: batch.digest(), replica: id })
+        self.sign(
+            id,
+            Prepare {
+                view,
+                seq,
+                digest: batch.digest(),
+                replica: id,
+            },
+        )
     }
 
     pub fn pre_prepare(&self, view: u64, seq: u64, batch: &Batch) -> Signed<PrePrepare> {
         let p = self.members.primary(view);
-        self.sign(p, PrePrepare { view, seq, digest: batch.digest(), replica: p })
+        self.sign(
+            p,
+            PrePrepare {
+                view,
+                seq,
+                digest: batch.digest(),
+                replica: p,
+            },
+        )
     }
 
     /// A valid prepared certificate for `batch` at (view, seq).
@@ -59,20 +80,51 @@ impl Group {
             .take(self.members.quorum() - 1)
             .map(|r| self.prepare(r, view, seq, batch))
             .collect();
-        PreparedCert { pre_prepare: self.pre_prepare(view, seq, batch), batch: batch.clone(), prepares }
+        PreparedCert {
+            pre_prepare: self.pre_prepare(view, seq, batch),
+            batch: batch.clone(),
+            prepares,
+        }
     }
 
     /// 2f+1 checkpoints for (seq, snapshot of an empty replica).
-    pub fn checkpoint_proof(&self, seq: u64, digest: bft_crypto::Digest) -> Vec<Signed<Checkpoint>> {
+    pub fn checkpoint_proof(
+        &self,
+        seq: u64,
+        digest: bft_crypto::Digest,
+    ) -> Vec<Signed<Checkpoint>> {
         self.members
             .ids()
             .take(self.members.quorum())
-            .map(|r| self.sign(r, Checkpoint { seq, state_digest: digest, replica: r }))
+            .map(|r| {
+                self.sign(
+                    r,
+                    Checkpoint {
+                        seq,
+                        state_digest: digest,
+                        replica: r,
+                    },
+                )
+            })
             .collect()
     }
 
-    pub fn view_change(&self, id: ReplicaId, new_view: u64, prepared: Vec<PreparedCert>) -> Signed<ViewChange> {
-        self.sign(id, ViewChange { new_view, stable_seq: 0, checkpoint_proof: vec![], prepared, replica: id })
+    pub fn view_change(
+        &self,
+        id: ReplicaId,
+        new_view: u64,
+        prepared: Vec<PreparedCert>,
+    ) -> Signed<ViewChange> {
+        self.sign(
+            id,
+            ViewChange {
+                new_view,
+                stable_seq: 0,
+                checkpoint_proof: vec![],
+                prepared,
+                replica: id,
+            },
+        )
     }
 }
 
@@ -81,8 +133,17 @@ pub fn client_key(i: u8) -> KeyPair {
 }
 
 pub fn request(client: &KeyPair, ts: u64, key: &str, value: &str) -> Signed<Request> {
-    let op = KvOp::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec() };
-    Signed::sign(Request { timestamp: ts, operation: op.encode() }, client)
+    let op = KvOp::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    };
+    Signed::sign(
+        Request {
+            timestamp: ts,
+            operation: op.encode(),
+        },
+        client,
+    )
 }
 
 pub fn batch_of(reqs: Vec<Signed<Request>>) -> Batch {
@@ -91,7 +152,11 @@ pub fn batch_of(reqs: Vec<Signed<Request>>) -> Batch {
 
 pub fn empty_snapshot() -> Vec<u8> {
     use bft_consensus::Application;
-    bft_crypto::encode(&ReplicaSnapshot { app: KvStore::new().snapshot(), clients: Default::default() }).unwrap()
+    bft_crypto::encode(&ReplicaSnapshot {
+        app: KvStore::new().snapshot(),
+        clients: Default::default(),
+    })
+    .unwrap()
 }
 
 /// Where a message goes.
@@ -100,6 +165,9 @@ pub enum To {
     Replica(ReplicaId),
     Client(bft_crypto::PublicKey),
 }
+
+/// Decides which messages the network loses: (from, to, message) -> drop?
+pub type DropFilter = Box<dyn Fn(ReplicaId, &To, &Message) -> bool>;
 
 /// A synchronous cluster: every output of every replica is recorded, messages are
 /// delivered FIFO through the validator, `drop_if` loses chosen messages.
@@ -111,16 +179,26 @@ pub struct Cluster {
     pub queue: VecDeque<(ReplicaId, To, Message)>,
     /// Every output each replica produced, per handle call, in order.
     pub outputs: Vec<Vec<Vec<Output>>>,
-    pub replies: Vec<(bft_crypto::PublicKey, Signed<bft_consensus::messages::Reply>)>,
+    pub replies: Vec<(
+        bft_crypto::PublicKey,
+        Signed<bft_consensus::messages::Reply>,
+    )>,
     pub timers: Vec<Vec<(bft_consensus::Timer, Duration)>>,
-    pub drop_if: Box<dyn Fn(ReplicaId, &To, &Message) -> bool>,
+    pub drop_if: DropFilter,
 }
 
 impl Cluster {
     pub fn new(n: usize) -> Self {
         let group = Group::new(n);
-        let replicas =
-            (0..n).map(|i| Some(Replica::new(group.config(i as u32), group.keys[i].clone(), KvStore::new()))).collect();
+        let replicas = (0..n)
+            .map(|i| {
+                Some(Replica::new(
+                    group.config(i as u32),
+                    group.keys[i].clone(),
+                    KvStore::new(),
+                ))
+            })
+            .collect();
         Self {
             group,
             replicas,
@@ -139,7 +217,9 @@ impl Cluster {
     }
 
     pub fn input(&mut self, id: ReplicaId, input: Input) {
-        let Some(r) = self.replicas[id as usize].as_mut() else { return };
+        let Some(r) = self.replicas[id as usize].as_mut() else {
+            return;
+        };
         let mut out = Vec::new();
         r.handle(self.now, input, &mut out);
         self.perform(id, out);
@@ -149,7 +229,10 @@ impl Cluster {
         let n = self.replicas.len() as ReplicaId;
         for o in &out {
             match o {
-                Output::Send { to, message } => self.queue.push_back((id, To::Replica(*to), message.clone())),
+                Output::Send { to, message } => {
+                    self.queue
+                        .push_back((id, To::Replica(*to), message.clone()))
+                }
                 Output::Broadcast { message } => {
                     for to in (0..n).filter(|t| *t != id) {
                         self.queue.push_back((id, To::Replica(to), message.clone()));
@@ -166,7 +249,8 @@ impl Cluster {
 
     /// Send a client request to one replica.
     pub fn client_sends(&mut self, to: ReplicaId, req: Signed<Request>) {
-        self.queue.push_back((u32::MAX, To::Replica(to), Message::Request(req)));
+        self.queue
+            .push_back((u32::MAX, To::Replica(to), Message::Request(req)));
     }
 
     /// Deliver until quiet; return how many messages were delivered.
@@ -193,7 +277,11 @@ impl Cluster {
     pub fn advance_to(&mut self, at: Duration) {
         self.now = at;
         for id in 0..self.replicas.len() {
-            let mut due: Vec<_> = self.timers[id].iter().filter(|(_, t)| *t <= at).map(|(k, _)| *k).collect();
+            let mut due: Vec<_> = self.timers[id]
+                .iter()
+                .filter(|(_, t)| *t <= at)
+                .map(|(k, _)| *k)
+                .collect();
             due.sort();
             due.dedup();
             self.timers[id].retain(|(_, t)| *t > at);
@@ -211,13 +299,24 @@ impl Cluster {
     pub fn restart(&mut self, id: ReplicaId) {
         let cfg = self.group.config(id);
         let key = self.group.keys[id as usize].clone();
-        let (r, out) = Replica::recover(cfg, key, KvStore::new(), &self.durable[id as usize], self.now).unwrap();
+        let (r, out) = Replica::recover(
+            cfg,
+            key,
+            KvStore::new(),
+            &self.durable[id as usize],
+            self.now,
+        )
+        .unwrap();
         self.replicas[id as usize] = Some(r);
         self.perform(id, out);
     }
 
     /// All outputs of replica `id`, flattened.
     pub fn all_outputs(&self, id: ReplicaId) -> Vec<Output> {
-        self.outputs[id as usize].iter().flatten().cloned().collect()
+        self.outputs[id as usize]
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 }
