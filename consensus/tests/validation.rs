@@ -511,3 +511,23 @@ fn garbage_bytes_never_decode_into_a_message() {
         );
     }
 }
+
+#[test]
+fn verify_many_batches_requests_and_keeps_order() {
+    let g = Group::new(4);
+    let v = g.validator();
+    let b = batch(1);
+    let mut bad = request(&client_key(2), 1, "k", "v");
+    bad.payload.timestamp = 5;
+    let msgs = vec![
+        Message::Request(request(&client_key(1), 1, "k", "v")),
+        Message::Prepare(g.prepare(1, 0, 1, &b)),
+        Message::Request(bad),
+        Message::Request(request(&client_key(3), 1, "k", "v")),
+    ];
+    let out = v.verify_many(msgs);
+    assert!(matches!(out[0], Ok(VerifiedMessage::Request(_))));
+    assert!(matches!(out[1], Ok(VerifiedMessage::Prepare(_))));
+    assert_eq!(out[2].as_ref().unwrap_err(), &Rejection::BadSignature);
+    assert!(matches!(out[3], Ok(VerifiedMessage::Request(_))));
+}

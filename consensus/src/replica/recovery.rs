@@ -79,11 +79,17 @@ impl<A: Application> Replica<A> {
                 }
             }
             r.next_seq = r.next_seq.max(r.last_executed + 1);
-        } else if let Some(vc) = &durable.view_change {
-            if vc.payload.new_view == r.view {
-                r.view_changes.insert(r.me(), vc.clone());
-                r.broadcast(Message::ViewChange(vc.clone()));
-                r.set_timer(Timer::ViewChange, r.cfg.view_change_timeout);
+        } else {
+            match &durable.view_change {
+                // Re-send the view-change we persisted (and perhaps sent) for this view.
+                Some(vc) if vc.payload.new_view == r.view => {
+                    r.view_changes.insert(r.me(), vc.clone());
+                    r.broadcast(Message::ViewChange(vc.clone()));
+                    r.set_timer(Timer::ViewChange, r.cfg.view_change_timeout);
+                }
+                // We crashed between recording the view and sending its view-change:
+                // none left, so sending one now contradicts nothing.
+                _ => r.send_view_change(),
             }
         }
         // Ask a few peers whether a newer stable checkpoint exists.

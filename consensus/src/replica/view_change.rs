@@ -39,9 +39,16 @@ impl<A: Application> Replica<A> {
             view: target,
             changing: true,
         }));
+        self.send_view_change();
+        self.try_new_view();
+    }
+
+    /// Build, persist and multicast our view-change for the view we are changing to,
+    /// and start re-sending it until 2f+1 are in.
+    pub(super) fn send_view_change(&mut self) {
         let high = self.high_watermark();
         let vc = self.sign(ViewChange {
-            new_view: target,
+            new_view: self.view,
             stable_seq: self.stable.seq,
             checkpoint_proof: self.stable.proof.clone(),
             prepared: self
@@ -54,11 +61,10 @@ impl<A: Application> Replica<A> {
         self.emit(Output::Persist(PersistRecord::ViewChangeSent(vc.clone())));
         self.view_changes.insert(self.me(), vc.clone());
         self.broadcast(Message::ViewChange(vc));
-        self.emit(Output::ViewChangeStarted { view: target });
+        self.emit(Output::ViewChangeStarted { view: self.view });
         self.new_view_timer_armed = false;
         self.set_timer(Timer::ViewChange, self.cfg.view_change_timeout);
         self.arm_new_view_timer();
-        self.try_new_view();
     }
 
     /// §4.5.2: the new-view timer starts only once 2f+1 view-changes for our target
