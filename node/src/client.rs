@@ -1,0 +1,181 @@
+//! The client library (used by `bftnode client` and the benchmark): a libp2p node
+//! with the client's own key, the sans-IO PBFT [`Client`] inside, and a loop that
+//! submits, retransmits and waits for f+1 matching replies.
+
+use crate::config::ResolvedClient;
+use bft_consensus::client::{Client, ClientOutput};
+use bft_consensus::{KvOp, KvResult, Message, ReplicaConfig, Validator, VerifiedMessage};
+use bft_net::{NetConfig, NetHandle, Network, PeerId};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("transport: {0}")]
+    Net(#[from] bft_net::NetError),
+    #[error("no quorum reached within {0:?} (are the replicas running?)")]
+    Timeout(Duration),
+    #[error("replicas answered with bytes that are not a KV result")]
+    BadResult,
+}
+
+pub struct KvClient {
+    net: NetHandle,
+    inbound: mpsc::Receiver<bft_net::Inbound>,
+    core: Client,
+    peers: Vec<PeerId>,
+    validator: Validator,
+    start: Instant,
+    timeout: Duration,
+}
+
+impl KvClient {
+    /// Start the client's transport and dial the replicas. Must run inside tokio.
+    ///
+    /// # Errors
+    /// If the transport cannot start.
+    pub fn connect(cfg: &ResolvedClient) -> Result<Self, ClientError> {
+        let peers: Vec<(PeerId, libp2p::Multiaddr)> = cfg
+            .validators
+            .validators
+            .iter()
+            .map(|v| (v.peer, v.address.clone()))
+            .collect();
+        let net = Network::start(NetConfig {
+            key: cfg.key.clone(),
+            listen: None,
+            peers: peers.clone(),
+            max_frame_bytes: 16 * 1024 * 1024,
+            peer_queue: 1024,
+            inbound_queue: 4096,
+        })?;
+        let members = cfg.validators.membership();
+        let validator = Validator::new(&ReplicaConfig::new(0, members.clone()));
+        // Timestamps from the wall clock, so a restarted client never reuses one.
+        let first_ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        let core = Client::new(cfg.key.clone(), members, first_ts, cfg.retransmit);
+        Ok(Self {
+            net: net.handle,
+            inbound: net.inbound,
+            core,
+            peers: peers.into_iter().map(|(p, _)| p).collect(),
+            validator,
+            start: Instant::now(),
+            timeout: cfg.timeout,
+        })
+    }
+
+    /// Replicas currently connected.
+    #[must_use]
+    pub fn connected(&self) -> usize {
+        self.peers
+            .iter()
+            .filter(|p| self.net.is_connected(p))
+            .count()
+    }
+
+    /// Run one operation to completion: the result f+1 replicas agree on.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`] if no quorum answers in time.
+    pub async fn execute(&mut self, op: &KvOp) -> Result<KvResult, ClientError> {
+        let bytes = self.run(op.encode()).await?;
+        KvResult::decode(&bytes).map_err(|_| ClientError::BadResult)
+    }
+
+    async fn run(&mut self, operation: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        let out = self
+            .core
+            .submit(self.start.elapsed(), operation)
+            .expect("one request at a time");
+        let mut retransmit_at = None;
+        if let Some(result) = self.perform(out, &mut retransmit_at) {
+            return Ok(result);
+        }
+        loop {
+            let wake = retransmit_at.map_or(deadline, |r: Instant| r.min(deadline));
+            tokio::select! {
+                frame = self.inbound.recv() => {
+                    let Some(frame) = frame else { return Err(ClientError::Timeout(self.timeout)) };
+                    let Ok(msg) = bft_crypto::decode::<Message>(&frame.bytes, 16 * 1024 * 1024) else { continue };
+                    let Ok(VerifiedMessage::Reply(reply)) = self.validator.verify(msg) else { continue };
+                    let out = self.core.on_reply(&reply);
+                    if let Some(result) = self.perform(out, &mut retransmit_at) {
+                        return Ok(result);
+                    }
+                }
+                () = tokio::time::sleep_until(wake.into()) => {
+                    if Instant::now() >= deadline {
+                        return Err(ClientError::Timeout(self.timeout));
+                    }
+                    let out = self.core.on_timeout(self.start.elapsed());
+                    self.perform(out, &mut retransmit_at);
+                }
+            }
+        }
+    }
+
+    fn perform(
+        &self,
+        out: Vec<ClientOutput>,
+        retransmit_at: &mut Option<Instant>,
+    ) -> Option<Vec<u8>> {
+        let mut accepted = None;
+        for o in out {
+            match o {
+                ClientOutput::Send { to, message } => {
+                    let frame = Arc::new(bft_crypto::encode(&message).expect("encodes"));
+                    let _ = self.net.send(self.peers[to as usize], frame);
+                }
+                ClientOutput::Broadcast { message } => {
+                    let frame = Arc::new(bft_crypto::encode(&message).expect("encodes"));
+                    for p in &self.peers {
+                        let _ = self.net.send(*p, frame.clone());
+                    }
+                }
+                ClientOutput::SetTimer { at } => *retransmit_at = Some(self.start + at),
+                ClientOutput::Accepted { result, .. } => accepted = Some(result),
+            }
+        }
+        accepted
+    }
+
+    pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<KvResult, ClientError> {
+        self.execute(&KvOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        })
+        .await
+    }
+
+    pub async fn get(&mut self, key: &[u8]) -> Result<KvResult, ClientError> {
+        self.execute(&KvOp::Get { key: key.to_vec() }).await
+    }
+
+    pub async fn delete(&mut self, key: &[u8]) -> Result<KvResult, ClientError> {
+        self.execute(&KvOp::Delete { key: key.to_vec() }).await
+    }
+
+    /// Wait until at least `n` replicas are connected, or `within` passes.
+    pub async fn wait_connected(&self, n: usize, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.connected() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+impl Drop for KvClient {
+    fn drop(&mut self) {
+        self.net.shutdown();
+    }
+}

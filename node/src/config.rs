@@ -1,0 +1,395 @@
+//! TOML configuration (INTERFACE.md "Config"): one file per replica, a shared
+//! validators file, and a client file. Unknown keys are errors; relative paths are
+//! relative to the file that names them. Every problem is a one-line [`ConfigError`].
+
+use bft_consensus::{Membership, ReplicaConfig, ReplicaId};
+use bft_crypto::{KeyPair, PublicKey};
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("invalid config {path}: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    #[error("key file {path}: {reason}")]
+    Key { path: String, reason: String },
+}
+
+fn invalid(s: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(s.into())
+}
+
+/// One replica's file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub network: NetworkSection,
+    #[serde(default)]
+    pub consensus: ConsensusSection,
+    #[serde(default)]
+    pub failure_detector: FailureDetectorSection,
+    pub http: HttpSection,
+    #[serde(default)]
+    pub byzantine: ByzantineSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub id: ReplicaId,
+    pub data_dir: PathBuf,
+    /// The replica's secret key (written by `bftnode keygen`); default `replica.key`.
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+}
+
+fn default_key_file() -> PathBuf {
+    PathBuf::from("replica.key")
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// libp2p multiaddr to listen on, e.g. `/ip4/127.0.0.1/tcp/7000`.
+    pub listen: String,
+    /// The validator set inline...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validators: Vec<ValidatorEntry>,
+    /// ...or in a shared file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validators_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorEntry {
+    pub id: ReplicaId,
+    pub public_key: String,
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorsFile {
+    pub validator: Vec<ValidatorEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsensusSection {
+    pub batch_size: usize,
+    pub batch_timeout_ms: u64,
+    pub checkpoint_interval: u64,
+    pub window: u64,
+    pub view_change_timeout_ms: u64,
+}
+
+impl Default for ConsensusSection {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            batch_timeout_ms: 2,
+            checkpoint_interval: 128,
+            window: 512,
+            view_change_timeout_ms: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailureDetectorSection {
+    pub heartbeat_ms: u64,
+    pub phi_threshold: f64,
+}
+
+impl Default for FailureDetectorSection {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 200,
+            phi_threshold: 8.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub listen: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByzantineSection {
+    pub behaviour: String,
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub params: toml::Table,
+}
+
+impl Default for ByzantineSection {
+    fn default() -> Self {
+        Self {
+            behaviour: "none".into(),
+            params: toml::Table::new(),
+        }
+    }
+}
+
+/// The client's file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub key_file: PathBuf,
+    pub validators_file: PathBuf,
+    #[serde(default = "default_client_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_retransmit")]
+    pub retransmit_ms: u64,
+}
+
+fn default_client_timeout() -> u64 {
+    10_000
+}
+fn default_retransmit() -> u64 {
+    1_000
+}
+
+/// One validator, resolved.
+#[derive(Clone, Debug)]
+pub struct Validator {
+    pub id: ReplicaId,
+    pub public_key: PublicKey,
+    pub peer: PeerId,
+    pub address: Multiaddr,
+}
+
+/// The validator set, resolved and checked: ids are 0..n in order, keys distinct.
+#[derive(Clone, Debug)]
+pub struct ValidatorSet {
+    pub validators: Vec<Validator>,
+}
+
+impl ValidatorSet {
+    /// # Errors
+    /// Bad keys or addresses, ids not 0..n, duplicates.
+    pub fn resolve(mut entries: Vec<ValidatorEntry>) -> Result<Self, ConfigError> {
+        if entries.is_empty() {
+            return Err(invalid("the validator set is empty"));
+        }
+        entries.sort_by_key(|e| e.id);
+        let mut validators = Vec::new();
+        for (i, e) in entries.into_iter().enumerate() {
+            if e.id as usize != i {
+                return Err(invalid(format!(
+                    "validator ids must be 0..n without gaps; found {} at position {i}",
+                    e.id
+                )));
+            }
+            let public_key = PublicKey::from_hex(&e.public_key).map_err(|_| {
+                invalid(format!(
+                    "validator {}: public_key is not a 64-hex-digit ed25519 key",
+                    e.id
+                ))
+            })?;
+            let peer = bft_net::peer_id_of(&public_key).ok_or_else(|| invalid("bad public key"))?;
+            let address: Multiaddr = e.address.parse().map_err(|err| {
+                invalid(format!(
+                    "validator {}: address {:?}: {err}",
+                    e.id, e.address
+                ))
+            })?;
+            validators.push(Validator {
+                id: e.id,
+                public_key,
+                peer,
+                address,
+            });
+        }
+        let mut keys: Vec<_> = validators.iter().map(|v| v.public_key).collect();
+        keys.sort();
+        keys.dedup();
+        if keys.len() != validators.len() {
+            return Err(invalid("two validators share a public key"));
+        }
+        Ok(Self { validators })
+    }
+
+    #[must_use]
+    pub fn membership(&self) -> Membership {
+        Membership::new(self.validators.iter().map(|v| v.public_key).collect())
+    }
+
+    #[must_use]
+    pub fn n(&self) -> usize {
+        self.validators.len()
+    }
+}
+
+/// Everything `bftnode start` needs, read and checked.
+pub struct Resolved {
+    pub file: NodeConfig,
+    pub key: KeyPair,
+    pub validators: ValidatorSet,
+    pub replica: ReplicaConfig,
+    pub listen: Multiaddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    toml::from_str(&read(path)?).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        reason: e.message().to_string(),
+    })
+}
+
+/// `p` relative to the directory of `file`.
+#[must_use]
+pub fn relative_to(file: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        file.parent().unwrap_or_else(|| Path::new(".")).join(p)
+    }
+}
+
+/// # Errors
+/// Unreadable or invalid validators file.
+pub fn load_validators(path: &Path) -> Result<ValidatorSet, ConfigError> {
+    let file: ValidatorsFile = parse(path)?;
+    ValidatorSet::resolve(file.validator)
+}
+
+fn load_key(path: &Path) -> Result<KeyPair, ConfigError> {
+    KeyPair::load(path).map_err(|e| ConfigError::Key {
+        path: path.display().to_string(),
+        reason: match e {
+            bft_crypto::CryptoError::KeyFile { reason, .. } => reason,
+            other => other.to_string(),
+        },
+    })
+}
+
+impl NodeConfig {
+    /// Read, resolve and check a replica's configuration.
+    ///
+    /// # Errors
+    /// The first problem, as one line.
+    pub fn load(path: &Path) -> Result<Resolved, ConfigError> {
+        let file: NodeConfig = parse(path)?;
+        let validators = match (
+            &file.network.validators_file,
+            file.network.validators.is_empty(),
+        ) {
+            (Some(_), false) => {
+                return Err(invalid(
+                    "give either [[network.validators]] or validators_file, not both",
+                ))
+            }
+            (Some(f), true) => load_validators(&relative_to(path, f))?,
+            (None, false) => ValidatorSet::resolve(file.network.validators.clone())?,
+            (None, true) => {
+                return Err(invalid(
+                    "no validator set: set network.validators_file or [[network.validators]]",
+                ))
+            }
+        };
+        let id = file.node.id;
+        let me = validators.validators.get(id as usize).ok_or_else(|| {
+            invalid(format!(
+                "node.id {id} is not in the validator set of {}",
+                validators.n()
+            ))
+        })?;
+        let key_path = relative_to(path, &file.node.key_file);
+        let key = load_key(&key_path)?;
+        if key.public() != me.public_key {
+            return Err(ConfigError::Key {
+                path: key_path.display().to_string(),
+                reason: format!(
+                    "its public key does not match validator {id} in the validator set"
+                ),
+            });
+        }
+        let listen: Multiaddr = file
+            .network
+            .listen
+            .parse()
+            .map_err(|e| invalid(format!("network.listen {:?}: {e}", file.network.listen)))?;
+        let http: SocketAddr = file
+            .http
+            .listen
+            .parse()
+            .map_err(|e| invalid(format!("http.listen {:?}: {e}", file.http.listen)))?;
+        let c = &file.consensus;
+        let mut replica = ReplicaConfig::new(id, validators.membership());
+        replica.batch_size = c.batch_size;
+        replica.batch_timeout = Duration::from_millis(c.batch_timeout_ms);
+        replica.checkpoint_interval = c.checkpoint_interval;
+        replica.window = c.window;
+        replica.view_change_timeout = Duration::from_millis(c.view_change_timeout_ms);
+        replica
+            .validate()
+            .map_err(|e| invalid(format!("[consensus]: {e}")))?;
+        if file.byzantine.behaviour != "none"
+            && bft_consensus::byzantine::by_name(&file.byzantine.behaviour, 0).is_none()
+        {
+            return Err(invalid(format!(
+                "[byzantine] behaviour {:?} is unknown",
+                file.byzantine.behaviour
+            )));
+        }
+        let data_dir = relative_to(path, &file.node.data_dir);
+        Ok(Resolved {
+            file,
+            key,
+            validators,
+            replica,
+            listen,
+            http,
+            data_dir,
+        })
+    }
+}
+
+/// A client's configuration, resolved.
+pub struct ResolvedClient {
+    pub key: KeyPair,
+    pub validators: ValidatorSet,
+    pub timeout: Duration,
+    pub retransmit: Duration,
+}
+
+impl ClientConfig {
+    /// # Errors
+    /// The first problem, as one line.
+    pub fn load(path: &Path) -> Result<ResolvedClient, ConfigError> {
+        let file: ClientConfig = parse(path)?;
+        let key = load_key(&relative_to(path, &file.key_file))?;
+        let validators = load_validators(&relative_to(path, &file.validators_file))?;
+        Ok(ResolvedClient {
+            key,
+            validators,
+            timeout: Duration::from_millis(file.timeout_ms),
+            retransmit: Duration::from_millis(file.retransmit_ms),
+        })
+    }
+}

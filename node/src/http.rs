@@ -1,0 +1,62 @@
+//! The replica's HTTP interface (INTERFACE.md): `/health`, `/ready`, `/status`.
+
+use crate::status::Status;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The event loop ticks every 100 ms; this much silence means it is stuck.
+const HEALTH_STALE: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub status: watch::Receiver<Status>,
+    pub heartbeat: Arc<AtomicU64>,
+    pub start: Instant,
+    /// Replicas (including this one) that must be connected for `/ready`.
+    pub quorum: usize,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/status", get(status))
+        .with_state(state)
+}
+
+/// 200 while the event loop is alive (it refreshed its heartbeat recently).
+async fn health(State(s): State<HttpState>) -> impl IntoResponse {
+    let last = Duration::from_millis(s.heartbeat.load(Ordering::Relaxed));
+    if s.start.elapsed().saturating_sub(last) < HEALTH_STALE {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "event loop stalled")
+    }
+}
+
+/// 200 when connected to a quorum (2f+1 including itself) and not in state transfer.
+async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
+    let st = s.status.borrow().clone();
+    if st.peers_connected + 1 >= s.quorum && !st.in_state_transfer {
+        (StatusCode::OK, "ready".to_string())
+    } else {
+        let why = format!(
+            "not ready: {} of {} peers connected, state transfer: {}",
+            st.peers_connected,
+            s.quorum - 1,
+            st.in_state_transfer
+        );
+        (StatusCode::SERVICE_UNAVAILABLE, why)
+    }
+}
+
+async fn status(State(s): State<HttpState>) -> Json<Status> {
+    Json(s.status.borrow().clone())
+}

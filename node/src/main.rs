@@ -1,0 +1,215 @@
+//! `bftnode`: the command line (INTERFACE.md). Every failure is one line on stderr
+//! and a non-zero exit code.
+
+use anyhow::{bail, Context as _};
+use bftnode::config::{ClientConfig, NodeConfig};
+use bftnode::{client::KvClient, testnet};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "bftnode",
+    version,
+    about = "A Byzantine fault-tolerant (PBFT) replicated key-value node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write an ed25519 key pair (secret 0600) and print its public key and PeerId.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        /// File name of the secret key inside DIR.
+        #[arg(long, default_value = "replica.key")]
+        name: String,
+    },
+    /// Run one replica in the foreground until SIGINT/SIGTERM.
+    Start {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// A local multi-process testnet.
+    Testnet {
+        #[command(subcommand)]
+        action: TestnetCmd,
+    },
+    /// Send one signed request and print the result f+1 replicas agree on.
+    Client {
+        #[arg(long)]
+        config: PathBuf,
+        /// Give up after this many milliseconds without a quorum.
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[command(subcommand)]
+        op: ClientOp,
+    },
+    /// Show a node's /status.
+    Status {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TestnetCmd {
+    /// Write keys and configs for N replicas (N >= 4).
+    Init {
+        #[arg(long, default_value_t = 4)]
+        replicas: usize,
+        #[arg(long, default_value = "testnet")]
+        dir: PathBuf,
+        /// libp2p ports BASE.., HTTP ports BASE+100..; free ports if omitted.
+        #[arg(long)]
+        base_port: Option<u16>,
+    },
+    /// Start every replica that is not running; return once all are ready.
+    Up {
+        #[arg(long, default_value = "testnet")]
+        dir: PathBuf,
+    },
+    /// Stop every replica (SIGTERM, then SIGKILL).
+    Down {
+        #[arg(long, default_value = "testnet")]
+        dir: PathBuf,
+    },
+    /// Print a table of every replica's status.
+    Status {
+        #[arg(long, default_value = "testnet")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientOp {
+    Put { key: String, value: String },
+    Get { key: String },
+    Delete { key: String },
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn show(result: &bft_consensus::KvResult) -> String {
+    use bft_consensus::KvResult;
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    match result {
+        KvResult::Done { previous: Some(p) } => format!("ok (previous: {})", text(p)),
+        KvResult::Done { previous: None } => "ok".into(),
+        KvResult::Value(Some(v)) => text(v),
+        KvResult::Value(None) => "(not found)".into(),
+        KvResult::Swapped { swapped, current } => {
+            format!(
+                "swapped: {swapped} (was: {})",
+                current.as_deref().map_or("(none)".into(), text)
+            )
+        }
+        KvResult::Invalid => "invalid operation".into(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keygen { out, name } => {
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let path = out.join(&name);
+            if path.exists() {
+                bail!("{} exists; refusing to overwrite a key", path.display());
+            }
+            let key = bft_crypto::KeyPair::generate();
+            key.save(&path)?;
+            let peer = bft_net::peer_id_of(&key.public()).expect("fresh keys are valid");
+            println!("public key: {}", key.public().to_hex());
+            println!("peer id:    {peer}");
+            println!("secret key: {} (mode 0600)", path.display());
+        }
+        Command::Start { config } => {
+            init_logging("info");
+            let resolved = NodeConfig::load(&config)?;
+            runtime()?.block_on(bftnode::replica_node::run(resolved))?;
+        }
+        Command::Testnet { action } => match action {
+            TestnetCmd::Init {
+                replicas,
+                dir,
+                base_port,
+            } => testnet::init(&dir, replicas, base_port)?,
+            TestnetCmd::Up { dir } => testnet::up(&dir)?,
+            TestnetCmd::Down { dir } => testnet::down(&dir)?,
+            TestnetCmd::Status { dir } => testnet::status(&dir)?,
+        },
+        Command::Client {
+            config,
+            timeout,
+            op,
+        } => {
+            init_logging("warn");
+            let mut resolved = ClientConfig::load(&config)?;
+            if let Some(ms) = timeout {
+                resolved.timeout = Duration::from_millis(ms);
+            }
+            let result = runtime()?.block_on(async {
+                let mut client = KvClient::connect(&resolved)?;
+                let quorum = resolved.validators.membership().weak_quorum();
+                if !client.wait_connected(quorum, resolved.timeout).await {
+                    bail!(
+                        "cannot reach {quorum} replicas within {:?} (are they running?)",
+                        resolved.timeout
+                    );
+                }
+                let r = match &op {
+                    ClientOp::Put { key, value } => {
+                        client.put(key.as_bytes(), value.as_bytes()).await
+                    }
+                    ClientOp::Get { key } => client.get(key.as_bytes()).await,
+                    ClientOp::Delete { key } => client.delete(key.as_bytes()).await,
+                };
+                Ok(r?)
+            })?;
+            println!("{}", show(&result));
+        }
+        Command::Status { node, json } => {
+            let s = testnet::fetch_status(&node)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("{}", testnet::table_header());
+                println!("{}", testnet::table_row(&s));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `bftnode start`: wire one replica together and run it until SIGINT/SIGTERM.
+
+use crate::config::Resolved;
+use crate::http::{router, HttpState};
+use crate::runtime::Runtime;
+use crate::status::Status;
+use crate::storage::Storage;
+use crate::verify::VerifyPool;
+use anyhow::{bail, Context as _};
+use bft_consensus::byzantine::{by_name, Honest, Wrapped};
+use bft_consensus::messages::MAX_MESSAGE_BYTES;
+use bft_consensus::{DurableState, KvStore, Replica, Validator};
+use bft_net::{NetConfig, Network};
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, watch};
+
+/// Fail early, with one clear line, if the libp2p port is taken.
+fn check_port_free(addr: &Multiaddr) -> anyhow::Result<()> {
+    let mut ip = None;
+    let mut port = None;
+    for p in addr {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    if let (Some(ip), Some(port)) = (ip, port) {
+        if port != 0 {
+            std::net::TcpListener::bind((ip, port)).with_context(|| {
+                format!("network.listen {addr}: port {port} is in use or cannot be bound")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+/// Run the replica described by `res` until a shutdown signal.
+///
+/// # Errors
+/// Ports in use, an unopenable data directory, a storage failure while running.
+pub async fn run(res: Resolved) -> anyhow::Result<()> {
+    let http_listener = tokio::net::TcpListener::bind(res.http)
+        .await
+        .with_context(|| format!("http.listen {}: port in use or cannot be bound", res.http))?;
+    check_port_free(&res.listen)?;
+    std::fs::create_dir_all(&res.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", res.data_dir.display()))?;
+    let storage = Storage::open(&res.data_dir.join("db"))?;
+    let start = Instant::now();
+    let id = res.replica.id;
+    let (replica, recovered) = if *storage.durable() == DurableState::default() {
+        (
+            Replica::new(res.replica.clone(), res.key.clone(), KvStore::new()),
+            Vec::new(),
+        )
+    } else {
+        let (r, out) = Replica::recover(
+            res.replica.clone(),
+            res.key.clone(),
+            KvStore::new(),
+            storage.durable(),
+            start.elapsed(),
+        )?;
+        tracing::info!(
+            replica = id,
+            view = r.view(),
+            last_executed = r.last_executed(),
+            "recovered from disk"
+        );
+        (r, out)
+    };
+    let behaviour_name = res.file.byzantine.behaviour.as_str();
+    let behaviour = match behaviour_name {
+        "none" => Box::new(Honest) as _,
+        name => match by_name(name, u64::from(id)) {
+            Some(b) => {
+                tracing::warn!(
+                    replica = id,
+                    behaviour = name,
+                    "running a Byzantine behaviour"
+                );
+                b
+            }
+            None => bail!("[byzantine] behaviour {name:?} is unknown"),
+        },
+    };
+    let peers: Vec<_> = res.validators.validators.iter().map(|v| v.peer).collect();
+    let others = res
+        .validators
+        .validators
+        .iter()
+        .filter(|v| v.id != id)
+        .map(|v| (v.peer, v.address.clone()))
+        .collect();
+    let net = Network::start(NetConfig {
+        key: res.key.clone(),
+        listen: Some(res.listen.clone()),
+        peers: others,
+        max_frame_bytes: MAX_MESSAGE_BYTES,
+        peer_queue: 16 * 1024,
+        inbound_queue: 16 * 1024,
+    })?;
+    let (status_tx, status_rx) = watch::channel(Status::default());
+    let heartbeat = Arc::new(AtomicU64::new(0));
+    let http = HttpState {
+        status: status_rx,
+        heartbeat: heartbeat.clone(),
+        start,
+        quorum: res.replica.members.quorum(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, router(http)).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    let validator = Arc::new(Validator::new(&res.replica));
+    let (verified_tx, verified_rx) = mpsc::channel(1024);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pool = VerifyPool::start(threads, validator, verified_tx);
+    let mut runtime = Runtime::new(
+        Wrapped::new(replica, behaviour),
+        storage,
+        net.handle.clone(),
+        peers,
+        start,
+        status_tx,
+        heartbeat,
+    );
+    runtime.push_outputs(recovered);
+    tracing::info!(replica = id, listen = %res.listen, http = %res.http, "replica started");
+    let result = runtime
+        .run(net.inbound, pool, verified_rx, shutdown_signal())
+        .await;
+    net.handle.shutdown();
+    result
+}

@@ -1,0 +1,254 @@
+//! RocksDB storage of what the core marks durable (DESIGN.md "Persistence").
+//!
+//! Keys: `view`, `vc`, `stable` (the stable checkpoint with its 2f+1 proof and
+//! snapshot), and per sequence number `a/`, `p/`, `c/` + big-endian seq for the
+//! accepted pre-prepare (with batch), the prepared certificate and the commit
+//! decision. The application's data lives in the stable snapshot plus the committed
+//! batches above it, which a restarted replica re-executes.
+//!
+//! All records of one event-loop turn go in one `WriteBatch` written with `sync`,
+//! before any message of that turn leaves.
+
+use bft_consensus::{DurableState, PersistRecord, Seq};
+use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+use std::path::Path;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("rocksdb at {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("rocksdb write: {0}")]
+    Write(String),
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+const VIEW: &[u8] = b"view";
+const VIEW_CHANGE: &[u8] = b"vc";
+const STABLE: &[u8] = b"stable";
+const ACCEPTED: &[u8] = b"a/";
+const PREPARED: &[u8] = b"p/";
+const COMMITTED: &[u8] = b"c/";
+
+fn seq_key(prefix: &[u8], seq: Seq) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bft_crypto::encode(v).expect("records always encode")
+}
+
+pub struct Storage {
+    db: DB,
+    durable: DurableState,
+}
+
+impl Storage {
+    /// Open (creating if needed) and load the durable state.
+    ///
+    /// # Errors
+    /// If RocksDB cannot open the directory (e.g. another process holds its lock) or a
+    /// record does not decode.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        let db = DB::open(&opts, path).map_err(|e| StorageError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let durable = load(&db)?;
+        Ok(Self { db, durable })
+    }
+
+    #[must_use]
+    pub fn durable(&self) -> &DurableState {
+        &self.durable
+    }
+
+    /// Make `records` durable: one synced write batch.
+    ///
+    /// # Errors
+    /// If the write fails (the node must stop: it cannot promise durability).
+    pub fn persist(&mut self, records: &[PersistRecord]) -> Result<(), StorageError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for r in records {
+            self.durable.apply(r);
+            let d = &self.durable;
+            match r {
+                PersistRecord::View { .. } => batch.put(VIEW, enc(&(d.view, d.changing))),
+                PersistRecord::Accepted { pre_prepare, .. } => {
+                    let seq = pre_prepare.payload.seq;
+                    if let Some(v) = d.accepted.get(&seq) {
+                        batch.put(seq_key(ACCEPTED, seq), enc(v));
+                    }
+                }
+                PersistRecord::Prepared(cert) => {
+                    if let Some(v) = d.prepared.get(&cert.seq()) {
+                        batch.put(seq_key(PREPARED, cert.seq()), enc(v));
+                    }
+                }
+                PersistRecord::Committed { seq, .. } => {
+                    if let Some(v) = d.committed.get(seq) {
+                        batch.put(seq_key(COMMITTED, *seq), enc(v));
+                    }
+                }
+                PersistRecord::ViewChangeSent(_) => {
+                    if let Some(vc) = &d.view_change {
+                        batch.put(VIEW_CHANGE, enc(vc));
+                    }
+                }
+                PersistRecord::Stable(cp) => {
+                    if d.stable.as_ref().is_some_and(|s| s.seq == cp.seq) {
+                        batch.put(STABLE, enc(cp));
+                        for prefix in [ACCEPTED, PREPARED, COMMITTED] {
+                            batch.delete_range(seq_key(prefix, 0), seq_key(prefix, cp.seq + 1));
+                        }
+                    }
+                }
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| StorageError::Write(e.to_string()))
+    }
+}
+
+fn get<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, StorageError> {
+    let corrupt = |reason: String| StorageError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    };
+    match db.get(key).map_err(|e| corrupt(e.to_string()))? {
+        None => Ok(None),
+        Some(bytes) => bft_crypto::decode(&bytes, usize::MAX)
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string())),
+    }
+}
+
+fn scan<T: serde::de::DeserializeOwned>(
+    db: &DB,
+    prefix: &[u8],
+) -> Result<Vec<(Seq, T)>, StorageError> {
+    let mut out = Vec::new();
+    for item in db.prefix_iterator(prefix) {
+        let (k, v) = item.map_err(|e| StorageError::Corrupt {
+            key: "scan".into(),
+            reason: e.to_string(),
+        })?;
+        if !k.starts_with(prefix) {
+            break;
+        }
+        let corrupt = |reason: String| StorageError::Corrupt {
+            key: format!("{:?}", &k[..]),
+            reason,
+        };
+        let seq_bytes: [u8; 8] = k[prefix.len()..]
+            .try_into()
+            .map_err(|_| corrupt("bad key length".into()))?;
+        let value = bft_crypto::decode(&v, usize::MAX).map_err(|e| corrupt(e.to_string()))?;
+        out.push((Seq::from_be_bytes(seq_bytes), value));
+    }
+    Ok(out)
+}
+
+fn load(db: &DB) -> Result<DurableState, StorageError> {
+    let mut d = DurableState::default();
+    if let Some((view, changing)) = get(db, VIEW)? {
+        d.view = view;
+        d.changing = changing;
+    }
+    d.view_change = get(db, VIEW_CHANGE)?;
+    d.stable = get(db, STABLE)?;
+    d.accepted = scan(db, ACCEPTED)?.into_iter().collect();
+    d.prepared = scan(db, PREPARED)?.into_iter().collect();
+    d.committed = scan(db, COMMITTED)?.into_iter().collect();
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bft_consensus::messages::{Batch, PrePrepare};
+    use bft_consensus::StableCheckpoint;
+    use bft_crypto::{Digest, KeyPair, Signed};
+
+    fn accepted(seq: Seq, view: u64) -> PersistRecord {
+        let key = KeyPair::from_seed([1; 32]);
+        let batch = Batch::default();
+        let pp = Signed::sign(
+            PrePrepare {
+                view,
+                seq,
+                digest: batch.digest(),
+                replica: 0,
+            },
+            &key,
+        );
+        PersistRecord::Accepted {
+            pre_prepare: pp,
+            batch,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen_and_stable_checkpoints_collect_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Storage::open(dir.path()).unwrap();
+            s.persist(&[
+                PersistRecord::View {
+                    view: 3,
+                    changing: true,
+                },
+                accepted(5, 3),
+                accepted(9, 3),
+            ])
+            .unwrap();
+            s.persist(&[PersistRecord::Committed {
+                seq: 5,
+                view: 3,
+                digest: Digest([2; 32]),
+            }])
+            .unwrap();
+        }
+        let mut s = Storage::open(dir.path()).unwrap();
+        let d = s.durable().clone();
+        assert_eq!((d.view, d.changing), (3, true));
+        assert_eq!(d.accepted.keys().copied().collect::<Vec<_>>(), vec![5, 9]);
+        assert_eq!(d.committed.get(&5), Some(&(3, Digest([2; 32]))));
+        let cp = StableCheckpoint {
+            seq: 8,
+            digest: Digest([3; 32]),
+            proof: vec![],
+            snapshot: vec![1, 2, 3],
+        };
+        s.persist(&[PersistRecord::Stable(cp.clone())]).unwrap();
+        drop(s);
+        let s = Storage::open(dir.path()).unwrap();
+        assert_eq!(s.durable().stable, Some(cp));
+        assert_eq!(
+            s.durable().accepted.keys().copied().collect::<Vec<_>>(),
+            vec![9]
+        );
+        assert!(s.durable().committed.is_empty());
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Storage::open(dir.path()).unwrap();
+        assert!(matches!(
+            Storage::open(dir.path()),
+            Err(StorageError::Open { .. })
+        ));
+    }
+}

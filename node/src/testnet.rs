@@ -1,0 +1,354 @@
+//! `bftnode testnet init|up|down|status`: a local multi-process testnet.
+
+use crate::config::{
+    ByzantineSection, ClientConfig, ConsensusSection, FailureDetectorSection, HttpSection,
+    NetworkSection, NodeConfig, NodeSection, ValidatorEntry, ValidatorsFile,
+};
+use crate::httpget;
+use crate::status::Status;
+use anyhow::{bail, Context as _};
+use bft_crypto::KeyPair;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Ports: `base..base+n` for libp2p and `base+100..` for HTTP, or free ones.
+fn pick_ports(n: usize, base: Option<u16>) -> anyhow::Result<Vec<(u16, u16)>> {
+    if let Some(base) = base {
+        let mut out = Vec::new();
+        for i in 0..n as u16 {
+            let (p2p, http) = (base + i, base + 100 + i);
+            for p in [p2p, http] {
+                std::net::TcpListener::bind(("127.0.0.1", p))
+                    .with_context(|| format!("port {p} is in use"))?;
+            }
+            out.push((p2p, http));
+        }
+        return Ok(out);
+    }
+    // Hold every listener until all are chosen so no port is picked twice.
+    let listeners: Vec<_> = (0..2 * n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .context("cannot find free ports")?;
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()?;
+    Ok((0..n).map(|i| (ports[2 * i], ports[2 * i + 1])).collect())
+}
+
+/// Write keys, one config per replica, the validator set, a client config and a
+/// prometheus.yml into `dir`.
+///
+/// # Errors
+/// Fewer than 4 replicas, an existing testnet in `dir`, ports in use, I/O errors.
+pub fn init(dir: &Path, n: usize, base_port: Option<u16>) -> anyhow::Result<()> {
+    if n < 4 {
+        bail!("a testnet needs at least 4 replicas (n = 3f+1 with f >= 1); got {n}");
+    }
+    if dir.join("validators.toml").exists() {
+        bail!(
+            "{} already holds a testnet (remove it first)",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ports = pick_ports(n, base_port)?;
+    let token = hex::encode(rand::random::<[u8; 16]>());
+    let mut validators = Vec::new();
+    for (i, (p2p, _)) in ports.iter().enumerate() {
+        let node_dir = dir.join(format!("node{i}"));
+        std::fs::create_dir_all(&node_dir)?;
+        let key = KeyPair::generate();
+        key.save(&node_dir.join("replica.key"))?;
+        validators.push(ValidatorEntry {
+            id: i as u32,
+            public_key: key.public().to_hex(),
+            address: format!("/ip4/127.0.0.1/tcp/{p2p}"),
+        });
+    }
+    write(
+        &dir.join("validators.toml"),
+        &toml::to_string(&ValidatorsFile {
+            validator: validators,
+        })?,
+    )?;
+    for (i, (p2p, http)) in ports.iter().enumerate() {
+        let cfg = NodeConfig {
+            node: NodeSection {
+                id: i as u32,
+                data_dir: "data".into(),
+                key_file: "replica.key".into(),
+            },
+            network: NetworkSection {
+                listen: format!("/ip4/127.0.0.1/tcp/{p2p}"),
+                validators: Vec::new(),
+                validators_file: Some("../validators.toml".into()),
+            },
+            consensus: ConsensusSection::default(),
+            failure_detector: FailureDetectorSection::default(),
+            http: HttpSection {
+                listen: format!("127.0.0.1:{http}"),
+                admin_token: Some(token.clone()),
+            },
+            byzantine: ByzantineSection::default(),
+        };
+        write(
+            &dir.join(format!("node{i}/config.toml")),
+            &toml::to_string(&cfg)?,
+        )?;
+    }
+    KeyPair::generate().save(&dir.join("client.key"))?;
+    let client = ClientConfig {
+        key_file: "client.key".into(),
+        validators_file: "validators.toml".into(),
+        timeout_ms: 10_000,
+        retransmit_ms: 1_000,
+    };
+    write(&dir.join("client.toml"), &toml::to_string(&client)?)?;
+    let targets: Vec<String> = ports
+        .iter()
+        .map(|(_, h)| format!("'127.0.0.1:{h}'"))
+        .collect();
+    write(
+        &dir.join("prometheus.yml"),
+        &format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: bftnode\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+    )?;
+    println!("testnet of {n} replicas written to {}", dir.display());
+    for (i, (p2p, http)) in ports.iter().enumerate() {
+        println!("  replica {i}: libp2p /ip4/127.0.0.1/tcp/{p2p}  http http://127.0.0.1:{http}");
+    }
+    println!("  client config: {}", dir.join("client.toml").display());
+    Ok(())
+}
+
+/// The node directories of a testnet, in id order.
+fn nodes(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !dir.join("validators.toml").exists() {
+        bail!(
+            "{} holds no testnet (run `bftnode testnet init` first)",
+            dir.display()
+        );
+    }
+    let mut out = Vec::new();
+    for i in 0.. {
+        let d = dir.join(format!("node{i}"));
+        if !d.join("config.toml").exists() {
+            break;
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+fn pid_of(node: &Path) -> Option<u32> {
+    std::fs::read_to_string(node.join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Alive and not a zombie.
+#[must_use]
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().chars().next() != Some('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// The HTTP base URL of a node, from its config.
+///
+/// # Errors
+/// An unreadable config.
+pub fn http_url(node: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(node.join("config.toml"))?;
+    let cfg: NodeConfig =
+        toml::from_str(&text).with_context(|| format!("bad config in {}", node.display()))?;
+    Ok(format!("http://{}", cfg.http.listen))
+}
+
+/// Start every replica that is not running, then wait until all are ready.
+///
+/// # Errors
+/// No testnet in `dir`, a replica that cannot start, or not all ready in time.
+pub fn up(dir: &Path) -> anyhow::Result<()> {
+    let nodes = nodes(dir)?;
+    let exe = std::env::current_exe().context("cannot find the bftnode executable")?;
+    for node in &nodes {
+        if pid_of(node).is_some_and(alive) {
+            continue;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.join("node.log"))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("start")
+            .arg("--config")
+            .arg(node.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Its own process group: signals aimed at the caller do not reach the replicas.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", node.display()))?;
+        write(&node.join("pid"), &child.id().to_string())?;
+    }
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut waiting: Vec<&PathBuf> = nodes.iter().collect();
+    while !waiting.is_empty() {
+        if Instant::now() > deadline {
+            let names: Vec<_> = waiting.iter().map(|n| n.display().to_string()).collect();
+            bail!(
+                "not ready after {READY_TIMEOUT:?}: {} (see node.log there)",
+                names.join(", ")
+            );
+        }
+        let mut still = Vec::new();
+        for node in waiting {
+            if pid_of(node).is_some_and(|p| !alive(p)) {
+                let log = std::fs::read_to_string(node.join("node.log")).unwrap_or_default();
+                let last = log
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .to_string();
+                bail!("{} exited: {last}", node.display());
+            }
+            let url = http_url(node)?;
+            match httpget::get(&url, "/ready", Duration::from_millis(500)) {
+                Ok((200, _)) => {}
+                _ => still.push(node),
+            }
+        }
+        waiting = still;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("{} replicas ready", nodes.len());
+    Ok(())
+}
+
+/// Stop every replica: SIGTERM (graceful), then SIGKILL after a grace period.
+///
+/// # Errors
+/// No testnet in `dir`.
+pub fn down(dir: &Path) -> anyhow::Result<()> {
+    let nodes = nodes(dir)?;
+    let running: Vec<(PathBuf, u32)> = nodes
+        .iter()
+        .filter_map(|n| pid_of(n).filter(|p| alive(*p)).map(|p| (n.clone(), p)))
+        .collect();
+    for (_, pid) in &running {
+        signal(*pid, "TERM");
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for (node, pid) in &running {
+        while alive(*pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive(*pid) {
+            signal(*pid, "KILL");
+        }
+        let _ = std::fs::remove_file(node.join("pid"));
+    }
+    println!("{} replicas stopped", running.len());
+    Ok(())
+}
+
+/// Send a signal with the system's `kill`.
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Fetch a node's `/status`.
+///
+/// # Errors
+/// Unreachable node or a malformed answer.
+pub fn fetch_status(url: &str) -> anyhow::Result<Status> {
+    let (code, body) = httpget::get(url, "/status", Duration::from_secs(2))?;
+    if code != 200 {
+        bail!("{url}/status answered {code}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("{url}/status returned malformed JSON"))
+}
+
+#[must_use]
+pub fn table_header() -> String {
+    format!(
+        "{:>3} {:>5} {:>7} {:>13} {:>10} {:>5} {:>10} {:<14} {:<16}",
+        "id",
+        "view",
+        "primary",
+        "last_executed",
+        "stable_cp",
+        "peers",
+        "suspected",
+        "behaviour",
+        "state_digest"
+    )
+}
+
+#[must_use]
+pub fn table_row(s: &Status) -> String {
+    let view = if s.in_view_change {
+        format!("{}*", s.view)
+    } else {
+        s.view.to_string()
+    };
+    let suspected: Vec<_> = s.suspected.iter().map(ToString::to_string).collect();
+    format!(
+        "{:>3} {:>5} {:>7} {:>13} {:>10} {:>5} {:>10} {:<14} {:<16}",
+        s.id,
+        view,
+        s.primary,
+        s.last_executed,
+        s.last_stable_checkpoint,
+        s.peers_connected,
+        if suspected.is_empty() {
+            "-".into()
+        } else {
+            suspected.join(",")
+        },
+        s.behaviour,
+        &s.state_digest.get(..16).unwrap_or(&s.state_digest)
+    )
+}
+
+/// Print the status table of every replica (a stopped one shows as down).
+///
+/// # Errors
+/// No testnet in `dir`.
+pub fn status(dir: &Path) -> anyhow::Result<()> {
+    println!("{}", table_header());
+    for (i, node) in nodes(dir)?.iter().enumerate() {
+        match fetch_status(&http_url(node)?) {
+            Ok(s) => println!("{}", table_row(&s)),
+            Err(_) => println!("{i:>3} down"),
+        }
+    }
+    Ok(())
+}
