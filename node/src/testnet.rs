@@ -168,7 +168,7 @@ pub fn alive(pid: u32) -> bool {
         .and_then(|s| {
             s.rsplit(')')
                 .next()
-                .map(|rest| rest.trim_start().chars().next() != Some('Z'))
+                .map(|rest| !rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
 }
