@@ -138,7 +138,7 @@ pub async fn run(res: Resolved) -> anyhow::Result<()> {
     let validator = Arc::new(Validator::new(&res.replica));
     let (verified_tx, verified_rx) = mpsc::channel(1024);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let pool = VerifyPool::start(threads, validator, verified_tx);
+    VerifyPool::start(threads, validator, net.inbound, verified_tx);
     let mut runtime = Runtime::new(
         Wrapped::new(replica, behaviour),
         storage,
@@ -150,9 +150,7 @@ pub async fn run(res: Resolved) -> anyhow::Result<()> {
     );
     runtime.push_outputs(recovered);
     tracing::info!(replica = id, listen = %res.listen, http = %res.http, "replica started");
-    let result = runtime
-        .run(net.inbound, pool, verified_rx, shutdown_signal())
-        .await;
+    let result = runtime.run(verified_rx, shutdown_signal()).await;
     net.handle.shutdown();
     result
 }

@@ -1,14 +1,14 @@
-//! The event loop: the only owner of the replica. It turns network frames (already
-//! verified by the pool), timers and shutdown into inputs, and performs the outputs:
+//! The event loop: the only owner of the replica. It turns verified messages (from
+//! the verify pool, which reads the network itself), timers and shutdown into inputs, and performs the outputs:
 //! persist first (one synced RocksDB write per turn), then send.
 
 use crate::status::Status;
 use crate::storage::Storage;
-use crate::verify::{Checked, VerifyPool};
+use crate::verify::Checked;
 use anyhow::Context as _;
 use bft_consensus::byzantine::Wrapped;
 use bft_consensus::{Input, KvStore, Message, Output, ReplicaId, Timer};
-use bft_net::{Inbound, NetHandle, PeerId};
+use bft_net::{NetHandle, PeerId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,8 +17,6 @@ use tokio::sync::{mpsc, watch};
 
 /// How often `/status` is refreshed and the liveness heartbeat ticks.
 const TICK: Duration = Duration::from_millis(100);
-/// Frames handed to the verify pool at once.
-const VERIFY_BATCH: usize = 256;
 
 pub struct Runtime {
     pub replica: Wrapped<KvStore>,
@@ -82,8 +80,6 @@ impl Runtime {
     /// A storage failure (the replica cannot promise durability, so it stops).
     pub async fn run(
         mut self,
-        mut inbound: mpsc::Receiver<Inbound>,
-        pool: VerifyPool,
         mut verified: mpsc::Receiver<Vec<Checked>>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
@@ -98,16 +94,6 @@ impl Runtime {
                     for checked in batch {
                         self.on_checked(checked);
                     }
-                }
-                Some(first) = inbound.recv() => {
-                    let mut batch = vec![first];
-                    while batch.len() < VERIFY_BATCH {
-                        match inbound.try_recv() {
-                            Ok(f) => batch.push(f),
-                            Err(_) => break,
-                        }
-                    }
-                    pool.submit(batch);
                 }
                 () = sleep_until(next_timer) => self.fire_timers(),
                 _ = tick.tick() => self.refresh_status(),

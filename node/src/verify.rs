@@ -20,18 +20,22 @@ pub struct Checked {
     pub result: Result<VerifiedMessage, Rejection>,
 }
 
-pub struct VerifyPool {
-    tx: std_mpsc::SyncSender<Vec<Inbound>>,
-}
+/// Frames handed to one worker at once (client requests in them are batch-verified).
+const BATCH: usize = 256;
+
+/// The verify threads: a feeder drains the network's inbound queue into batches, and
+/// workers decode and verify them. The event loop never touches raw frames.
+pub struct VerifyPool;
 
 impl VerifyPool {
-    /// Start `threads` workers that send results to `out`.
-    #[must_use]
+    /// Start a feeder reading `inbound` and `threads` workers that send results to
+    /// `out`. Everything stops once `inbound` closes or `out` is dropped.
     pub fn start(
         threads: usize,
         validator: Arc<Validator>,
+        mut inbound: mpsc::Receiver<Inbound>,
         out: mpsc::Sender<Vec<Checked>>,
-    ) -> Self {
+    ) {
         let (tx, rx) = std_mpsc::sync_channel::<Vec<Inbound>>(1024);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads.max(1) {
@@ -51,13 +55,23 @@ impl VerifyPool {
                 })
                 .expect("spawn verify thread");
         }
-        Self { tx }
-    }
-
-    /// Hand a batch of frames to the pool (waits if the pool is far behind: that is
-    /// the back-pressure that slows reading from the network).
-    pub fn submit(&self, batch: Vec<Inbound>) {
-        let _ = self.tx.send(batch);
+        std::thread::Builder::new()
+            .name("verify-feed".into())
+            .spawn(move || {
+                while let Some(first) = inbound.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match inbound.try_recv() {
+                            Ok(f) => batch.push(f),
+                            Err(_) => break,
+                        }
+                    }
+                    if tx.send(batch).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn verify feeder");
     }
 }
 
