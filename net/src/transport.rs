@@ -124,6 +124,8 @@ impl Network {
                 yamux::Config::default,
             )
             .map_err(|e| NetError::Setup(e.to_string()))?
+            // QUIC (TLS 1.3, its own multiplexing) for `/udp/P/quic-v1` addresses.
+            .with_quic()
             .with_behaviour(|_| libp2p_stream::Behaviour::new())
             .map_err(|e| NetError::Setup(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))

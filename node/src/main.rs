@@ -70,6 +70,9 @@ enum TestnetCmd {
         /// libp2p ports BASE.., HTTP ports BASE+100..; free ports if omitted.
         #[arg(long)]
         base_port: Option<u16>,
+        /// libp2p transport between replicas and clients.
+        #[arg(long, value_enum, default_value_t = testnet::Transport::Tcp)]
+        transport: testnet::Transport,
     },
     /// Start every replica that is not running; return once all are ready.
     Up {
@@ -155,7 +158,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 replicas,
                 dir,
                 base_port,
-            } => testnet::init(&dir, replicas, base_port)?,
+                transport,
+            } => testnet::init(&dir, replicas, base_port, transport)?,
             TestnetCmd::Up { dir } => testnet::up(&dir)?,
             TestnetCmd::Down { dir } => testnet::down(&dir)?,
             TestnetCmd::Status { dir } => testnet::status(&dir)?,

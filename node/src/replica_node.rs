@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
-/// Fail early, with one clear line, if the libp2p port is taken.
+/// Fail early, with one clear line, if the libp2p port (TCP, or UDP for QUIC) is taken.
 fn check_port_free(addr: &Multiaddr) -> anyhow::Result<()> {
     let mut ip = None;
     let mut port = None;
@@ -26,13 +26,19 @@ fn check_port_free(addr: &Multiaddr) -> anyhow::Result<()> {
         match p {
             Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
             Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
-            Protocol::Tcp(p) => port = Some(p),
+            Protocol::Tcp(p) => port = Some((p, false)),
+            Protocol::Udp(p) => port = Some((p, true)),
             _ => {}
         }
     }
-    if let (Some(ip), Some(port)) = (ip, port) {
+    if let (Some(ip), Some((port, udp))) = (ip, port) {
         if port != 0 {
-            std::net::TcpListener::bind((ip, port)).with_context(|| {
+            let bound = if udp {
+                std::net::UdpSocket::bind((ip, port)).map(drop)
+            } else {
+                std::net::TcpListener::bind((ip, port)).map(drop)
+            };
+            bound.with_context(|| {
                 format!("network.listen {addr}: port {port} is in use or cannot be bound")
             })?;
         }

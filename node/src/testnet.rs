@@ -19,7 +19,27 @@ fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The libp2p transport a testnet's replicas use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// TCP + noise + yamux.
+    #[default]
+    Tcp,
+    /// QUIC (UDP, TLS 1.3).
+    Quic,
+}
+
+impl Transport {
+    fn multiaddr(self, port: u16) -> String {
+        match self {
+            Transport::Tcp => format!("/ip4/127.0.0.1/tcp/{port}"),
+            Transport::Quic => format!("/ip4/127.0.0.1/udp/{port}/quic-v1"),
+        }
+    }
+}
+
 /// Ports: `base..base+n` for libp2p and `base+100..` for HTTP, or free ones.
+/// (A free TCP port is checked for UDP too, so either transport can use it.)
 fn pick_ports(n: usize, base: Option<u16>) -> anyhow::Result<Vec<(u16, u16)>> {
     if let Some(base) = base {
         let mut out = Vec::new();
@@ -42,6 +62,11 @@ fn pick_ports(n: usize, base: Option<u16>) -> anyhow::Result<Vec<(u16, u16)>> {
         .iter()
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect::<Result<_, _>>()?;
+    let _udp: Vec<_> = ports
+        .iter()
+        .map(|p| std::net::UdpSocket::bind(("127.0.0.1", *p)))
+        .collect::<Result<_, _>>()
+        .context("a free TCP port is taken for UDP; run init again")?;
     Ok((0..n).map(|i| (ports[2 * i], ports[2 * i + 1])).collect())
 }
 
@@ -50,7 +75,12 @@ fn pick_ports(n: usize, base: Option<u16>) -> anyhow::Result<Vec<(u16, u16)>> {
 ///
 /// # Errors
 /// Fewer than 4 replicas, an existing testnet in `dir`, ports in use, I/O errors.
-pub fn init(dir: &Path, n: usize, base_port: Option<u16>) -> anyhow::Result<()> {
+pub fn init(
+    dir: &Path,
+    n: usize,
+    base_port: Option<u16>,
+    transport: Transport,
+) -> anyhow::Result<()> {
     if n < 4 {
         bail!("a testnet needs at least 4 replicas (n = 3f+1 with f >= 1); got {n}");
     }
@@ -72,7 +102,7 @@ pub fn init(dir: &Path, n: usize, base_port: Option<u16>) -> anyhow::Result<()> 
         validators.push(ValidatorEntry {
             id: i as u32,
             public_key: key.public().to_hex(),
-            address: format!("/ip4/127.0.0.1/tcp/{p2p}"),
+            address: transport.multiaddr(*p2p),
         });
     }
     write(
@@ -89,7 +119,7 @@ pub fn init(dir: &Path, n: usize, base_port: Option<u16>) -> anyhow::Result<()> 
                 key_file: "replica.key".into(),
             },
             network: NetworkSection {
-                listen: format!("/ip4/127.0.0.1/tcp/{p2p}"),
+                listen: transport.multiaddr(*p2p),
                 validators: Vec::new(),
                 validators_file: Some("../validators.toml".into()),
             },
@@ -127,7 +157,8 @@ pub fn init(dir: &Path, n: usize, base_port: Option<u16>) -> anyhow::Result<()> 
     )?;
     println!("testnet of {n} replicas written to {}", dir.display());
     for (i, (p2p, http)) in ports.iter().enumerate() {
-        println!("  replica {i}: libp2p /ip4/127.0.0.1/tcp/{p2p}  http http://127.0.0.1:{http}");
+        let addr = transport.multiaddr(*p2p);
+        println!("  replica {i}: libp2p {addr}  http http://127.0.0.1:{http}");
     }
     println!("  client config: {}", dir.join("client.toml").display());
     Ok(())

@@ -30,16 +30,24 @@ fn bftnode(args: &[&str]) -> std::process::Output {
 
 impl Testnet {
     fn start(n: usize) -> Self {
+        Self::start_with(n, &[])
+    }
+
+    /// A testnet whose `testnet init` gets `extra` arguments too.
+    fn start_with(n: usize, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("net");
-        let out = bftnode(&[
+        let n_arg = n.to_string();
+        let mut args = vec![
             "testnet",
             "init",
             "--replicas",
-            &n.to_string(),
+            &n_arg,
             "--dir",
             dir.to_str().unwrap(),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let out = bftnode(&args);
         assert!(
             out.status.success(),
             "init: {}",
@@ -328,4 +336,24 @@ fn whole_testnet_killed_and_restarted_keeps_every_accepted_write() {
     assert_eq!(writes.len(), 450);
     read_back(&net, &rt, &writes);
     net.wait_agree(&[0, 1, 2, 3], Duration::from_secs(30));
+}
+
+#[test]
+fn quic_testnet_commits_writes_and_agrees() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let net = Testnet::start_with(4, &["--transport", "quic"]);
+    let validators = std::fs::read_to_string(net.dir.join("validators.toml")).unwrap();
+    assert!(validators.contains("/quic-v1"), "{validators}");
+    let rt = tokio_rt();
+    let accepted: Accepted = Arc::default();
+    let tasks = load(&net, &rt, 2, 100, Arc::default(), accepted.clone());
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    assert_eq!(accepted.lock().unwrap().len(), 200);
+    net.wait_agree(&[0, 1, 2, 3], Duration::from_secs(30));
+    let writes = accepted.lock().unwrap().clone();
+    read_back(&net, &rt, &writes);
 }
