@@ -24,6 +24,8 @@ pub enum Timer {
     ViewChange,
     /// A state-transfer request went unanswered: ask another peer.
     StateFetch,
+    /// Send a heartbeat and check the failure detector.
+    Heartbeat,
 }
 
 /// An event for the replica. (Messages are moved, never copied, once per event;
@@ -68,6 +70,8 @@ pub enum Output {
     CheckpointStable { seq: Seq, digest: Digest },
     /// A state snapshot from a peer was checked and installed.
     StateInstalled { seq: Seq, digest: Digest },
+    /// The set of suspected replicas changed (any reason; see [`crate::fd`]).
+    Suspected(Vec<ReplicaId>),
 }
 
 /// One executed batch.

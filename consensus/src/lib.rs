@@ -19,6 +19,8 @@ pub mod app;
 pub mod client;
 pub mod client_table;
 pub mod durable;
+pub mod fd;
+pub mod generals;
 pub mod io;
 pub mod kv;
 pub mod messages;

@@ -211,6 +211,11 @@ pub enum Message {
     FetchState(Signed<FetchState>),
     State(Signed<StateSnapshot>),
     Reply(Signed<Reply>),
+    /// Failure detection (see [`crate::fd`]).
+    Heartbeat(Signed<crate::fd::Heartbeat>),
+    /// Signed-message generals (see [`crate::generals`]).
+    Generals(crate::generals::Chain),
+    GeneralsReport(Signed<crate::generals::Report>),
 }
 
 impl Message {
@@ -228,6 +233,9 @@ impl Message {
             Message::FetchState(_) => "fetch_state",
             Message::State(_) => "state",
             Message::Reply(_) => "reply",
+            Message::Heartbeat(_) => "heartbeat",
+            Message::Generals(_) => "generals",
+            Message::GeneralsReport(_) => "generals_report",
         }
     }
 }

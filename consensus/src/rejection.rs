@@ -46,6 +46,8 @@ pub enum Rejection {
     Overloaded,
     #[error("malformed message: {0}")]
     Malformed(String),
+    #[error("invalid generals signature chain: {0}")]
+    InvalidGeneralsChain(&'static str),
 }
 
 impl Rejection {
@@ -71,6 +73,7 @@ impl Rejection {
             Rejection::WrongSender => "wrong_sender",
             Rejection::Overloaded => "overloaded",
             Rejection::Malformed(_) => "malformed",
+            Rejection::InvalidGeneralsChain(_) => "invalid_generals_chain",
         }
     }
 }

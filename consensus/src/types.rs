@@ -1,6 +1,7 @@
 //! Identifiers, the replica group and its quorum arithmetic, and the replica's
 //! configuration.
 
+use crate::fd::FdConfig;
 use bft_crypto::PublicKey;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -116,6 +117,11 @@ pub struct ReplicaConfig {
     pub state_fetch_timeout: Duration,
     /// Most requests held waiting to be ordered; more are refused as overload.
     pub max_pending: usize,
+    /// Heartbeats and failure detection.
+    pub fd: FdConfig,
+    /// Distinguishes this run of the replica from earlier ones (the node uses its
+    /// start time), so peers tell a restarted replica's heartbeats from replays.
+    pub incarnation: u64,
     /// Commits needed for committed-local. Always the quorum; only the simulator's
     /// "planted bug" test lowers it, to show the checkers catch the violation.
     pub(crate) commit_quorum: usize,
@@ -136,6 +142,8 @@ impl ReplicaConfig {
             view_change_timeout: Duration::from_millis(1000),
             state_fetch_timeout: Duration::from_millis(500),
             max_pending: 100_000,
+            fd: FdConfig::with_interval(Duration::from_millis(200)),
+            incarnation: 0,
             commit_quorum,
         }
     }
@@ -168,6 +176,12 @@ impl ReplicaConfig {
         }
         if !self.window.is_multiple_of(self.checkpoint_interval) {
             return Err("window must be a multiple of checkpoint_interval".into());
+        }
+        if self.fd.heartbeat_interval.is_zero() {
+            return Err("heartbeat interval must be positive".into());
+        }
+        if !(self.fd.phi_threshold.is_finite() && self.fd.phi_threshold > 0.0) {
+            return Err("phi_threshold must be a positive number".into());
         }
         Ok(())
     }

@@ -5,6 +5,8 @@
 //! This is pure CPU work with no access to replica state, so the node runs it off
 //! the event loop, in parallel and batched.
 
+use crate::fd::Heartbeat;
+use crate::generals::{verify_chain, Report, VerifiedChain};
 use crate::messages::{state_digest, Commit};
 use crate::messages::{
     Batch, Checkpoint, FetchState, Message, NewView, PrePrepare, Prepare, PreparedCert, Reply,
@@ -30,6 +32,9 @@ pub enum VerifiedMessage {
     FetchState(Verified<FetchState>),
     State(Verified<StateSnapshot>),
     Reply(Verified<Reply>),
+    Heartbeat(Verified<Heartbeat>),
+    Generals(VerifiedChain),
+    GeneralsReport(Verified<Report>),
 }
 
 impl VerifiedMessage {
@@ -47,6 +52,9 @@ impl VerifiedMessage {
             VerifiedMessage::FetchState(m) => m.replica,
             VerifiedMessage::State(m) => m.replica,
             VerifiedMessage::Reply(m) => m.replica,
+            VerifiedMessage::Heartbeat(m) => m.replica,
+            VerifiedMessage::Generals(c) => c.last_signer(),
+            VerifiedMessage::GeneralsReport(m) => m.replica,
         })
     }
 }
@@ -65,6 +73,9 @@ pub fn claimed_sender(msg: &Message) -> Option<ReplicaId> {
         Message::FetchState(m) => m.payload.replica,
         Message::State(m) => m.payload.replica,
         Message::Reply(m) => m.payload.replica,
+        Message::Heartbeat(m) => m.payload.replica,
+        Message::Generals(c) => return c.links.last().map(|l| l.payload.signer),
+        Message::GeneralsReport(m) => m.payload.replica,
     })
 }
 
@@ -151,6 +162,15 @@ impl Validator {
             Message::Reply(m) => {
                 let r = m.payload.replica;
                 VerifiedMessage::Reply(self.by_replica(m, r)?)
+            }
+            Message::Heartbeat(m) => {
+                let r = m.payload.replica;
+                VerifiedMessage::Heartbeat(self.by_replica(m, r)?)
+            }
+            Message::Generals(c) => VerifiedMessage::Generals(verify_chain(c, &self.members)?),
+            Message::GeneralsReport(m) => {
+                let r = m.payload.replica;
+                VerifiedMessage::GeneralsReport(self.by_replica(m, r)?)
             }
         })
     }

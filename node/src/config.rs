@@ -2,6 +2,7 @@
 //! validators file, and a client file. Unknown keys are errors; relative paths are
 //! relative to the file that names them. Every problem is a one-line [`ConfigError`].
 
+use bft_consensus::fd::FdConfig;
 use bft_consensus::{Membership, ReplicaConfig, ReplicaId};
 use bft_crypto::{KeyPair, PublicKey};
 use libp2p::{Multiaddr, PeerId};
@@ -135,6 +136,26 @@ pub struct ByzantineSection {
     pub behaviour: String,
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
     pub params: toml::Table,
+}
+
+impl ByzantineSection {
+    /// The params as the numbers behaviours take.
+    ///
+    /// # Errors
+    /// A parameter that is not a non-negative integer.
+    pub fn numeric_params(&self) -> Result<bft_consensus::byzantine::Params, ConfigError> {
+        self.params
+            .iter()
+            .map(
+                |(k, v)| match v.as_integer().and_then(|i| u64::try_from(i).ok()) {
+                    Some(n) => Ok((k.clone(), n)),
+                    None => Err(invalid(format!(
+                        "[byzantine] params.{k} must be a non-negative integer"
+                    ))),
+                },
+            )
+            .collect()
+    }
 }
 
 impl Default for ByzantineSection {
@@ -346,17 +367,20 @@ impl NodeConfig {
         replica.checkpoint_interval = c.checkpoint_interval;
         replica.window = c.window;
         replica.view_change_timeout = Duration::from_millis(c.view_change_timeout_ms);
+        let fd = &file.failure_detector;
+        let mut fd_cfg = FdConfig::with_interval(Duration::from_millis(fd.heartbeat_ms));
+        fd_cfg.phi_threshold = fd.phi_threshold;
+        replica.fd = fd_cfg;
+        // A new incarnation per start, so peers can tell our heartbeats from replays.
+        replica.incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         replica
             .validate()
-            .map_err(|e| invalid(format!("[consensus]: {e}")))?;
-        if file.byzantine.behaviour != "none"
-            && bft_consensus::byzantine::by_name(&file.byzantine.behaviour, 0).is_none()
-        {
-            return Err(invalid(format!(
-                "[byzantine] behaviour {:?} is unknown",
-                file.byzantine.behaviour
-            )));
-        }
+            .map_err(|e| invalid(format!("[consensus]/[failure_detector]: {e}")))?;
+        let behaviour_params = file.byzantine.numeric_params()?;
+        bft_consensus::byzantine::build(&file.byzantine.behaviour, 0, &behaviour_params)
+            .map_err(|e| invalid(format!("[byzantine]: {e}")))?;
         let data_dir = relative_to(path, &file.node.data_dir);
         Ok(Resolved {
             file,

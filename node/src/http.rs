@@ -1,15 +1,18 @@
-//! The replica's HTTP interface (INTERFACE.md): `/health`, `/ready`, `/status`.
+//! The replica's HTTP interface (INTERFACE.md): probes, status and metrics here;
+//! the admin routes (behaviours, generals) in [`crate::http_admin`].
 
+use crate::control::Control;
+use crate::metrics::Metrics;
 use crate::status::Status;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// The event loop ticks every 100 ms; this much silence means it is stuck.
 const HEALTH_STALE: Duration = Duration::from_secs(3);
@@ -21,13 +24,22 @@ pub struct HttpState {
     pub start: Instant,
     /// Replicas (including this one) that must be connected for `/ready`.
     pub quorum: usize,
+    pub metrics: Arc<Metrics>,
+    pub control: mpsc::Sender<Control>,
+    /// Bearer token for the admin routes; None disables them.
+    pub admin_token: Option<String>,
 }
 
 pub fn router(state: HttpState) -> Router {
+    use crate::http_admin::{get_behaviour, get_general, propose_general, put_behaviour};
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/byzantine", get(get_behaviour).put(put_behaviour))
+        .route("/generals", post(propose_general))
+        .route("/generals/{id}", get(get_general))
         .with_state(state)
 }
 
@@ -59,4 +71,11 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
 
 async fn status(State(s): State<HttpState>) -> Json<Status> {
     Json(s.status.borrow().clone())
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
 }

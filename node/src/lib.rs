@@ -2,10 +2,15 @@
 //! loop that drives the PBFT core, HTTP, the client library and the local testnet.
 #![forbid(unsafe_code)]
 
+pub mod admin_client;
 pub mod client;
 pub mod config;
+pub mod control;
+pub mod generals_node;
 pub mod http;
+pub mod http_admin;
 pub mod httpget;
+pub mod metrics;
 pub mod replica_node;
 pub mod runtime;
 pub mod status;

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context as _};
 use bftnode::config::{ClientConfig, NodeConfig};
-use bftnode::{client::KvClient, testnet};
+use bftnode::{admin_client, client::KvClient, testnet};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,9 @@ enum Command {
     Start {
         #[arg(long)]
         config: PathBuf,
+        /// Run this behaviour instead of the config's [byzantine] one.
+        #[arg(long)]
+        behaviour: Option<String>,
     },
     /// A local multi-process testnet.
     Testnet {
@@ -57,6 +60,54 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Switch a replica's Byzantine behaviour at runtime (admin token needed).
+    Byzantine {
+        #[command(subcommand)]
+        action: ByzantineCmd,
+    },
+    /// Signed-message Byzantine generals (Lamport-Shostak-Pease SM(m)).
+    Generals {
+        #[command(subcommand)]
+        action: GeneralsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ByzantineCmd {
+    /// Switch to BEHAVIOUR (names in INTERFACE.md), e.g. `delay --param ms=50`.
+    Set {
+        #[arg(long)]
+        node: String,
+        /// Admin token (default: $BFTNODE_ADMIN_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+        behaviour: String,
+        /// KEY=VALUE numeric parameters.
+        #[arg(long = "param")]
+        params: Vec<String>,
+    },
+    /// Back to honest (`none`).
+    Clear {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GeneralsCmd {
+    /// Start a round with NODE as commander; print every replica's decision.
+    Propose {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: Option<String>,
+        /// Traitors to tolerate (default n-2).
+        #[arg(long)]
+        m: Option<u32>,
+        value: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,6 +129,9 @@ enum TestnetCmd {
     Up {
         #[arg(long, default_value = "testnet")]
         dir: PathBuf,
+        /// ID=BEHAVIOUR: start replica ID with that behaviour (repeatable).
+        #[arg(long = "byzantine")]
+        byzantine: Vec<String>,
     },
     /// Stop every replica (SIGTERM, then SIGKILL).
     Down {
@@ -148,10 +202,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("peer id:    {peer}");
             println!("secret key: {} (mode 0600)", path.display());
         }
-        Command::Start { config } => {
+        Command::Start { config, behaviour } => {
             init_logging("info");
             let resolved = NodeConfig::load(&config)?;
-            runtime()?.block_on(bftnode::replica_node::run(resolved))?;
+            runtime()?.block_on(bftnode::replica_node::run(resolved, behaviour))?;
         }
         Command::Testnet { action } => match action {
             TestnetCmd::Init {
@@ -160,7 +214,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 base_port,
                 transport,
             } => testnet::init(&dir, replicas, base_port, transport)?,
-            TestnetCmd::Up { dir } => testnet::up(&dir)?,
+            TestnetCmd::Up { dir, byzantine } => {
+                testnet::up(&dir, &testnet::parse_byzantine(&byzantine)?)?;
+            }
             TestnetCmd::Down { dir } => testnet::down(&dir)?,
             TestnetCmd::Status { dir } => testnet::status(&dir)?,
         },
@@ -194,6 +250,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             println!("{}", show(&result));
         }
+        Command::Byzantine { action } => match action {
+            ByzantineCmd::Set {
+                node,
+                token,
+                behaviour,
+                params,
+            } => {
+                let params = admin_client::parse_params(&params)?;
+                let view = admin_client::set_behaviour(
+                    &node,
+                    &admin_client::token(token)?,
+                    &behaviour,
+                    &params,
+                )?;
+                println!("behaviour: {} {:?}", view.behaviour, view.params);
+            }
+            ByzantineCmd::Clear { node, token } => {
+                let view = admin_client::set_behaviour(
+                    &node,
+                    &admin_client::token(token)?,
+                    "none",
+                    &std::collections::BTreeMap::new(),
+                )?;
+                println!("behaviour: {}", view.behaviour);
+            }
+        },
+        Command::Generals { action } => match action {
+            GeneralsCmd::Propose {
+                node,
+                token,
+                m,
+                value,
+            } => {
+                let view = admin_client::propose(&node, &admin_client::token(token)?, &value, m)?;
+                println!(
+                    "instance {} (m = {}, round {} ms)",
+                    view.id, view.m, view.round_ms
+                );
+                for line in admin_client::decision_lines(&view) {
+                    println!("{line}");
+                }
+            }
+        },
         Command::Status { node, json } => {
             let s = testnet::fetch_status(&node)?;
             if json {

@@ -1,13 +1,15 @@
 //! `bftnode start`: wire one replica together and run it until SIGINT/SIGTERM.
 
 use crate::config::Resolved;
+use crate::generals_node::GeneralsNode;
 use crate::http::{router, HttpState};
-use crate::runtime::Runtime;
+use crate::metrics::Metrics;
+use crate::runtime::{Runtime, RuntimeParts};
 use crate::status::Status;
 use crate::storage::Storage;
 use crate::verify::VerifyPool;
-use anyhow::{bail, Context as _};
-use bft_consensus::byzantine::{by_name, Honest, Wrapped};
+use anyhow::Context as _;
+use bft_consensus::byzantine::{build, Params, Wrapped};
 use bft_consensus::messages::MAX_MESSAGE_BYTES;
 use bft_consensus::{DurableState, KvStore, Replica, Validator};
 use bft_net::{NetConfig, Network};
@@ -62,11 +64,12 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-/// Run the replica described by `res` until a shutdown signal.
+/// Run the replica described by `res` until a shutdown signal. `behaviour`
+/// overrides the config's `[byzantine]` section (name, with no parameters).
 ///
 /// # Errors
 /// Ports in use, an unopenable data directory, a storage failure while running.
-pub async fn run(res: Resolved) -> anyhow::Result<()> {
+pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()> {
     let http_listener = tokio::net::TcpListener::bind(res.http)
         .await
         .with_context(|| format!("http.listen {}: port in use or cannot be bound", res.http))?;
@@ -76,11 +79,24 @@ pub async fn run(res: Resolved) -> anyhow::Result<()> {
     let storage = Storage::open(&res.data_dir.join("db"))?;
     let start = Instant::now();
     let id = res.replica.id;
-    let (replica, recovered) = if *storage.durable() == DurableState::default() {
-        (
-            Replica::new(res.replica.clone(), res.key.clone(), KvStore::new()),
-            Vec::new(),
-        )
+    let (name, params) = match behaviour {
+        Some(name) => (name, Params::new()),
+        None => (
+            res.file.byzantine.behaviour.clone(),
+            res.file.byzantine.numeric_params()?,
+        ),
+    };
+    let wrapper = build(&name, u64::from(id) ^ 0xB1A5, &params)
+        .map_err(|e| anyhow::anyhow!("[byzantine]: {e}"))?;
+    if name != "none" {
+        tracing::warn!(replica = id, behaviour = %name, "running a Byzantine behaviour");
+    }
+    let mut initial = Vec::new();
+    let replica = if *storage.durable() == DurableState::default() {
+        let replica = Replica::new(res.replica.clone(), res.key.clone(), KvStore::new());
+        let mut replica = Wrapped::new(replica, wrapper);
+        replica.start(start.elapsed(), &mut initial);
+        replica
     } else {
         let (r, out) = Replica::recover(
             res.replica.clone(),
@@ -95,22 +111,8 @@ pub async fn run(res: Resolved) -> anyhow::Result<()> {
             last_executed = r.last_executed(),
             "recovered from disk"
         );
-        (r, out)
-    };
-    let behaviour_name = res.file.byzantine.behaviour.as_str();
-    let behaviour = match behaviour_name {
-        "none" => Box::new(Honest) as _,
-        name => match by_name(name, u64::from(id)) {
-            Some(b) => {
-                tracing::warn!(
-                    replica = id,
-                    behaviour = name,
-                    "running a Byzantine behaviour"
-                );
-                b
-            }
-            None => bail!("[byzantine] behaviour {name:?} is unknown"),
-        },
+        initial = out;
+        Wrapped::new(r, wrapper)
     };
     let peers: Vec<_> = res.validators.validators.iter().map(|v| v.peer).collect();
     let others = res
@@ -129,12 +131,17 @@ pub async fn run(res: Resolved) -> anyhow::Result<()> {
         inbound_queue: 16 * 1024,
     })?;
     let (status_tx, status_rx) = watch::channel(Status::default());
+    let (control_tx, control_rx) = mpsc::channel(64);
     let heartbeat = Arc::new(AtomicU64::new(0));
+    let metrics = Arc::new(Metrics::new());
     let http = HttpState {
         status: status_rx,
         heartbeat: heartbeat.clone(),
         start,
         quorum: res.replica.members.quorum(),
+        metrics: metrics.clone(),
+        control: control_tx,
+        admin_token: res.file.http.admin_token.clone(),
     };
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, router(http)).await {
@@ -145,18 +152,24 @@ pub async fn run(res: Resolved) -> anyhow::Result<()> {
     let (verified_tx, verified_rx) = mpsc::channel(1024);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     VerifyPool::start(threads, validator, net.inbound, verified_tx);
-    let mut runtime = Runtime::new(
-        Wrapped::new(replica, behaviour),
+    let generals = GeneralsNode::new(id, res.validators.n(), res.key.clone(), &name);
+    let mut runtime = Runtime::new(RuntimeParts {
+        replica,
+        generals,
+        behaviour: (name, params),
         storage,
-        net.handle.clone(),
+        net: net.handle.clone(),
         peers,
         start,
-        status_tx,
+        status: status_tx,
         heartbeat,
-    );
-    runtime.push_outputs(recovered);
+        metrics,
+    });
+    runtime.push_outputs(initial);
     tracing::info!(replica = id, listen = %res.listen, http = %res.http, "replica started");
-    let result = runtime.run(verified_rx, shutdown_signal()).await;
+    let result = runtime
+        .run(verified_rx, control_rx, shutdown_signal())
+        .await;
     net.handle.shutdown();
     result
 }

@@ -12,6 +12,9 @@ pub struct Status {
     pub in_view_change: bool,
     pub last_executed: u64,
     pub last_stable_checkpoint: u64,
+    /// Hex state digest the last stable checkpoint proves (2f+1 signed).
+    #[serde(default)]
+    pub stable_checkpoint_digest: String,
     pub low_watermark: u64,
     pub high_watermark: u64,
     /// Hex SHA-256 of the application state.
@@ -19,6 +22,8 @@ pub struct Status {
     pub peers_connected: usize,
     pub suspected: Vec<u32>,
     pub behaviour: String,
+    #[serde(default)]
+    pub behaviour_params: std::collections::BTreeMap<String, u64>,
     pub in_state_transfer: bool,
     /// Messages refused as invalid since start.
     pub invalid_messages: u64,

@@ -215,14 +215,42 @@ pub fn http_url(node: &Path) -> anyhow::Result<String> {
     Ok(format!("http://{}", cfg.http.listen))
 }
 
-/// Start every replica that is not running, then wait until all are ready.
+/// Parse `ID=BEHAVIOUR` pairs.
+///
+/// # Errors
+/// A malformed pair or an unknown behaviour.
+pub fn parse_byzantine(pairs: &[String]) -> anyhow::Result<Vec<(u32, String)>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let (id, name) = p
+                .split_once('=')
+                .with_context(|| format!("--byzantine {p:?} is not ID=BEHAVIOUR"))?;
+            let id: u32 = id
+                .parse()
+                .with_context(|| format!("--byzantine {p:?}: {id:?} is not a replica id"))?;
+            bft_consensus::byzantine::by_name(name, 0)
+                .with_context(|| format!("--byzantine {p:?}: unknown behaviour {name:?}"))?;
+            Ok((id, name.to_string()))
+        })
+        .collect()
+}
+
+/// Start every replica that is not running (those named in `byzantine` with that
+/// behaviour), then wait until all are ready.
 ///
 /// # Errors
 /// No testnet in `dir`, a replica that cannot start, or not all ready in time.
-pub fn up(dir: &Path) -> anyhow::Result<()> {
+pub fn up(dir: &Path, byzantine: &[(u32, String)]) -> anyhow::Result<()> {
     let nodes = nodes(dir)?;
+    if let Some((id, _)) = byzantine.iter().find(|(id, _)| *id as usize >= nodes.len()) {
+        bail!(
+            "--byzantine: no replica {id} in a testnet of {}",
+            nodes.len()
+        );
+    }
     let exe = std::env::current_exe().context("cannot find the bftnode executable")?;
-    for node in &nodes {
+    for (i, node) in nodes.iter().enumerate() {
         if pid_of(node).is_some_and(alive) {
             continue;
         }
@@ -233,8 +261,11 @@ pub fn up(dir: &Path) -> anyhow::Result<()> {
         let mut cmd = Command::new(&exe);
         cmd.arg("start")
             .arg("--config")
-            .arg(node.join("config.toml"))
-            .stdin(Stdio::null())
+            .arg(node.join("config.toml"));
+        if let Some((_, b)) = byzantine.iter().find(|(id, _)| *id as usize == i) {
+            cmd.arg("--behaviour").arg(b);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         // Its own process group: signals aimed at the caller do not reach the replicas.

@@ -16,7 +16,17 @@ fn is_network(o: &Output) -> bool {
     )
 }
 
-/// `silent`: keeps its state (and, in the node, its heartbeats) but sends nothing.
+fn is_heartbeat(o: &Output) -> bool {
+    matches!(
+        o,
+        Output::Broadcast {
+            message: Message::Heartbeat(_)
+        }
+    )
+}
+
+/// `silent`: keeps its state and its heartbeats, so it looks alive, but sends no
+/// protocol message. Only progress-based suspicion can unmask it as primary.
 pub struct Silent;
 
 impl Behaviour for Silent {
@@ -24,7 +34,54 @@ impl Behaviour for Silent {
         "silent"
     }
     fn outputs(&mut self, _ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {
+        outputs
+            .into_iter()
+            .filter(|o| !is_network(o) || is_heartbeat(o))
+            .collect()
+    }
+}
+
+/// `crash`: stops all output, heartbeats included (a crash failure, though the
+/// process keeps running so it can be switched back).
+pub struct Crash;
+
+impl Behaviour for Crash {
+    fn name(&self) -> &'static str {
+        "crash"
+    }
+    fn outputs(&mut self, _ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {
         outputs.into_iter().filter(|o| !is_network(o)).collect()
+    }
+}
+
+/// `delay`: sends everything, `ms` late (a timing failure). The driver applies the
+/// delay; the outputs are the honest ones.
+pub struct Delay {
+    pub delay: std::time::Duration,
+}
+
+impl Behaviour for Delay {
+    fn name(&self) -> &'static str {
+        "delay"
+    }
+    fn send_delay(&self) -> std::time::Duration {
+        self.delay
+    }
+    fn outputs(&mut self, _ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {
+        outputs
+    }
+}
+
+/// A behaviour that leaves PBFT honest because it is about another module
+/// (`traitor-relay` lies only in the generals protocol).
+pub struct OtherModule(pub &'static str);
+
+impl Behaviour for OtherModule {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn outputs(&mut self, _ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {
+        outputs
     }
 }
 
@@ -92,6 +149,13 @@ fn corrupt(message: &mut Message) {
         Message::FetchState(s) => flip(&mut s.signature),
         Message::State(s) => flip(&mut s.signature),
         Message::Reply(s) => flip(&mut s.signature),
+        Message::Heartbeat(s) => flip(&mut s.signature),
+        Message::GeneralsReport(s) => flip(&mut s.signature),
+        Message::Generals(c) => {
+            if let Some(l) = c.links.last_mut() {
+                flip(&mut l.signature);
+            }
+        }
     }
 }
 

@@ -7,8 +7,8 @@ mod behaviours;
 mod rng;
 
 pub use behaviours::{
-    BadSignature, Censor, EagerVote, Equivocate, Flood, ForgeViewChange, LyingCheckpoint, Replay,
-    Silent, WrongDigest,
+    BadSignature, Censor, Crash, Delay, EagerVote, Equivocate, Flood, ForgeViewChange,
+    LyingCheckpoint, OtherModule, Replay, Silent, WrongDigest,
 };
 pub use rng::SplitMix64;
 
@@ -17,7 +17,9 @@ use crate::io::{Input, Output};
 use crate::replica::Replica;
 use crate::types::{Membership, ReplicaId, View};
 use bft_crypto::KeyPair;
+use std::collections::BTreeMap;
 use std::time::Duration;
+use thiserror::Error;
 
 /// What a behaviour may know about the replica it wraps.
 pub struct Ctx<'a> {
@@ -57,6 +59,16 @@ pub trait Behaviour: Send {
 
     /// Transform the honest replica's outputs.
     fn outputs(&mut self, ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output>;
+
+    /// Extra delay the driver adds to every message this replica sends.
+    fn send_delay(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// True only for [`Honest`]: lets the wrapper skip itself.
+    fn is_honest(&self) -> bool {
+        false
+    }
 }
 
 /// No misbehaviour: outputs pass unchanged.
@@ -66,17 +78,80 @@ impl Behaviour for Honest {
     fn name(&self) -> &'static str {
         "none"
     }
+    fn is_honest(&self) -> bool {
+        true
+    }
     fn outputs(&mut self, _ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {
         outputs
     }
 }
 
-/// Build a behaviour from its INTERFACE.md name. `seed` drives its choices.
+/// Numeric parameters of a behaviour (`delay`'s `ms`), by name.
+pub type Params = BTreeMap<String, u64>;
+
+/// Why a behaviour cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum BehaviourError {
+    #[error("unknown behaviour {0:?} (known: none, {known})", known = ALL_BEHAVIOURS.join(", "))]
+    Unknown(String),
+    #[error("behaviour {behaviour} takes no parameter {param:?}")]
+    UnknownParam { behaviour: String, param: String },
+}
+
+/// Every behaviour name of INTERFACE.md but `none`.
+pub const ALL_BEHAVIOURS: &[&str] = &[
+    "silent",
+    "crash",
+    "delay",
+    "equivocate",
+    "bad-signature",
+    "wrong-digest",
+    "lying-checkpoint",
+    "forge-view-change",
+    "replay",
+    "censor",
+    "flood",
+    "traitor-relay",
+    "eager-vote",
+];
+
+/// `delay`'s default when no `ms` is given.
+pub const DEFAULT_DELAY_MS: u64 = 100;
+
+/// Build a behaviour from its INTERFACE.md name and parameters. `seed` drives its
+/// choices.
+///
+/// # Errors
+/// An unknown name, or a parameter the behaviour does not take.
+pub fn build(name: &str, seed: u64, params: &Params) -> Result<Box<dyn Behaviour>, BehaviourError> {
+    let allowed: &[&str] = if name == "delay" { &["ms"] } else { &[] };
+    if let Some(p) = params.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(BehaviourError::UnknownParam {
+            behaviour: name.to_string(),
+            param: p.clone(),
+        });
+    }
+    if name == "delay" {
+        let ms = params.get("ms").copied().unwrap_or(DEFAULT_DELAY_MS);
+        return Ok(Box::new(Delay {
+            delay: Duration::from_millis(ms),
+        }));
+    }
+    by_name(name, seed).ok_or_else(|| BehaviourError::Unknown(name.to_string()))
+}
+
+/// Build a behaviour with default parameters from its INTERFACE.md name. `seed`
+/// drives its choices.
 #[must_use]
 pub fn by_name(name: &str, seed: u64) -> Option<Box<dyn Behaviour>> {
     Some(match name {
         "none" => Box::new(Honest),
         "silent" => Box::new(Silent),
+        "crash" => Box::new(Crash),
+        "delay" => Box::new(Delay {
+            delay: Duration::from_millis(DEFAULT_DELAY_MS),
+        }),
+        "traitor-relay" => Box::new(OtherModule("traitor-relay")),
         "equivocate" => Box::new(Equivocate),
         "bad-signature" => Box::new(BadSignature),
         "wrong-digest" => Box::new(WrongDigest::new(seed)),
@@ -90,10 +165,12 @@ pub fn by_name(name: &str, seed: u64) -> Option<Box<dyn Behaviour>> {
     })
 }
 
-/// The behaviours that live in the core (the node adds `crash` and `delay`, which
-/// are about its I/O, and `traitor-relay` belongs to the generals module).
+/// The behaviours that change PBFT traffic (`traitor-relay` only changes the
+/// generals protocol), the ones the simulator draws from.
 pub const CORE_BEHAVIOURS: &[&str] = &[
     "silent",
+    "crash",
+    "delay",
     "equivocate",
     "bad-signature",
     "wrong-digest",
@@ -127,16 +204,48 @@ impl<A: Application> Wrapped<A> {
         self.behaviour.name()
     }
 
+    /// Delay the driver adds to every send while this behaviour is in force.
+    #[must_use]
+    pub fn send_delay(&self) -> Duration {
+        self.behaviour.send_delay()
+    }
+
+    /// Start the replica (first heartbeat, timers), through the behaviour.
+    pub fn start(&mut self, now: Duration, out: &mut Vec<Output>) {
+        let mut honest = Vec::new();
+        self.replica.start(now, &mut honest);
+        self.pass_outputs(honest, out);
+    }
+
+    fn pass_outputs(&mut self, honest: Vec<Output>, out: &mut Vec<Output>) {
+        let key = self.replica.signing_key().clone();
+        let members = self.replica.config().members.clone();
+        let ctx = Ctx {
+            id: self.replica.id(),
+            members: &members,
+            key: &key,
+            view: self.replica.view(),
+            window: self.replica.watermarks(),
+        };
+        out.extend(self.behaviour.outputs(&ctx, honest));
+    }
+
     #[must_use]
     pub fn replica(&self) -> &Replica<A> {
         &self.replica
     }
 
     pub fn handle(&mut self, now: Duration, input: Input, out: &mut Vec<Output>) {
+        if self.behaviour.is_honest() {
+            // The common case costs nothing: no context to build, no copy of outputs.
+            self.replica.handle(now, input, out);
+            return;
+        }
         let key = self.replica.signing_key().clone();
+        let members = self.replica.config().members.clone();
         let ctx = Ctx {
             id: self.replica.id(),
-            members: &self.replica.config().members.clone(),
+            members: &members,
             key: &key,
             view: self.replica.view(),
             window: self.replica.watermarks(),
@@ -147,11 +256,6 @@ impl<A: Application> Wrapped<A> {
         };
         let mut honest = Vec::new();
         self.replica.handle(now, input, &mut honest);
-        let ctx = Ctx {
-            view: self.replica.view(),
-            window: self.replica.watermarks(),
-            ..ctx
-        };
-        out.extend(self.behaviour.outputs(&ctx, honest));
+        self.pass_outputs(honest, out);
     }
 }

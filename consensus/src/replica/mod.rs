@@ -7,6 +7,7 @@
 //! (restart from what was persisted).
 
 mod checkpoint;
+mod failure_detection;
 mod normal;
 mod recovery;
 mod slot;
@@ -16,6 +17,7 @@ mod view_change;
 use crate::app::Application;
 use crate::client_table::{ClientTable, ReplicaSnapshot};
 use crate::durable::StableCheckpoint;
+use crate::fd::FailureDetector;
 use crate::io::{Input, Output, Timer};
 use crate::messages::{
     state_digest, Checkpoint, Message, NewView, PreparedCert, Request, ViewChange,
@@ -85,6 +87,10 @@ pub struct Replica<A: Application> {
     new_view_timer_armed: bool,
     deadlines: BTreeMap<Timer, Duration>,
     fetch: Option<Fetch>,
+
+    fd: FailureDetector,
+    /// The suspected set last reported in an [`Output::Suspected`].
+    reported_suspects: Vec<ReplicaId>,
 }
 
 impl<A: Application> Replica<A> {
@@ -100,6 +106,13 @@ impl<A: Application> Replica<A> {
             snapshot,
         };
         let vc_timeout = cfg.view_change_timeout;
+        let fd = FailureDetector::new(
+            cfg.fd.clone(),
+            cfg.id,
+            cfg.members.ids(),
+            cfg.incarnation,
+            Duration::ZERO,
+        );
         Self {
             cfg,
             key,
@@ -127,6 +140,8 @@ impl<A: Application> Replica<A> {
             new_view_timer_armed: false,
             deadlines: BTreeMap::new(),
             fetch: None,
+            fd,
+            reported_suspects: Vec::new(),
         }
     }
 
@@ -153,6 +168,9 @@ impl<A: Application> Replica<A> {
             VerifiedMessage::FetchState(f) => self.on_fetch_state(&f),
             VerifiedMessage::State(s) => self.on_state(s),
             VerifiedMessage::Reply(r) => self.reject(Some(r.replica), Rejection::WrongSender),
+            VerifiedMessage::Heartbeat(hb) => self.on_heartbeat(&hb),
+            // The generals engine's, not the replica's: the driver routes them there.
+            VerifiedMessage::Generals(_) | VerifiedMessage::GeneralsReport(_) => {}
         }
     }
 
@@ -167,6 +185,7 @@ impl<A: Application> Replica<A> {
             Timer::Batch => self.try_propose(true),
             Timer::ViewChange => self.on_view_change_timeout(),
             Timer::StateFetch => self.ask_next_peer(),
+            Timer::Heartbeat => self.on_heartbeat_timer(),
         }
     }
 

@@ -366,6 +366,7 @@ impl<A: Application> Replica<A> {
         if !done.is_empty() {
             self.progress = true;
             self.vc_timeout = self.cfg.view_change_timeout;
+            self.primary_made_progress(self.primary_of(view));
         }
         let replies: Vec<_> = done
             .iter()

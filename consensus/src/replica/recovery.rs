@@ -95,8 +95,9 @@ impl<A: Application> Replica<A> {
         // Ask a few peers whether a newer stable checkpoint exists.
         let peers: Vec<_> = r.cfg.members.ids().collect();
         r.begin_fetch(r.last_executed + 1, peers, Some(RECOVERY_FETCH_ATTEMPTS));
+        // Heartbeats resume, and the failure detector watches peers from now.
         let mut out = Vec::new();
-        out.append(&mut r.out);
+        r.start(now, &mut out);
         Ok((r, out))
     }
 }

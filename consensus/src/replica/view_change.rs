@@ -23,7 +23,7 @@ impl<A: Application> Replica<A> {
             self.set_timer(Timer::ViewChange, self.cfg.view_change_timeout);
             return;
         }
-        self.start_view_change(self.view + 1);
+        self.start_view_change_for_no_progress();
     }
 
     /// Move to view `target` and multicast <VIEW-CHANGE, target, n, C, P, i>.

@@ -30,6 +30,8 @@ pub struct SimReport {
     pub messages_delivered: u64,
     pub messages_dropped: u64,
     pub sim_time_ms: u64,
+    /// Changes of some replica's suspected set.
+    pub suspicion_changes: u64,
 }
 
 /// A failed run: the broken invariant and the last events before it.

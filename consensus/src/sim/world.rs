@@ -6,6 +6,7 @@ use super::{SimConfig, SimFailure, SimReport};
 use crate::byzantine::{by_name, Honest, Wrapped};
 use crate::client::{Client, ClientOutput};
 use crate::durable::DurableState;
+use crate::fd::FdConfig;
 use crate::io::{Input, Output, Timer};
 use crate::kv::{KvOp, KvStore};
 use crate::messages::Message;
@@ -22,6 +23,8 @@ use std::time::Duration;
 const TRACE_TAIL: usize = 300;
 const CLIENT_RETRANSMIT: Duration = Duration::from_millis(600);
 const VIEW_CHANGE_TIMEOUT: Duration = Duration::from_millis(400);
+/// Heartbeats are signed; a slower beat than the node's keeps thousands of runs cheap.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(150);
 /// Bound on events per run (a livelock guard; far above what a passing run uses).
 const MAX_EVENTS: u64 = 3_000_000;
 
@@ -138,6 +141,7 @@ impl World {
                 rc.window = cfg.window;
                 rc.view_change_timeout = VIEW_CHANGE_TIMEOUT;
                 rc.state_fetch_timeout = Duration::from_millis(300);
+                rc.fd = FdConfig::with_interval(HEARTBEAT_INTERVAL);
                 if let Some(q) = cfg.planted_commit_quorum {
                     rc = rc.with_planted_commit_quorum(q);
                 }
@@ -235,6 +239,13 @@ impl World {
     }
 
     fn run_inner(&mut self) -> Step {
+        for id in 0..self.cfg.n() as ReplicaId {
+            let mut out = Vec::new();
+            if let Some(node) = self.replicas[id as usize].node.as_mut() {
+                node.start(self.now, &mut out);
+            }
+            self.perform(id, out, None)?;
+        }
         for c in 0..self.clients.len() {
             let think = Duration::from_millis(self.rng.gen_range(0..20));
             self.schedule(think, Event::ClientNext { client: c });
@@ -505,13 +516,21 @@ impl World {
         } else {
             (1, 5)
         };
+        // A `delay` behaviour holds back everything its replica sends.
+        let held = match from {
+            Node::Replica(r) => self.replicas[r as usize]
+                .node
+                .as_ref()
+                .map_or(Duration::ZERO, Wrapped::send_delay),
+            Node::Client(_) => Duration::ZERO,
+        };
         let copies = if lossy && self.rng.gen_bool(self.cfg.faults.duplicate) {
             2
         } else {
             1
         };
         for _ in 0..copies {
-            let delay = Duration::from_micros(self.rng.gen_range(lo * 1000..=hi * 1000));
+            let delay = held + Duration::from_micros(self.rng.gen_range(lo * 1000..=hi * 1000));
             self.schedule(
                 delay,
                 Event::Deliver {
@@ -647,6 +666,10 @@ impl World {
                     self.report.state_transfers += 1;
                     self.log(format!("r{id} installed state at {seq}"));
                 }
+                Output::Suspected(suspects) => {
+                    self.report.suspicion_changes += 1;
+                    self.log(format!("r{id} suspects {suspects:?}"));
+                }
             }
         }
         if crash_at.is_some() {
@@ -672,6 +695,7 @@ impl World {
         if r.node.is_some() {
             return Ok(());
         }
+        r.cfg.incarnation = u64::from(r.incarnation);
         let (replica, out) = Replica::recover(
             r.cfg.clone(),
             r.key.clone(),

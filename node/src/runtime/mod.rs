@@ -1,0 +1,304 @@
+//! The event loop: the only owner of the replica and the generals engine. It turns
+//! verified messages (from the verify pool, which reads the network itself), timers
+//! and admin commands into inputs, and performs the outputs: persist first (one
+//! synced RocksDB write per turn), then send.
+
+mod admin;
+mod outputs;
+
+use crate::control::Control;
+use crate::generals_node::GeneralsNode;
+use crate::metrics::Metrics;
+use crate::status::Status;
+use crate::storage::Storage;
+use crate::verify::Checked;
+use bft_consensus::byzantine::{Params, Wrapped};
+use bft_consensus::messages::request_id;
+use bft_consensus::{Input, KvStore, Output, ReplicaId, RequestId, Timer, VerifiedMessage};
+use bft_net::{NetHandle, PeerId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// How often `/status` and gauges are refreshed and the liveness heartbeat ticks.
+const TICK: Duration = Duration::from_millis(100);
+/// Requests whose arrival time is remembered for the latency histogram.
+const MAX_TRACKED_REQUESTS: usize = 1 << 20;
+
+/// Everything the loop needs that is wired up before it starts.
+pub struct RuntimeParts {
+    pub replica: Wrapped<KvStore>,
+    pub generals: GeneralsNode,
+    pub behaviour: (String, Params),
+    pub storage: Storage,
+    pub net: NetHandle,
+    /// Replica id -> PeerId.
+    pub peers: Vec<PeerId>,
+    pub start: Instant,
+    pub status: watch::Sender<Status>,
+    /// Milliseconds since `start` at the last loop tick (read by `/health`).
+    pub heartbeat: Arc<AtomicU64>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A frame the `delay` behaviour holds back: where it goes and its bytes.
+type HeldFrame = (PeerId, Arc<Vec<u8>>);
+
+pub struct Runtime {
+    replica: Wrapped<KvStore>,
+    generals: GeneralsNode,
+    behaviour: (String, Params),
+    storage: Storage,
+    net: NetHandle,
+    peers: Vec<PeerId>,
+    ids: HashMap<PeerId, ReplicaId>,
+    start: Instant,
+    status: watch::Sender<Status>,
+    heartbeat: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    timers: BTreeMap<Timer, Instant>,
+    pending: Vec<Output>,
+    /// Frames held back by the `delay` behaviour: (due, tie) -> (peer, frame).
+    delayed: BTreeMap<(Instant, u64), HeldFrame>,
+    delayed_tie: u64,
+    /// When each request was first seen here (request or pre-prepare), for latency.
+    first_seen: HashMap<RequestId, Instant>,
+    invalid: u64,
+    committed_requests: u64,
+    digest_cache: (u64, String),
+}
+
+impl Runtime {
+    #[must_use]
+    pub fn new(p: RuntimeParts) -> Self {
+        let ids = p
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, peer)| (*peer, i as ReplicaId))
+            .collect();
+        p.metrics.set_behaviour(&p.behaviour.0);
+        Self {
+            replica: p.replica,
+            generals: p.generals,
+            behaviour: p.behaviour,
+            storage: p.storage,
+            net: p.net,
+            peers: p.peers,
+            ids,
+            start: p.start,
+            status: p.status,
+            heartbeat: p.heartbeat,
+            metrics: p.metrics,
+            timers: BTreeMap::new(),
+            pending: Vec::new(),
+            delayed: BTreeMap::new(),
+            delayed_tie: 0,
+            first_seen: HashMap::new(),
+            invalid: 0,
+            committed_requests: 0,
+            digest_cache: (u64::MAX, String::new()),
+        }
+    }
+
+    /// Outputs produced before the loop started (recovery re-sends, timers).
+    pub fn push_outputs(&mut self, out: Vec<Output>) {
+        self.pending.extend(out);
+    }
+
+    /// Run until `shutdown` resolves; then flush what is pending.
+    ///
+    /// # Errors
+    /// A storage failure (the replica cannot promise durability, so it stops).
+    pub async fn run(
+        mut self,
+        mut verified: mpsc::Receiver<Vec<Checked>>,
+        mut control: mpsc::Receiver<Control>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(TICK);
+        self.flush()?;
+        loop {
+            let next_timer = self.timers.values().min().copied();
+            let next_delayed = self.delayed.keys().next().map(|(at, _)| *at);
+            let next_generals = self.generals.next_deadline();
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(batch) = verified.recv() => {
+                    for checked in batch {
+                        self.on_checked(checked);
+                    }
+                }
+                Some(cmd) = control.recv() => self.on_control(cmd),
+                () = sleep_until(next_timer) => self.fire_timers(),
+                () = sleep_until(next_delayed) => self.release_delayed(),
+                () = sleep_until(next_generals) => {
+                    let out = self.generals.on_timer();
+                    self.generals_outputs(out);
+                }
+                _ = tick.tick() => self.refresh_status(),
+            }
+            self.flush()?;
+        }
+        self.flush()?;
+        self.refresh_status();
+        tracing::info!(replica = self.me(), "event loop stopped");
+        Ok(())
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn me(&self) -> ReplicaId {
+        self.replica.replica().id()
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = self.now();
+        let mut out = Vec::new();
+        self.replica.handle(now, input, &mut out);
+        self.pending.extend(out);
+    }
+
+    fn on_checked(&mut self, c: Checked) {
+        self.metrics
+            .messages_received
+            .with_label_values(&[c.kind])
+            .inc();
+        let from = self.ids.get(&c.peer).copied();
+        match c.result {
+            Ok(msg) => {
+                // The transport authenticated the peer: a replica message must come
+                // from that replica's own connection (a forwarded client request may not).
+                if let (Some(claimed), Some(from)) = (msg.sender(), from) {
+                    if claimed != from {
+                        self.count_invalid(Some(from), "wrong_peer");
+                        return;
+                    }
+                }
+                if msg.sender().is_some() && from.is_none() {
+                    // A replica message over a client's connection: an impersonation attempt.
+                    self.count_invalid(None, "wrong_peer");
+                    return;
+                }
+                self.note_first_seen(&msg);
+                match msg {
+                    VerifiedMessage::Generals(chain) => {
+                        let out = self.generals.on_chain(chain);
+                        self.generals_outputs(out);
+                    }
+                    VerifiedMessage::GeneralsReport(report) => self.generals.on_report(&report),
+                    other => self.handle(Input::Message(other)),
+                }
+            }
+            Err(reason) => {
+                let peer = from.or(c.claimed);
+                tracing::debug!(?peer, kind = c.kind, %reason, "invalid message");
+                self.count_invalid(peer, reason.label());
+            }
+        }
+    }
+
+    /// Remember when requests were first seen here, for `bft_request_latency_seconds`.
+    fn note_first_seen(&mut self, msg: &VerifiedMessage) {
+        if self.first_seen.len() >= MAX_TRACKED_REQUESTS {
+            self.first_seen.clear();
+        }
+        let now = Instant::now();
+        match msg {
+            VerifiedMessage::Request(r) => {
+                self.first_seen.entry(request_id(r.signed())).or_insert(now);
+            }
+            VerifiedMessage::PrePrepare(_, batch) => {
+                for r in &batch.requests {
+                    self.first_seen.entry(request_id(r)).or_insert(now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn count_invalid(&mut self, peer: Option<ReplicaId>, reason: &str) {
+        self.invalid += 1;
+        self.metrics.invalid(reason, peer);
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Timer> = self
+            .timers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in due {
+            self.timers.remove(&t);
+            self.handle(Input::Timer(t));
+        }
+    }
+
+    fn refresh_status(&mut self) {
+        self.heartbeat
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let now = self.now();
+        let r = self.replica.replica();
+        if self.digest_cache.0 != r.last_executed() {
+            self.digest_cache = (r.last_executed(), r.state_digest().to_hex());
+        }
+        let (low, high) = r.watermarks();
+        let members = &r.config().members;
+        let connected = self
+            .net
+            .connected_peers()
+            .iter()
+            .filter(|p| self.ids.contains_key(*p))
+            .count();
+        let suspected = r.suspected().to_vec();
+        let m = &self.metrics;
+        m.view.set(r.view() as i64);
+        m.primary.set(i64::from(r.primary()));
+        m.last_executed_seq.set(r.last_executed() as i64);
+        m.last_stable_checkpoint_seq
+            .set(r.stable_checkpoint().seq as i64);
+        m.peers_connected.set(connected as i64);
+        m.suspected_peers.set(suspected.len() as i64);
+        for (peer, phi) in r.failure_detector().phi(now) {
+            m.fd_phi.with_label_values(&[&peer.to_string()]).set(phi);
+        }
+        m.frames_dropped.set(self.net.stats().frames_dropped as i64);
+        m.uptime.set(now.as_secs_f64());
+        let status = Status {
+            id: r.id(),
+            n: members.n(),
+            f: members.f(),
+            view: r.view(),
+            primary: r.primary(),
+            in_view_change: r.in_view_change(),
+            last_executed: r.last_executed(),
+            last_stable_checkpoint: r.stable_checkpoint().seq,
+            stable_checkpoint_digest: r.stable_checkpoint().digest.to_hex(),
+            low_watermark: low,
+            high_watermark: high,
+            state_digest: self.digest_cache.1.clone(),
+            peers_connected: connected,
+            suspected,
+            behaviour: self.behaviour.0.clone(),
+            behaviour_params: self.behaviour.1.clone(),
+            in_state_transfer: r.in_state_transfer(),
+            invalid_messages: self.invalid,
+            committed_requests: self.committed_requests,
+        };
+        self.status.send_replace(status);
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

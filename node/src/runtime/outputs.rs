@@ -1,0 +1,173 @@
+//! Performing the replica's and the generals engine's outputs: persist everything
+//! of a turn in one synced write, then send (or hold sends back under `delay`).
+
+use super::Runtime;
+use anyhow::Context as _;
+use bft_consensus::generals::GeneralsOutput;
+use bft_consensus::{Message, Output, ReplicaId};
+use bft_net::PeerId;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Runtime {
+    /// Persist everything this turn produced (one synced write), then send.
+    pub(super) fn flush(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.pending);
+        let records: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Persist(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        let has_checkpoint = records
+            .iter()
+            .any(|r| matches!(r, bft_consensus::PersistRecord::Stable(_)));
+        let started = Instant::now();
+        self.storage
+            .persist(&records)
+            .context("cannot persist; stopping")?;
+        if has_checkpoint {
+            self.metrics
+                .checkpoint_persist
+                .observe(started.elapsed().as_secs_f64());
+        }
+        for o in out {
+            self.perform(o);
+        }
+        Ok(())
+    }
+
+    fn perform(&mut self, o: Output) {
+        let me = self.me();
+        match o {
+            Output::Send { to, message } => self.send(to, &message),
+            Output::Broadcast { message } => {
+                let frame = encode(&message);
+                for to in 0..self.peers.len() as ReplicaId {
+                    if to != me {
+                        self.send_frame(self.peers[to as usize], frame.clone(), message.kind());
+                    }
+                }
+            }
+            Output::Reply { client, reply } => {
+                if let Some(peer) = bft_net::peer_id_of(&client) {
+                    let message = Message::Reply(reply);
+                    self.send_frame(peer, encode(&message), message.kind());
+                }
+            }
+            Output::Persist(_) => {}
+            Output::SetTimer { timer, at } => {
+                self.timers.insert(timer, self.start + at);
+            }
+            Output::Rejected { peer, reason } => {
+                tracing::debug!(?peer, %reason, "rejected");
+                self.count_invalid(peer, reason.label());
+            }
+            Output::Executed(e) => {
+                let now = Instant::now();
+                let m = &self.metrics;
+                m.committed_batches.inc();
+                m.committed_requests.inc_by(e.requests.len() as u64);
+                m.batch_size.observe(e.batch_len as f64);
+                for (id, _) in &e.requests {
+                    if let Some(seen) = self.first_seen.remove(id) {
+                        m.request_latency
+                            .observe(now.duration_since(seen).as_secs_f64());
+                    }
+                }
+                self.committed_requests += e.requests.len() as u64;
+                tracing::debug!(
+                    replica = me,
+                    view = e.view,
+                    seq = e.seq,
+                    requests = e.requests.len(),
+                    "executed"
+                );
+            }
+            Output::ViewEntered { view, primary } => {
+                self.metrics.view_changes.inc();
+                tracing::info!(replica = me, view, primary, "entered view");
+            }
+            Output::ViewChangeStarted { view } => {
+                tracing::info!(replica = me, view, "view change started");
+            }
+            Output::CheckpointStable { seq, .. } => {
+                tracing::debug!(replica = me, seq, "checkpoint stable");
+            }
+            Output::StateInstalled { seq, .. } => {
+                self.metrics.state_transfers.inc();
+                tracing::info!(replica = me, seq, "state transfer installed");
+            }
+            Output::Suspected(peers) => {
+                tracing::info!(replica = me, suspected = ?peers, "suspected set changed");
+            }
+        }
+    }
+
+    /// Perform the generals engine's outputs (already through its behaviour).
+    pub(super) fn generals_outputs(&mut self, out: Vec<GeneralsOutput>) {
+        let me = self.me();
+        for o in out {
+            match o {
+                GeneralsOutput::Send { to, chain } => self.send(to, &Message::Generals(chain)),
+                GeneralsOutput::Report { to, report } if to == me => {
+                    self.generals.on_report(&report.payload);
+                }
+                GeneralsOutput::Report { to, report } => {
+                    self.send(to, &Message::GeneralsReport(report));
+                }
+                GeneralsOutput::SetTimer { .. } => {} // the loop asks for the next deadline
+                GeneralsOutput::Decided { id, value } => {
+                    let outcome = if value.is_some() { "value" } else { "none" };
+                    self.metrics
+                        .generals_decisions
+                        .with_label_values(&[outcome])
+                        .inc();
+                    tracing::info!(replica = me, instance = %id, ?value, "generals decided");
+                }
+                GeneralsOutput::Ignored { id, why } => {
+                    tracing::debug!(replica = me, instance = %id, why, "generals chain ignored");
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, to: ReplicaId, message: &Message) {
+        if let Some(peer) = self.peers.get(to as usize).copied() {
+            self.send_frame(peer, encode(message), message.kind());
+        }
+    }
+
+    /// Queue a frame for `peer`, or hold it back while `delay` is in force.
+    fn send_frame(&mut self, peer: PeerId, frame: Arc<Vec<u8>>, kind: &'static str) {
+        self.metrics.messages_sent.with_label_values(&[kind]).inc();
+        let delay = self.replica.send_delay();
+        if delay.is_zero() {
+            let _ = self.net.send(peer, frame);
+        } else {
+            self.delayed_tie += 1;
+            self.delayed
+                .insert((Instant::now() + delay, self.delayed_tie), (peer, frame));
+        }
+    }
+
+    /// Send the held-back frames that are due.
+    pub(super) fn release_delayed(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (peer, frame) = entry.remove();
+            let _ = self.net.send(peer, frame);
+        }
+    }
+}
+
+fn encode(message: &Message) -> Arc<Vec<u8>> {
+    Arc::new(bft_crypto::encode(message).expect("messages encode"))
+}
