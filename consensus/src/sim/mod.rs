@@ -10,6 +10,7 @@
 
 mod checker;
 mod config;
+pub mod generals;
 mod world;
 
 pub use checker::Violation;
