@@ -70,7 +70,7 @@ pub enum Output {
     CheckpointStable { seq: Seq, digest: Digest },
     /// A state snapshot from a peer was checked and installed.
     StateInstalled { seq: Seq, digest: Digest },
-    /// The set of suspected replicas changed (any reason; see [`crate::fd`]).
+    /// The suspected replicas (for any reason; see [`crate::fd`]) or the reasons changed.
     Suspected(Vec<ReplicaId>),
 }
 

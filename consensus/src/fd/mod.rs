@@ -94,8 +94,16 @@ pub struct FailureDetector {
     /// The newest (incarnation, counter) seen per peer.
     seen: BTreeMap<ReplicaId, (u64, u64)>,
     phi_suspects: BTreeSet<ReplicaId>,
+    /// Per-peer φ threshold: the configured one, raised after each false φ
+    /// suspicion above the φ that silence reached (plus [`PHI_THRESHOLD_STEP`]), as
+    /// ◇P lengthens a timeout. A normal model underestimates rare long pauses;
+    /// without this, a network with periodic stalls would be suspected forever.
+    phi_thresholds: BTreeMap<ReplicaId, f64>,
     no_progress: BTreeSet<ReplicaId>,
 }
+
+/// How much a false φ suspicion raises that peer's threshold.
+pub const PHI_THRESHOLD_STEP: f64 = 1.0;
 
 impl FailureDetector {
     #[must_use]
@@ -132,6 +140,7 @@ impl FailureDetector {
             phi,
             seen: BTreeMap::new(),
             phi_suspects: BTreeSet::new(),
+            phi_thresholds: BTreeMap::new(),
             no_progress: BTreeSet::new(),
         }
     }
@@ -162,10 +171,17 @@ impl FailureDetector {
             return false;
         }
         self.seen.insert(hb.replica, stamp);
+        let phi_reached = phi.phi(now);
         phi.heartbeat(now);
         self.ep.heard(hb.replica, now);
-        // φ restarts from 0 on an arrival.
-        self.phi_suspects.remove(&hb.replica);
+        // φ restarts from 0 on an arrival; a φ suspicion was false.
+        if self.phi_suspects.remove(&hb.replica) {
+            let t = self
+                .phi_thresholds
+                .entry(hb.replica)
+                .or_insert(self.cfg.phi_threshold);
+            *t = (t.max(phi_reached) + PHI_THRESHOLD_STEP).min(PHI_MAX);
+        }
         true
     }
 
@@ -181,11 +197,10 @@ impl FailureDetector {
                 Verdict::Trusted(_) => None,
             })
             .collect();
-        let threshold = self.cfg.phi_threshold;
         self.phi_suspects = self
             .phi
             .iter()
-            .filter(|(_, d)| d.phi(now) > threshold)
+            .filter(|(p, d)| d.phi(now) > self.phi_threshold(**p))
             .map(|(p, _)| *p)
             .collect();
         newly
@@ -236,6 +251,15 @@ impl FailureDetector {
     #[must_use]
     pub fn phi(&self, now: Duration) -> BTreeMap<ReplicaId, f64> {
         self.phi.iter().map(|(p, d)| (*p, d.phi(now))).collect()
+    }
+
+    /// The φ above which `peer` is suspected now.
+    #[must_use]
+    pub fn phi_threshold(&self, peer: ReplicaId) -> f64 {
+        self.phi_thresholds
+            .get(&peer)
+            .copied()
+            .unwrap_or(self.cfg.phi_threshold)
     }
 
     /// The ◇P timeout for `peer`.

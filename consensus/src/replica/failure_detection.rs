@@ -72,12 +72,13 @@ impl<A: Application> Replica<A> {
         }
     }
 
-    /// Emit [`Output::Suspected`] when the suspected set changed.
+    /// Emit [`Output::Suspected`] when who is suspected, or why, changed.
     pub(super) fn report_suspicions(&mut self) {
-        let now = self.fd.suspected();
-        if now != self.reported_suspects {
-            self.reported_suspects.clone_from(&now);
-            self.emit(Output::Suspected(now));
+        let now = self.fd.suspicions();
+        if now != self.reported_reasons {
+            self.reported_suspects = now.keys().copied().collect();
+            self.reported_reasons = now;
+            self.emit(Output::Suspected(self.reported_suspects.clone()));
         }
     }
 

@@ -89,8 +89,9 @@ pub struct Replica<A: Application> {
     fetch: Option<Fetch>,
 
     fd: FailureDetector,
-    /// The suspected set last reported in an [`Output::Suspected`].
+    /// The suspected set last reported in an [`Output::Suspected`], and why.
     reported_suspects: Vec<ReplicaId>,
+    reported_reasons: BTreeMap<ReplicaId, BTreeSet<crate::fd::Reason>>,
 }
 
 impl<A: Application> Replica<A> {
@@ -142,6 +143,7 @@ impl<A: Application> Replica<A> {
             fetch: None,
             fd,
             reported_suspects: Vec::new(),
+            reported_reasons: BTreeMap::new(),
         }
     }
 

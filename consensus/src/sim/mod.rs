@@ -33,6 +33,11 @@ pub struct SimReport {
     pub sim_time_ms: u64,
     /// Changes of some replica's suspected set.
     pub suspicion_changes: u64,
+    /// Every replica some honest replica suspected, with the reasons it gave.
+    pub suspected_for: std::collections::BTreeMap<
+        crate::types::ReplicaId,
+        std::collections::BTreeSet<crate::fd::Reason>,
+    >,
 }
 
 /// A failed run: the broken invariant and the last events before it.

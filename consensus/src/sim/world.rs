@@ -669,6 +669,16 @@ impl World {
                 Output::Suspected(suspects) => {
                     self.report.suspicion_changes += 1;
                     self.log(format!("r{id} suspects {suspects:?}"));
+                    let r = &self.replicas[id as usize];
+                    if let (true, Some(node)) = (r.honest, r.node.as_ref()) {
+                        for (peer, reasons) in node.replica().failure_detector().suspicions() {
+                            self.report
+                                .suspected_for
+                                .entry(peer)
+                                .or_default()
+                                .extend(reasons);
+                        }
+                    }
                 }
             }
         }
