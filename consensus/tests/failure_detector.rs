@@ -54,7 +54,7 @@ fn simulate(
             let (_, to, hb) = flight.remove(0);
             detectors[to as usize].on_heartbeat(&hb, now);
         }
-        if now.as_millis() % BEAT.as_millis() != 0 {
+        if !now.as_millis().is_multiple_of(BEAT.as_millis()) {
             continue;
         }
         for i in ids.clone() {
