@@ -169,6 +169,14 @@ impl Client {
         }]
     }
 
+    /// Stop waiting for the outstanding request: the caller's own deadline passed.
+    /// The request may still execute later; the next one carries a higher timestamp,
+    /// so exactly-once execution still holds and late replies for this one are
+    /// ignored.
+    pub fn abandon(&mut self) {
+        self.outstanding = None;
+    }
+
     /// Retransmit to all replicas (the primary may be faulty; §4.1).
     pub fn on_timeout(&mut self, now: Duration) -> Vec<ClientOutput> {
         let Some(o) = self.outstanding.as_mut() else {

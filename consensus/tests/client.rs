@@ -117,3 +117,30 @@ fn learns_the_view_from_replies() {
     let out = c.submit(Duration::ZERO, b"op2".to_vec()).unwrap();
     assert!(matches!(&out[0], ClientOutput::Send { to: 2, .. }));
 }
+
+#[test]
+fn an_abandoned_request_frees_the_client_and_its_late_replies_are_ignored() {
+    let g = Group::new(4);
+    let key = client_key(1);
+    let mut c = Client::new(
+        key.clone(),
+        g.members.clone(),
+        5,
+        Duration::from_millis(500),
+    );
+    c.submit(Duration::ZERO, b"lost".to_vec()).unwrap();
+    c.abandon();
+    assert!(!c.is_busy());
+    assert!(
+        c.on_timeout(Duration::from_secs(9)).is_empty(),
+        "no retransmission"
+    );
+    let out = c.submit(Duration::ZERO, b"next".to_vec()).unwrap();
+    assert!(
+        matches!(&out[0], ClientOutput::Send { message: Message::Request(r), .. } if r.payload.timestamp == 6)
+    );
+    // f+1 late replies for the abandoned timestamp are not taken as the answer.
+    assert!(c.on_reply(&reply(&g, 1, &key, 5, 0, b"old")).is_empty());
+    assert!(c.on_reply(&reply(&g, 2, &key, 5, 0, b"old")).is_empty());
+    assert!(c.is_busy());
+}

@@ -88,6 +88,15 @@ impl KvClient {
     }
 
     async fn run(&mut self, operation: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let result = self.wait_for_quorum(operation).await;
+        if result.is_err() {
+            // Free the client for the next operation (which gets a new timestamp).
+            self.core.abandon();
+        }
+        result
+    }
+
+    async fn wait_for_quorum(&mut self, operation: Vec<u8>) -> Result<Vec<u8>, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let out = self
             .core
@@ -103,6 +112,13 @@ impl KvClient {
                 frame = self.inbound.recv() => {
                     let Some(frame) = frame else { return Err(ClientError::Timeout(self.timeout)) };
                     let Ok(msg) = bft_crypto::decode::<Message>(&frame.bytes, 16 * 1024 * 1024) else { continue };
+                    // Late replies to earlier requests are skipped before paying for a
+                    // signature check.
+                    if let Message::Reply(r) = &msg {
+                        if Some(r.payload.timestamp) != self.core.outstanding_timestamp() {
+                            continue;
+                        }
+                    }
                     let Ok(VerifiedMessage::Reply(reply)) = self.validator.verify(msg) else { continue };
                     let out = self.core.on_reply(&reply);
                     if let Some(result) = self.perform(out, &mut retransmit_at) {

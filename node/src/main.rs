@@ -60,6 +60,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The load generator: runs `bftnode-bench` (built beside this binary) with
+    /// these arguments; `bftnode bench --help` lists them.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Switch a replica's Byzantine behaviour at runtime (admin token needed).
     Byzantine {
         #[command(subcommand)]
@@ -293,6 +299,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Bench { args } => {
+            let exe = std::env::current_exe()?.with_file_name("bftnode-bench");
+            let status = std::process::Command::new(&exe)
+                .args(&args)
+                .status()
+                .with_context(|| {
+                    format!(
+                        "cannot run {} (build it with cargo build --release -p bft-bench)",
+                        exe.display()
+                    )
+                })?;
+            if !status.success() {
+                // bftnode-bench already printed its one-line error.
+                std::process::exit(status.code().unwrap_or(1));
+            }
+        }
         Command::Status { node, json } => {
             let s = testnet::fetch_status(&node)?;
             if json {

@@ -162,6 +162,10 @@ impl Metrics {
             registry: r,
         };
         m.set_behaviour("none");
+        // Both outcomes exist from the start, so dashboards show 0 rather than no data.
+        for outcome in ["value", "none"] {
+            m.generals_decisions.with_label_values(&[outcome]);
+        }
         m
     }
 

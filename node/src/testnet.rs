@@ -144,17 +144,7 @@ pub fn init(
         retransmit_ms: 1_000,
     };
     write(&dir.join("client.toml"), &toml::to_string(&client)?)?;
-    let targets: Vec<String> = ports
-        .iter()
-        .map(|(_, h)| format!("'127.0.0.1:{h}'"))
-        .collect();
-    write(
-        &dir.join("prometheus.yml"),
-        &format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: bftnode\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
-        ),
-    )?;
+    write(&dir.join("prometheus.yml"), &prometheus_config(&ports))?;
     println!("testnet of {n} replicas written to {}", dir.display());
     for (i, (p2p, http)) in ports.iter().enumerate() {
         let addr = transport.multiaddr(*p2p);
@@ -162,6 +152,20 @@ pub fn init(
     }
     println!("  client config: {}", dir.join("client.toml").display());
     Ok(())
+}
+
+/// A Prometheus config scraping every replica's `/metrics` each second, each target
+/// labelled with its replica id (the Grafana dashboard groups by `replica`).
+fn prometheus_config(ports: &[(u16, u16)]) -> String {
+    let mut out = String::from(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: bftnode\n    static_configs:\n",
+    );
+    for (i, (_, http)) in ports.iter().enumerate() {
+        out.push_str(&format!(
+            "      - targets: ['127.0.0.1:{http}']\n        labels: {{replica: '{i}'}}\n"
+        ));
+    }
+    out
 }
 
 /// The node directories of a testnet, in id order.
@@ -242,6 +246,16 @@ pub fn parse_byzantine(pairs: &[String]) -> anyhow::Result<Vec<(u32, String)>> {
 /// # Errors
 /// No testnet in `dir`, a replica that cannot start, or not all ready in time.
 pub fn up(dir: &Path, byzantine: &[(u32, String)]) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the bftnode executable")?;
+    up_with(&exe, dir, byzantine)
+}
+
+/// [`up`], starting each replica as `exe start --config ...` (the benchmark, a
+/// different binary, passes the `bftnode` beside it).
+///
+/// # Errors
+/// As [`up`].
+pub fn up_with(exe: &Path, dir: &Path, byzantine: &[(u32, String)]) -> anyhow::Result<()> {
     let nodes = nodes(dir)?;
     if let Some((id, _)) = byzantine.iter().find(|(id, _)| *id as usize >= nodes.len()) {
         bail!(
@@ -249,7 +263,6 @@ pub fn up(dir: &Path, byzantine: &[(u32, String)]) -> anyhow::Result<()> {
             nodes.len()
         );
     }
-    let exe = std::env::current_exe().context("cannot find the bftnode executable")?;
     for (i, node) in nodes.iter().enumerate() {
         if pid_of(node).is_some_and(alive) {
             continue;
@@ -258,7 +271,7 @@ pub fn up(dir: &Path, byzantine: &[(u32, String)]) -> anyhow::Result<()> {
             .create(true)
             .append(true)
             .open(node.join("node.log"))?;
-        let mut cmd = Command::new(&exe);
+        let mut cmd = Command::new(exe);
         cmd.arg("start")
             .arg("--config")
             .arg(node.join("config.toml"));

@@ -1,0 +1,249 @@
+//! `bftnode-bench` (also reachable as `bftnode bench`): the load generator of
+//! INTERFACE.md. Starts its own testnet (or targets one with `--testnet`), or the
+//! unreplicated baseline; runs one load or a sweep of rates; prints a SUMMARY per
+//! run and writes JSON, CSV and an SVG latency-versus-throughput plot.
+
+use anyhow::{bail, Context as _};
+use bft_bench::loadgen::{self, LoadConfig, Mode};
+use bft_bench::report::{self, Summary, Target};
+use bft_bench::{plot, unreplicated::Unreplicated};
+use bftnode::config::ValidatorSet;
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bftnode-bench",
+    version,
+    about = "Load generator for bftnode testnets"
+)]
+struct Args {
+    /// Start a testnet of N replicas for the run (ignored with --testnet).
+    #[arg(long, default_value_t = 4)]
+    replicas: usize,
+    /// Target an existing testnet directory (from `bftnode testnet init`) instead.
+    #[arg(long, conflicts_with = "unreplicated")]
+    testnet: Option<PathBuf>,
+    /// Open loop: requests per second offered.
+    #[arg(long, conflicts_with_all = ["outstanding", "sweep"])]
+    rate: Option<f64>,
+    /// Closed loop: requests in flight (one per client). The default mode, with 64.
+    #[arg(long, conflicts_with = "sweep")]
+    outstanding: Option<usize>,
+    /// Open-loop sweep: run at each of these rates (comma-separated req/s).
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<f64>,
+    /// Clients (distinct keys) in open-loop mode.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Value size of each write, in bytes.
+    #[arg(long, default_value_t = 512)]
+    payload: usize,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// A request not accepted within this many seconds counts as an error.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Run against the unreplicated baseline instead of a testnet.
+    #[arg(long)]
+    unreplicated: bool,
+    /// Also run every load against the unreplicated baseline and report the ratio.
+    #[arg(long, conflicts_with = "unreplicated")]
+    baseline: bool,
+    /// Write the summary (an array for several runs) as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write one CSV row per run.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write an SVG plot of latency against throughput (most useful with --sweep).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No per-second progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start tokio: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The loads to run, in order.
+fn loads(args: &Args) -> anyhow::Result<Vec<LoadConfig>> {
+    if args.payload == 0 || args.duration <= 0.0 || args.warmup < 0.0 || args.timeout <= 0.0 {
+        bail!("--payload, --duration and --timeout must be positive, --warmup not negative");
+    }
+    let modes: Vec<Mode> = if !args.sweep.is_empty() {
+        args.sweep
+            .iter()
+            .map(|&rate| Mode::OpenLoop { rate })
+            .collect()
+    } else if let Some(rate) = args.rate {
+        vec![Mode::OpenLoop { rate }]
+    } else {
+        vec![Mode::ClosedLoop {
+            outstanding: args.outstanding.unwrap_or(64),
+        }]
+    };
+    for m in &modes {
+        match *m {
+            Mode::OpenLoop { rate } if !(rate > 0.0 && rate.is_finite()) => {
+                bail!("rates must be positive; got {rate}")
+            }
+            Mode::ClosedLoop { outstanding: 0 } => bail!("--outstanding must be at least 1"),
+            _ => {}
+        }
+    }
+    Ok(modes
+        .into_iter()
+        .map(|mode| LoadConfig {
+            mode,
+            clients: args.clients,
+            payload: args.payload,
+            duration: Duration::from_secs_f64(args.duration),
+            warmup: Duration::from_secs_f64(args.warmup),
+            timeout: Duration::from_secs_f64(args.timeout),
+            progress: !args.quiet,
+        })
+        .collect())
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
+    let loads = loads(args)?;
+    let mut summaries = Vec::new();
+    if !args.unreplicated {
+        let net = Testnet::open(args)?;
+        let target = Target {
+            kind: "replicated".into(),
+            replicas: net.validators.validators.len(),
+        };
+        let result = run_all(&net.validators, &target, &loads, &mut summaries).await;
+        drop(net);
+        result?;
+    }
+    if args.unreplicated || args.baseline {
+        let server = Unreplicated::start()?;
+        let target = Target {
+            kind: "unreplicated".into(),
+            replicas: 1,
+        };
+        run_all(&server.validators, &target, &loads, &mut summaries).await?;
+    }
+    if args.baseline {
+        let half = summaries.len() / 2;
+        for (r, u) in summaries[..half].iter().zip(&summaries[half..]) {
+            println!(
+                "replicated / unreplicated: {:.0} / {:.0} req/s = {:.1}%",
+                r.throughput_rps,
+                u.throughput_rps,
+                100.0 * r.throughput_rps / u.throughput_rps.max(1e-9)
+            );
+        }
+    }
+    if let Some(path) = &args.json {
+        report::write_json(path, &summaries)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.csv {
+        report::write_csv(path, &summaries)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "bftnode: latency vs throughput ({}-byte writes)",
+            args.payload
+        );
+        std::fs::write(path, plot::latency_vs_throughput(&title, &summaries))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn run_all(
+    validators: &ValidatorSet,
+    target: &Target,
+    loads: &[LoadConfig],
+    out: &mut Vec<Summary>,
+) -> anyhow::Result<()> {
+    for load in loads {
+        let result = tokio::select! {
+            r = loadgen::run(validators, load) => r?,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        };
+        let summary = Summary::new(&result, load, target);
+        println!("{}", summary.text());
+        out.push(summary);
+    }
+    Ok(())
+}
+
+/// The testnet a run targets: an existing one, or one started (and stopped on
+/// drop) in a temporary directory.
+struct Testnet {
+    validators: ValidatorSet,
+    owned: Option<(tempfile::TempDir, PathBuf)>,
+}
+
+impl Testnet {
+    fn open(args: &Args) -> anyhow::Result<Self> {
+        if let Some(dir) = &args.testnet {
+            let validators = bftnode::config::load_validators(&dir.join("validators.toml"))
+                .with_context(|| format!("{} holds no testnet", dir.display()))?;
+            return Ok(Self {
+                validators,
+                owned: None,
+            });
+        }
+        let exe = std::env::current_exe()?.with_file_name("bftnode");
+        if !exe.exists() {
+            bail!(
+                "{} not found: build the workspace first (cargo build --release)",
+                exe.display()
+            );
+        }
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("testnet");
+        bftnode::testnet::init(&dir, args.replicas, None, bftnode::testnet::Transport::Tcp)?;
+        let net = Self {
+            validators: bftnode::config::load_validators(&dir.join("validators.toml"))?,
+            owned: Some((tmp, dir.clone())),
+        };
+        bftnode::testnet::up_with(&exe, &dir, &[])?;
+        Ok(net)
+    }
+
+    fn dir(&self) -> Option<&Path> {
+        self.owned.as_ref().map(|(_, d)| d.as_path())
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir() {
+            let _ = bftnode::testnet::down(dir);
+        }
+    }
+}

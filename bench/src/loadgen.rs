@@ -1,0 +1,297 @@
+//! The load generator: many PBFT clients (each its own key and libp2p node, one
+//! request outstanding at a time, as PBFT clients are) writing `payload`-byte
+//! values, either closed-loop (K clients, each sends its next request when the last
+//! is accepted) or open-loop (requests due at a fixed rate, handed to whichever
+//! client is free).
+//!
+//! Open-loop latency is measured from when a request was *due*, not when a client
+//! got round to sending it, so a backlog shows up as latency instead of hiding
+//! (no coordinated omission).
+
+use bft_consensus::KvResult;
+use bft_crypto::KeyPair;
+use bftnode::client::{ClientError, KvClient};
+use bftnode::config::{ResolvedClient, ValidatorSet};
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Mutex};
+
+/// How requests are offered.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// `rate` requests per second, whatever the replies do.
+    OpenLoop { rate: f64 },
+    /// `outstanding` clients, each with one request in flight.
+    ClosedLoop { outstanding: usize },
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LoadConfig {
+    pub mode: Mode,
+    /// Client identities in open-loop mode (closed-loop uses one per outstanding).
+    pub clients: usize,
+    pub payload: usize,
+    #[serde(with = "secs")]
+    pub duration: Duration,
+    #[serde(with = "secs")]
+    pub warmup: Duration,
+    /// A request not accepted within this is an error (and its client moves on).
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+    /// Print a progress line every second.
+    #[serde(skip)]
+    pub progress: bool,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+/// What one run measured. Latencies are in microseconds.
+pub struct LoadResult {
+    /// Requests submitted to the replicas during the whole run (warm-up included).
+    pub sent: u64,
+    /// Requests accepted (f+1 matching replies) during the whole run.
+    pub committed: u64,
+    /// Requests that timed out or failed.
+    pub errors: u64,
+    /// Requests accepted inside the measurement window (after the warm-up).
+    pub measured: u64,
+    pub measured_secs: f64,
+    pub latency_us: Histogram<u64>,
+}
+
+impl LoadResult {
+    #[must_use]
+    pub fn throughput(&self) -> f64 {
+        if self.measured_secs > 0.0 {
+            self.measured as f64 / self.measured_secs
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    committed: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Connect `count` clients with fresh keys and wait until each reaches every replica.
+///
+/// # Errors
+/// A transport that cannot start, or replicas that stay unreachable for 30 s.
+pub async fn connect_clients(
+    validators: &ValidatorSet,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<KvClient>> {
+    let n = validators.validators.len();
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        let cfg = ResolvedClient {
+            key: KeyPair::generate(),
+            validators: validators.clone(),
+            timeout,
+            retransmit: timeout.min(Duration::from_secs(1)),
+        };
+        clients.push(KvClient::connect(&cfg)?);
+    }
+    for (i, c) in clients.iter().enumerate() {
+        if !c.wait_connected(n, Duration::from_secs(30)).await {
+            anyhow::bail!("client {i} reached only {} of {n} replicas", c.connected());
+        }
+    }
+    Ok(clients)
+}
+
+/// Run one load against the replicas of `validators`.
+///
+/// # Errors
+/// If the clients cannot connect.
+pub async fn run(validators: &ValidatorSet, cfg: &LoadConfig) -> anyhow::Result<LoadResult> {
+    let workers = match cfg.mode {
+        Mode::OpenLoop { .. } => cfg.clients,
+        Mode::ClosedLoop { outstanding } => outstanding,
+    }
+    .max(1);
+    let clients = connect_clients(validators, workers, cfg.timeout).await?;
+    let start = Instant::now();
+    let measure_from = start + cfg.warmup;
+    let end = measure_from + cfg.duration;
+    let counters = Arc::new(Counters::default());
+    let value = Arc::new(vec![b'x'; cfg.payload]);
+
+    // Open loop: a pacer hands out due times; closed loop: none, workers just go.
+    let due = match cfg.mode {
+        Mode::OpenLoop { rate } => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(pace(rate, start, end, tx));
+            Some(Arc::new(Mutex::new(rx)))
+        }
+        Mode::ClosedLoop { .. } => None,
+    };
+    let progress = cfg
+        .progress
+        .then(|| tokio::spawn(report_progress(counters.clone(), start, measure_from, end)));
+
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(w, client)| {
+            let worker = Worker {
+                id: w,
+                client,
+                counters: counters.clone(),
+                value: value.clone(),
+                measure_from,
+                end,
+            };
+            tokio::spawn(worker.run(due.clone()))
+        })
+        .collect();
+    let mut latency_us = new_histogram();
+    let mut measured = 0;
+    for t in tasks {
+        let (h, m) = t.await?;
+        latency_us.add(h).expect("same bounds");
+        measured += m;
+    }
+    if let Some(p) = progress {
+        p.abort();
+    }
+    Ok(LoadResult {
+        sent: counters.sent.load(Ordering::Relaxed),
+        committed: counters.committed.load(Ordering::Relaxed),
+        errors: counters.errors.load(Ordering::Relaxed),
+        measured,
+        measured_secs: cfg.duration.as_secs_f64(),
+        latency_us,
+    })
+}
+
+/// 1 µs to 10 minutes, 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+/// Emit the due time of every request of an open-loop run, `rate` per second
+/// from `start` until `end`.
+async fn pace(rate: f64, start: Instant, end: Instant, tx: mpsc::UnboundedSender<Instant>) {
+    let mut issued: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let now = Instant::now().min(end);
+        let due_total = (now.duration_since(start).as_secs_f64() * rate) as u64;
+        while issued < due_total {
+            let at = start + Duration::from_secs_f64(issued as f64 / rate);
+            if tx.send(at).is_err() {
+                return;
+            }
+            issued += 1;
+        }
+        if now >= end {
+            return; // dropping tx lets the workers finish
+        }
+    }
+}
+
+struct Worker {
+    id: usize,
+    client: KvClient,
+    counters: Arc<Counters>,
+    value: Arc<Vec<u8>>,
+    measure_from: Instant,
+    end: Instant,
+}
+
+impl Worker {
+    /// Returns this worker's latency histogram (measurement window only) and how
+    /// many of its requests were accepted inside the window.
+    async fn run(
+        mut self,
+        due: Option<Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>>,
+    ) -> (Histogram<u64>, u64) {
+        let mut hist = new_histogram();
+        let mut measured = 0;
+        for i in 0u64.. {
+            let sent_at = match &due {
+                Some(rx) => match rx.lock().await.recv().await {
+                    Some(at) => at,
+                    None => break,
+                },
+                None => Instant::now(),
+            };
+            if Instant::now() >= self.end {
+                break;
+            }
+            let key = format!("bench-{}-{i}", self.id);
+            self.counters.sent.fetch_add(1, Ordering::Relaxed);
+            match self.client.put(key.as_bytes(), &self.value).await {
+                Ok(KvResult::Done { .. }) => {
+                    self.counters.committed.fetch_add(1, Ordering::Relaxed);
+                    let done = Instant::now();
+                    if done >= self.measure_from && done <= self.end {
+                        measured += 1;
+                        let us = done.duration_since(sent_at).as_micros();
+                        hist.saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
+                    }
+                }
+                Ok(other) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("client {}: unexpected result {other:?}", self.id);
+                }
+                Err(e) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, ClientError::Net(_) | ClientError::BadResult) {
+                        eprintln!("client {}: {e}", self.id);
+                    }
+                }
+            }
+        }
+        (hist, measured)
+    }
+}
+
+/// One line a second: elapsed time, phase, accepted requests per second, errors.
+async fn report_progress(
+    counters: Arc<Counters>,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last = 0;
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let committed = counters.committed.load(Ordering::Relaxed);
+        let phase = if now < measure_from {
+            "warm-up"
+        } else if now <= end {
+            "measure"
+        } else {
+            "drain"
+        };
+        eprintln!(
+            "[{:>5.1}s {phase:>7}] {:>7} req/s  committed {committed:>8}  errors {}",
+            now.duration_since(start).as_secs_f64(),
+            committed - last,
+            counters.errors.load(Ordering::Relaxed)
+        );
+        last = committed;
+    }
+}

@@ -1,0 +1,120 @@
+//! The baseline: the same KV application on one server, unreplicated, behind the
+//! same libp2p transport and the same client library. It does what a replica does
+//! for a client minus agreement: verify the request signature (batched), execute
+//! once per client timestamp, sign the reply. The replicated/unreplicated
+//! throughput ratio is then the cost of PBFT itself.
+
+use bft_consensus::messages::Reply;
+use bft_consensus::{
+    Application, KvStore, Membership, Message, ReplicaConfig, Validator, VerifiedMessage,
+};
+use bft_crypto::{KeyPair, PublicKey, Signed};
+use bft_net::{Inbound, NetConfig, NetHandle, Network};
+use bftnode::config::{self, ValidatorSet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Frames taken from the network per verification batch.
+const BATCH: usize = 256;
+const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// A running baseline server; stops when dropped.
+pub struct Unreplicated {
+    /// The one-member "validator set" clients connect to (f = 0: one reply suffices).
+    pub validators: ValidatorSet,
+    net: NetHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Unreplicated {
+    /// Listen on a free loopback TCP port. Must run inside tokio.
+    ///
+    /// # Errors
+    /// No free port, or the transport cannot start.
+    pub fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let address: bft_net::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse()?;
+        let key = KeyPair::generate();
+        let net = Network::start(NetConfig {
+            key: key.clone(),
+            listen: Some(address.clone()),
+            peers: Vec::new(),
+            max_frame_bytes: MAX_FRAME_BYTES,
+            peer_queue: 4096,
+            inbound_queue: 16_384,
+        })?;
+        let validators = ValidatorSet {
+            validators: vec![config::Validator {
+                id: 0,
+                public_key: key.public(),
+                peer: bft_net::peer_id_of(&key.public())
+                    .ok_or_else(|| anyhow::anyhow!("bad key"))?,
+                address,
+            }],
+        };
+        let handle = net.handle.clone();
+        let task = tokio::spawn(serve(key, net.handle.clone(), net.inbound));
+        Ok(Self {
+            validators,
+            net: handle,
+            task,
+        })
+    }
+}
+
+impl Drop for Unreplicated {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.net.shutdown();
+    }
+}
+
+async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound>) {
+    let validator = Validator::new(&ReplicaConfig::new(0, Membership::new(vec![key.public()])));
+    let mut app = KvStore::new();
+    let mut last_timestamp: BTreeMap<PublicKey, u64> = BTreeMap::new();
+    while let Some(first) = inbound.recv().await {
+        let mut frames = vec![first];
+        while frames.len() < BATCH {
+            match inbound.try_recv() {
+                Ok(f) => frames.push(f),
+                Err(_) => break,
+            }
+        }
+        let messages: Vec<Message> = frames
+            .iter()
+            .filter_map(|f| bft_crypto::decode(&f.bytes, MAX_FRAME_BYTES).ok())
+            .collect();
+        for checked in validator.verify_many(messages) {
+            let Ok(VerifiedMessage::Request(request)) = checked else {
+                continue;
+            };
+            let client = request.signer();
+            let last = last_timestamp.entry(client).or_insert(0);
+            if request.timestamp <= *last {
+                continue; // a retransmission: executed once already
+            }
+            *last = request.timestamp;
+            let result = app.execute(&request.operation);
+            let reply = Signed::sign(
+                Reply {
+                    view: 0,
+                    timestamp: request.timestamp,
+                    client,
+                    replica: 0,
+                    result,
+                },
+                &key,
+            );
+            if let (Some(peer), Ok(bytes)) = (
+                bft_net::peer_id_of(&client),
+                bft_crypto::encode(&Message::Reply(reply)),
+            ) {
+                let _ = net.send(peer, Arc::new(bytes));
+            }
+        }
+    }
+}

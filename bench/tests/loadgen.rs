@@ -1,0 +1,117 @@
+//! The load generator end to end: against the in-process unreplicated baseline,
+//! and as the `bftnode-bench` binary against a testnet it starts itself, checking
+//! the JSON of INTERFACE.md, the CSV and the plot.
+
+use bft_bench::loadgen::{self, LoadConfig, Mode};
+use bft_bench::unreplicated::Unreplicated;
+use std::process::Command;
+use std::time::Duration;
+
+fn config(mode: Mode) -> LoadConfig {
+    LoadConfig {
+        mode,
+        clients: 4,
+        payload: 512,
+        duration: Duration::from_secs(2),
+        warmup: Duration::from_millis(500),
+        timeout: Duration::from_secs(5),
+        progress: false,
+    }
+}
+
+#[test]
+fn closed_and_open_loop_against_the_baseline() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let server = Unreplicated::start().unwrap();
+        let closed = loadgen::run(
+            &server.validators,
+            &config(Mode::ClosedLoop { outstanding: 4 }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(closed.errors, 0);
+        assert!(closed.measured > 0 && closed.committed >= closed.measured);
+        assert_eq!(closed.latency_us.len(), closed.measured);
+        assert!(closed.sent >= closed.committed);
+
+        // Open loop at 200 req/s for 2.5 s offers about 500 requests, no more.
+        let open = loadgen::run(&server.validators, &config(Mode::OpenLoop { rate: 200.0 }))
+            .await
+            .unwrap();
+        assert_eq!(open.errors, 0);
+        assert!((450..=505).contains(&open.sent), "sent {}", open.sent);
+        let rps = open.throughput();
+        assert!(
+            (150.0..=250.0).contains(&rps),
+            "{rps} req/s at an offered 200"
+        );
+    });
+}
+
+#[test]
+fn the_binary_reports_json_csv_and_a_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let csv = dir.path().join("run.csv");
+    let svg = dir.path().join("plot.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_bftnode-bench"))
+        .args(["--replicas", "4", "--sweep", "100,200", "--clients", "8"])
+        .args(["--duration", "2", "--warmup", "1", "--quiet", "--baseline"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--csv")
+        .arg(&csv)
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("SUMMARY").count(), 4, "{stdout}");
+    assert!(stdout.contains("replicated / unreplicated"), "{stdout}");
+
+    let runs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    for r in runs {
+        for key in ["throughput_rps", "sent", "committed", "errors", "config"] {
+            assert!(!r[key].is_null(), "{key} missing in {r}");
+        }
+        for q in ["p50", "p90", "p99", "max"] {
+            assert!(r["latency_ms"][q].as_f64().unwrap() > 0.0, "{r}");
+        }
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["committed"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(runs[0]["config"]["kind"], "replicated");
+    assert_eq!(runs[0]["config"]["replicas"], 4);
+    assert_eq!(runs[3]["config"]["kind"], "unreplicated");
+
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(csv.starts_with("target,replicas,rate"));
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        4,
+        "p50 and p99 per target"
+    );
+}
+
+#[test]
+fn bad_arguments_are_one_line_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bftnode-bench"))
+        .args(["--rate=-5", "--unreplicated"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rates must be positive"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -1,0 +1,336 @@
+//! Multi-process testnets on 127.0.0.1 for the node's tests: every replica is a
+//! real `bftnode start` process; load comes from the client library over libp2p.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use bft_consensus::KvResult;
+use bftnode::client::KvClient;
+use bftnode::config::{load_validators, NodeConfig, ResolvedClient};
+use bftnode::status::Status;
+use bftnode::testnet::{alive, fetch_status, http_url, signal};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The testnets share 2 cores: run them one at a time.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct Testnet {
+    _tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub n: usize,
+}
+
+pub fn bftnode(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bftnode"))
+        .args(args)
+        .output()
+        .expect("run bftnode")
+}
+
+impl Testnet {
+    pub fn start(n: usize) -> Self {
+        Self::start_with(n, &[], &[])
+    }
+
+    /// A testnet whose `testnet init` gets `init_extra` arguments too, started with
+    /// `byzantine` replicas running those behaviours.
+    pub fn start_with(n: usize, init_extra: &[&str], byzantine: &[(u32, &str)]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("net");
+        let n_arg = n.to_string();
+        let mut args = vec![
+            "testnet",
+            "init",
+            "--replicas",
+            &n_arg,
+            "--dir",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(init_extra);
+        let out = bftnode(&args);
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Small checkpoint interval so restarted replicas catch up quickly.
+        for i in 0..n {
+            let p = dir.join(format!("node{i}/config.toml"));
+            let text = std::fs::read_to_string(&p).unwrap();
+            let text = text
+                .replace("checkpoint_interval = 128", "checkpoint_interval = 16")
+                .replace("window = 512", "window = 64");
+            std::fs::write(&p, text).unwrap();
+        }
+        let t = Self { _tmp: tmp, dir, n };
+        t.up_with(byzantine);
+        t
+    }
+
+    /// Start every replica that is not running.
+    pub fn up(&self) {
+        self.up_with(&[]);
+    }
+
+    pub fn up_with(&self, byzantine: &[(u32, &str)]) {
+        let flags: Vec<String> = byzantine
+            .iter()
+            .flat_map(|(id, b)| ["--byzantine".to_string(), format!("{id}={b}")])
+            .collect();
+        let mut args = vec!["testnet", "up", "--dir", self.dir.to_str().unwrap()];
+        args.extend(flags.iter().map(String::as_str));
+        let out = bftnode(&args);
+        assert!(
+            out.status.success(),
+            "up: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+    }
+
+    pub fn node(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node{i}"))
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        http_url(&self.node(i)).unwrap()
+    }
+
+    pub fn admin_token(&self) -> String {
+        let cfg = std::fs::read_to_string(self.node(0).join("config.toml")).unwrap();
+        let cfg: NodeConfig = toml::from_str(&cfg).unwrap();
+        cfg.http.admin_token.unwrap()
+    }
+
+    pub fn pid(&self, i: usize) -> u32 {
+        std::fs::read_to_string(self.node(i).join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn kill9(&self, i: usize) {
+        let pid = self.pid(i);
+        signal(pid, "KILL");
+        let end = Instant::now() + Duration::from_secs(10);
+        while alive(pid) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "replica {i} survived kill -9");
+    }
+
+    pub fn status(&self, i: usize) -> Option<Status> {
+        fetch_status(&self.url(i)).ok()
+    }
+
+    /// `/metrics` of replica `i`.
+    pub fn metrics(&self, i: usize) -> String {
+        let (code, body) =
+            bftnode::httpget::get(&self.url(i), "/metrics", Duration::from_secs(5)).unwrap();
+        assert_eq!(code, 200);
+        body
+    }
+
+    /// Sum of the samples of `name` whose label text contains every one of `labels`
+    /// (e.g. `peer="0"`).
+    pub fn metric_sum(&self, i: usize, name: &str, labels: &[&str]) -> f64 {
+        self.metrics(i)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|x| l.contains(x))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn logs(&self) -> String {
+        (0..self.n)
+            .map(|i| {
+                let log =
+                    std::fs::read_to_string(self.node(i).join("node.log")).unwrap_or_default();
+                let tail: Vec<_> = log
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                format!("--- node{i} ---\n{}", tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Wait until the given replicas report the same last_executed and state digest.
+    pub fn wait_agree(&self, ids: &[usize], within: Duration) -> Vec<Status> {
+        let end = Instant::now() + within;
+        loop {
+            let all: Vec<Option<Status>> = ids.iter().map(|i| self.status(*i)).collect();
+            if let Some(first) = all[0].as_ref() {
+                let agree = all.iter().all(|s| {
+                    s.as_ref().is_some_and(|s| {
+                        s.last_executed == first.last_executed
+                            && s.state_digest == first.state_digest
+                            && !s.in_view_change
+                    })
+                });
+                if agree && first.last_executed > 0 {
+                    return all.into_iter().flatten().collect();
+                }
+            }
+            assert!(
+                Instant::now() < end,
+                "replicas {ids:?} did not converge: {all:#?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Wait until `check` holds for the status of every replica in `ids`.
+    pub fn wait_status(
+        &self,
+        ids: &[usize],
+        within: Duration,
+        what: &str,
+        check: impl Fn(&Status) -> bool,
+    ) -> Vec<Status> {
+        let end = Instant::now() + within;
+        loop {
+            let all: Vec<Option<Status>> = ids.iter().map(|i| self.status(*i)).collect();
+            if all.iter().all(|s| s.as_ref().is_some_and(&check)) {
+                return all.into_iter().flatten().collect();
+            }
+            assert!(
+                Instant::now() < end,
+                "replicas {ids:?}: {what} did not happen: {all:#?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn client(&self, seed: u8) -> ResolvedClient {
+        ResolvedClient {
+            key: bft_crypto::KeyPair::from_seed([seed; 32]),
+            validators: load_validators(&self.dir.join("validators.toml")).unwrap(),
+            timeout: Duration::from_secs(30),
+            retransmit: Duration::from_millis(800),
+        }
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        let _ = bftnode(&["testnet", "down", "--dir", self.dir.to_str().unwrap()]);
+    }
+}
+
+/// Accepted writes, shared by the load tasks.
+pub type Accepted = Arc<Mutex<Vec<(String, String)>>>;
+
+/// `clients` closed-loop writers; each stops after `per_client` writes or when
+/// `stop` is set. Every write must be accepted. Returns the tasks; the writes the
+/// clients saw accepted go to `accepted`.
+pub fn load(
+    net: &Testnet,
+    rt: &tokio::runtime::Runtime,
+    clients: u8,
+    per_client: usize,
+    stop: Arc<AtomicBool>,
+    accepted: Accepted,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let cfg = net.client(c + 1);
+            let stop = stop.clone();
+            let accepted = accepted.clone();
+            rt.spawn(async move {
+                let mut client = KvClient::connect(&cfg).unwrap();
+                assert!(client.wait_connected(2, Duration::from_secs(10)).await);
+                for i in 0..per_client {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (k, v) = (format!("c{c}-k{i}"), format!("v{i}"));
+                    match client.put(k.as_bytes(), v.as_bytes()).await {
+                        Ok(KvResult::Done { .. }) => accepted.lock().unwrap().push((k, v)),
+                        Ok(other) => panic!("unexpected result {other:?}"),
+                        Err(e) => panic!("client {c}: write {i} failed: {e}"),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Run `load` to completion.
+pub fn load_to_end(
+    net: &Testnet,
+    rt: &tokio::runtime::Runtime,
+    clients: u8,
+    per_client: usize,
+) -> Vec<(String, String)> {
+    let accepted: Accepted = Arc::default();
+    let tasks = load(
+        net,
+        rt,
+        clients,
+        per_client,
+        Arc::default(),
+        accepted.clone(),
+    );
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let writes = accepted.lock().unwrap().clone();
+    writes
+}
+
+pub fn wait_for_writes(accepted: &Accepted, at_least: usize, within: Duration) {
+    let end = Instant::now() + within;
+    while accepted.lock().unwrap().len() < at_least {
+        assert!(
+            Instant::now() < end,
+            "only {} of {at_least} writes accepted",
+            accepted.lock().unwrap().len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every accepted write reads back with its value.
+pub fn read_back(net: &Testnet, rt: &tokio::runtime::Runtime, writes: &[(String, String)]) {
+    let cfg = net.client(200);
+    rt.block_on(async {
+        let mut client = KvClient::connect(&cfg).unwrap();
+        assert!(client.wait_connected(2, Duration::from_secs(10)).await);
+        for (k, v) in writes {
+            let got = client.get(k.as_bytes()).await.unwrap();
+            assert_eq!(
+                got,
+                KvResult::Value(Some(v.as_bytes().to_vec())),
+                "key {k} lost"
+            );
+        }
+    });
+}
+
+pub fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
