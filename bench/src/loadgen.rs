@@ -34,6 +34,9 @@ pub struct LoadConfig {
     /// Client identities in open-loop mode (closed-loop uses one per outstanding).
     pub clients: usize,
     pub payload: usize,
+    /// Distinct keys written (round robin): the replicated state stays bounded, as
+    /// it does for a real workload, however long the run.
+    pub keys: u64,
     #[serde(with = "secs")]
     pub duration: Duration,
     #[serde(with = "secs")]
@@ -151,6 +154,8 @@ pub async fn run(validators: &ValidatorSet, cfg: &LoadConfig) -> anyhow::Result<
         .map(|(w, client)| {
             let worker = Worker {
                 id: w,
+                workers: workers as u64,
+                keys: cfg.keys.max(1),
                 client,
                 counters: counters.clone(),
                 value: value.clone(),
@@ -210,6 +215,8 @@ async fn pace(rate: f64, start: Instant, end: Instant, tx: mpsc::UnboundedSender
 
 struct Worker {
     id: usize,
+    workers: u64,
+    keys: u64,
     client: KvClient,
     counters: Arc<Counters>,
     value: Arc<Vec<u8>>,
@@ -237,7 +244,7 @@ impl Worker {
             if Instant::now() >= self.end {
                 break;
             }
-            let key = format!("bench-{}-{i}", self.id);
+            let key = format!("bench-{}", (self.id as u64 + i * self.workers) % self.keys);
             self.counters.sent.fetch_add(1, Ordering::Relaxed);
             match self.client.put(key.as_bytes(), &self.value).await {
                 Ok(KvResult::Done { .. }) => {

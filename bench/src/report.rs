@@ -81,11 +81,12 @@ impl Summary {
             Mode::ClosedLoop { outstanding } => format!("closed loop, {outstanding} outstanding"),
         };
         format!(
-            "SUMMARY\n  target      {} ({} replica{})\n  load        {mode}, {}-byte writes, {:.0}s after {:.0}s warm-up\n  throughput  {:.0} req/s\n  latency     p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  requests    sent {}  committed {}  errors {}\n",
+            "SUMMARY\n  target      {} ({} replica{})\n  load        {mode}, {}-byte writes to {} keys, {:.0}s after {:.0}s warm-up\n  throughput  {:.0} req/s\n  latency     p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  requests    sent {}  committed {}  errors {}\n",
             c.target.kind,
             c.target.replicas,
             if c.target.replicas == 1 { "" } else { "s" },
             c.load.payload,
+            c.load.keys,
             c.load.duration.as_secs_f64(),
             c.load.warmup.as_secs_f64(),
             self.throughput_rps,

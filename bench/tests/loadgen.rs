@@ -12,6 +12,7 @@ fn config(mode: Mode) -> LoadConfig {
         mode,
         clients: 4,
         payload: 512,
+        keys: 100,
         duration: Duration::from_secs(2),
         warmup: Duration::from_millis(500),
         timeout: Duration::from_secs(5),

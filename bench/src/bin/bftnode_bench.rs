@@ -41,6 +41,9 @@ struct Args {
     /// Value size of each write, in bytes.
     #[arg(long, default_value_t = 512)]
     payload: usize,
+    /// Distinct keys the writes cycle through.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
     /// Measured seconds per run.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -93,8 +96,15 @@ fn main() -> ExitCode {
 
 /// The loads to run, in order.
 fn loads(args: &Args) -> anyhow::Result<Vec<LoadConfig>> {
-    if args.payload == 0 || args.duration <= 0.0 || args.warmup < 0.0 || args.timeout <= 0.0 {
-        bail!("--payload, --duration and --timeout must be positive, --warmup not negative");
+    if args.payload == 0
+        || args.keys == 0
+        || args.duration <= 0.0
+        || args.warmup < 0.0
+        || args.timeout <= 0.0
+    {
+        bail!(
+            "--payload, --keys, --duration and --timeout must be positive, --warmup not negative"
+        );
     }
     let modes: Vec<Mode> = if !args.sweep.is_empty() {
         args.sweep
@@ -123,6 +133,7 @@ fn loads(args: &Args) -> anyhow::Result<Vec<LoadConfig>> {
             mode,
             clients: args.clients,
             payload: args.payload,
+            keys: args.keys,
             duration: Duration::from_secs_f64(args.duration),
             warmup: Duration::from_secs_f64(args.warmup),
             timeout: Duration::from_secs_f64(args.timeout),
