@@ -1,7 +1,8 @@
 //! The baseline: the same KV application on one server, unreplicated, behind the
 //! same libp2p transport and the same client library. It does what a replica does
 //! for a client minus agreement: verify the request signature (batched), execute
-//! once per client timestamp, sign the reply. The replicated/unreplicated
+//! once per client timestamp (re-sending the last reply on retransmission), sign
+//! the reply. The replicated/unreplicated
 //! throughput ratio is then the cost of PBFT itself.
 
 use bft_consensus::messages::Reply;
@@ -75,7 +76,8 @@ impl Drop for Unreplicated {
 async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound>) {
     let validator = Validator::new(&ReplicaConfig::new(0, Membership::new(vec![key.public()])));
     let mut app = KvStore::new();
-    let mut last_timestamp: BTreeMap<PublicKey, u64> = BTreeMap::new();
+    // Each client's last timestamp and reply, re-sent on retransmission (as replicas do).
+    let mut last_reply: BTreeMap<PublicKey, (u64, Arc<Vec<u8>>)> = BTreeMap::new();
     while let Some(first) = inbound.recv().await {
         let mut frames = vec![first];
         while frames.len() < BATCH {
@@ -93,11 +95,17 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
                 continue;
             };
             let client = request.signer();
-            let last = last_timestamp.entry(client).or_insert(0);
-            if request.timestamp <= *last {
-                continue; // a retransmission: executed once already
+            let Some(peer) = bft_net::peer_id_of(&client) else {
+                continue;
+            };
+            match last_reply.get(&client) {
+                Some((ts, reply)) if *ts == request.timestamp => {
+                    let _ = net.send(peer, reply.clone());
+                    continue;
+                }
+                Some((ts, _)) if *ts > request.timestamp => continue,
+                _ => {}
             }
-            *last = request.timestamp;
             let result = app.execute(&request.operation);
             let reply = Signed::sign(
                 Reply {
@@ -109,12 +117,12 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
                 },
                 &key,
             );
-            if let (Some(peer), Ok(bytes)) = (
-                bft_net::peer_id_of(&client),
-                bft_crypto::encode(&Message::Reply(reply)),
-            ) {
-                let _ = net.send(peer, Arc::new(bytes));
-            }
+            let Ok(bytes) = bft_crypto::encode(&Message::Reply(reply)) else {
+                continue;
+            };
+            let bytes = Arc::new(bytes);
+            last_reply.insert(client, (request.timestamp, bytes.clone()));
+            let _ = net.send(peer, bytes);
         }
     }
 }

@@ -6,7 +6,6 @@ use bft_consensus::messages::MAX_MESSAGE_BYTES;
 use bft_consensus::validate::claimed_sender;
 use bft_consensus::{Message, Rejection, ReplicaId, Validator, VerifiedMessage};
 use bft_net::{Inbound, PeerId};
-use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
@@ -23,31 +22,32 @@ pub struct Checked {
 /// Frames handed to one worker at once (client requests in them are batch-verified).
 const BATCH: usize = 256;
 
-/// The verify threads: a feeder drains the network's inbound queue into batches, and
-/// workers decode and verify them. The event loop never touches raw frames.
+/// The verify threads. Each takes a batch straight from the network's inbound queue
+/// (one thread at a time holds the queue while it gathers), checks it and hands the
+/// results to the event loop. The event loop never touches raw frames, and a frame
+/// crosses only two thread boundaries on its way in: network to verifier, verifier
+/// to loop.
 pub struct VerifyPool;
 
 impl VerifyPool {
-    /// Start a feeder reading `inbound` and `threads` workers that send results to
-    /// `out`. Everything stops once `inbound` closes or `out` is dropped.
+    /// Start `threads` workers reading `inbound` and sending results to `out`.
+    /// Everything stops once `inbound` closes or `out` is dropped.
     pub fn start(
         threads: usize,
         validator: Arc<Validator>,
-        mut inbound: mpsc::Receiver<Inbound>,
+        inbound: mpsc::Receiver<Inbound>,
         out: mpsc::Sender<Vec<Checked>>,
     ) {
-        let (tx, rx) = std_mpsc::sync_channel::<Vec<Inbound>>(1024);
-        let rx = Arc::new(Mutex::new(rx));
+        let inbound = Arc::new(Mutex::new(inbound));
         for i in 0..threads.max(1) {
-            let rx = rx.clone();
+            let inbound = inbound.clone();
             let validator = validator.clone();
             let out = out.clone();
             std::thread::Builder::new()
                 .name(format!("verify-{i}"))
                 .spawn(move || loop {
-                    let batch = match rx.lock().expect("verify queue lock").recv() {
-                        Ok(b) => b,
-                        Err(_) => return,
+                    let Some(batch) = next_batch(&inbound) else {
+                        return;
                     };
                     if out.blocking_send(check(&validator, batch)).is_err() {
                         return;
@@ -55,24 +55,24 @@ impl VerifyPool {
                 })
                 .expect("spawn verify thread");
         }
-        std::thread::Builder::new()
-            .name("verify-feed".into())
-            .spawn(move || {
-                while let Some(first) = inbound.blocking_recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < BATCH {
-                        match inbound.try_recv() {
-                            Ok(f) => batch.push(f),
-                            Err(_) => break,
-                        }
-                    }
-                    if tx.send(batch).is_err() {
-                        return;
-                    }
-                }
-            })
-            .expect("spawn verify feeder");
     }
+}
+
+/// Wait for a frame, then take whatever else is already queued, up to [`BATCH`].
+/// None once the network is gone.
+fn next_batch(inbound: &Mutex<mpsc::Receiver<Inbound>>) -> Option<Vec<Inbound>> {
+    let mut rx = inbound
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let first = rx.blocking_recv()?;
+    let mut batch = vec![first];
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(f) => batch.push(f),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 fn check(validator: &Validator, batch: Vec<Inbound>) -> Vec<Checked> {
