@@ -172,28 +172,19 @@ impl Testnet {
 
     /// Wait until the given replicas report the same last_executed and state digest.
     pub fn wait_agree(&self, ids: &[usize], within: Duration) -> Vec<Status> {
-        let end = Instant::now() + within;
-        loop {
-            let all: Vec<Option<Status>> = ids.iter().map(|i| self.status(*i)).collect();
-            if let Some(first) = all[0].as_ref() {
-                let agree = all.iter().all(|s| {
+        self.wait_until(ids, within, "converge", |all| {
+            let Some(first) = all[0].as_ref() else {
+                return false;
+            };
+            first.last_executed > 0
+                && all.iter().all(|s| {
                     s.as_ref().is_some_and(|s| {
                         s.last_executed == first.last_executed
                             && s.state_digest == first.state_digest
                             && !s.in_view_change
                     })
-                });
-                if agree && first.last_executed > 0 {
-                    return all.into_iter().flatten().collect();
-                }
-            }
-            assert!(
-                Instant::now() < end,
-                "replicas {ids:?} did not converge: {all:#?}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+                })
+        })
     }
 
     /// Wait until `check` holds for the status of every replica in `ids`.
@@ -204,10 +195,24 @@ impl Testnet {
         what: &str,
         check: impl Fn(&Status) -> bool,
     ) -> Vec<Status> {
+        self.wait_until(ids, within, what, |all| {
+            all.iter().all(|s| s.as_ref().is_some_and(&check))
+        })
+    }
+
+    /// Poll the statuses of `ids` until `ready` holds for them together; panics
+    /// with the statuses and log tails after `within`.
+    fn wait_until(
+        &self,
+        ids: &[usize],
+        within: Duration,
+        what: &str,
+        ready: impl Fn(&[Option<Status>]) -> bool,
+    ) -> Vec<Status> {
         let end = Instant::now() + within;
         loop {
             let all: Vec<Option<Status>> = ids.iter().map(|i| self.status(*i)).collect();
-            if all.iter().all(|s| s.as_ref().is_some_and(&check)) {
+            if ready(&all) {
                 return all.into_iter().flatten().collect();
             }
             assert!(
