@@ -2,7 +2,7 @@
 //! between `FailureDetector`s, and replicas in the PBFT simulator whose primary is
 //! silent (alive heartbeats, no ordering) or crashed.
 
-use bft_consensus::fd::{FailureDetector, FdConfig, Heartbeat, Reason};
+use bft_consensus::fd::{FailureDetector, FdConfig, Heartbeat, Progress, Reason};
 use bft_consensus::sim::{run, SimConfig};
 use bft_consensus::types::ReplicaId;
 use rand::{Rng, SeedableRng};
@@ -63,7 +63,7 @@ fn simulate(
                 continue;
             }
             let d = &mut detectors[i as usize];
-            let hb = d.next_heartbeat();
+            let hb = d.next_heartbeat(Progress::default());
             for to in ids.clone().filter(|t| *t != i) {
                 flight.push((now + delay(&mut rng, now), to, hb.clone()));
             }
@@ -171,7 +171,7 @@ fn stale_and_replayed_heartbeats_do_not_count_as_life() {
     let cfg = FdConfig::with_interval(BEAT);
     let mut sender = FailureDetector::new(cfg.clone(), 1, [0, 1], 7, Duration::ZERO);
     let mut d = FailureDetector::new(cfg.clone(), 0, [0, 1], 1, Duration::ZERO);
-    let first = sender.next_heartbeat();
+    let first = sender.next_heartbeat(Progress::default());
     assert!(d.on_heartbeat(&first, BEAT));
     assert!(
         !d.on_heartbeat(&first, 2 * BEAT),
@@ -185,7 +185,7 @@ fn stale_and_replayed_heartbeats_do_not_count_as_life() {
     assert_eq!(d.suspected(), vec![1]);
     // A restart (new incarnation) is fresh even though its counter starts over.
     let mut restarted = FailureDetector::new(cfg, 1, [0, 1], 8, Duration::ZERO);
-    assert!(d.on_heartbeat(&restarted.next_heartbeat(), BEAT * 20));
+    assert!(d.on_heartbeat(&restarted.next_heartbeat(Progress::default()), BEAT * 20));
     assert!(d.suspected().is_empty());
 }
 

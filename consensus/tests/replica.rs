@@ -277,6 +277,59 @@ fn lagging_replica_catches_up_by_state_transfer() {
         .any(|o| matches!(o, Output::StateInstalled { seq: 12, .. })));
 }
 
+/// Retransmission (the BFT library's status messages): a replica that missed
+/// everything, including the last stable checkpoint and the slots after it, catches
+/// up from its peers' heartbeats alone; no new request pushes a later checkpoint.
+#[test]
+fn lagging_replica_catches_up_from_heartbeats_without_new_requests() {
+    let mut c = Cluster::new(4);
+    for id in 0..4 {
+        let mut out = Vec::new();
+        c.replicas[id as usize]
+            .as_mut()
+            .unwrap()
+            .start(c.now, &mut out);
+        c.perform(id, out);
+    }
+    c.drop_if = Box::new(|_, to, m| *to == To::Replica(3) && !matches!(m, Message::Heartbeat(_)));
+    for ts in 1..=14 {
+        c.client_sends(0, request(&client_key(1), ts, "k", &format!("v{ts}")));
+        c.run();
+    }
+    assert_eq!(c.replica(0).last_executed(), 14);
+    assert_eq!(c.replica(0).stable_checkpoint().seq, 12);
+    assert_eq!(c.replica(3).last_executed(), 0);
+    c.drop_if = Box::new(|_, _, _| false);
+    c.run();
+    assert_eq!(c.replica(3).last_executed(), 0, "nothing was resent yet");
+    let beat = c.group.config(0).fd.heartbeat_interval;
+    for k in 1..=4 {
+        c.advance_to(beat * k);
+        c.run();
+    }
+    let r3 = c.replica(3);
+    assert_eq!(r3.last_executed(), 14);
+    assert_eq!(r3.state_digest(), c.replica(0).state_digest());
+    let out = c.all_outputs(3);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::StateInstalled { seq: 12, .. })));
+    assert_eq!(executed_seqs(&c, 3), vec![13, 14], "13 and 14 ran, not fetched");
+    // Caught up, it is helped no more: heartbeats go on, resends stop.
+    let sent_to_3 = |c: &Cluster| {
+        (0..3)
+            .flat_map(|id| c.all_outputs(id))
+            .filter(|o| matches!(o, Output::Send { to: 3, message } if !matches!(message, Message::Heartbeat(_))))
+            .count()
+    };
+    let before = sent_to_3(&c);
+    for k in 5..=8 {
+        c.advance_to(beat * k);
+        c.run();
+    }
+    assert_eq!(sent_to_3(&c), before);
+}
+
 /// Recovery: a replica that prepared a digest, crashed and restarted, refuses a
 /// different digest for the same (view, seq): it never contradicts what it signed.
 #[test]

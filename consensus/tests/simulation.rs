@@ -60,6 +60,18 @@ fn assert_faults_were_exercised(reports: &[SimReport]) {
         reports.iter().all(|r| r.accepted_requests > 0),
         "a run accepted nothing"
     );
+    let mut needed: Vec<u64> = reports
+        .iter()
+        .filter(|r| r.catch_up_requests > 0)
+        .map(|r| r.seed)
+        .collect();
+    needed.sort_unstable();
+    println!(
+        "{} of {} runs: every honest replica caught up without new requests (others: seeds {:?})",
+        reports.len() - needed.len(),
+        reports.len(),
+        needed
+    );
 }
 
 #[test]

@@ -18,24 +18,35 @@ mod phi;
 pub use eventually_perfect::{EventuallyPerfect, Verdict};
 pub use phi::{phi_of, PhiAccrual, PHI_MAX};
 
-use crate::types::ReplicaId;
+use crate::types::{ReplicaId, Seq, View};
 use bft_crypto::Signable;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-/// <HEARTBEAT, i, incarnation, counter>σi. `(incarnation, counter)` only grows for
-/// one replica, so a duplicated or replayed heartbeat is recognised and ignored.
+/// <HEARTBEAT, i, incarnation, counter, progress>σi. `(incarnation, counter)` only
+/// grows for one replica, so a duplicated or replayed heartbeat is recognised and
+/// ignored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub replica: ReplicaId,
     /// Differs after every restart (the node uses its start time).
     pub incarnation: u64,
     pub counter: u64,
+    /// Where the sender stands; the detector ignores it, the replica uses it to help
+    /// a peer that stopped executing (the role of the BFT library's status messages).
+    pub progress: Progress,
+}
+
+/// A replica's position, piggybacked on its heartbeats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub view: View,
+    pub last_executed: Seq,
 }
 
 impl Signable for Heartbeat {
-    const DOMAIN: &'static str = "bftnode/heartbeat/v1";
+    const DOMAIN: &'static str = "bftnode/heartbeat/v2";
 }
 
 /// Tunables (the node's `[failure_detector]` section).
@@ -150,13 +161,14 @@ impl FailureDetector {
         &self.cfg
     }
 
-    /// The next heartbeat to sign and broadcast.
-    pub fn next_heartbeat(&mut self) -> Heartbeat {
+    /// The next heartbeat to sign and broadcast, carrying the sender's `progress`.
+    pub fn next_heartbeat(&mut self, progress: Progress) -> Heartbeat {
         self.counter += 1;
         Heartbeat {
             replica: self.me,
             incarnation: self.incarnation,
             counter: self.counter,
+            progress,
         }
     }
 

@@ -29,7 +29,7 @@ impl<A: Application> Replica<A> {
     }
 
     pub(super) fn on_heartbeat_timer(&mut self) {
-        let hb = self.fd.next_heartbeat();
+        let hb = self.fd.next_heartbeat(self.progress());
         let signed = self.sign(hb);
         self.broadcast(Message::Heartbeat(signed));
         let newly = self.fd.check(self.now);
@@ -43,6 +43,7 @@ impl<A: Application> Replica<A> {
     pub(super) fn on_heartbeat(&mut self, hb: &Verified<Heartbeat>) {
         if self.fd.on_heartbeat(hb, self.now) {
             self.report_suspicions();
+            self.on_peer_progress(hb.replica, hb.progress);
         }
     }
 

@@ -10,6 +10,7 @@ mod checkpoint;
 mod failure_detection;
 mod normal;
 mod recovery;
+mod retransmit;
 mod slot;
 mod state_transfer;
 mod view_change;
@@ -92,6 +93,8 @@ pub struct Replica<A: Application> {
     /// The suspected set last reported in an [`Output::Suspected`], and why.
     reported_suspects: Vec<ReplicaId>,
     reported_reasons: BTreeMap<ReplicaId, BTreeSet<crate::fd::Reason>>,
+    /// Each peer's position from its heartbeats (see [`retransmit`]).
+    peer_progress: BTreeMap<ReplicaId, retransmit::PeerProgress>,
 }
 
 impl<A: Application> Replica<A> {
@@ -144,6 +147,7 @@ impl<A: Application> Replica<A> {
             fd,
             reported_suspects: Vec::new(),
             reported_reasons: BTreeMap::new(),
+            peer_progress: BTreeMap::new(),
         }
     }
 

@@ -31,6 +31,9 @@ pub struct SimReport {
     pub messages_delivered: u64,
     pub messages_dropped: u64,
     pub sim_time_ms: u64,
+    /// Requests the run had to add after the workload (and a grace period) before
+    /// every honest replica caught up: 0 when retransmission alone sufficed.
+    pub catch_up_requests: u64,
     /// Changes of some replica's suspected set.
     pub suspicion_changes: u64,
     /// Every replica some honest replica suspected, with the reasons it gave.

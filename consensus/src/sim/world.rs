@@ -25,6 +25,8 @@ const CLIENT_RETRANSMIT: Duration = Duration::from_millis(600);
 const VIEW_CHANGE_TIMEOUT: Duration = Duration::from_millis(400);
 /// Heartbeats are signed; a slower beat than the node's keeps thousands of runs cheap.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(150);
+/// After the workload ends, how long laggards have to catch up without new requests.
+const CATCH_UP_GRACE: Duration = Duration::from_secs(3);
 /// Bound on events per run (a livelock guard; far above what a passing run uses).
 const MAX_EVENTS: u64 = 3_000_000;
 
@@ -120,6 +122,8 @@ pub(crate) struct World {
     tail_requests: usize,
     /// The highest honest executed seq when the workload finished.
     catch_up_target: Option<Seq>,
+    /// When the workload ended (every client done).
+    quiet_since: Option<Duration>,
 }
 
 type Step = Result<(), Violation>;
@@ -203,6 +207,7 @@ impl World {
             report,
             tail_requests: 0,
             catch_up_target: None,
+            quiet_since: None,
         }
     }
 
@@ -340,6 +345,7 @@ impl World {
             .unwrap_or(0)
             .max(self.checker.highest_accepted_seq());
         let target = *self.catch_up_target.get_or_insert(highest);
+        let quiet_since = *self.quiet_since.get_or_insert(self.now);
         if honest.iter().all(|r| r.last_executed() >= target) {
             let mut digests: BTreeMap<Seq, bft_crypto::Digest> = BTreeMap::new();
             for r in &honest {
@@ -361,8 +367,14 @@ impl World {
             self.checker.check_durable(upto)?;
             return Ok(true);
         }
+        // First give retransmission alone a chance to bring laggards up (see
+        // `replica::retransmit`); only then keep new checkpoints coming.
+        if self.now < quiet_since + CATCH_UP_GRACE {
+            return Ok(false);
+        }
         if self.tail_requests < 400 {
             self.tail_requests += 1;
+            self.report.catch_up_requests += 1;
             self.clients[0].remaining += 1;
             self.schedule(Duration::from_millis(5), Event::ClientNext { client: 0 });
         }
