@@ -314,7 +314,11 @@ fn lagging_replica_catches_up_from_heartbeats_without_new_requests() {
     assert!(out
         .iter()
         .any(|o| matches!(o, Output::StateInstalled { seq: 12, .. })));
-    assert_eq!(executed_seqs(&c, 3), vec![13, 14], "13 and 14 ran, not fetched");
+    assert_eq!(
+        executed_seqs(&c, 3),
+        vec![13, 14],
+        "13 and 14 ran, not fetched"
+    );
     // Caught up, it is helped no more: heartbeats go on, resends stop.
     let sent_to_3 = |c: &Cluster| {
         (0..3)

@@ -1,22 +1,25 @@
-//! Helping a peer that stopped executing (the role of status messages in Castro's
-//! BFT library, TOCS'02 §5.2 "retransmission").
+//! Helping a peer that stopped executing (the job the status messages do in Castro
+//! and Liskov's BFT library).
 //!
 //! PBFT never resends by itself: a replica that missed the messages of some sequence
 //! numbers (it was down, partitioned, or busy with a state transfer while they were
 //! ordered) catches up through the next stable checkpoint. If no further requests
 //! come, that checkpoint never comes and the replica stays behind for good. Every
 //! heartbeat says where its sender stands; when a peer reports the same position
-//! twice in a row while we are ahead, we resend what it needs:
+//! twice in a row, we resend what it may lack:
 //! - behind our stable checkpoint: the checkpoint's 2f+1 signed proof, so it can
 //!   adopt that checkpoint and fetch the state;
 //! - in an older view: the new-view that started ours (it proves itself);
-//! - inside our log, in our view: for each committed slot it has not executed, the
-//!   pre-prepare with its batch and our own prepare and commit. Every honest helper
-//!   does the same, so the peer gathers its quorums from messages that were already
-//!   signed; nothing new is signed and no rule of the protocol changes.
+//! - inside our log, in our view: for each slot above what it executed, the
+//!   pre-prepare with its batch and our own prepare and commit if we sent them. Every
+//!   honest replica does the same, so the peer gathers its quorums from messages
+//!   that were already signed; nothing new is signed and no rule of the protocol
+//!   changes. Slots we have not committed count too: two laggards can each hold the
+//!   commit the other lacks (found by the simulator, seed 798 with f=1).
 //!
-//! A faulty peer can claim to be behind forever; what it gets is bounded by one
-//! window of our log per heartbeat interval.
+//! A faulty peer can claim to be behind forever; what it gets is bounded by K slots
+//! (one checkpoint interval) per heartbeat interval. An honest laggard further behind
+//! than that is brought up by the next K on its next reports, or by state transfer.
 
 use super::Replica;
 use crate::app::Application;
@@ -48,7 +51,7 @@ impl<A: Application> Replica<A> {
         let entry = self.peer_progress.entry(peer).or_default();
         let stuck = entry.reported == now_at;
         entry.reported = now_at;
-        if !stuck || now_at.last_executed >= self.last_executed {
+        if !stuck {
             return;
         }
         if entry
@@ -85,21 +88,21 @@ impl<A: Application> Replica<A> {
             }
             return;
         }
+        // Every slot above what it executed that we accepted in this view: the
+        // pre-prepare, and our own prepare and commit if we sent them. Not only slots
+        // we executed: two laggards may each hold the commit the other lacks.
         let me = self.me();
-        // The stable checkpoint can run ahead of execution (a proven checkpoint
-        // installed before its state arrived); then there is nothing of ours to resend.
-        let from = at.last_executed.max(self.stable.seq);
-        if from >= self.last_executed {
+        let Some(first) = at.last_executed.max(self.stable.seq).checked_add(1) else {
             return;
-        }
+        };
         let mut resend = Vec::new();
-        for (_, slot) in self.log.range(from + 1..=self.last_executed) {
-            let Some((pp, batch)) = slot.pre_prepare.as_ref() else {
-                continue;
-            };
-            if !slot.committed || pp.payload.view != self.view {
-                continue;
-            }
+        let limit = usize::try_from(self.cfg.checkpoint_interval).unwrap_or(usize::MAX);
+        let view = self.view;
+        let accepted = self.log.range(first..).filter_map(|(_, slot)| {
+            let (pp, batch) = slot.pre_prepare.as_ref()?;
+            (pp.payload.view == view).then_some((slot, pp, batch))
+        });
+        for (slot, pp, batch) in accepted.take(limit) {
             resend.push(Message::PrePrepare(pp.clone(), batch.clone()));
             let (view, digest) = (pp.payload.view, pp.payload.digest);
             if let Some(p) = slot.prepares.get(&me) {
