@@ -6,7 +6,7 @@
 //! applying them in order. The simulator keeps one in memory; the node keeps one in
 //! RocksDB. Either way the replica recovers through [`crate::Replica::recover`].
 
-use crate::messages::{Batch, Checkpoint, PrePrepare, PreparedCert, ViewChange};
+use crate::messages::{Batch, Checkpoint, NewView, PrePrepare, PreparedCert, ViewChange};
 use crate::types::{Seq, View};
 use bft_crypto::{Digest, Signed};
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,10 @@ pub enum PersistRecord {
     },
     /// The view-change message this replica sent.
     ViewChangeSent(Signed<ViewChange>),
+    /// The new-view that started the view this replica entered. Kept so that after a
+    /// restart it can still relay it to a replica that missed it (see
+    /// `replica::retransmit`): the primary that signed it may have moved on.
+    NewViewEntered(Signed<NewView>),
     /// A new stable checkpoint; everything at or below `seq` may be discarded.
     Stable(StableCheckpoint),
 }
@@ -60,6 +64,7 @@ pub struct DurableState {
     pub prepared: BTreeMap<Seq, PreparedCert>,
     pub committed: BTreeMap<Seq, (View, Digest)>,
     pub view_change: Option<Signed<ViewChange>>,
+    pub new_view: Option<Signed<NewView>>,
 }
 
 impl DurableState {
@@ -112,6 +117,15 @@ impl DurableState {
                     .is_none_or(|old| old.payload.new_view <= vc.payload.new_view)
                 {
                     self.view_change = Some(vc.clone());
+                }
+            }
+            PersistRecord::NewViewEntered(nv) => {
+                if self
+                    .new_view
+                    .as_ref()
+                    .is_none_or(|old| old.payload.view <= nv.payload.view)
+                {
+                    self.new_view = Some(nv.clone());
                 }
             }
             PersistRecord::Stable(cp) => {

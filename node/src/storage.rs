@@ -1,6 +1,6 @@
 //! RocksDB storage of what the core marks durable (DESIGN.md "Persistence").
 //!
-//! Keys: `view`, `vc`, `stable` (the stable checkpoint with its 2f+1 proof and
+//! Keys: `view`, `vc` (the view-change sent), `nv` (the new-view entered), `stable` (the stable checkpoint with its 2f+1 proof and
 //! snapshot), and per sequence number `a/`, `p/`, `c/` + big-endian seq for the
 //! accepted pre-prepare (with batch), the prepared certificate and the commit
 //! decision. The application's data lives in the stable snapshot plus the committed
@@ -26,6 +26,7 @@ pub enum StorageError {
 
 const VIEW: &[u8] = b"view";
 const VIEW_CHANGE: &[u8] = b"vc";
+const NEW_VIEW: &[u8] = b"nv";
 const STABLE: &[u8] = b"stable";
 const ACCEPTED: &[u8] = b"a/";
 const PREPARED: &[u8] = b"p/";
@@ -103,6 +104,11 @@ impl Storage {
                         batch.put(VIEW_CHANGE, enc(vc));
                     }
                 }
+                PersistRecord::NewViewEntered(_) => {
+                    if let Some(nv) = &d.new_view {
+                        batch.put(NEW_VIEW, enc(nv));
+                    }
+                }
                 PersistRecord::Stable(cp) => {
                     if d.stable.as_ref().is_some_and(|s| s.seq == cp.seq) {
                         batch.put(STABLE, enc(cp));
@@ -167,6 +173,7 @@ fn load(db: &DB) -> Result<DurableState, StorageError> {
         d.changing = changing;
     }
     d.view_change = get(db, VIEW_CHANGE)?;
+    d.new_view = get(db, NEW_VIEW)?;
     d.stable = get(db, STABLE)?;
     d.accepted = scan(db, ACCEPTED)?.into_iter().collect();
     d.prepared = scan(db, PREPARED)?.into_iter().collect();
@@ -240,6 +247,35 @@ mod tests {
             vec![9]
         );
         assert!(s.durable().committed.is_empty());
+    }
+
+    #[test]
+    fn the_latest_new_view_survives_reopen() {
+        use bft_consensus::messages::NewView;
+        let key = KeyPair::from_seed([1; 32]);
+        let nv = |view| {
+            Signed::sign(
+                NewView {
+                    view,
+                    view_changes: vec![],
+                    pre_prepares: vec![],
+                    replica: 1,
+                },
+                &key,
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Storage::open(dir.path()).unwrap();
+            s.persist(&[PersistRecord::NewViewEntered(nv(5))]).unwrap();
+            s.persist(&[PersistRecord::NewViewEntered(nv(2))]).unwrap();
+        }
+        let s = Storage::open(dir.path()).unwrap();
+        assert_eq!(
+            s.durable().new_view,
+            Some(nv(5)),
+            "an older view never wins"
+        );
     }
 
     #[test]

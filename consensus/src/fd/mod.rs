@@ -42,6 +42,8 @@ pub struct Heartbeat {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub view: View,
+    /// Changing into `view` (a view-change sent, its new-view not yet seen).
+    pub changing: bool,
     pub last_executed: Seq,
 }
 

@@ -32,6 +32,7 @@ impl<A: Application> Replica<A> {
         let hb = self.fd.next_heartbeat(self.progress());
         let signed = self.sign(hb);
         self.broadcast(Message::Heartbeat(signed));
+        self.rebroadcast_votes_if_stuck();
         let newly = self.fd.check(self.now);
         if newly.contains(&self.primary()) {
             self.on_primary_timed_out();

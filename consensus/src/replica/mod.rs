@@ -95,6 +95,8 @@ pub struct Replica<A: Application> {
     reported_reasons: BTreeMap<ReplicaId, BTreeSet<crate::fd::Reason>>,
     /// Each peer's position from its heartbeats (see [`retransmit`]).
     peer_progress: BTreeMap<ReplicaId, retransmit::PeerProgress>,
+    /// Our own position at the previous heartbeat (are we stuck?).
+    progress_at_last_beat: Option<crate::fd::Progress>,
 }
 
 impl<A: Application> Replica<A> {
@@ -148,6 +150,7 @@ impl<A: Application> Replica<A> {
             reported_suspects: Vec::new(),
             reported_reasons: BTreeMap::new(),
             peer_progress: BTreeMap::new(),
+            progress_at_last_beat: None,
         }
     }
 

@@ -57,6 +57,10 @@ impl<A: Application> Replica<A> {
         }
         r.view = durable.view;
         r.changing = durable.changing;
+        r.last_new_view = durable
+            .new_view
+            .clone()
+            .filter(|nv| nv.payload.view == r.view && !r.changing);
         r.certs = durable
             .prepared
             .range(r.stable.seq + 1..)

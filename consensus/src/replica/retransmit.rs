@@ -9,25 +9,41 @@
 //! twice in a row, we resend what it may lack:
 //! - behind our stable checkpoint: the checkpoint's 2f+1 signed proof, so it can
 //!   adopt that checkpoint and fetch the state;
-//! - in an older view: the new-view that started ours (it proves itself);
-//! - inside our log, in our view: for each slot above what it executed, the
-//!   pre-prepare with its batch and our own prepare and commit if we sent them. Every
-//!   honest replica does the same, so the peer gathers its quorums from messages
-//!   that were already signed; nothing new is signed and no rule of the protocol
-//!   changes. Slots we have not committed count too: two laggards can each hold the
-//!   commit the other lacks (found by the simulator, seed 798 with f=1).
+//! - in an older view, or still changing into ours: the new-view that started ours
+//!   (it proves itself);
+//! - inside our log, in our view: for the first slots above what it executed, the
+//!   pre-prepare with its batch and every matching prepare and commit we hold. The
+//!   peer gathers its quorums from messages that were already signed (by whoever
+//!   sent them: a relayed vote is as good as the original); nothing new is signed
+//!   and no rule of the protocol changes. Slots we have not committed count too: two
+//!   laggards can each hold the commit the other lacks (simulator, seed 798, f=1).
+//!   Relaying all votes, not just our own, matters when the replicas that could
+//!   vouch again lost their votes in a crash (seed 63, f=2).
 //!
-//! A faulty peer can claim to be behind forever; what it gets is bounded by K slots
-//! (one checkpoint interval) per heartbeat interval. An honest laggard further behind
-//! than that is brought up by the next K on its next reports, or by state transfer.
+//! And a replica that has not moved since its last heartbeat while a peer reports it
+//! executed more broadcasts the votes it holds for the slots it is stuck on: the
+//! replicas ahead may have executed them in an earlier view and need this view's
+//! votes to commit them again before they can vouch for them (seed 487, f=2).
+//!
+//! A faulty peer can claim to be behind forever; what it gets is bounded by
+//! [`RESEND_SLOTS`] slots per heartbeat interval.
 
+use super::slot::{matching, Slot};
 use super::Replica;
 use crate::app::Application;
 use crate::fd::Progress;
 use crate::io::Output;
-use crate::messages::Message;
-use crate::types::ReplicaId;
+use crate::messages::{Batch, Message, PrePrepare};
+use crate::types::{ReplicaId, Seq, View};
+use bft_crypto::{Digest, Signed};
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// Slots resent per heartbeat interval: enough for the tail of a log, small enough
+/// that a peer lying about being behind gets little (each pre-prepare carries its
+/// batch). A laggard further behind gets the next ones on its next reports, or
+/// catches up by state transfer once a later checkpoint is stable.
+const RESEND_SLOTS: usize = 16;
 
 /// What a peer last told us of its position, and when we last helped it.
 #[derive(Clone, Copy, Debug, Default)]
@@ -41,7 +57,36 @@ impl<A: Application> Replica<A> {
     pub(super) fn progress(&self) -> Progress {
         Progress {
             view: self.view,
+            changing: self.changing,
             last_executed: self.last_executed,
+        }
+    }
+
+    /// On our heartbeat timer: if we have not moved since the last beat while some
+    /// peer reports it executed more, broadcast every matching prepare and commit we
+    /// hold for the slots we are stuck on. The replicas ahead may have executed those
+    /// slots in an earlier view and lack this view's votes to commit them again (a
+    /// crash loses received votes); only then can they vouch for them to us.
+    pub(super) fn rebroadcast_votes_if_stuck(&mut self) {
+        let now_at = self.progress();
+        let stuck = self.progress_at_last_beat == Some(now_at);
+        self.progress_at_last_beat = Some(now_at);
+        let behind = self
+            .peer_progress
+            .values()
+            .any(|p| p.reported.last_executed > self.last_executed);
+        if !stuck || !behind || self.changing {
+            return;
+        }
+        let Some(first) = self.last_executed.checked_add(1) else {
+            return;
+        };
+        let mut resend = Vec::new();
+        for (slot, pp, _) in accepted_in(&self.log, first, self.view) {
+            votes_for(slot, self.view, pp.payload.digest, &mut resend);
+        }
+        for message in resend {
+            self.broadcast(message);
         }
     }
 
@@ -76,7 +121,7 @@ impl<A: Application> Replica<A> {
         if self.changing || at.view > self.view {
             return; // it is ahead of us in views: nothing of ours can help it
         }
-        if at.view < self.view {
+        if at.view < self.view || (at.view == self.view && at.changing) {
             // It missed the new-view. That message is self-certifying (2f+1 signed
             // view-changes inside), so relaying it brings the peer into our view; the
             // slots follow on its next report.
@@ -89,35 +134,41 @@ impl<A: Application> Replica<A> {
             return;
         }
         // Every slot above what it executed that we accepted in this view: the
-        // pre-prepare, and our own prepare and commit if we sent them. Not only slots
-        // we executed: two laggards may each hold the commit the other lacks.
-        let me = self.me();
+        // pre-prepare and every matching prepare and commit we hold (each signed by
+        // its sender, so relaying them is as good as theirs). Not only slots we
+        // executed: two laggards may each hold the commit the other lacks.
         let Some(first) = at.last_executed.max(self.stable.seq).checked_add(1) else {
             return;
         };
         let mut resend = Vec::new();
-        let limit = usize::try_from(self.cfg.checkpoint_interval).unwrap_or(usize::MAX);
-        let view = self.view;
-        let accepted = self.log.range(first..).filter_map(|(_, slot)| {
-            let (pp, batch) = slot.pre_prepare.as_ref()?;
-            (pp.payload.view == view).then_some((slot, pp, batch))
-        });
-        for (slot, pp, batch) in accepted.take(limit) {
+        for (slot, pp, batch) in accepted_in(&self.log, first, self.view) {
             resend.push(Message::PrePrepare(pp.clone(), batch.clone()));
-            let (view, digest) = (pp.payload.view, pp.payload.digest);
-            if let Some(p) = slot.prepares.get(&me) {
-                if p.payload.view == view && p.payload.digest == digest {
-                    resend.push(Message::Prepare(p.clone()));
-                }
-            }
-            if let Some(c) = slot.commits.get(&me) {
-                if c.payload.view == view && c.payload.digest == digest {
-                    resend.push(Message::Commit(c.clone()));
-                }
-            }
+            votes_for(slot, self.view, pp.payload.digest, &mut resend);
         }
         for message in resend {
             self.emit(Output::Send { to: peer, message });
         }
     }
+}
+
+/// The first [`RESEND_SLOTS`] slots from `first` on with a pre-prepare accepted in `view`.
+fn accepted_in(
+    log: &BTreeMap<Seq, Slot>,
+    first: Seq,
+    view: View,
+) -> impl Iterator<Item = (&Slot, &Signed<PrePrepare>, &Batch)> {
+    log.range(first..)
+        .filter_map(move |(_, slot)| {
+            let (pp, batch) = slot.pre_prepare.as_ref()?;
+            (pp.payload.view == view).then_some((slot, pp, batch))
+        })
+        .take(RESEND_SLOTS)
+}
+
+/// Every prepare and commit in `slot` for (view, digest), whoever signed it.
+fn votes_for(slot: &Slot, view: View, digest: Digest, out: &mut Vec<Message>) {
+    let prepares = matching(&slot.prepares, view, digest, None);
+    let commits = matching(&slot.commits, view, digest, None);
+    out.extend(prepares.into_iter().map(Message::Prepare));
+    out.extend(commits.into_iter().map(Message::Commit));
 }

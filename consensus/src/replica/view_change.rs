@@ -200,6 +200,7 @@ impl<A: Application> Replica<A> {
             view,
             changing: false,
         }));
+        self.emit(Output::Persist(PersistRecord::NewViewEntered(nv.clone())));
         if let Some((digest, proof)) = plan.checkpoint.clone() {
             self.adopt_stable(plan.min_s, digest, proof);
         }

@@ -372,6 +372,9 @@ impl World {
         if self.now < quiet_since + CATCH_UP_GRACE {
             return Ok(false);
         }
+        if self.tail_requests == 0 {
+            Self::only_lone_view_changers_lag(&honest, target)?;
+        }
         if self.tail_requests < 400 {
             self.tail_requests += 1;
             self.report.catch_up_requests += 1;
@@ -379,6 +382,40 @@ impl World {
             self.schedule(Duration::from_millis(5), Event::ClientNext { client: 0 });
         }
         Ok(false)
+    }
+
+    /// Retransmission brings every honest laggard up without new requests, except
+    /// one that alone moved to a higher view: PBFT keeps it there (it promised, in
+    /// its view-change, not to take part in the old view) until the others move or a
+    /// later checkpoint lets it fetch the state.
+    fn only_lone_view_changers_lag(honest: &[&Replica<KvStore>], target: Seq) -> Step {
+        let group_view = honest
+            .iter()
+            .filter(|r| r.last_executed() >= target)
+            .map(|r| r.view())
+            .max()
+            .unwrap_or(0);
+        let lone_view_changer = |r: &Replica<KvStore>| r.in_view_change() && r.view() > group_view;
+        match honest
+            .iter()
+            .find(|r| r.last_executed() < target && !lone_view_changer(r))
+        {
+            None => Ok(()),
+            Some(r) => Err(Violation {
+                invariant: "liveness",
+                detail: format!(
+                    "r{} stayed at seq {} (view {}{}) for {:?} with no new requests while \
+                     others reached {} in view {}: retransmission did not bring it up",
+                    r.id(),
+                    r.last_executed(),
+                    r.view(),
+                    if r.in_view_change() { "*" } else { "" },
+                    CATCH_UP_GRACE,
+                    target,
+                    group_view
+                ),
+            }),
+        }
     }
 
     fn step(&mut self, event: Event) -> Step {
