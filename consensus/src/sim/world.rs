@@ -120,10 +120,8 @@ pub(crate) struct World {
     report: SimReport,
     /// Requests issued after the workload to let laggards catch up.
     tail_requests: usize,
-    /// The highest honest executed seq when the workload finished.
-    catch_up_target: Option<Seq>,
-    /// When the workload ended (every client done).
-    quiet_since: Option<Duration>,
+    /// When the workload finished: the highest honest executed seq, and the time.
+    catch_up_target: Option<(Seq, Duration)>,
 }
 
 type Step = Result<(), Violation>;
@@ -207,7 +205,6 @@ impl World {
             report,
             tail_requests: 0,
             catch_up_target: None,
-            quiet_since: None,
         }
     }
 
@@ -344,8 +341,7 @@ impl World {
             .max()
             .unwrap_or(0)
             .max(self.checker.highest_accepted_seq());
-        let target = *self.catch_up_target.get_or_insert(highest);
-        let quiet_since = *self.quiet_since.get_or_insert(self.now);
+        let (target, quiet_since) = *self.catch_up_target.get_or_insert((highest, self.now));
         if honest.iter().all(|r| r.last_executed() >= target) {
             let mut digests: BTreeMap<Seq, bft_crypto::Digest> = BTreeMap::new();
             for r in &honest {
