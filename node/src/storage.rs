@@ -3,8 +3,9 @@
 //! Keys: `view`, `vc` (the view-change sent), `nv` (the new-view entered), `stable`
 //! (the stable checkpoint with its 2f+1 proof and snapshot), and per sequence number
 //! `a/`, `p/`, `c/` + big-endian seq for the accepted pre-prepare (with batch), the
-//! prepared certificate and the commit decision. The application's data lives in the stable snapshot plus the committed
-//! batches above it, which a restarted replica re-executes.
+//! prepared certificate and the commit decision. The application's data lives in the
+//! stable snapshot plus the committed batches above it, which a restarted replica
+//! re-executes.
 //!
 //! All records of one event-loop turn go in one `WriteBatch` written with `sync`,
 //! before any message of that turn leaves.
