@@ -8,7 +8,7 @@
 //! got round to sending it, so a backlog shows up as latency instead of hiding
 //! (no coordinated omission).
 
-use bft_consensus::KvResult;
+use bft_consensus::{KvResult, RootCache};
 use bft_crypto::KeyPair;
 use bftnode::client::{ClientError, KvClient};
 use bftnode::config::{ResolvedClient, ValidatorSet};
@@ -101,6 +101,9 @@ pub async fn connect_clients(
 ) -> anyhow::Result<Vec<KvClient>> {
     let n = validators.validators.len();
     let mut clients = Vec::with_capacity(count);
+    // One process, many clients: a root signed over a batch holding several of their
+    // requests is verified once for all of them.
+    let roots = Arc::new(RootCache::new(4096));
     for _ in 0..count {
         let cfg = ResolvedClient {
             key: KeyPair::generate(),
@@ -108,7 +111,9 @@ pub async fn connect_clients(
             timeout,
             retransmit: timeout.min(Duration::from_secs(1)),
         };
-        clients.push(KvClient::connect(&cfg)?);
+        let mut client = KvClient::connect(&cfg)?;
+        client.share_root_cache(roots.clone());
+        clients.push(client);
     }
     for (i, c) in clients.iter().enumerate() {
         if !c.wait_connected(n, Duration::from_secs(30)).await {

@@ -2,15 +2,17 @@
 //! same libp2p transport and the same client library. It does what a replica does
 //! for a client minus agreement: verify the request signature (batched), execute
 //! once per client timestamp (re-sending the last reply on retransmission), sign
-//! the reply. The replicated/unreplicated
+//! the replies (one signature per batch taken from the network, as a replica signs
+//! once per executed batch). The replicated/unreplicated
 //! throughput ratio is then the cost of PBFT itself.
 
 use bft_consensus::messages::Reply;
+use bft_consensus::reply::sign_replies;
 use bft_consensus::{
     Application, KvStore, Membership, Message, ReplicaConfig, Validator, VerifiedMessage,
 };
-use bft_crypto::{KeyPair, PublicKey, Signed};
-use bft_net::{Inbound, NetConfig, NetHandle, Network};
+use bft_crypto::{KeyPair, PublicKey};
+use bft_net::{Inbound, NetConfig, NetHandle, Network, PeerId};
 use bftnode::config::{self, ValidatorSet};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,6 +92,9 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
             .iter()
             .filter_map(|f| bft_crypto::decode(&f.bytes, MAX_FRAME_BYTES).ok())
             .collect();
+        // Execute everything this batch holds, then sign its replies once, as a
+        // replica signs the replies of one executed batch.
+        let mut fresh: Vec<(PeerId, Reply)> = Vec::new();
         for checked in validator.verify_many(messages) {
             let Ok(VerifiedMessage::Request(request)) = checked else {
                 continue;
@@ -107,21 +112,24 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
                 _ => {}
             }
             let result = app.execute(&request.operation);
-            let reply = Signed::sign(
-                Reply {
-                    view: 0,
-                    timestamp: request.timestamp,
-                    client,
-                    replica: 0,
-                    result,
-                },
-                &key,
-            );
-            let Ok(bytes) = bft_crypto::encode(&Message::Reply(reply)) else {
+            let reply = Reply {
+                view: 0,
+                timestamp: request.timestamp,
+                client,
+                replica: 0,
+                result,
+            };
+            fresh.push((peer, reply));
+        }
+        let peers: Vec<PeerId> = fresh.iter().map(|(p, _)| *p).collect();
+        let replies = fresh.into_iter().map(|(_, r)| r).collect();
+        for (peer, signed) in peers.into_iter().zip(sign_replies(&key, 0, 0, replies)) {
+            let (client, ts) = (signed.reply.client, signed.reply.timestamp);
+            let Ok(bytes) = bft_crypto::encode(&Message::Reply(signed)) else {
                 continue;
             };
             let bytes = Arc::new(bytes);
-            last_reply.insert(client, (request.timestamp, bytes.clone()));
+            last_reply.insert(client, (ts, bytes.clone()));
             let _ = net.send(peer, bytes);
         }
     }

@@ -2,9 +2,10 @@
 //! fresh timestamp, send it to the primary it believes in, accept a result once f+1
 //! replicas sent matching replies, and on timeout retransmit to every replica.
 
-use crate::messages::{Message, Reply, Request};
+use crate::messages::{Message, Request};
+use crate::reply::VerifiedReply;
 use crate::types::{Membership, ReplicaId, View};
-use bft_crypto::{KeyPair, Signed, Verified};
+use bft_crypto::{KeyPair, Signed};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use thiserror::Error;
@@ -136,7 +137,7 @@ impl Client {
     }
 
     /// A verified reply. Accept once f+1 distinct replicas sent the same result.
-    pub fn on_reply(&mut self, reply: &Verified<Reply>) -> Vec<ClientOutput> {
+    pub fn on_reply(&mut self, reply: &VerifiedReply) -> Vec<ClientOutput> {
         let Some(o) = self.outstanding.as_mut() else {
             return Vec::new();
         };

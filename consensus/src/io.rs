@@ -6,11 +6,12 @@
 //! "Persistence").
 
 use crate::durable::PersistRecord;
-use crate::messages::{Message, Reply};
+use crate::messages::Message;
 use crate::rejection::Rejection;
+use crate::reply::SignedReply;
 use crate::types::{ClientId, ReplicaId, RequestId, Seq, View};
 use crate::validate::VerifiedMessage;
-use bft_crypto::{Digest, Signed};
+use bft_crypto::Digest;
 use std::time::Duration;
 
 /// Timers the replica asks for. Setting a timer replaces the previous deadline of
@@ -46,10 +47,10 @@ pub enum Output {
     Send { to: ReplicaId, message: Message },
     /// Send to every other replica.
     Broadcast { message: Message },
-    /// Send a signed reply to a client.
+    /// Send a reply (under its batch's signed root) to a client.
     Reply {
         client: ClientId,
-        reply: Signed<Reply>,
+        reply: SignedReply,
     },
     /// Make this durable before any later Send/Broadcast/Reply leaves.
     Persist(PersistRecord),

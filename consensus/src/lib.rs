@@ -27,6 +27,7 @@ pub mod messages;
 pub mod new_view;
 pub mod rejection;
 mod replica;
+pub mod reply;
 pub mod types;
 pub mod validate;
 
@@ -42,5 +43,6 @@ pub use kv::{KvOp, KvResult, KvStore};
 pub use messages::Message;
 pub use rejection::Rejection;
 pub use replica::{RecoveryError, Replica};
+pub use reply::{RootCache, SignedReply, VerifiedReply};
 pub use types::{ClientId, Membership, ReplicaConfig, ReplicaId, RequestId, Seq, View};
 pub use validate::{Validator, VerifiedMessage};

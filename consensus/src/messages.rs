@@ -102,7 +102,9 @@ pub struct Commit {
 }
 signable!(Commit, "bftnode/commit/v1");
 
-/// <REPLY, v, t, c, i, r>σi: the result `r` of the client's request with timestamp `t`.
+/// <REPLY, v, t, c, i, r>: the result `r` of the client's request with timestamp `t`.
+/// Not signed alone: a replica signs the replies of a whole batch at once (see
+/// [`crate::reply`]), and `Message::Reply` carries the signed root and the path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     pub view: View,
@@ -111,7 +113,6 @@ pub struct Reply {
     pub replica: ReplicaId,
     pub result: Vec<u8>,
 }
-signable!(Reply, "bftnode/reply/v1");
 
 /// <CHECKPOINT, n, d, i>σi: replica `i`'s state after executing `n` has digest `d` (§4.3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,7 +211,7 @@ pub enum Message {
     NewView(Signed<NewView>),
     FetchState(Signed<FetchState>),
     State(Signed<StateSnapshot>),
-    Reply(Signed<Reply>),
+    Reply(crate::reply::SignedReply),
     /// Failure detection (see [`crate::fd`]).
     Heartbeat(Signed<crate::fd::Heartbeat>),
     /// Signed-message generals (see [`crate::generals`]).

@@ -9,11 +9,12 @@ use crate::fd::Heartbeat;
 use crate::generals::{verify_chain, Report, VerifiedChain};
 use crate::messages::{state_digest, Commit};
 use crate::messages::{
-    Batch, Checkpoint, FetchState, Message, NewView, PrePrepare, Prepare, PreparedCert, Reply,
-    Request, StateSnapshot, ViewChange,
+    Batch, Checkpoint, FetchState, Message, NewView, PrePrepare, Prepare, PreparedCert, Request,
+    StateSnapshot, ViewChange,
 };
 use crate::new_view::{plan, NewViewPlan};
 use crate::rejection::Rejection;
+use crate::reply::{verify_reply, RootCache, SignedReply, VerifiedReply};
 use crate::types::{Membership, ReplicaConfig, ReplicaId, Seq, View};
 use bft_crypto::{verify_batch, Digest, Signable, Signed, Verified};
 use std::collections::BTreeSet;
@@ -31,7 +32,7 @@ pub enum VerifiedMessage {
     NewView(Verified<NewView>, NewViewPlan),
     FetchState(Verified<FetchState>),
     State(Verified<StateSnapshot>),
-    Reply(Verified<Reply>),
+    Reply(VerifiedReply),
     Heartbeat(Verified<Heartbeat>),
     Generals(VerifiedChain),
     GeneralsReport(Verified<Report>),
@@ -72,7 +73,7 @@ pub fn claimed_sender(msg: &Message) -> Option<ReplicaId> {
         Message::NewView(m) => m.payload.replica,
         Message::FetchState(m) => m.payload.replica,
         Message::State(m) => m.payload.replica,
-        Message::Reply(m) => m.payload.replica,
+        Message::Reply(m) => m.reply.replica,
         Message::Heartbeat(m) => m.payload.replica,
         Message::Generals(c) => return c.links.last().map(|l| l.payload.signer),
         Message::GeneralsReport(m) => m.payload.replica,
@@ -159,10 +160,7 @@ impl Validator {
                 let r = m.payload.replica;
                 VerifiedMessage::State(self.by_replica(m, r)?)
             }
-            Message::Reply(m) => {
-                let r = m.payload.replica;
-                VerifiedMessage::Reply(self.by_replica(m, r)?)
-            }
+            Message::Reply(m) => VerifiedMessage::Reply(self.verify_reply(m, None)?),
             Message::Heartbeat(m) => {
                 let r = m.payload.replica;
                 VerifiedMessage::Heartbeat(self.by_replica(m, r)?)
@@ -204,6 +202,21 @@ impl Validator {
             .into_iter()
             .map(|r| r.expect("every slot filled"))
             .collect()
+    }
+
+    /// A reply to a client: under its root, the root signed by the replica the reply
+    /// names. `cache` (a client process's roots already checked) can spare the
+    /// signature check for a root seen before.
+    ///
+    /// # Errors
+    /// The first problem found, typed.
+    pub fn verify_reply(
+        &self,
+        reply: SignedReply,
+        cache: Option<&RootCache>,
+    ) -> Checked<VerifiedReply> {
+        self.check_signer(&reply.root, reply.root.payload.replica)?;
+        verify_reply(reply, cache)
     }
 
     /// Verify `signed` and that its signer is replica `claimed`.

@@ -4,7 +4,8 @@ mod common;
 
 use bft_consensus::client::{Client, ClientError, ClientOutput};
 use bft_consensus::messages::{Message, Reply};
-use bft_crypto::Verified;
+use bft_consensus::reply::{sign_replies, verify_reply};
+use bft_consensus::VerifiedReply;
 use common::*;
 use std::time::Duration;
 
@@ -15,19 +16,16 @@ fn reply(
     ts: u64,
     view: u64,
     result: &[u8],
-) -> Verified<Reply> {
-    g.sign(
-        from,
-        Reply {
-            view,
-            timestamp: ts,
-            client: client.public(),
-            replica: from,
-            result: result.to_vec(),
-        },
-    )
-    .verify()
-    .unwrap()
+) -> VerifiedReply {
+    let reply = Reply {
+        view,
+        timestamp: ts,
+        client: client.public(),
+        replica: from,
+        result: result.to_vec(),
+    };
+    let signed = sign_replies(&g.keys[from as usize], view, from, vec![reply]).remove(0);
+    verify_reply(signed, None).unwrap()
 }
 
 #[test]

@@ -37,8 +37,13 @@ fn normal_case_executes_everywhere_and_replies() {
     assert_eq!(c.replies.len(), 4);
     for (to, reply) in &c.replies {
         assert_eq!(*to, client.public());
+        let checked = bft_consensus::reply::verify_reply(reply.clone(), None).unwrap();
         assert_eq!(
-            KvResult::decode(&reply.payload.result).unwrap(),
+            checked.signer(),
+            c.group.keys[reply.reply.replica as usize].public()
+        );
+        assert_eq!(
+            KvResult::decode(&reply.reply.result).unwrap(),
             KvResult::Done { previous: None }
         );
     }
@@ -439,7 +444,7 @@ fn retransmitted_request_gets_cached_reply_without_re_execution() {
     for (_, reply) in &c.replies {
         // The cached result of the first (successful) swap, not a failed second one.
         assert_eq!(
-            KvResult::decode(&reply.payload.result).unwrap(),
+            KvResult::decode(&reply.reply.result).unwrap(),
             KvResult::Swapped {
                 swapped: true,
                 current: None

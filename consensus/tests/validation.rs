@@ -8,6 +8,7 @@ use bft_consensus::messages::{
     StateSnapshot,
 };
 use bft_consensus::new_view::plan;
+use bft_consensus::reply::sign_replies;
 use bft_consensus::{Message, Rejection, VerifiedMessage};
 use bft_crypto::{Digest, Signed};
 use common::*;
@@ -80,20 +81,25 @@ fn well_formed_messages_pass() {
         ok(Message::FetchState(fetch)),
         VerifiedMessage::FetchState(_)
     ));
-    let reply = g.sign(
-        1,
-        Reply {
-            view: 0,
-            timestamp: 1,
-            client: client_key(1).public(),
-            replica: 1,
-            result: vec![1],
-        },
-    );
+    let reply = Reply {
+        view: 0,
+        timestamp: 1,
+        client: client_key(1).public(),
+        replica: 1,
+        result: vec![1],
+    };
+    let signed = sign_replies(&g.keys[1], 0, 1, vec![reply.clone()]).remove(0);
     assert!(matches!(
-        ok(Message::Reply(reply)),
+        ok(Message::Reply(signed)),
         VerifiedMessage::Reply(_)
     ));
+    // Replica 2 cannot sign a root for replies that name replica 1, nor claim its
+    // root is replica 1's.
+    let by_other = sign_replies(&g.keys[2], 0, 1, vec![reply]).remove(0);
+    assert_eq!(
+        reject(Message::Reply(by_other)),
+        Rejection::SignerMismatch { claimed: 1 }
+    );
 }
 
 #[test]

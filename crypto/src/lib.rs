@@ -1,5 +1,6 @@
 //! Cryptography for bftnode: ed25519 keys, domain-separated signed envelopes,
-//! SHA-256 digests, an incremental set hash, and batch signature verification.
+//! SHA-256 digests, an incremental set hash, Merkle trees (one signature for many
+//! items), and batch signature verification.
 //!
 //! The one rule this crate enforces through types: a [`Verified<T>`] can only be
 //! made here, by checking a signature. Code that needs an authenticated message
@@ -10,6 +11,7 @@
 mod digest;
 mod error;
 mod keys;
+mod merkle;
 mod set_hash;
 mod signed;
 
@@ -17,6 +19,7 @@ pub use digest::{sha256, Digest, Hasher};
 pub use ed25519_dalek::Signature;
 pub use error::CryptoError;
 pub use keys::{KeyPair, PublicKey};
+pub use merkle::{MerkleProof, MerkleTree};
 pub use set_hash::SetHash;
 pub use signed::{verify_batch, Signable, Signed, Verified};
 

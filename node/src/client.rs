@@ -4,12 +4,15 @@
 
 use crate::config::ResolvedClient;
 use bft_consensus::client::{Client, ClientOutput};
-use bft_consensus::{KvOp, KvResult, Message, ReplicaConfig, Validator, VerifiedMessage};
+use bft_consensus::{KvOp, KvResult, Message, ReplicaConfig, RootCache, Validator};
 use bft_net::{NetConfig, NetHandle, Network, PeerId};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::mpsc;
+
+/// Verified reply roots remembered per cache (a few seconds of batches at full load).
+const ROOT_CACHE: usize = 4096;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -29,6 +32,9 @@ pub struct KvClient {
     validator: Validator,
     start: Instant,
     timeout: Duration,
+    /// Reply roots already verified, possibly shared with other clients of this
+    /// process (see [`KvClient::share_root_cache`]).
+    roots: Arc<RootCache>,
 }
 
 impl KvClient {
@@ -66,7 +72,15 @@ impl KvClient {
             validator,
             start: Instant::now(),
             timeout: cfg.timeout,
+            roots: Arc::new(RootCache::new(ROOT_CACHE)),
         })
+    }
+
+    /// Check reply roots through `cache`, shared with other clients of this process:
+    /// replies to requests batched together arrive under the same signed root, so
+    /// its signature is checked once, not once per client.
+    pub fn share_root_cache(&mut self, cache: Arc<RootCache>) {
+        self.roots = cache;
     }
 
     /// Replicas currently connected.
@@ -111,15 +125,13 @@ impl KvClient {
             tokio::select! {
                 frame = self.inbound.recv() => {
                     let Some(frame) = frame else { return Err(ClientError::Timeout(self.timeout)) };
-                    let Ok(msg) = bft_crypto::decode::<Message>(&frame.bytes, 16 * 1024 * 1024) else { continue };
+                    let Ok(Message::Reply(r)) = bft_crypto::decode::<Message>(&frame.bytes, 16 * 1024 * 1024) else { continue };
                     // Late replies to earlier requests are skipped before paying for a
                     // signature check.
-                    if let Message::Reply(r) = &msg {
-                        if Some(r.payload.timestamp) != self.core.outstanding_timestamp() {
-                            continue;
-                        }
+                    if Some(r.reply.timestamp) != self.core.outstanding_timestamp() {
+                        continue;
                     }
-                    let Ok(VerifiedMessage::Reply(reply)) = self.validator.verify(msg) else { continue };
+                    let Ok(reply) = self.validator.verify_reply(r, Some(&self.roots)) else { continue };
                     let out = self.core.on_reply(&reply);
                     if let Some(result) = self.perform(out, &mut retransmit_at) {
                         return Ok(result);

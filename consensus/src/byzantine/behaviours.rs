@@ -148,7 +148,7 @@ fn corrupt(message: &mut Message) {
         Message::NewView(s) => flip(&mut s.signature),
         Message::FetchState(s) => flip(&mut s.signature),
         Message::State(s) => flip(&mut s.signature),
-        Message::Reply(s) => flip(&mut s.signature),
+        Message::Reply(s) => flip(&mut s.root.signature),
         Message::Heartbeat(s) => flip(&mut s.signature),
         Message::GeneralsReport(s) => flip(&mut s.signature),
         Message::Generals(c) => {

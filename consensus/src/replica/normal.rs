@@ -11,6 +11,7 @@ use crate::messages::{
     request_id, Batch, Commit, Message, PrePrepare, Prepare, PreparedCert, Reply, Request,
 };
 use crate::rejection::Rejection;
+use crate::reply::sign_replies;
 use crate::types::Seq;
 use bft_crypto::{Signed, Verified};
 
@@ -23,8 +24,8 @@ impl<A: Application> Replica<A> {
         match self.clients.freshness(&client, ts) {
             Freshness::Stale => return,
             Freshness::Repeat(last) => {
-                let result = last.result.clone();
-                self.send_reply(client, ts, result);
+                let reply = self.reply_to(client, ts, last.result.clone());
+                self.send_replies(vec![reply]);
                 return;
             }
             Freshness::New => {}
@@ -370,7 +371,7 @@ impl<A: Application> Replica<A> {
         }
         let replies: Vec<_> = done
             .iter()
-            .map(|((client, ts), result)| (*client, *ts, result.clone()))
+            .map(|((client, ts), result)| self.reply_to(*client, *ts, result.clone()))
             .collect();
         self.emit(Output::Executed(Executed {
             seq,
@@ -379,22 +380,27 @@ impl<A: Application> Replica<A> {
             requests: done,
             batch_len: batch.len(),
         }));
-        for (client, ts, result) in replies {
-            self.send_reply(client, ts, result);
-        }
+        self.send_replies(replies);
         if seq.is_multiple_of(self.cfg.checkpoint_interval) {
             self.take_checkpoint(seq);
         }
     }
 
-    fn send_reply(&mut self, client: bft_crypto::PublicKey, timestamp: u64, result: Vec<u8>) {
-        let reply = self.sign(Reply {
+    fn reply_to(&self, client: bft_crypto::PublicKey, timestamp: u64, result: Vec<u8>) -> Reply {
+        Reply {
             view: self.view,
             timestamp,
             client,
             replica: self.me(),
             result,
-        });
-        self.emit(Output::Reply { client, reply });
+        }
+    }
+
+    /// One signature for all of `replies` (a batch's, or a lone repeated one).
+    fn send_replies(&mut self, replies: Vec<Reply>) {
+        for reply in sign_replies(&self.key, self.view, self.me(), replies) {
+            let client = reply.reply.client;
+            self.emit(Output::Reply { client, reply });
+        }
     }
 }

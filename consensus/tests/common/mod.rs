@@ -179,10 +179,7 @@ pub struct Cluster {
     pub queue: VecDeque<(ReplicaId, To, Message)>,
     /// Every output each replica produced, per handle call, in order.
     pub outputs: Vec<Vec<Vec<Output>>>,
-    pub replies: Vec<(
-        bft_crypto::PublicKey,
-        Signed<bft_consensus::messages::Reply>,
-    )>,
+    pub replies: Vec<(bft_crypto::PublicKey, bft_consensus::SignedReply)>,
     pub timers: Vec<Vec<(bft_consensus::Timer, Duration)>>,
     pub drop_if: DropFilter,
 }
