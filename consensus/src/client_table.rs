@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastReply {
     pub timestamp: u64,
+    #[serde(with = "bft_crypto::bytes")]
     pub result: Vec<u8>,
 }
 
@@ -58,6 +59,7 @@ impl ClientTable {
 /// The replicated state that checkpoints cover: application and client table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaSnapshot {
+    #[serde(with = "bft_crypto::bytes")]
     pub app: Vec<u8>,
     pub clients: ClientTable,
 }

@@ -20,6 +20,7 @@ pub struct StableCheckpoint {
     pub digest: Digest,
     pub proof: Vec<Signed<Checkpoint>>,
     /// The encoded replica state (application + client table) at `seq`.
+    #[serde(with = "bft_crypto::bytes")]
     pub snapshot: Vec<u8>,
 }
 

@@ -9,19 +9,26 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvOp {
     Put {
+        #[serde(with = "bft_crypto::bytes")]
         key: Vec<u8>,
+        #[serde(with = "bft_crypto::bytes")]
         value: Vec<u8>,
     },
     Get {
+        #[serde(with = "bft_crypto::bytes")]
         key: Vec<u8>,
     },
     Delete {
+        #[serde(with = "bft_crypto::bytes")]
         key: Vec<u8>,
     },
     /// Set `key` to `new` only if its current value is `expected` (`None`: absent).
     CompareAndSwap {
+        #[serde(with = "bft_crypto::bytes")]
         key: Vec<u8>,
+        #[serde(with = "bft_crypto::bytes::option")]
         expected: Option<Vec<u8>>,
+        #[serde(with = "bft_crypto::bytes")]
         new: Vec<u8>,
     },
 }
@@ -30,12 +37,16 @@ pub enum KvOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvResult {
     /// Put/Delete done; carries the previous value.
-    Done { previous: Option<Vec<u8>> },
+    Done {
+        #[serde(with = "bft_crypto::bytes::option")]
+        previous: Option<Vec<u8>>,
+    },
     /// Get: the value, if any.
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "bft_crypto::bytes::option")] Option<Vec<u8>>),
     /// CompareAndSwap: whether it swapped, and the value found.
     Swapped {
         swapped: bool,
+        #[serde(with = "bft_crypto::bytes::option")]
         current: Option<Vec<u8>>,
     },
     /// The operation bytes did not decode.
@@ -61,6 +72,18 @@ impl KvResult {
 
 /// Largest operation the store decodes.
 const MAX_OP_BYTES: usize = 16 * 1024 * 1024;
+
+/// The snapshot's encoding: the map, its keys and values written as byte strings.
+struct Entries<'a>(&'a BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl Serialize for Entries<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        bft_crypto::bytes::map::serialize(self.0, s)
+    }
+}
+
+#[derive(Deserialize)]
+struct OwnedEntries(#[serde(with = "bft_crypto::bytes::map")] BTreeMap<Vec<u8>, Vec<u8>>);
 
 /// An in-memory ordered map. Durability comes from PBFT checkpoints (snapshots) and
 /// re-execution of the committed log after a restart.
@@ -151,11 +174,11 @@ impl Application for KvStore {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        bft_crypto::encode(&self.map).expect("map always encodes")
+        bft_crypto::encode(&Entries(&self.map)).expect("map always encodes")
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
-        let map: BTreeMap<Vec<u8>, Vec<u8>> =
+        let OwnedEntries(map) =
             bft_crypto::decode(snapshot, usize::MAX).map_err(|e| RestoreError(e.to_string()))?;
         let mut entries = SetHash::new();
         for (k, v) in &map {

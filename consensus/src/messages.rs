@@ -21,6 +21,7 @@ macro_rules! signable {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub timestamp: u64,
+    #[serde(with = "bft_crypto::bytes")]
     pub operation: Vec<u8>,
 }
 signable!(Request, "bftnode/request/v1");
@@ -111,6 +112,7 @@ pub struct Reply {
     pub timestamp: u64,
     pub client: ClientId,
     pub replica: ReplicaId,
+    #[serde(with = "bft_crypto::bytes")]
     pub result: Vec<u8>,
 }
 
@@ -186,6 +188,7 @@ signable!(FetchState, "bftnode/fetch-state/v1");
 pub struct StateSnapshot {
     pub seq: Seq,
     pub proof: Vec<Signed<Checkpoint>>,
+    #[serde(with = "bft_crypto::bytes")]
     pub snapshot: Vec<u8>,
     pub replica: ReplicaId,
 }

@@ -8,6 +8,7 @@
 //! comment.
 #![forbid(unsafe_code)]
 
+pub mod bytes;
 mod digest;
 mod error;
 mod keys;
