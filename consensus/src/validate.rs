@@ -16,7 +16,7 @@ use crate::new_view::{plan, NewViewPlan};
 use crate::rejection::Rejection;
 use crate::reply::{verify_reply, RootCache, SignedReply, VerifiedReply};
 use crate::types::{Membership, ReplicaConfig, ReplicaId, Seq, View};
-use bft_crypto::{verify_batch, Digest, Signable, Signed, Verified};
+use bft_crypto::{all_valid, verify_batch, Digest, Signable, Signed, Verified};
 use std::collections::BTreeSet;
 
 /// A message whose signatures have all been checked.
@@ -254,10 +254,7 @@ impl Validator {
         if batch.digest() != digest {
             return Err(Rejection::DigestMismatch);
         }
-        if verify_batch(batch.requests.clone())
-            .iter()
-            .any(Result::is_err)
-        {
+        if !all_valid(&batch.requests) {
             return Err(Rejection::BadSignature);
         }
         Ok(())

@@ -1,8 +1,15 @@
 use crate::CryptoError;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+/// Decompressed public keys, by their bytes (see [`PublicKey::verifying_key`]).
+static DECOMPRESSED: OnceLock<Mutex<BTreeMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
+/// Keys kept before the map starts over.
+const DECOMPRESSED_MAX: usize = 65_536;
 
 /// An ed25519 public key, kept as its 32 bytes so it can be hashed, ordered and
 /// serialised cheaply. It doubles as the identity of a client, and of a replica
@@ -27,8 +34,23 @@ impl PublicKey {
         Ok(Self(arr))
     }
 
+    /// The decompressed key. Decompressing is a square root in the field, about a
+    /// quarter of a signature check, and the same few keys (the replicas, the
+    /// clients of the moment) sign almost everything; so decompressed keys are kept
+    /// in a process-wide map keyed by their exact 32 bytes.
     pub(crate) fn verifying_key(&self) -> Result<VerifyingKey, CryptoError> {
-        VerifyingKey::from_bytes(&self.0).map_err(|_| CryptoError::BadPublicKey)
+        let cache = DECOMPRESSED.get_or_init(|| Mutex::new(BTreeMap::new()));
+        let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(k) = lock().get(&self.0) {
+            return Ok(*k);
+        }
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| CryptoError::BadPublicKey)?;
+        let mut map = lock();
+        if map.len() >= DECOMPRESSED_MAX {
+            map.clear(); // crude, but bounded: a flood of fresh keys cannot grow it
+        }
+        map.insert(self.0, key);
+        Ok(key)
     }
 }
 

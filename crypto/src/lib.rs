@@ -22,7 +22,7 @@ pub use error::CryptoError;
 pub use keys::{KeyPair, PublicKey};
 pub use merkle::{MerkleProof, MerkleTree};
 pub use set_hash::SetHash;
-pub use signed::{verify_batch, Signable, Signed, Verified};
+pub use signed::{all_valid, verify_batch, Signable, Signed, Verified};
 
 /// Encode a value with the one bincode configuration used everywhere a byte string
 /// is signed or hashed. Deterministic: equal values give equal bytes.
