@@ -4,6 +4,8 @@
 use bft_crypto::{KeyPair, PublicKey};
 use libp2p::identity::{ed25519, Keypair};
 use libp2p::PeerId;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// The libp2p keypair for a bftnode key.
 ///
@@ -15,11 +17,31 @@ pub fn keypair_of(key: &KeyPair) -> Keypair {
 }
 
 /// The PeerId of a public key, or None if the bytes are not an ed25519 point.
+///
+/// libp2p decompresses the point to check it, a field square root that cost a
+/// tenth of a replica's event loop when done for every reply; so the answers are
+/// kept in a process-wide map keyed by the key's bytes (bounded: it starts over
+/// when full).
 #[must_use]
 pub fn peer_id_of(key: &PublicKey) -> Option<PeerId> {
-    let pk = ed25519::PublicKey::try_from_bytes(&key.0).ok()?;
-    Some(libp2p::identity::PublicKey::from(pk).to_peer_id())
+    let cache = PEER_IDS.get_or_init(|| Mutex::new(BTreeMap::new()));
+    let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = lock().get(key) {
+        return *known;
+    }
+    let peer = ed25519::PublicKey::try_from_bytes(&key.0)
+        .ok()
+        .map(|pk| libp2p::identity::PublicKey::from(pk).to_peer_id());
+    let mut map = lock();
+    if map.len() >= PEER_IDS_MAX {
+        map.clear();
+    }
+    map.insert(*key, peer);
+    peer
 }
+
+static PEER_IDS: OnceLock<Mutex<BTreeMap<PublicKey, Option<PeerId>>>> = OnceLock::new();
+const PEER_IDS_MAX: usize = 65_536;
 
 /// The ed25519 public key inside a PeerId (identity-hashed keys only).
 #[must_use]
@@ -38,5 +60,17 @@ mod tests {
         let peer = peer_id_of(&key.public()).unwrap();
         assert_eq!(peer, keypair_of(&key).public().to_peer_id());
         assert_eq!(public_key_of(&peer), Some(key.public()));
+        // Asked again (now from the cache), the answer is the same.
+        assert_eq!(peer_id_of(&key.public()), Some(peer));
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_point_have_no_peer_id_cached_or_not() {
+        // y = 2 is not the y-coordinate of a point on edwards25519.
+        let mut bytes = [0u8; 32];
+        bytes[0] = 2;
+        let not_a_point = PublicKey(bytes);
+        assert_eq!(peer_id_of(&not_a_point), None);
+        assert_eq!(peer_id_of(&not_a_point), None);
     }
 }
