@@ -39,6 +39,8 @@ pub struct Metrics {
     pub fd_phi: GaugeVec,
     pub byzantine_behaviour: IntGaugeVec,
     pub checkpoint_persist: Histogram,
+    /// Event-loop turns made durable by one synced write (group commit).
+    pub persist_turns: Histogram,
     pub state_transfers: IntCounter,
     pub generals_decisions: IntCounterVec,
     /// Frames the transport dropped because a peer's queue was full.
@@ -140,6 +142,11 @@ impl Metrics {
                 "bft_checkpoint_persist_seconds",
                 "Time to durably write a stable checkpoint (and the rest of its turn)",
                 LATENCY_BUCKETS,
+            ),
+            persist_turns: histogram(
+                "bft_persist_turns_per_write",
+                "Event-loop turns whose records one synced write made durable (group commit)",
+                BATCH_BUCKETS,
             ),
             state_transfers: counter(
                 "bft_state_transfers_total",

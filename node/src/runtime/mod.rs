@@ -5,6 +5,7 @@
 
 mod admin;
 mod outputs;
+mod persister;
 
 use crate::control::Control;
 use crate::generals_node::GeneralsNode;
@@ -16,6 +17,7 @@ use bft_consensus::byzantine::{Params, Wrapped};
 use bft_consensus::messages::request_id;
 use bft_consensus::{Input, KvStore, Output, ReplicaId, RequestId, Timer, VerifiedMessage};
 use bft_net::{NetHandle, PeerId};
+use persister::{Frame, Persister};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,14 +45,14 @@ pub struct RuntimeParts {
     pub metrics: Arc<Metrics>,
 }
 
-/// A frame the `delay` behaviour holds back: where it goes and its bytes.
-type HeldFrame = (PeerId, Arc<Vec<u8>>);
-
 pub struct Runtime {
     replica: Wrapped<KvStore>,
     generals: GeneralsNode,
     behaviour: (String, Params),
-    storage: Storage,
+    /// Owns the storage: makes each turn durable, then sends its frames.
+    persister: Persister,
+    /// This turn's frames, handed to the persister with its records at `flush`.
+    outbox: Vec<Frame>,
     net: NetHandle,
     peers: Vec<PeerId>,
     ids: HashMap<PeerId, ReplicaId>,
@@ -61,7 +63,7 @@ pub struct Runtime {
     timers: BTreeMap<Timer, Instant>,
     pending: Vec<Output>,
     /// Frames held back by the `delay` behaviour: (due, tie) -> (peer, frame).
-    delayed: BTreeMap<(Instant, u64), HeldFrame>,
+    delayed: BTreeMap<(Instant, u64), Frame>,
     delayed_tie: u64,
     /// When each request was first seen here (request or pre-prepare), for latency.
     first_seen: HashMap<RequestId, Instant>,
@@ -84,7 +86,8 @@ impl Runtime {
             replica: p.replica,
             generals: p.generals,
             behaviour: p.behaviour,
-            storage: p.storage,
+            persister: Persister::start(p.storage, p.net.clone(), p.metrics.clone()),
+            outbox: Vec::new(),
             net: p.net,
             peers: p.peers,
             ids,
@@ -108,7 +111,10 @@ impl Runtime {
         self.pending.extend(out);
     }
 
-    /// Run until `shutdown` resolves; then flush what is pending.
+    /// Run until `shutdown` resolves; then flush what is pending and wait until it
+    /// is durable and sent.
+    ///
+    /// Must be called inside tokio (see [`Persister::start`]).
     ///
     /// # Errors
     /// A storage failure (the replica cannot promise durability, so it stops).
@@ -144,6 +150,7 @@ impl Runtime {
             self.flush()?;
         }
         self.flush()?;
+        self.persister.finish()?;
         self.refresh_status();
         tracing::info!(replica = self.me(), "event loop stopped");
         Ok(())

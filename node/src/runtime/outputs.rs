@@ -1,8 +1,8 @@
-//! Performing the replica's and the generals engine's outputs: persist everything
-//! of a turn in one synced write, then send (or hold sends back under `delay`).
+//! Performing the replica's and the generals engine's outputs. A turn's records and
+//! frames go to the persister together (it sends the frames once the records are
+//! durable); frames held back under `delay` join a later turn's.
 
 use super::Runtime;
-use anyhow::Context as _;
 use bft_consensus::generals::GeneralsOutput;
 use bft_consensus::{Message, Output, ReplicaId};
 use bft_net::PeerId;
@@ -10,35 +10,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 impl Runtime {
-    /// Persist everything this turn produced (one synced write), then send.
+    /// Hand this turn's records and frames to the persister: the frames leave once
+    /// the records (and every earlier turn's) are durable.
     pub(super) fn flush(&mut self) -> anyhow::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
         let out = std::mem::take(&mut self.pending);
-        let records: Vec<_> = out
-            .iter()
-            .filter_map(|o| match o {
-                Output::Persist(r) => Some(r.clone()),
-                _ => None,
-            })
-            .collect();
-        let has_checkpoint = records
-            .iter()
-            .any(|r| matches!(r, bft_consensus::PersistRecord::Stable(_)));
-        let started = Instant::now();
-        self.storage
-            .persist(&records)
-            .context("cannot persist; stopping")?;
-        if has_checkpoint {
-            self.metrics
-                .checkpoint_persist
-                .observe(started.elapsed().as_secs_f64());
-        }
+        let mut records = Vec::new();
         for o in out {
-            self.perform(o);
+            match o {
+                Output::Persist(r) => records.push(r),
+                other => self.perform(other),
+            }
         }
-        Ok(())
+        let frames = std::mem::take(&mut self.outbox);
+        self.persister.submit(records, frames)
     }
 
     fn perform(&mut self, o: Output) {
@@ -142,12 +126,13 @@ impl Runtime {
         }
     }
 
-    /// Queue a frame for `peer`, or hold it back while `delay` is in force.
+    /// Queue a frame for `peer` (it leaves at the end of the turn, once the turn is
+    /// durable), or hold it back while `delay` is in force.
     fn send_frame(&mut self, peer: PeerId, frame: Arc<Vec<u8>>, kind: &'static str) {
         self.metrics.messages_sent.with_label_values(&[kind]).inc();
         let delay = self.replica.send_delay();
         if delay.is_zero() {
-            let _ = self.net.send(peer, frame);
+            self.outbox.push((peer, frame));
         } else {
             self.delayed_tie += 1;
             self.delayed
@@ -155,15 +140,14 @@ impl Runtime {
         }
     }
 
-    /// Send the held-back frames that are due.
+    /// Queue the held-back frames that are due (they leave with this turn).
     pub(super) fn release_delayed(&mut self) {
         let now = Instant::now();
         while let Some(entry) = self.delayed.first_entry() {
             if entry.key().0 > now {
                 break;
             }
-            let (peer, frame) = entry.remove();
-            let _ = self.net.send(peer, frame);
+            self.outbox.push(entry.remove());
         }
     }
 }
