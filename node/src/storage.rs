@@ -7,8 +7,8 @@
 //! stable snapshot plus the committed batches above it, which a restarted replica
 //! re-executes.
 //!
-//! All records of one event-loop turn go in one `WriteBatch` written with `sync`,
-//! before any message of that turn leaves.
+//! All records of one or more event-loop turns go in one `WriteBatch` written with
+//! `sync`, before any message of those turns leaves (see `runtime::persister`).
 
 use bft_consensus::{DurableState, PersistRecord, Seq};
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};

@@ -1,7 +1,7 @@
 //! The event loop: the only owner of the replica and the generals engine. It turns
 //! verified messages (from the verify pool, which reads the network itself), timers
-//! and admin commands into inputs, and performs the outputs: persist first (one
-//! synced RocksDB write per turn), then send.
+//! and admin commands into inputs, and performs the outputs: each turn's records and
+//! frames go to the persister, which sends the frames once the records are durable.
 
 mod admin;
 mod outputs;
