@@ -214,14 +214,16 @@ mod tests {
         assert_eq!(forged.verify().unwrap_err(), CryptoError::BadSignature);
     }
 
+    /// `n` votes, each signed by its own key.
+    fn votes(n: u8) -> Vec<Signed<Vote>> {
+        (0..n)
+            .map(|i| Signed::sign(Vote { seq: u64::from(i) }, &KeyPair::from_seed([i; 32])))
+            .collect()
+    }
+
     #[test]
     fn batch_verify_accepts_good_and_pinpoints_bad() {
-        let keys: Vec<_> = (0..8u8).map(|i| KeyPair::from_seed([i; 32])).collect();
-        let mut items: Vec<_> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| Signed::sign(Vote { seq: i as u64 }, k))
-            .collect();
+        let mut items = votes(8);
         assert!(verify_batch(items.clone()).iter().all(Result::is_ok));
         items[5].payload.seq = 99;
         let results = verify_batch(items);
@@ -232,12 +234,7 @@ mod tests {
 
     #[test]
     fn all_valid_says_what_one_by_one_checks_say() {
-        let keys: Vec<_> = (0..6u8).map(|i| KeyPair::from_seed([i; 32])).collect();
-        let mut items: Vec<_> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| Signed::sign(Vote { seq: i as u64 }, k))
-            .collect();
+        let mut items = votes(6);
         assert!(all_valid(&items));
         assert!(all_valid(&items[..1]));
         assert!(all_valid::<Vote>(&[]));
