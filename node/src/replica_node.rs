@@ -150,7 +150,7 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
     });
     let validator = Arc::new(Validator::new(&res.replica));
     let (verified_tx, verified_rx) = mpsc::channel(1024);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = verify_threads();
     VerifyPool::start(threads, validator, net.inbound, verified_tx);
     let generals = GeneralsNode::new(id, res.validators.n(), res.key.clone(), &name);
     let mut runtime = Runtime::new(RuntimeParts {
@@ -172,4 +172,20 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         .await;
     net.handle.shutdown();
     result
+}
+
+/// Environment variable setting the number of verify threads.
+pub const VERIFY_THREADS_ENV: &str = "BFTNODE_VERIFY_THREADS";
+
+/// Verify threads: `BFTNODE_VERIFY_THREADS` if set to a positive number, else one per
+/// core. A replica alone on its machine wants every core; replicas sharing one (the
+/// local testnet) each get their share, or their threads only fight over the cores
+/// (measured on 2 cores, 4 replicas: one thread each instead of two, ~8 % more
+/// throughput).
+fn verify_threads() -> usize {
+    std::env::var(VERIFY_THREADS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }

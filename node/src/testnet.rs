@@ -5,6 +5,7 @@ use crate::config::{
     NetworkSection, NodeConfig, NodeSection, ValidatorEntry, ValidatorsFile,
 };
 use crate::httpget;
+use crate::replica_node::VERIFY_THREADS_ENV;
 use crate::status::Status;
 use anyhow::{bail, Context as _};
 use bft_crypto::KeyPair;
@@ -275,6 +276,12 @@ pub fn up_with(exe: &Path, dir: &Path, byzantine: &[(u32, String)]) -> anyhow::R
         cmd.arg("start")
             .arg("--config")
             .arg(node.join("config.toml"));
+        // The replicas share this machine: each verifies on its share of the cores
+        // (unless the caller chose a number).
+        if std::env::var_os(VERIFY_THREADS_ENV).is_none() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cmd.env(VERIFY_THREADS_ENV, (cores / nodes.len()).max(1).to_string());
+        }
         if let Some((_, b)) = byzantine.iter().find(|(id, _)| *id as usize == i) {
             cmd.arg("--behaviour").arg(b);
         }
