@@ -123,13 +123,17 @@ pub fn verify_reply(r: SignedReply, cache: Option<&RootCache>) -> Result<Verifie
             "reply is not under its signed root".into(),
         ));
     }
-    let fingerprint = RootCache::fingerprint(&r.root);
-    let known = cache.is_some_and(|c| c.contains(&fingerprint));
-    if !known {
-        r.root.check().map_err(|_| Rejection::BadSignature)?;
-        if let Some(c) = cache {
-            c.insert(fingerprint);
+    let check = |root: &Signed<ReplyRoot>| root.check().map_err(|_| Rejection::BadSignature);
+    match cache {
+        // The fingerprint (an encoding and a hash) is only worth it with a cache.
+        Some(c) => {
+            let fingerprint = RootCache::fingerprint(&r.root);
+            if !c.contains(&fingerprint) {
+                check(&r.root)?;
+                c.insert(fingerprint);
+            }
         }
+        None => check(&r.root)?,
     }
     Ok(VerifiedReply {
         signer: r.root.signer,
