@@ -95,23 +95,23 @@ impl Persister {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if self
-            .failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-        {
+        if self.failure().is_some() {
             return Err(self.error());
         }
         Ok(())
     }
 
-    fn error(&self) -> anyhow::Error {
-        let why = self
-            .failure
+    /// Why the thread stopped, if storage failed.
+    fn failure(&self) -> Option<String> {
+        self.failure
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    fn error(&self) -> anyhow::Error {
+        let why = self
+            .failure()
             .unwrap_or_else(|| "the persist thread stopped".into());
         anyhow::anyhow!("cannot persist; stopping: {why}")
     }
