@@ -12,6 +12,7 @@ use bft_consensus::{KvResult, RootCache};
 use bft_crypto::KeyPair;
 use bftnode::client::{ClientError, KvClient};
 use bftnode::config::{ResolvedClient, ValidatorSet};
+use bftnode::gateway::Gateway;
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub struct LoadConfig {
     pub mode: Mode,
     /// Client identities in open-loop mode (closed-loop uses one per outstanding).
     pub clients: usize,
+    /// Connections (gateways) the clients share, round robin: one per client puts
+    /// every client on a connection of its own.
+    pub connections: usize,
     pub payload: usize,
     /// Distinct keys written (round robin): the replicated state stays bounded, as
     /// it does for a real workload, however long the run.
@@ -90,36 +94,46 @@ struct Counters {
     errors: AtomicU64,
 }
 
-/// Connect `count` clients with fresh keys and wait until each reaches every replica.
+/// Connect `count` clients with fresh keys over `connections` gateways (clients
+/// spread round robin) and wait until each gateway reaches every replica.
 ///
 /// # Errors
 /// A transport that cannot start, or replicas that stay unreachable for 30 s.
 pub async fn connect_clients(
     validators: &ValidatorSet,
     count: usize,
+    connections: usize,
     timeout: Duration,
 ) -> anyhow::Result<Vec<KvClient>> {
     let n = validators.validators.len();
-    let mut clients = Vec::with_capacity(count);
+    let mut gateways = Vec::new();
+    for _ in 0..connections.clamp(1, count.max(1)) {
+        gateways.push(Gateway::connect(validators)?);
+    }
+    for (i, g) in gateways.iter().enumerate() {
+        if !g.wait_connected(n, Duration::from_secs(30)).await {
+            anyhow::bail!(
+                "connection {i} reached only {} of {n} replicas",
+                g.connected()
+            );
+        }
+    }
     // One process, many clients: a root signed over a batch holding several of their
     // requests is verified once for all of them.
     let roots = Arc::new(RootCache::new(4096));
-    for _ in 0..count {
-        let cfg = ResolvedClient {
-            key: KeyPair::generate(),
-            validators: validators.clone(),
-            timeout,
-            retransmit: timeout.min(Duration::from_secs(1)),
-        };
-        let mut client = KvClient::connect(&cfg)?;
-        client.share_root_cache(roots.clone());
-        clients.push(client);
-    }
-    for (i, c) in clients.iter().enumerate() {
-        if !c.wait_connected(n, Duration::from_secs(30)).await {
-            anyhow::bail!("client {i} reached only {} of {n} replicas", c.connected());
-        }
-    }
+    let clients = (0..count)
+        .map(|i| {
+            let cfg = ResolvedClient {
+                key: KeyPair::generate(),
+                validators: validators.clone(),
+                timeout,
+                retransmit: timeout.min(Duration::from_secs(1)),
+            };
+            let mut client = gateways[i % gateways.len()].client(&cfg);
+            client.share_root_cache(roots.clone());
+            client
+        })
+        .collect();
     Ok(clients)
 }
 
@@ -133,7 +147,7 @@ pub async fn run(validators: &ValidatorSet, cfg: &LoadConfig) -> anyhow::Result<
         Mode::ClosedLoop { outstanding } => outstanding,
     }
     .max(1);
-    let clients = connect_clients(validators, workers, cfg.timeout).await?;
+    let clients = connect_clients(validators, workers, cfg.connections, cfg.timeout).await?;
     let start = Instant::now();
     let measure_from = start + cfg.warmup;
     let end = measure_from + cfg.duration;

@@ -88,21 +88,20 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
                 Err(_) => break,
             }
         }
-        let messages: Vec<Message> = frames
+        // Replies go back over the connection the request came on: the client's own,
+        // or the gateway's that hosts it (what a replica learns from a reply route).
+        let (senders, messages): (Vec<PeerId>, Vec<Message>) = frames
             .iter()
-            .filter_map(|f| bft_crypto::decode(&f.bytes, MAX_FRAME_BYTES).ok())
-            .collect();
+            .filter_map(|f| Some((f.peer, bft_crypto::decode(&f.bytes, MAX_FRAME_BYTES).ok()?)))
+            .unzip();
         // Execute everything this batch holds, then sign its replies once, as a
         // replica signs the replies of one executed batch.
         let mut fresh: Vec<(PeerId, Reply)> = Vec::new();
-        for checked in validator.verify_many(messages) {
+        for (peer, checked) in senders.into_iter().zip(validator.verify_many(messages)) {
             let Ok(VerifiedMessage::Request(request)) = checked else {
                 continue;
             };
             let client = request.signer();
-            let Some(peer) = bft_net::peer_id_of(&client) else {
-                continue;
-            };
             match last_reply.get(&client) {
                 Some((ts, reply)) if *ts == request.timestamp => {
                     let _ = net.send(peer, reply.clone());

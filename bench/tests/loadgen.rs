@@ -11,6 +11,8 @@ fn config(mode: Mode) -> LoadConfig {
     LoadConfig {
         mode,
         clients: 4,
+        // Two clients per connection: replies to both find their way back.
+        connections: 2,
         payload: 512,
         keys: 100,
         duration: Duration::from_secs(2),

@@ -202,6 +202,23 @@ pub fn state_digest(snapshot: &[u8]) -> Digest {
     h.finish()
 }
 
+/// <ROUTE, via, issued>σc: client `c` asks the replicas to send its replies over
+/// the connection of transport peer `via` (raw libp2p PeerId bytes) instead of
+/// dialling `c` itself. A gateway process that hosts many clients uses this to
+/// multiplex them over one connection per replica, so a reply costs one frame on a
+/// shared stream instead of a frame on a connection of its own.
+///
+/// Routing is a transport matter: the core never sees a route. It is signed by the
+/// client so that nobody else can divert the client's replies, and `issued` (the
+/// client's clock) orders its routes so a replayed older one cannot undo a newer one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyRoute {
+    #[serde(with = "bft_crypto::bytes")]
+    pub via: Vec<u8>,
+    pub issued: u64,
+}
+signable!(ReplyRoute, "bftnode/reply-route/v1");
+
 /// What travels between replicas and clients, signatures not yet checked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -220,6 +237,9 @@ pub enum Message {
     /// Signed-message generals (see [`crate::generals`]).
     Generals(crate::generals::Chain),
     GeneralsReport(Signed<crate::generals::Report>),
+    /// A client's reply route (see [`ReplyRoute`]); last, so the variants before it
+    /// keep their encoding.
+    ReplyRoute(Signed<ReplyRoute>),
 }
 
 impl Message {
@@ -240,6 +260,7 @@ impl Message {
             Message::Heartbeat(_) => "heartbeat",
             Message::Generals(_) => "generals",
             Message::GeneralsReport(_) => "generals_report",
+            Message::ReplyRoute(_) => "reply_route",
         }
     }
 }

@@ -9,8 +9,8 @@ use crate::fd::Heartbeat;
 use crate::generals::{verify_chain, Report, VerifiedChain};
 use crate::messages::{state_digest, Commit};
 use crate::messages::{
-    Batch, Checkpoint, FetchState, Message, NewView, PrePrepare, Prepare, PreparedCert, Request,
-    StateSnapshot, ViewChange,
+    Batch, Checkpoint, FetchState, Message, NewView, PrePrepare, Prepare, PreparedCert, ReplyRoute,
+    Request, StateSnapshot, ViewChange,
 };
 use crate::new_view::{plan, NewViewPlan};
 use crate::rejection::Rejection;
@@ -36,6 +36,8 @@ pub enum VerifiedMessage {
     Heartbeat(Verified<Heartbeat>),
     Generals(VerifiedChain),
     GeneralsReport(Verified<Report>),
+    /// A client's reply route: for the node's transport, never for the core.
+    ReplyRoute(Verified<ReplyRoute>),
 }
 
 impl VerifiedMessage {
@@ -43,7 +45,7 @@ impl VerifiedMessage {
     #[must_use]
     pub fn sender(&self) -> Option<ReplicaId> {
         Some(match self {
-            VerifiedMessage::Request(_) => return None,
+            VerifiedMessage::Request(_) | VerifiedMessage::ReplyRoute(_) => return None,
             VerifiedMessage::PrePrepare(m, _) => m.replica,
             VerifiedMessage::Prepare(m) => m.replica,
             VerifiedMessage::Commit(m) => m.replica,
@@ -64,7 +66,7 @@ impl VerifiedMessage {
 #[must_use]
 pub fn claimed_sender(msg: &Message) -> Option<ReplicaId> {
     Some(match msg {
-        Message::Request(_) => return None,
+        Message::Request(_) | Message::ReplyRoute(_) => return None,
         Message::PrePrepare(m, _) => m.payload.replica,
         Message::Prepare(m) => m.payload.replica,
         Message::Commit(m) => m.payload.replica,
@@ -169,6 +171,9 @@ impl Validator {
             Message::GeneralsReport(m) => {
                 let r = m.payload.replica;
                 VerifiedMessage::GeneralsReport(self.by_replica(m, r)?)
+            }
+            Message::ReplyRoute(m) => {
+                VerifiedMessage::ReplyRoute(m.verify().map_err(|_| Rejection::BadSignature)?)
             }
         })
     }

@@ -3,16 +3,18 @@
 //! submits, retransmits and waits for f+1 matching replies.
 
 use crate::config::ResolvedClient;
+use crate::link::Link;
 use bft_consensus::client::{Client, ClientOutput};
-use bft_consensus::{KvOp, KvResult, Message, ReplicaConfig, RootCache, Validator};
-use bft_net::{NetConfig, NetHandle, Network, PeerId};
+use bft_consensus::{KvOp, KvResult, ReplicaConfig, RootCache, Validator};
+use bft_net::{NetConfig, Network, PeerId};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
-use tokio::sync::mpsc;
 
 /// Verified reply roots remembered per cache (a few seconds of batches at full load).
 const ROOT_CACHE: usize = 4096;
+/// Largest frame a client accepts (a reply carries at most one operation's result).
+pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -25,10 +27,8 @@ pub enum ClientError {
 }
 
 pub struct KvClient {
-    net: NetHandle,
-    inbound: mpsc::Receiver<bft_net::Inbound>,
+    link: Link,
     core: Client,
-    peers: Vec<PeerId>,
     validator: Validator,
     start: Instant,
     timeout: Duration,
@@ -53,27 +53,36 @@ impl KvClient {
             key: cfg.key.clone(),
             listen: None,
             peers: peers.clone(),
-            max_frame_bytes: 16 * 1024 * 1024,
+            max_frame_bytes: MAX_FRAME_BYTES,
             peer_queue: 1024,
             inbound_queue: 4096,
         })?;
-        let members = cfg.validators.membership();
-        let validator = Validator::new(&ReplicaConfig::new(0, members.clone()));
-        // Timestamps from the wall clock, so a restarted client never reuses one.
-        let first_ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64);
-        let core = Client::new(cfg.key.clone(), members, first_ts, cfg.retransmit);
-        Ok(Self {
+        let link = Link::Own {
             net: net.handle,
             inbound: net.inbound,
-            core,
             peers: peers.into_iter().map(|(p, _)| p).collect(),
+        };
+        Ok(Self::with_link(cfg, link))
+    }
+
+    /// A client whose messages travel over `link`.
+    pub(crate) fn with_link(cfg: &ResolvedClient, link: Link) -> Self {
+        let members = cfg.validators.membership();
+        let validator = Validator::new(&ReplicaConfig::new(0, members.clone()));
+        let core = Client::new(
+            cfg.key.clone(),
+            members,
+            wall_clock_micros(),
+            cfg.retransmit,
+        );
+        Self {
+            link,
+            core,
             validator,
             start: Instant::now(),
             timeout: cfg.timeout,
             roots: Arc::new(RootCache::new(ROOT_CACHE)),
-        })
+        }
     }
 
     /// Check reply roots through `cache`, shared with other clients of this process:
@@ -86,10 +95,7 @@ impl KvClient {
     /// Replicas currently connected.
     #[must_use]
     pub fn connected(&self) -> usize {
-        self.peers
-            .iter()
-            .filter(|p| self.net.is_connected(p))
-            .count()
+        self.link.connected()
     }
 
     /// Run one operation to completion: the result f+1 replicas agree on.
@@ -123,9 +129,8 @@ impl KvClient {
         loop {
             let wake = retransmit_at.map_or(deadline, |r: Instant| r.min(deadline));
             tokio::select! {
-                frame = self.inbound.recv() => {
-                    let Some(frame) = frame else { return Err(ClientError::Timeout(self.timeout)) };
-                    let Ok(Message::Reply(r)) = bft_crypto::decode::<Message>(&frame.bytes, 16 * 1024 * 1024) else { continue };
+                r = self.link.next_reply() => {
+                    let Some(r) = r else { return Err(ClientError::Timeout(self.timeout)) };
                     // Late replies to earlier requests are skipped before paying for a
                     // signature check.
                     if Some(r.reply.timestamp) != self.core.outstanding_timestamp() {
@@ -158,13 +163,11 @@ impl KvClient {
             match o {
                 ClientOutput::Send { to, message } => {
                     let frame = Arc::new(bft_crypto::encode(&message).expect("encodes"));
-                    let _ = self.net.send(self.peers[to as usize], frame);
+                    self.link.send(to, frame);
                 }
                 ClientOutput::Broadcast { message } => {
                     let frame = Arc::new(bft_crypto::encode(&message).expect("encodes"));
-                    for p in &self.peers {
-                        let _ = self.net.send(*p, frame.clone());
-                    }
+                    self.link.broadcast(&frame);
                 }
                 ClientOutput::SetTimer { at } => *retransmit_at = Some(self.start + at),
                 ClientOutput::Accepted { result, .. } => accepted = Some(result),
@@ -202,8 +205,10 @@ impl KvClient {
     }
 }
 
-impl Drop for KvClient {
-    fn drop(&mut self) {
-        self.net.shutdown();
-    }
+/// Microseconds of wall-clock time: client timestamps and route issue times come
+/// from it, so a restarted client never reuses one.
+pub(crate) fn wall_clock_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
 }

@@ -38,6 +38,10 @@ struct Args {
     /// Clients (distinct keys) in open-loop mode.
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// Connections the clients share (each a gateway hosting clients round robin;
+    /// replicas route their replies there). As many as clients gives each its own.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
     /// Value size of each write, in bytes.
     #[arg(long, default_value_t = 512)]
     payload: usize,
@@ -132,6 +136,7 @@ fn loads(args: &Args) -> anyhow::Result<Vec<LoadConfig>> {
         .map(|mode| LoadConfig {
             mode,
             clients: args.clients,
+            connections: args.connections,
             payload: args.payload,
             keys: args.keys,
             duration: Duration::from_secs_f64(args.duration),

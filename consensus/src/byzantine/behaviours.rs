@@ -151,6 +151,7 @@ fn corrupt(message: &mut Message) {
         Message::Reply(s) => flip(&mut s.root.signature),
         Message::Heartbeat(s) => flip(&mut s.signature),
         Message::GeneralsReport(s) => flip(&mut s.signature),
+        Message::ReplyRoute(s) => flip(&mut s.signature),
         Message::Generals(c) => {
             if let Some(l) = c.links.last_mut() {
                 flip(&mut l.signature);

@@ -180,6 +180,8 @@ impl<A: Application> Replica<A> {
             VerifiedMessage::Heartbeat(hb) => self.on_heartbeat(&hb),
             // The generals engine's, not the replica's: the driver routes them there.
             VerifiedMessage::Generals(_) | VerifiedMessage::GeneralsReport(_) => {}
+            // The transport's (where to send a client's replies), not the protocol's.
+            VerifiedMessage::ReplyRoute(_) => {}
         }
     }
 

@@ -6,6 +6,7 @@
 mod admin;
 mod outputs;
 mod persister;
+mod routes;
 
 use crate::control::Control;
 use crate::generals_node::GeneralsNode;
@@ -18,6 +19,7 @@ use bft_consensus::messages::request_id;
 use bft_consensus::{Input, KvStore, Output, ReplicaId, RequestId, Timer, VerifiedMessage};
 use bft_net::{NetHandle, PeerId};
 use persister::{Frame, Persister};
+use routes::ReplyRoutes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -56,6 +58,8 @@ pub struct Runtime {
     net: NetHandle,
     peers: Vec<PeerId>,
     ids: HashMap<PeerId, ReplicaId>,
+    /// Where clients behind a gateway want their replies.
+    routes: ReplyRoutes,
     start: Instant,
     status: watch::Sender<Status>,
     heartbeat: Arc<AtomicU64>,
@@ -91,6 +95,7 @@ impl Runtime {
             net: p.net,
             peers: p.peers,
             ids,
+            routes: ReplyRoutes::default(),
             start: p.start,
             status: p.status,
             heartbeat: p.heartbeat,
@@ -190,6 +195,13 @@ impl Runtime {
                 if msg.sender().is_some() && from.is_none() {
                     // A replica message over a client's connection: an impersonation attempt.
                     self.count_invalid(None, "wrong_peer");
+                    return;
+                }
+                if let VerifiedMessage::ReplyRoute(route) = &msg {
+                    if let Err(e) = self.routes.learn(route.signer(), route, c.peer) {
+                        tracing::debug!(peer = %c.peer, %e, "reply route refused");
+                        self.count_invalid(from, e.label());
+                    }
                     return;
                 }
                 self.note_first_seen(&msg);

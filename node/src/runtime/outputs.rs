@@ -38,7 +38,7 @@ impl Runtime {
                 }
             }
             Output::Reply { client, reply } => {
-                if let Some(peer) = bft_net::peer_id_of(&client) {
+                if let Some(peer) = self.routes.peer_for(&client) {
                     let message = Message::Reply(reply);
                     self.send_frame(peer, encode(&message), message.kind());
                 }

@@ -1,0 +1,77 @@
+//! How a [`crate::client::KvClient`] reaches the replicas: over its own libp2p
+//! node (its key is its transport identity), or as one session of a shared
+//! [`crate::gateway::Gateway`].
+
+use crate::client::MAX_FRAME_BYTES;
+use crate::gateway::Session;
+use bft_consensus::{Message, ReplicaId, SignedReply};
+use bft_net::{Inbound, NetHandle, PeerId};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+pub(crate) enum Link {
+    Own {
+        net: NetHandle,
+        inbound: mpsc::Receiver<Inbound>,
+        /// Replica id -> PeerId.
+        peers: Vec<PeerId>,
+    },
+    Session(Session),
+}
+
+impl Link {
+    pub(crate) fn send(&self, to: ReplicaId, frame: Arc<Vec<u8>>) {
+        match self {
+            Link::Own { net, peers, .. } => {
+                if let Some(peer) = peers.get(to as usize) {
+                    let _ = net.send(*peer, frame);
+                }
+            }
+            Link::Session(s) => s.send(to, frame),
+        }
+    }
+
+    /// Send to every replica. A session re-sends its reply route first: a replica
+    /// that forgot the route (or restarted) relearns it with the retransmission.
+    pub(crate) fn broadcast(&self, frame: &Arc<Vec<u8>>) {
+        match self {
+            Link::Own { net, peers, .. } => {
+                for p in peers {
+                    let _ = net.send(*p, frame.clone());
+                }
+            }
+            Link::Session(s) => s.broadcast(frame),
+        }
+    }
+
+    /// The next reply addressed to this client (None once the transport is gone).
+    pub(crate) async fn next_reply(&mut self) -> Option<SignedReply> {
+        match self {
+            Link::Own { inbound, .. } => loop {
+                let frame = inbound.recv().await?;
+                if let Ok(Message::Reply(r)) =
+                    bft_crypto::decode::<Message>(&frame.bytes, MAX_FRAME_BYTES)
+                {
+                    return Some(r);
+                }
+            },
+            Link::Session(s) => s.next_reply().await,
+        }
+    }
+
+    /// Replicas currently connected.
+    pub(crate) fn connected(&self) -> usize {
+        match self {
+            Link::Own { net, peers, .. } => peers.iter().filter(|p| net.is_connected(p)).count(),
+            Link::Session(s) => s.connected(),
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Link::Own { net, .. } = self {
+            net.shutdown();
+        }
+    }
+}
