@@ -127,3 +127,98 @@ fn quic_testnet_commits_writes_and_agrees() {
     let writes = accepted.lock().unwrap().clone();
     read_back(&net, &rt, &writes);
 }
+
+/// Clients behind one gateway share its connection to each replica: each signs a
+/// reply route naming the gateway, and every write of every client is accepted. A
+/// route that arrives over a connection other than the one it names is refused
+/// and counted, and the client keeps its replies.
+#[test]
+fn clients_behind_one_gateway_commit_and_a_route_from_elsewhere_is_refused() {
+    use bft_consensus::messages::ReplyRoute;
+    use bft_consensus::{KvResult, Message};
+    use bftnode::gateway::Gateway;
+
+    let _serial = serial();
+    let net = Testnet::start(4);
+    let rt = tokio_rt();
+    let cfgs: Vec<_> = (1..=3).map(|seed| net.client(seed)).collect();
+    let validators = cfgs[0].validators.clone();
+    let (gateway, mut clients, thief) = rt.block_on(async {
+        let gateway = Gateway::connect(&validators).unwrap();
+        assert!(gateway.wait_connected(4, Duration::from_secs(10)).await);
+        let tasks: Vec<_> = cfgs
+            .iter()
+            .enumerate()
+            .map(|(c, cfg)| {
+                let mut client = gateway.client(cfg);
+                tokio::spawn(async move {
+                    for i in 0..50 {
+                        let (k, v) = (format!("g{c}-k{i}"), format!("v{i}"));
+                        let got = client.put(k.as_bytes(), v.as_bytes()).await.unwrap();
+                        assert!(matches!(got, KvResult::Done { .. }), "{got:?}");
+                    }
+                    client
+                })
+            })
+            .collect();
+        let mut clients = Vec::new();
+        for t in tasks {
+            clients.push(t.await.unwrap());
+        }
+
+        // A route signed by client 0 arrives over a thief's connection, naming a third
+        // peer. Were it taken, client 0's replies would go nowhere (its own re-sent
+        // routes are older than this one).
+        let thief = bft_net::Network::start(bft_net::NetConfig {
+            key: bft_crypto::KeyPair::generate(),
+            listen: None,
+            peers: validators
+                .validators
+                .iter()
+                .map(|v| (v.peer, v.address.clone()))
+                .collect(),
+            max_frame_bytes: 1 << 20,
+            peer_queue: 64,
+            inbound_queue: 64,
+        })
+        .unwrap();
+        let route = bft_crypto::Signed::sign(
+            ReplyRoute {
+                via: bft_net::peer_id_of(&bft_crypto::KeyPair::generate().public())
+                    .unwrap()
+                    .to_bytes(),
+                issued: u64::MAX,
+            },
+            &cfgs[0].key,
+        );
+        let frame = std::sync::Arc::new(bft_crypto::encode(&Message::ReplyRoute(route)).unwrap());
+        for v in &validators.validators {
+            while !thief.handle.is_connected(&v.peer) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            thief.handle.send(v.peer, frame.clone()).unwrap();
+        }
+        (gateway, clients, thief)
+    });
+    let refused = |i| net.metric_sum(i, "bft_invalid_messages_total", &["reason=\"bad_route\""]);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while (0..4).any(|i| refused(i) < 1.0) {
+        assert!(
+            std::time::Instant::now() < end,
+            "a route from elsewhere was not refused everywhere"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Client 0 still gets its replies through the gateway.
+    rt.block_on(async {
+        let got = clients[0].get(b"g0-k49").await.unwrap();
+        assert_eq!(got, KvResult::Value(Some(b"v49".to_vec())));
+    });
+    drop((gateway, clients, thief));
+    let statuses = net.wait_agree(&[0, 1, 2, 3], Duration::from_secs(30));
+    assert!(
+        statuses[0].committed_requests >= 150,
+        "{}",
+        statuses[0].committed_requests
+    );
+}
