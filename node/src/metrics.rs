@@ -140,7 +140,7 @@ impl Metrics {
             ),
             checkpoint_persist: histogram(
                 "bft_checkpoint_persist_seconds",
-                "Time to durably write a stable checkpoint (and the rest of its turn)",
+                "Time to durably write a stable checkpoint (its snapshot file, then its record)",
                 LATENCY_BUCKETS,
             ),
             persist_turns: histogram(

@@ -1,18 +1,29 @@
 //! RocksDB storage of what the core marks durable (DESIGN.md "Persistence").
 //!
 //! Keys: `view`, `vc` (the view-change sent), `nv` (the new-view entered), `stable`
-//! (the stable checkpoint with its 2f+1 proof and snapshot), and per sequence number
-//! `a/`, `p/`, `c/` + big-endian seq for the accepted pre-prepare (with batch), the
-//! prepared certificate and the commit decision. The application's data lives in the
-//! stable snapshot plus the committed batches above it, which a restarted replica
-//! re-executes.
+//! (the stable checkpoint with its 2f+1 proof), and per sequence number `a/`, `p/`,
+//! `c/` + big-endian seq for the accepted pre-prepare (with batch), the prepared
+//! certificate and the commit decision. The application's data lives in the stable
+//! checkpoint's snapshot plus the committed batches above it, which a restarted
+//! replica re-executes.
 //!
 //! All records of one or more event-loop turns go in one `WriteBatch` written with
 //! `sync`, before any message of those turns leaves (see `runtime::persister`).
+//!
+//! A stable checkpoint is the exception, because its snapshot is the whole state
+//! (megabytes) and writing it in a turn's batch held every later message back for
+//! tens of milliseconds. [`StableWriter`] writes it apart: the snapshot to its own
+//! file (`snapshots/<seq>` in the store's directory, synced, then renamed into
+//! place), then `stable` (without the snapshot) and the garbage collection of the
+//! log below it, in one synced write. No message waits for it, and none needs to: a
+//! checkpoint only lets the log below it go, and until `stable` is written the old
+//! checkpoint and the whole log above it stay on disk, so a replica that crashes in
+//! between recovers from the old checkpoint and re-executes (or fetches) the rest.
 
-use bft_consensus::{DurableState, PersistRecord, Seq};
+use bft_consensus::{DurableState, PersistRecord, Seq, StableCheckpoint};
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -23,6 +34,8 @@ pub enum StorageError {
     Write(String),
     #[error("corrupt record {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("snapshot file {path}: {reason}")]
+    Snapshot { path: String, reason: String },
 }
 
 const VIEW: &[u8] = b"view";
@@ -44,7 +57,8 @@ fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
 }
 
 pub struct Storage {
-    db: DB,
+    db: Arc<DB>,
+    snapshots: PathBuf,
     durable: DurableState,
 }
 
@@ -61,8 +75,23 @@ impl Storage {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let durable = load(&db)?;
-        Ok(Self { db, durable })
+        let snapshots = path.join(SNAPSHOTS);
+        std::fs::create_dir_all(&snapshots).map_err(|e| snapshot_error(&snapshots, &e))?;
+        let durable = load(&db, &snapshots)?;
+        Ok(Self {
+            db: Arc::new(db),
+            snapshots,
+            durable,
+        })
+    }
+
+    /// The writer of stable checkpoints for this store (see the module doc).
+    #[must_use]
+    pub fn stable_writer(&self) -> StableWriter {
+        StableWriter {
+            db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
+        }
     }
 
     #[must_use]
@@ -70,13 +99,31 @@ impl Storage {
         &self.durable
     }
 
-    /// Make `records` durable: one synced write batch.
+    /// Make `records` durable: one synced write batch, and any stable checkpoint
+    /// among them written by [`StableWriter`] before returning.
+    ///
+    /// # Errors
+    /// If a write fails (the node must stop: it cannot promise durability).
+    pub fn persist(&mut self, records: &[PersistRecord]) -> Result<(), StorageError> {
+        let writer = self.stable_writer();
+        for cp in self.persist_deferring_stable(records)? {
+            writer.write(&cp)?;
+        }
+        Ok(())
+    }
+
+    /// Make `records` durable in one synced write batch, except stable checkpoints:
+    /// those are returned, for a [`StableWriter`] to write apart.
     ///
     /// # Errors
     /// If the write fails (the node must stop: it cannot promise durability).
-    pub fn persist(&mut self, records: &[PersistRecord]) -> Result<(), StorageError> {
+    pub fn persist_deferring_stable(
+        &mut self,
+        records: &[PersistRecord],
+    ) -> Result<Vec<StableCheckpoint>, StorageError> {
+        let mut stable = Vec::new();
         if records.is_empty() {
-            return Ok(());
+            return Ok(stable);
         }
         let mut batch = WriteBatch::default();
         for r in records {
@@ -112,19 +159,86 @@ impl Storage {
                 }
                 PersistRecord::Stable(cp) => {
                     if d.stable.as_ref().is_some_and(|s| s.seq == cp.seq) {
-                        batch.put(STABLE, enc(cp));
-                        for prefix in [ACCEPTED, PREPARED, COMMITTED] {
-                            batch.delete_range(seq_key(prefix, 0), seq_key(prefix, cp.seq + 1));
-                        }
+                        stable.push(cp.clone());
                     }
                 }
             }
+        }
+        if !batch.is_empty() {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            self.db
+                .write_opt(batch, &opts)
+                .map_err(|e| StorageError::Write(e.to_string()))?;
+        }
+        Ok(stable)
+    }
+}
+
+/// Writes stable checkpoints apart from the turns' records (see the module doc).
+/// It may run on its own thread, beside the writer of the records.
+pub struct StableWriter {
+    db: Arc<DB>,
+    snapshots: PathBuf,
+}
+
+impl StableWriter {
+    /// Make `cp` the stored stable checkpoint: its snapshot file first (synced and
+    /// renamed into place), then the `stable` record and the log garbage collection
+    /// in one synced write, then older snapshot files go.
+    ///
+    /// # Errors
+    /// If a write fails (the node must stop: it cannot promise durability).
+    pub fn write(&self, cp: &StableCheckpoint) -> Result<(), StorageError> {
+        let path = self.snapshots.join(cp.seq.to_string());
+        let tmp = self.snapshots.join(format!("{}.tmp", cp.seq));
+        write_synced(&tmp, &cp.snapshot).map_err(|e| snapshot_error(&tmp, &e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| snapshot_error(&path, &e))?;
+        std::fs::File::open(&self.snapshots)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| snapshot_error(&self.snapshots, &e))?;
+
+        let record = StableCheckpoint {
+            snapshot: Vec::new(),
+            ..cp.clone()
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(STABLE, enc(&record));
+        for prefix in [ACCEPTED, PREPARED, COMMITTED] {
+            batch.delete_range(seq_key(prefix, 0), seq_key(prefix, cp.seq + 1));
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db
             .write_opt(batch, &opts)
-            .map_err(|e| StorageError::Write(e.to_string()))
+            .map_err(|e| StorageError::Write(e.to_string()))?;
+
+        // Older snapshots (and any partial one a crash left) are no longer needed.
+        let entries =
+            std::fs::read_dir(&self.snapshots).map_err(|e| snapshot_error(&self.snapshots, &e))?;
+        for entry in entries.flatten() {
+            if entry.file_name().to_str() != Some(cp.seq.to_string().as_str()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The directory of snapshot files, inside the store's own.
+const SNAPSHOTS: &str = "snapshots";
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn snapshot_error(path: &Path, e: &std::io::Error) -> StorageError {
+    StorageError::Snapshot {
+        path: path.display().to_string(),
+        reason: e.to_string(),
     }
 }
 
@@ -167,7 +281,7 @@ fn scan<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
-fn load(db: &DB) -> Result<DurableState, StorageError> {
+fn load(db: &DB, snapshots: &Path) -> Result<DurableState, StorageError> {
     let mut d = DurableState::default();
     if let Some((view, changing)) = get(db, VIEW)? {
         d.view = view;
@@ -176,6 +290,13 @@ fn load(db: &DB) -> Result<DurableState, StorageError> {
     d.view_change = get(db, VIEW_CHANGE)?;
     d.new_view = get(db, NEW_VIEW)?;
     d.stable = get(db, STABLE)?;
+    if let Some(stable) = d.stable.as_mut() {
+        // Stores written before snapshots had files of their own carry it inline.
+        if stable.snapshot.is_empty() {
+            let path = snapshots.join(stable.seq.to_string());
+            stable.snapshot = std::fs::read(&path).map_err(|e| snapshot_error(&path, &e))?;
+        }
+    }
     d.accepted = scan(db, ACCEPTED)?.into_iter().collect();
     d.prepared = scan(db, PREPARED)?.into_iter().collect();
     d.committed = scan(db, COMMITTED)?.into_iter().collect();
@@ -248,6 +369,54 @@ mod tests {
             vec![9]
         );
         assert!(s.durable().committed.is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_not_yet_written_leaves_the_old_one_and_the_log_whole() {
+        let cp = |seq: Seq, byte: u8| StableCheckpoint {
+            seq,
+            digest: Digest([byte; 32]),
+            proof: vec![],
+            snapshot: vec![byte; 1000],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Storage::open(dir.path()).unwrap();
+            s.persist(&[
+                accepted(3, 0),
+                PersistRecord::Stable(cp(4, 4)),
+                accepted(5, 0),
+            ])
+            .unwrap();
+            // Checkpoint 8 is stable in memory, but its writer has not run (a crash
+            // now): the records of its turn are durable, the checkpoint is not.
+            let deferred = s
+                .persist_deferring_stable(&[accepted(9, 0), PersistRecord::Stable(cp(8, 8))])
+                .unwrap();
+            assert_eq!(deferred, vec![cp(8, 8)]);
+        }
+        {
+            let s = Storage::open(dir.path()).unwrap();
+            let d = s.durable();
+            assert_eq!(
+                d.stable,
+                Some(cp(4, 4)),
+                "the old checkpoint, snapshot and all"
+            );
+            assert_eq!(d.accepted.keys().copied().collect::<Vec<_>>(), vec![5, 9]);
+            s.stable_writer().write(&cp(8, 8)).unwrap();
+        }
+        let s = Storage::open(dir.path()).unwrap();
+        assert_eq!(s.durable().stable, Some(cp(8, 8)));
+        assert_eq!(
+            s.durable().accepted.keys().copied().collect::<Vec<_>>(),
+            vec![9]
+        );
+        let files: Vec<_> = std::fs::read_dir(dir.path().join(SNAPSHOTS))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, vec!["8".to_string()], "older snapshots are removed");
     }
 
     #[test]

@@ -11,10 +11,15 @@
 //! The replica's state machine never reads storage, so running ahead of durability
 //! changes nothing it decides; only what the world sees is held back, and a crash
 //! loses exactly the messages that were never sent.
+//!
+//! Stable checkpoints go to a second thread, which writes them apart (see
+//! `storage`): no message depends on one, and its snapshot write used to hold every
+//! later message back for tens of milliseconds. If checkpoints come faster than it
+//! writes them, it writes only the newest.
 
 use crate::metrics::Metrics;
-use crate::storage::Storage;
-use bft_consensus::PersistRecord;
+use crate::storage::{StableWriter, Storage};
+use bft_consensus::{PersistRecord, StableCheckpoint};
 use bft_net::{NetHandle, PeerId};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -53,7 +58,7 @@ impl Persister {
                 .name("persist".into())
                 .spawn(move || {
                     let _enter = runtime.enter();
-                    if let Err(e) = run(storage, &net, &metrics, &rx) {
+                    if let Err(e) = run(storage, &net, &metrics, &rx, &failure) {
                         tracing::error!(error = %e, "cannot persist; stopping");
                         *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
                     }
@@ -74,6 +79,9 @@ impl Persister {
     pub fn submit(&self, records: Vec<PersistRecord>, frames: Vec<Frame>) -> anyhow::Result<()> {
         if records.is_empty() && frames.is_empty() {
             return Ok(());
+        }
+        if self.failure().is_some() {
+            return Err(self.error());
         }
         let sent = self
             .tx
@@ -126,9 +134,12 @@ impl Drop for Persister {
 fn run(
     mut storage: Storage,
     net: &NetHandle,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     rx: &Receiver<Turn>,
+    failure: &Arc<Mutex<Option<String>>>,
 ) -> Result<(), String> {
+    let (checkpoints, checkpoint_thread) =
+        start_checkpoint_writer(storage.stable_writer(), metrics.clone(), failure.clone());
     while let Ok(first) = rx.recv() {
         let mut turns = vec![first];
         turns.extend(rx.try_iter());
@@ -137,21 +148,48 @@ fn run(
             .flat_map(|t| std::mem::take(&mut t.records))
             .collect();
         if !records.is_empty() {
-            let has_checkpoint = records
-                .iter()
-                .any(|r| matches!(r, PersistRecord::Stable(_)));
-            let started = Instant::now();
-            storage.persist(&records).map_err(|e| e.to_string())?;
+            let stable = storage
+                .persist_deferring_stable(&records)
+                .map_err(|e| e.to_string())?;
             metrics.persist_turns.observe(turns.len() as f64);
-            if has_checkpoint {
-                metrics
-                    .checkpoint_persist
-                    .observe(started.elapsed().as_secs_f64());
+            for cp in stable {
+                // Only fails once the writer stopped, and then it recorded why.
+                let _ = checkpoints.send(cp);
             }
         }
         for (peer, frame) in turns.into_iter().flat_map(|t| t.frames) {
             let _ = net.send(peer, frame);
         }
     }
+    // Shutting down: the last checkpoint is written before the thread ends.
+    drop(checkpoints);
+    let _ = checkpoint_thread.join();
     Ok(())
+}
+
+/// The thread that writes stable checkpoints, newest first when several wait.
+fn start_checkpoint_writer(
+    writer: StableWriter,
+    metrics: Arc<Metrics>,
+    failure: Arc<Mutex<Option<String>>>,
+) -> (Sender<StableCheckpoint>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<StableCheckpoint>();
+    let thread = std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let newest = rx.try_iter().last().unwrap_or(first);
+                let started = Instant::now();
+                if let Err(e) = writer.write(&newest) {
+                    tracing::error!(error = %e, "cannot write the stable checkpoint; stopping");
+                    *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+                    return;
+                }
+                metrics
+                    .checkpoint_persist
+                    .observe(started.elapsed().as_secs_f64());
+            }
+        })
+        .expect("spawn checkpoint thread");
+    (tx, thread)
 }
