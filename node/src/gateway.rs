@@ -21,11 +21,48 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Replies queued for one client before more are dropped (it has one request out;
-/// anything beyond a few replies per replica is stale or hostile).
-const SESSION_QUEUE: usize = 64;
+type Sessions = Arc<Mutex<HashMap<ClientId, Arc<Inbox>>>>;
 
-type Sessions = Arc<Mutex<HashMap<ClientId, mpsc::Sender<SignedReply>>>>;
+/// A client's undelivered replies: the newest from each replica, one slot each.
+/// A faulty replica can overwrite only its own slot, so however many replies it
+/// sends, it cannot crowd out the honest replicas' (a shared queue could be kept
+/// full by one sender, and the client needs only f+1 of the others).
+struct Inbox {
+    slots: Mutex<Vec<Option<SignedReply>>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Inbox {
+    fn new(n: usize) -> Self {
+        Self {
+            slots: Mutex::new(vec![None; n]),
+            ready: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn put(&self, replica: usize, reply: SignedReply) {
+        if let Some(slot) = self.slots.lock().expect("inbox lock").get_mut(replica) {
+            *slot = Some(reply);
+        }
+        // Stores a permit if the client is not waiting: no wake-up is lost.
+        self.ready.notify_one();
+    }
+
+    async fn take(&self) -> SignedReply {
+        loop {
+            if let Some(r) = self
+                .slots
+                .lock()
+                .expect("inbox lock")
+                .iter_mut()
+                .find_map(Option::take)
+            {
+                return r;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
 
 struct Shared {
     net: NetHandle,
@@ -68,27 +105,29 @@ impl Gateway {
             inbound_queue: 64 * 1024,
         })?;
         let sessions = Sessions::default();
-        tokio::spawn(dispatch(net.inbound, sessions.clone()));
+        let peers: Vec<PeerId> = peers.into_iter().map(|(p, _)| p).collect();
+        tokio::spawn(dispatch(net.inbound, sessions.clone(), peers.clone()));
         Ok(Self {
             shared: Arc::new(Shared {
                 net: net.handle,
-                peers: peers.into_iter().map(|(p, _)| p).collect(),
+                peers,
                 sessions,
             }),
         })
     }
 
     /// A client with key `cfg.key` behind this gateway. Its reply route is sent to
-    /// every replica now, ahead of its first request.
+    /// every replica now, ahead of its first request. One client per key: a second
+    /// with the same key takes the replies over from the first.
     #[must_use]
     pub fn client(&self, cfg: &ResolvedClient) -> KvClient {
         let id = cfg.key.public();
-        let (tx, replies) = mpsc::channel(SESSION_QUEUE);
+        let inbox = Arc::new(Inbox::new(self.shared.peers.len()));
         self.shared
             .sessions
             .lock()
             .expect("sessions lock")
-            .insert(id, tx);
+            .insert(id, inbox.clone());
         let route = Signed::sign(
             ReplyRoute {
                 via: self.shared.net.local_peer_id().to_bytes(),
@@ -100,7 +139,7 @@ impl Gateway {
         let session = Session {
             shared: self.shared.clone(),
             id,
-            replies,
+            inbox,
             route,
         };
         session.send_route();
@@ -131,19 +170,30 @@ impl Gateway {
     }
 }
 
-/// Hand each reply to the session of the client it is addressed to. Replies are
-/// only decoded here; each client verifies its own (on its own task).
-async fn dispatch(mut inbound: mpsc::Receiver<Inbound>, sessions: Sessions) {
+/// Hand each reply to the inbox of the client it is addressed to, in the slot of
+/// the replica whose connection it came over (a reply claiming another replica, or
+/// from a peer that is no replica, is dropped). Replies are only decoded here; each
+/// client verifies its own, on its own task.
+async fn dispatch(mut inbound: mpsc::Receiver<Inbound>, sessions: Sessions, peers: Vec<PeerId>) {
     while let Some(frame) = inbound.recv().await {
+        let Some(from) = peers.iter().position(|p| *p == frame.peer) else {
+            continue;
+        };
         let Ok(Message::Reply(reply)) =
             bft_crypto::decode::<Message>(&frame.bytes, MAX_FRAME_BYTES)
         else {
             continue;
         };
-        let sessions = sessions.lock().expect("sessions lock");
-        if let Some(tx) = sessions.get(&reply.reply.client) {
-            // A full queue means the client is not keeping up with stale replies.
-            let _ = tx.try_send(reply);
+        if reply.reply.replica as usize != from {
+            continue;
+        }
+        let inbox = sessions
+            .lock()
+            .expect("sessions lock")
+            .get(&reply.reply.client)
+            .cloned();
+        if let Some(inbox) = inbox {
+            inbox.put(from, reply);
         }
     }
 }
@@ -152,7 +202,7 @@ async fn dispatch(mut inbound: mpsc::Receiver<Inbound>, sessions: Sessions) {
 pub(crate) struct Session {
     shared: Arc<Shared>,
     id: ClientId,
-    replies: mpsc::Receiver<SignedReply>,
+    inbox: Arc<Inbox>,
     /// The client's encoded, signed reply route.
     route: Arc<Vec<u8>>,
 }
@@ -178,7 +228,7 @@ impl Session {
     }
 
     pub(crate) async fn next_reply(&mut self) -> Option<SignedReply> {
-        self.replies.recv().await
+        Some(self.inbox.take().await)
     }
 
     pub(crate) fn connected(&self) -> usize {
@@ -191,10 +241,59 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.shared
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .remove(&self.id);
+        let mut sessions = self.shared.sessions.lock().expect("sessions lock");
+        // Only our own entry: a later session with the same key may have replaced it.
+        if sessions
+            .get(&self.id)
+            .is_some_and(|inbox| Arc::ptr_eq(inbox, &self.inbox))
+        {
+            sessions.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bft_consensus::messages::Reply;
+    use bft_consensus::reply::sign_replies;
+
+    fn reply(replica: u32, timestamp: u64) -> SignedReply {
+        let client = KeyPair::from_seed([9; 32]).public();
+        let r = Reply {
+            view: 0,
+            timestamp,
+            client,
+            replica,
+            result: vec![1],
+        };
+        sign_replies(
+            &KeyPair::from_seed([replica as u8; 32]),
+            0,
+            replica,
+            vec![r],
+        )
+        .pop()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_flooding_replica_cannot_crowd_out_the_others() {
+        let inbox = Inbox::new(4);
+        inbox.put(2, reply(2, 7));
+        for t in 0..1000 {
+            inbox.put(0, reply(0, t));
+        }
+        inbox.put(3, reply(3, 7));
+        let mut got: Vec<(u32, u64)> = Vec::new();
+        for _ in 0..3 {
+            let r = inbox.take().await;
+            got.push((r.reply.replica, r.reply.timestamp));
+        }
+        got.sort_unstable();
+        // The flooder keeps one slot (its newest); both honest replies are there.
+        assert_eq!(got, vec![(0, 999), (2, 7), (3, 7)]);
+        let nothing = tokio::time::timeout(Duration::from_millis(20), inbox.take()).await;
+        assert!(nothing.is_err(), "no fourth reply was ever put");
     }
 }

@@ -76,7 +76,13 @@ impl Storage {
             reason: e.to_string(),
         })?;
         let snapshots = path.join(SNAPSHOTS);
-        std::fs::create_dir_all(&snapshots).map_err(|e| snapshot_error(&snapshots, &e))?;
+        if !snapshots.is_dir() {
+            // The new directory's entry must itself be durable before a record
+            // points into it.
+            std::fs::create_dir_all(&snapshots)
+                .and_then(|()| std::fs::File::open(path)?.sync_all())
+                .map_err(|e| snapshot_error(&snapshots, &e))?;
+        }
         let durable = load(&db, &snapshots)?;
         Ok(Self {
             db: Arc::new(db),

@@ -140,6 +140,21 @@ fn run(
 ) -> Result<(), String> {
     let (checkpoints, checkpoint_thread) =
         start_checkpoint_writer(storage.stable_writer(), metrics.clone(), failure.clone());
+    let result = persist_turns(&mut storage, net, metrics, rx, &checkpoints);
+    // Stopping (or failed): the checkpoint thread finishes what it has and lets go
+    // of the store before this thread does.
+    drop(checkpoints);
+    let _ = checkpoint_thread.join();
+    result
+}
+
+fn persist_turns(
+    storage: &mut Storage,
+    net: &NetHandle,
+    metrics: &Metrics,
+    rx: &Receiver<Turn>,
+    checkpoints: &Sender<StableCheckpoint>,
+) -> Result<(), String> {
     while let Ok(first) = rx.recv() {
         let mut turns = vec![first];
         turns.extend(rx.try_iter());
@@ -161,9 +176,6 @@ fn run(
             let _ = net.send(peer, frame);
         }
     }
-    // Shutting down: the last checkpoint is written before the thread ends.
-    drop(checkpoints);
-    let _ = checkpoint_thread.join();
     Ok(())
 }
 

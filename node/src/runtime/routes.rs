@@ -11,8 +11,12 @@ use thiserror::Error;
 
 /// Routes remembered at once. A client whose route was forgotten is answered at its
 /// own identity (unreachable behind a gateway) until it retransmits, which re-sends
-/// its route; so the bound costs a slow request, never a lost one.
+/// its route; so the bound costs a slow request, never a lost one. When full, one
+/// route makes room for a new one (never a wholesale clear, which anyone able to
+/// sign routes for throwaway keys could trigger at will).
 const MAX_ROUTES: usize = 1 << 16;
+/// Routes over one connection: a single peer cannot fill the table by itself.
+const MAX_ROUTES_PER_CONNECTION: usize = 1 << 14;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RouteError {
@@ -22,6 +26,8 @@ pub enum RouteError {
     /// client's signed route cannot be replayed by someone else to divert them.
     #[error("the route names a peer other than the one that sent it")]
     NotSender,
+    #[error("too many routes over one connection")]
+    TooMany,
 }
 
 impl RouteError {
@@ -35,6 +41,8 @@ impl RouteError {
 #[derive(Default)]
 pub struct ReplyRoutes {
     routes: HashMap<ClientId, (PeerId, u64)>,
+    /// How many routes name each connection.
+    per_connection: HashMap<PeerId, usize>,
 }
 
 impl ReplyRoutes {
@@ -53,15 +61,37 @@ impl ReplyRoutes {
         if via != sender {
             return Err(RouteError::NotSender);
         }
-        if let Some((_, issued)) = self.routes.get(&client) {
-            if *issued >= route.issued {
-                return Ok(());
+        match self.routes.get(&client) {
+            Some((_, issued)) if *issued >= route.issued => return Ok(()),
+            Some((old, _)) if *old == via => {}
+            _ => {
+                if self.per_connection.get(&via).copied().unwrap_or(0) >= MAX_ROUTES_PER_CONNECTION
+                {
+                    return Err(RouteError::TooMany);
+                }
+                if !self.routes.contains_key(&client) && self.routes.len() >= MAX_ROUTES {
+                    let evict = self.routes.keys().next().copied();
+                    if let Some(c) = evict {
+                        self.forget(&c);
+                    }
+                }
             }
-        } else if self.routes.len() >= MAX_ROUTES {
-            self.routes.clear();
         }
+        self.forget(&client);
         self.routes.insert(client, (via, route.issued));
+        *self.per_connection.entry(via).or_default() += 1;
         Ok(())
+    }
+
+    fn forget(&mut self, client: &ClientId) {
+        if let Some((via, _)) = self.routes.remove(client) {
+            if let Some(n) = self.per_connection.get_mut(&via) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_connection.remove(&via);
+                }
+            }
+        }
     }
 
     /// Where `client`'s replies go: its route, else its own identity.
@@ -121,6 +151,34 @@ mod tests {
             Err(RouteError::BadPeer)
         );
         assert_eq!(routes.peer_for(&client), bft_net::peer_id_of(&client));
+    }
+
+    #[test]
+    fn one_connection_cannot_fill_the_table_and_moving_keeps_the_counts() {
+        let mut routes = ReplyRoutes::default();
+        let (flooder, gateway) = (peer(), peer());
+        for i in 0..MAX_ROUTES_PER_CONNECTION {
+            let client = KeyPair::from_seed(seed(i)).public();
+            routes.learn(client, &route(flooder, 1), flooder).unwrap();
+        }
+        let one_more = KeyPair::generate().public();
+        assert_eq!(
+            routes.learn(one_more, &route(flooder, 1), flooder),
+            Err(RouteError::TooMany)
+        );
+        // A flooded client moving to another gateway frees its place on the first.
+        let moved = KeyPair::from_seed(seed(0)).public();
+        routes.learn(moved, &route(gateway, 2), gateway).unwrap();
+        assert_eq!(routes.peer_for(&moved), Some(gateway));
+        routes.learn(one_more, &route(flooder, 1), flooder).unwrap();
+        assert_eq!(routes.per_connection[&flooder], MAX_ROUTES_PER_CONNECTION);
+        assert_eq!(routes.per_connection[&gateway], 1);
+    }
+
+    fn seed(i: usize) -> [u8; 32] {
+        let mut s = [7; 32];
+        s[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        s
     }
 
     #[test]
