@@ -194,15 +194,20 @@ impl KvClient {
 
     /// Wait until at least `n` replicas are connected, or `within` passes.
     pub async fn wait_connected(&self, n: usize, within: Duration) -> bool {
-        let end = Instant::now() + within;
-        while Instant::now() < end {
-            if self.connected() >= n {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
+        poll_until(within, || self.connected() >= n).await
     }
+}
+
+/// Check `ready` every 20 ms until it holds (true) or `within` passes (false).
+pub(crate) async fn poll_until(within: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if ready() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// Microseconds of wall-clock time: client timestamps and route issue times come

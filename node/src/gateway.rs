@@ -9,16 +9,16 @@
 //! [`ReplyRoute`] naming the gateway so replicas send its replies there (a
 //! replica only accepts a route over the connection it names).
 
-use crate::client::{wall_clock_micros, ClientError, KvClient, MAX_FRAME_BYTES};
+use crate::client::{poll_until, wall_clock_micros, ClientError, KvClient, MAX_FRAME_BYTES};
 use crate::config::{ResolvedClient, ValidatorSet};
-use crate::link::Link;
+use crate::link::{replicas_connected, Link};
 use bft_consensus::messages::ReplyRoute;
 use bft_consensus::{ClientId, Message, ReplicaId, SignedReply};
 use bft_crypto::{KeyPair, Signed};
 use bft_net::{Inbound, NetConfig, NetHandle, Network, PeerId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 type Sessions = Arc<Mutex<HashMap<ClientId, Arc<Inbox>>>>;
@@ -149,24 +149,12 @@ impl Gateway {
     /// Replicas currently connected.
     #[must_use]
     pub fn connected(&self) -> usize {
-        let net = &self.shared.net;
-        self.shared
-            .peers
-            .iter()
-            .filter(|p| net.is_connected(p))
-            .count()
+        replicas_connected(&self.shared.net, &self.shared.peers)
     }
 
     /// Wait until at least `n` replicas are connected, or `within` passes.
     pub async fn wait_connected(&self, n: usize, within: Duration) -> bool {
-        let end = Instant::now() + within;
-        while Instant::now() < end {
-            if self.connected() >= n {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
+        poll_until(within, || self.connected() >= n).await
     }
 }
 
@@ -232,10 +220,7 @@ impl Session {
     }
 
     pub(crate) fn connected(&self) -> usize {
-        Gateway {
-            shared: self.shared.clone(),
-        }
-        .connected()
+        replicas_connected(&self.shared.net, &self.shared.peers)
     }
 }
 

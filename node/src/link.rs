@@ -62,10 +62,15 @@ impl Link {
     /// Replicas currently connected.
     pub(crate) fn connected(&self) -> usize {
         match self {
-            Link::Own { net, peers, .. } => peers.iter().filter(|p| net.is_connected(p)).count(),
+            Link::Own { net, peers, .. } => replicas_connected(net, peers),
             Link::Session(s) => s.connected(),
         }
     }
+}
+
+/// How many of `peers` (the replicas) `net` has a connection to.
+pub(crate) fn replicas_connected(net: &NetHandle, peers: &[PeerId]) -> usize {
+    peers.iter().filter(|p| net.is_connected(p)).count()
 }
 
 impl Drop for Link {
