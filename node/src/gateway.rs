@@ -11,7 +11,7 @@
 
 use crate::client::{poll_until, wall_clock_micros, ClientError, KvClient, MAX_FRAME_BYTES};
 use crate::config::{ResolvedClient, ValidatorSet};
-use crate::link::{replicas_connected, Link};
+use crate::link::{replicas_connected, send_all, send_to, Link};
 use bft_consensus::messages::ReplyRoute;
 use bft_consensus::{ClientId, Message, ReplicaId, SignedReply};
 use bft_crypto::{KeyPair, Signed};
@@ -197,22 +197,16 @@ pub(crate) struct Session {
 
 impl Session {
     fn send_route(&self) {
-        for p in &self.shared.peers {
-            let _ = self.shared.net.send(*p, self.route.clone());
-        }
+        send_all(&self.shared.net, &self.shared.peers, &self.route);
     }
 
     pub(crate) fn send(&self, to: ReplicaId, frame: Arc<Vec<u8>>) {
-        if let Some(peer) = self.shared.peers.get(to as usize) {
-            let _ = self.shared.net.send(*peer, frame);
-        }
+        send_to(&self.shared.net, &self.shared.peers, to, frame);
     }
 
     pub(crate) fn broadcast(&self, frame: &Arc<Vec<u8>>) {
         self.send_route();
-        for p in &self.shared.peers {
-            let _ = self.shared.net.send(*p, frame.clone());
-        }
+        send_all(&self.shared.net, &self.shared.peers, frame);
     }
 
     pub(crate) async fn next_reply(&mut self) -> Option<SignedReply> {

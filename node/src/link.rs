@@ -22,11 +22,7 @@ pub(crate) enum Link {
 impl Link {
     pub(crate) fn send(&self, to: ReplicaId, frame: Arc<Vec<u8>>) {
         match self {
-            Link::Own { net, peers, .. } => {
-                if let Some(peer) = peers.get(to as usize) {
-                    let _ = net.send(*peer, frame);
-                }
-            }
+            Link::Own { net, peers, .. } => send_to(net, peers, to, frame),
             Link::Session(s) => s.send(to, frame),
         }
     }
@@ -35,11 +31,7 @@ impl Link {
     /// that forgot the route (or restarted) relearns it with the retransmission.
     pub(crate) fn broadcast(&self, frame: &Arc<Vec<u8>>) {
         match self {
-            Link::Own { net, peers, .. } => {
-                for p in peers {
-                    let _ = net.send(*p, frame.clone());
-                }
-            }
+            Link::Own { net, peers, .. } => send_all(net, peers, frame),
             Link::Session(s) => s.broadcast(frame),
         }
     }
@@ -65,6 +57,21 @@ impl Link {
             Link::Own { net, peers, .. } => replicas_connected(net, peers),
             Link::Session(s) => s.connected(),
         }
+    }
+}
+
+/// Send `frame` to replica `to` (dropped, as the network may drop it, if the queue
+/// is full or there is no such replica).
+pub(crate) fn send_to(net: &NetHandle, peers: &[PeerId], to: ReplicaId, frame: Arc<Vec<u8>>) {
+    if let Some(peer) = peers.get(to as usize) {
+        let _ = net.send(*peer, frame);
+    }
+}
+
+/// Send `frame` to every replica.
+pub(crate) fn send_all(net: &NetHandle, peers: &[PeerId], frame: &Arc<Vec<u8>>) {
+    for p in peers {
+        let _ = net.send(*p, frame.clone());
     }
 }
 

@@ -196,7 +196,8 @@ impl StableWriter {
     /// # Errors
     /// If a write fails (the node must stop: it cannot promise durability).
     pub fn write(&self, cp: &StableCheckpoint) -> Result<(), StorageError> {
-        let path = self.snapshots.join(cp.seq.to_string());
+        let name = cp.seq.to_string();
+        let path = self.snapshots.join(&name);
         let tmp = self.snapshots.join(format!("{}.tmp", cp.seq));
         write_synced(&tmp, &cp.snapshot).map_err(|e| snapshot_error(&tmp, &e))?;
         std::fs::rename(&tmp, &path).map_err(|e| snapshot_error(&path, &e))?;
@@ -223,7 +224,7 @@ impl StableWriter {
         let entries =
             std::fs::read_dir(&self.snapshots).map_err(|e| snapshot_error(&self.snapshots, &e))?;
         for entry in entries.flatten() {
-            if entry.file_name().to_str() != Some(cp.seq.to_string().as_str()) {
+            if entry.file_name().to_str() != Some(name.as_str()) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

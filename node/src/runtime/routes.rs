@@ -50,7 +50,8 @@ impl ReplyRoutes {
     /// than the one held (a replay) is ignored without error.
     ///
     /// # Errors
-    /// A route that does not name `sender`.
+    /// A route whose peer id does not parse or is not `sender`'s, or one more route
+    /// over a connection that already has [`MAX_ROUTES_PER_CONNECTION`].
     pub fn learn(
         &mut self,
         client: ClientId,
