@@ -54,6 +54,12 @@ pub enum Output {
     },
     /// Make this durable before any later Send/Broadcast/Reply leaves.
     Persist(PersistRecord),
+    /// Make this durable some time later, apart from the other records: no message
+    /// depends on it, and a crash may lose it. The replica emits this only where a
+    /// restart from the older durable state contradicts nothing it sent (an own
+    /// stable checkpoint: the log below it stays on disk until it lands). Drivers
+    /// must keep the newest of these once several land (`DurableState::apply` does).
+    PersistApart(PersistRecord),
     /// Deliver `Input::Timer(timer)` at `at` (replaces an earlier deadline).
     SetTimer { timer: Timer, at: Duration },
     /// Bad input, for counting and logging; `peer` is the replica it came from, if known.

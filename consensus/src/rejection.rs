@@ -44,6 +44,11 @@ pub enum Rejection {
     WrongSender,
     #[error("too many pending requests")]
     Overloaded,
+    #[error("frame of {len} bytes exceeds the {max}-byte bound")]
+    Oversized { len: usize, max: usize },
+    /// Only under the simulator's planted relay rule (see `ingress::RelayRule`).
+    #[error("message signed by replica {signer} relayed by replica {via}")]
+    RelayRefused { signer: ReplicaId, via: ReplicaId },
     #[error("malformed message: {0}")]
     Malformed(String),
     #[error("invalid generals signature chain: {0}")]
@@ -72,6 +77,8 @@ impl Rejection {
             Rejection::BadSnapshot => "bad_snapshot",
             Rejection::WrongSender => "wrong_sender",
             Rejection::Overloaded => "overloaded",
+            Rejection::Oversized { .. } => "oversized",
+            Rejection::RelayRefused { .. } => "relay_refused",
             Rejection::Malformed(_) => "malformed",
             Rejection::InvalidGeneralsChain(_) => "invalid_generals_chain",
         }

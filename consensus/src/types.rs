@@ -125,6 +125,10 @@ pub struct ReplicaConfig {
     /// Commits needed for committed-local. Always the quorum; only the simulator's
     /// "planted bug" test lowers it, to show the checkers catch the violation.
     pub(crate) commit_quorum: usize,
+    /// Whether a checkpoint installed by state transfer may be written apart. Never;
+    /// only the simulator's planted-bug test sets it, to show the durability check
+    /// catches the restart behind a signed checkpoint it causes (issue 11, defect 4).
+    pub(crate) transfer_written_apart: bool,
 }
 
 impl ReplicaConfig {
@@ -145,6 +149,7 @@ impl ReplicaConfig {
             fd: FdConfig::with_interval(Duration::from_millis(200)),
             incarnation: 0,
             commit_quorum,
+            transfer_written_apart: false,
         }
     }
 
@@ -192,6 +197,15 @@ impl ReplicaConfig {
     #[must_use]
     pub fn with_planted_commit_quorum(mut self, quorum: usize) -> Self {
         self.commit_quorum = quorum;
+        self
+    }
+
+    /// Test-only: write checkpoints installed by state transfer apart, as the node
+    /// did before issue 11.
+    #[cfg(feature = "sim")]
+    #[must_use]
+    pub fn with_planted_transfer_written_apart(mut self) -> Self {
+        self.transfer_written_apart = true;
         self
     }
 }

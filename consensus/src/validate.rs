@@ -3,7 +3,11 @@
 //! certificates. Stateful checks (view, window, conflicts) happen in the replica.
 //!
 //! This is pure CPU work with no access to replica state, so the node runs it off
-//! the event loop, in parallel and batched.
+//! the event loop, in parallel and batched. Every check is written once: its
+//! signatures are either checked on the spot ([`Validator::verify`], which names
+//! the first bad one) or queued into one batch for many messages
+//! ([`Validator::verify_many`], what [`crate::Ingress`] uses); single and batch
+//! verification follow the same rule, so the two agree on every message.
 
 use crate::fd::Heartbeat;
 use crate::generals::{verify_chain, Report, VerifiedChain};
@@ -16,7 +20,7 @@ use crate::new_view::{plan, NewViewPlan};
 use crate::rejection::Rejection;
 use crate::reply::{verify_reply, RootCache, SignedReply, VerifiedReply};
 use crate::types::{Membership, ReplicaConfig, ReplicaId, Seq, View};
-use bft_crypto::{all_valid, verify_batch, Digest, Signable, Signed, Verified};
+use bft_crypto::{all_valid, BatchOk, Digest, Pending, Signable, SignatureBatch, Signed, Verified};
 use std::collections::BTreeSet;
 
 /// A message whose signatures have all been checked.
@@ -62,26 +66,6 @@ impl VerifiedMessage {
     }
 }
 
-/// The replica (if any) a raw message claims to come from, for attributing rejections.
-#[must_use]
-pub fn claimed_sender(msg: &Message) -> Option<ReplicaId> {
-    Some(match msg {
-        Message::Request(_) | Message::ReplyRoute(_) => return None,
-        Message::PrePrepare(m, _) => m.payload.replica,
-        Message::Prepare(m) => m.payload.replica,
-        Message::Commit(m) => m.payload.replica,
-        Message::Checkpoint(m) => m.payload.replica,
-        Message::ViewChange(m) => m.payload.replica,
-        Message::NewView(m) => m.payload.replica,
-        Message::FetchState(m) => m.payload.replica,
-        Message::State(m) => m.payload.replica,
-        Message::Reply(m) => m.reply.replica,
-        Message::Heartbeat(m) => m.payload.replica,
-        Message::Generals(c) => return c.links.last().map(|l| l.payload.signer),
-        Message::GeneralsReport(m) => m.payload.replica,
-    })
-}
-
 /// The group and limits a message is checked against.
 #[derive(Clone, Debug)]
 pub struct Validator {
@@ -92,6 +76,131 @@ pub struct Validator {
 }
 
 type Checked<T> = Result<T, Rejection>;
+
+/// Where the signatures a check meets go: checked on the spot, one by one, so the
+/// first bad one is named; or into a batch checked later, for many messages at once.
+enum Sigs<'a> {
+    Now,
+    Later(&'a mut SignatureBatch),
+}
+
+impl Sigs<'_> {
+    /// A signature inside a message (a proof in a certificate): checked or queued.
+    fn nested<T: Signable>(&mut self, signed: &Signed<T>) -> bool {
+        match self {
+            Sigs::Now => signed.check().is_ok(),
+            Sigs::Later(batch) => batch.queue(signed).is_ok(),
+        }
+    }
+
+    /// The message's own signature: verified, or waiting for the batch.
+    fn outer<T: Signable>(&mut self, signed: Signed<T>) -> Checked<Outer<T>> {
+        match self {
+            Sigs::Now => signed
+                .verify()
+                .map(Outer::Done)
+                .map_err(|_| Rejection::BadSignature),
+            Sigs::Later(batch) => batch
+                .take(signed)
+                .map(Outer::Waiting)
+                .map_err(|_| Rejection::BadSignature),
+        }
+    }
+
+    /// Client requests (a batch's): all valid?
+    fn requests(&mut self, requests: &[Signed<Request>]) -> bool {
+        match self {
+            Sigs::Now => all_valid(requests),
+            Sigs::Later(batch) => requests.iter().all(|r| batch.queue(r).is_ok()),
+        }
+    }
+}
+
+/// A message's own signature: checked already, or in a batch not yet verified.
+enum Outer<T> {
+    Done(Verified<T>),
+    Waiting(Pending<T>),
+}
+
+impl<T> Outer<T> {
+    fn finish(self, ok: Option<&BatchOk>) -> Verified<T> {
+        match self {
+            Outer::Done(v) => v,
+            Outer::Waiting(p) => p.confirm(ok.expect("a waiting signature needs its batch")),
+        }
+    }
+
+    fn into_signed(self) -> Signed<T> {
+        match self {
+            Outer::Done(v) => v.into_signed(),
+            Outer::Waiting(p) => p.into_signed(),
+        }
+    }
+}
+
+/// A message whose structure passed and whose signatures are checked or queued.
+enum Staged {
+    Request(Outer<Request>),
+    PrePrepare(Outer<PrePrepare>, Batch),
+    Prepare(Outer<Prepare>),
+    Commit(Outer<Commit>),
+    Checkpoint(Outer<Checkpoint>),
+    ViewChange(Outer<ViewChange>),
+    NewView(Outer<NewView>, NewViewPlan),
+    FetchState(Outer<FetchState>),
+    State(Outer<StateSnapshot>),
+    Heartbeat(Outer<Heartbeat>),
+    GeneralsReport(Outer<Report>),
+    ReplyRoute(Outer<ReplyRoute>),
+    /// Checked in full by code of its own (generals chains, replies).
+    Done(VerifiedMessage),
+}
+
+impl Staged {
+    fn finish(self, ok: Option<&BatchOk>) -> VerifiedMessage {
+        use VerifiedMessage as V;
+        match self {
+            Staged::Request(m) => V::Request(m.finish(ok)),
+            Staged::PrePrepare(m, b) => V::PrePrepare(m.finish(ok), b),
+            Staged::Prepare(m) => V::Prepare(m.finish(ok)),
+            Staged::Commit(m) => V::Commit(m.finish(ok)),
+            Staged::Checkpoint(m) => V::Checkpoint(m.finish(ok)),
+            Staged::ViewChange(m) => V::ViewChange(m.finish(ok)),
+            Staged::NewView(m, plan) => V::NewView(m.finish(ok), plan),
+            Staged::FetchState(m) => V::FetchState(m.finish(ok)),
+            Staged::State(m) => V::State(m.finish(ok)),
+            Staged::Heartbeat(m) => V::Heartbeat(m.finish(ok)),
+            Staged::GeneralsReport(m) => V::GeneralsReport(m.finish(ok)),
+            Staged::ReplyRoute(m) => V::ReplyRoute(m.finish(ok)),
+            Staged::Done(v) => v,
+        }
+    }
+
+    /// The message as it arrived (to check it again alone), or what was already done.
+    fn into_message(self) -> Recheck {
+        Recheck::Again(match self {
+            Staged::Request(m) => Message::Request(m.into_signed()),
+            Staged::PrePrepare(m, b) => Message::PrePrepare(m.into_signed(), b),
+            Staged::Prepare(m) => Message::Prepare(m.into_signed()),
+            Staged::Commit(m) => Message::Commit(m.into_signed()),
+            Staged::Checkpoint(m) => Message::Checkpoint(m.into_signed()),
+            Staged::ViewChange(m) => Message::ViewChange(m.into_signed()),
+            Staged::NewView(m, _) => Message::NewView(m.into_signed()),
+            Staged::FetchState(m) => Message::FetchState(m.into_signed()),
+            Staged::State(m) => Message::State(m.into_signed()),
+            Staged::Heartbeat(m) => Message::Heartbeat(m.into_signed()),
+            Staged::GeneralsReport(m) => Message::GeneralsReport(m.into_signed()),
+            Staged::ReplyRoute(m) => Message::ReplyRoute(m.into_signed()),
+            Staged::Done(v) => return Recheck::Done(v),
+        })
+    }
+}
+
+/// What a failed batch leaves of a staged message.
+enum Recheck {
+    Again(Message),
+    Done(VerifiedMessage),
+}
 
 impl Validator {
     #[must_use]
@@ -109,104 +218,88 @@ impl Validator {
         &self.members
     }
 
-    /// Check a message from the network.
+    /// Check a message from the network, every signature on the spot.
     ///
     /// # Errors
     /// The first problem found, typed.
     pub fn verify(&self, msg: Message) -> Checked<VerifiedMessage> {
+        self.stage(msg, &mut Sigs::Now).map(|s| s.finish(None))
+    }
+
+    /// Check many messages at once: the structure of each, then every signature of
+    /// all of them (requests, votes, certificates' proofs) in one batch. If the batch
+    /// fails, each message is checked again alone ([`Validator::verify`]) to find the
+    /// bad ones. Results are in input order and always what `verify` says of each.
+    #[must_use]
+    pub fn verify_many(&self, msgs: Vec<Message>) -> Vec<Checked<VerifiedMessage>> {
+        let mut batch = SignatureBatch::new();
+        let staged: Vec<Checked<Staged>> = msgs
+            .into_iter()
+            .map(|m| self.stage(m, &mut Sigs::Later(&mut batch)))
+            .collect();
+        match batch.verify() {
+            Ok(ok) => staged
+                .into_iter()
+                .map(|s| s.map(|s| s.finish(Some(&ok))))
+                .collect(),
+            Err(_) => staged
+                .into_iter()
+                .map(|s| {
+                    s.and_then(|s| match s.into_message() {
+                        Recheck::Again(msg) => self.verify(msg),
+                        Recheck::Done(done) => Ok(done),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Every check of `msg`, its signatures checked or queued as `sigs` says.
+    fn stage(&self, msg: Message, sigs: &mut Sigs<'_>) -> Checked<Staged> {
         Ok(match msg {
-            Message::Request(r) => {
-                VerifiedMessage::Request(r.verify().map_err(|_| Rejection::BadSignature)?)
-            }
+            Message::Request(r) => Staged::Request(sigs.outer(r)?),
             Message::PrePrepare(pp, batch) => {
-                let claimed = pp.payload.replica;
-                let pp = self.by_replica(pp, claimed)?;
-                self.check_batch(&batch, pp.digest)?;
-                VerifiedMessage::PrePrepare(pp, batch)
+                self.check_signer(&pp, pp.payload.replica)?;
+                self.check_batch(&batch, pp.payload.digest, sigs)?;
+                Staged::PrePrepare(sigs.outer(pp)?, batch)
             }
-            Message::Prepare(m) => {
-                let r = m.payload.replica;
-                VerifiedMessage::Prepare(self.by_replica(m, r)?)
-            }
-            Message::Commit(m) => {
-                let r = m.payload.replica;
-                VerifiedMessage::Commit(self.by_replica(m, r)?)
-            }
+            Message::Prepare(m) => Staged::Prepare(self.by_replica(m, |m| m.replica, sigs)?),
+            Message::Commit(m) => Staged::Commit(self.by_replica(m, |m| m.replica, sigs)?),
             Message::Checkpoint(m) => {
-                let r = m.payload.replica;
-                let m = self.by_replica(m, r)?;
-                if m.seq == 0 || !m.seq.is_multiple_of(self.checkpoint_interval) {
-                    return Err(Rejection::MisalignedCheckpoint { seq: m.seq });
+                let seq = m.payload.seq;
+                if seq == 0 || !seq.is_multiple_of(self.checkpoint_interval) {
+                    return Err(Rejection::MisalignedCheckpoint { seq });
                 }
-                VerifiedMessage::Checkpoint(m)
+                Staged::Checkpoint(self.by_replica(m, |m| m.replica, sigs)?)
             }
             Message::ViewChange(m) => {
-                self.check_view_change(&m.payload)?;
-                let r = m.payload.replica;
-                VerifiedMessage::ViewChange(self.by_replica(m, r)?)
+                self.check_view_change(&m.payload, sigs)?;
+                Staged::ViewChange(self.by_replica(m, |m| m.replica, sigs)?)
             }
             Message::NewView(m) => {
-                let plan = self.check_new_view(&m.payload)?;
-                let r = m.payload.replica;
-                VerifiedMessage::NewView(self.by_replica(m, r)?, plan)
+                let plan = self.check_new_view(&m.payload, sigs)?;
+                Staged::NewView(self.by_replica(m, |m| m.replica, sigs)?, plan)
             }
             Message::FetchState(m) => {
-                let r = m.payload.replica;
-                VerifiedMessage::FetchState(self.by_replica(m, r)?)
+                Staged::FetchState(self.by_replica(m, |m| m.replica, sigs)?)
             }
             Message::State(m) => {
-                let digest = self.check_checkpoint_proof(m.payload.seq, &m.payload.proof)?;
+                let digest = self.check_checkpoint_proof(m.payload.seq, &m.payload.proof, sigs)?;
                 if digest != Some(state_digest(&m.payload.snapshot)) {
                     return Err(Rejection::BadSnapshot);
                 }
-                let r = m.payload.replica;
-                VerifiedMessage::State(self.by_replica(m, r)?)
+                Staged::State(self.by_replica(m, |m| m.replica, sigs)?)
             }
-            Message::Reply(m) => VerifiedMessage::Reply(self.verify_reply(m, None)?),
-            Message::Heartbeat(m) => {
-                let r = m.payload.replica;
-                VerifiedMessage::Heartbeat(self.by_replica(m, r)?)
+            Message::Reply(m) => Staged::Done(VerifiedMessage::Reply(self.verify_reply(m, None)?)),
+            Message::Heartbeat(m) => Staged::Heartbeat(self.by_replica(m, |m| m.replica, sigs)?),
+            Message::Generals(c) => {
+                Staged::Done(VerifiedMessage::Generals(verify_chain(c, &self.members)?))
             }
-            Message::Generals(c) => VerifiedMessage::Generals(verify_chain(c, &self.members)?),
             Message::GeneralsReport(m) => {
-                let r = m.payload.replica;
-                VerifiedMessage::GeneralsReport(self.by_replica(m, r)?)
+                Staged::GeneralsReport(self.by_replica(m, |m| m.replica, sigs)?)
             }
-            Message::ReplyRoute(m) => {
-                VerifiedMessage::ReplyRoute(m.verify().map_err(|_| Rejection::BadSignature)?)
-            }
+            Message::ReplyRoute(m) => Staged::ReplyRoute(sigs.outer(m)?),
         })
-    }
-
-    /// Check many messages at once. Client requests among them are verified with one
-    /// ed25519 batch verification (falling back to one by one to find a bad one);
-    /// everything else as in [`Validator::verify`]. Results are in input order.
-    #[must_use]
-    pub fn verify_many(&self, msgs: Vec<Message>) -> Vec<Checked<VerifiedMessage>> {
-        let mut results: Vec<Option<Checked<VerifiedMessage>>> = Vec::with_capacity(msgs.len());
-        let mut requests = Vec::new();
-        let mut request_slots = Vec::new();
-        for msg in msgs {
-            match msg {
-                Message::Request(r) => {
-                    request_slots.push(results.len());
-                    requests.push(r);
-                    results.push(None);
-                }
-                other => results.push(Some(self.verify(other))),
-            }
-        }
-        for (slot, checked) in request_slots.into_iter().zip(verify_batch(requests)) {
-            results[slot] = Some(
-                checked
-                    .map(VerifiedMessage::Request)
-                    .map_err(|_| Rejection::BadSignature),
-            );
-        }
-        results
-            .into_iter()
-            .map(|r| r.expect("every slot filled"))
-            .collect()
     }
 
     /// A reply to a client: under its root, the root signed by the replica the reply
@@ -224,14 +317,15 @@ impl Validator {
         verify_reply(reply, cache)
     }
 
-    /// Verify `signed` and that its signer is replica `claimed`.
+    /// `signed` is signed by the replica it names (`claimed` reads the name).
     fn by_replica<T: Signable>(
         &self,
         signed: Signed<T>,
-        claimed: ReplicaId,
-    ) -> Checked<Verified<T>> {
-        self.check_signer(&signed, claimed)?;
-        signed.verify().map_err(|_| Rejection::BadSignature)
+        claimed: impl Fn(&T) -> ReplicaId,
+        sigs: &mut Sigs<'_>,
+    ) -> Checked<Outer<T>> {
+        self.check_signer(&signed, claimed(&signed.payload))?;
+        sigs.outer(signed)
     }
 
     fn check_signer<T>(&self, signed: &Signed<T>, claimed: ReplicaId) -> Checked<()> {
@@ -242,14 +336,27 @@ impl Validator {
         }
     }
 
-    fn check_nested<T: Signable>(&self, signed: &Signed<T>, claimed: ReplicaId) -> Checked<()> {
-        self.check_signer(signed, claimed)?;
-        signed.check().map_err(|_| Rejection::BadSignature)
+    /// A proof inside a message: signed by replica `claimed`, signature checked or
+    /// queued; `bad` is what to report if not.
+    fn check_nested<T: Signable>(
+        &self,
+        signed: &Signed<T>,
+        claimed: ReplicaId,
+        sigs: &mut Sigs<'_>,
+        bad: Rejection,
+    ) -> Checked<()> {
+        self.check_signer(signed, claimed)
+            .map_err(|_| bad.clone())?;
+        if sigs.nested(signed) {
+            Ok(())
+        } else {
+            Err(bad)
+        }
     }
 
     /// The batch hashes to `digest`, is not too large, and every request in it is
     /// signed by its client (Validity: only signed requests are ever executed).
-    fn check_batch(&self, batch: &Batch, digest: Digest) -> Checked<()> {
+    fn check_batch(&self, batch: &Batch, digest: Digest, sigs: &mut Sigs<'_>) -> Checked<()> {
         if batch.len() > self.max_batch {
             return Err(Rejection::BatchTooLarge {
                 len: batch.len(),
@@ -259,7 +366,7 @@ impl Validator {
         if batch.digest() != digest {
             return Err(Rejection::DigestMismatch);
         }
-        if !all_valid(&batch.requests) {
+        if !sigs.requests(&batch.requests) {
             return Err(Rejection::BadSignature);
         }
         Ok(())
@@ -271,6 +378,7 @@ impl Validator {
         &self,
         seq: Seq,
         proof: &[Signed<Checkpoint>],
+        sigs: &mut Sigs<'_>,
     ) -> Checked<Option<Digest>> {
         if seq == 0 {
             return if proof.is_empty() {
@@ -294,8 +402,8 @@ impl Validator {
             if !seen.insert(c.payload.replica) {
                 return Err(Rejection::InvalidCheckpointProof("duplicate signer"));
             }
-            self.check_nested(c, c.payload.replica)
-                .map_err(|_| Rejection::InvalidCheckpointProof("bad signature"))?;
+            let bad = Rejection::InvalidCheckpointProof("bad signature");
+            self.check_nested(c, c.payload.replica, sigs, bad)?;
         }
         if seen.len() < self.members.quorum() {
             return Err(Rejection::InvalidCheckpointProof(
@@ -307,7 +415,13 @@ impl Validator {
 
     /// A pre-prepare from the primary of its view (earlier than `before_view`), its
     /// batch, and 2f matching prepares from distinct backups, seq within (low, low+L].
-    fn check_prepared_cert(&self, cert: &PreparedCert, before_view: View, low: Seq) -> Checked<()> {
+    fn check_prepared_cert(
+        &self,
+        cert: &PreparedCert,
+        before_view: View,
+        low: Seq,
+        sigs: &mut Sigs<'_>,
+    ) -> Checked<()> {
         let bad = Rejection::InvalidPreparedCert;
         let pp = &cert.pre_prepare.payload;
         if pp.view >= before_view {
@@ -320,9 +434,9 @@ impl Validator {
         if pp.replica != primary {
             return Err(bad("pre-prepare not from the view's primary"));
         }
-        self.check_nested(&cert.pre_prepare, primary)
-            .map_err(|_| bad("bad pre-prepare signature"))?;
-        self.check_batch(&cert.batch, pp.digest)
+        let bad_pp = bad("bad pre-prepare signature");
+        self.check_nested(&cert.pre_prepare, primary, sigs, bad_pp)?;
+        self.check_batch(&cert.batch, pp.digest, sigs)
             .map_err(|_| bad("batch does not match"))?;
         let mut seen = BTreeSet::new();
         for p in &cert.prepares {
@@ -333,8 +447,7 @@ impl Validator {
             if m.replica == primary || !seen.insert(m.replica) {
                 return Err(bad("prepare from the primary or a duplicate"));
             }
-            self.check_nested(p, m.replica)
-                .map_err(|_| bad("bad prepare signature"))?;
+            self.check_nested(p, m.replica, sigs, bad("bad prepare signature"))?;
         }
         if seen.len() + 1 < self.members.quorum() {
             return Err(bad("fewer than 2f prepares"));
@@ -342,23 +455,23 @@ impl Validator {
         Ok(())
     }
 
-    fn check_view_change(&self, vc: &ViewChange) -> Checked<()> {
+    fn check_view_change(&self, vc: &ViewChange, sigs: &mut Sigs<'_>) -> Checked<()> {
         let bad = Rejection::InvalidViewChange;
         if vc.new_view == 0 {
             return Err(bad("view change to view 0"));
         }
-        self.check_checkpoint_proof(vc.stable_seq, &vc.checkpoint_proof)?;
+        self.check_checkpoint_proof(vc.stable_seq, &vc.checkpoint_proof, sigs)?;
         let mut seqs = BTreeSet::new();
         for cert in &vc.prepared {
             if !seqs.insert(cert.seq()) {
                 return Err(bad("two certificates for one sequence number"));
             }
-            self.check_prepared_cert(cert, vc.new_view, vc.stable_seq)?;
+            self.check_prepared_cert(cert, vc.new_view, vc.stable_seq, sigs)?;
         }
         Ok(())
     }
 
-    fn check_new_view(&self, nv: &NewView) -> Checked<NewViewPlan> {
+    fn check_new_view(&self, nv: &NewView, sigs: &mut Sigs<'_>) -> Checked<NewViewPlan> {
         let bad = Rejection::InvalidNewView;
         let primary = self.members.primary(nv.view);
         if nv.replica != primary {
@@ -375,9 +488,9 @@ impl Validator {
             if !seen.insert(vc.payload.replica) {
                 return Err(bad("two view-changes from one replica"));
             }
-            self.check_view_change(&vc.payload)?;
-            self.check_nested(vc, vc.payload.replica)
-                .map_err(|_| bad("bad view-change signature"))?;
+            self.check_view_change(&vc.payload, sigs)?;
+            let bad_vc = bad("bad view-change signature");
+            self.check_nested(vc, vc.payload.replica, sigs, bad_vc)?;
         }
         if seen.len() < self.members.quorum() {
             return Err(bad("fewer than 2f+1 view-changes"));
@@ -391,8 +504,7 @@ impl Validator {
             if (m.view, m.seq, m.digest, m.replica) != (nv.view, *seq, *digest, primary) {
                 return Err(bad("pre-prepare set differs from the one computed from V"));
             }
-            self.check_nested(pp, primary)
-                .map_err(|_| bad("bad pre-prepare signature"))?;
+            self.check_nested(pp, primary, sigs, bad("bad pre-prepare signature"))?;
         }
         Ok(plan)
     }

@@ -1,6 +1,11 @@
-//! The simulator has teeth: with a planted bug (commit on f+1 matching commits
-//! instead of 2f+1) and one replica that votes eagerly, it finds an agreement
-//! violation; the very same seed with the correct quorum passes.
+//! The simulator has teeth: each planted bug is found by a sweep, and the very same
+//! seed without the bug passes.
+//! - commit on f+1 matching commits instead of 2f+1 (with one replica that votes
+//!   eagerly): an agreement violation;
+//! - the node's old sender rule (a replica message only over its signer's own
+//!   connection): retransmission's relays are lost and a laggard stays behind;
+//! - a checkpoint installed by state transfer written apart: a crash restarts the
+//!   replica behind a checkpoint it signed.
 
 use bft_consensus::sim::{run, SimConfig};
 
@@ -32,4 +37,41 @@ fn planted_f_plus_1_commit_quorum_is_caught_as_an_agreement_violation() {
         "seed {seed} fails even without the planted bug: {}",
         correct.unwrap_err()
     );
+}
+
+/// Find the first seed in `seeds` whose run with `plant` applied violates
+/// `invariant`, then check that seed passes without the plant.
+fn hunt(f: usize, seeds: std::ops::Range<u64>, invariant: &str, plant: fn(&mut SimConfig)) {
+    let found = seeds.clone().find_map(|seed| {
+        let mut cfg = SimConfig::randomized(seed, f);
+        plant(&mut cfg);
+        match run(&cfg) {
+            Err(failure) if failure.violation.invariant == invariant => Some((seed, failure)),
+            _ => None,
+        }
+    });
+    let (seed, failure) = found.unwrap_or_else(|| {
+        panic!("the planted bug was not found as a {invariant} violation in seeds {seeds:?}")
+    });
+    println!("planted bug found: {failure}");
+    let correct = run(&SimConfig::randomized(seed, f));
+    assert!(
+        correct.is_ok(),
+        "seed {seed} fails even without the planted bug: {}",
+        correct.unwrap_err()
+    );
+}
+
+#[test]
+fn planted_no_relay_sender_rule_is_caught_as_a_liveness_failure() {
+    // Found at seed 676 when it was planted (issue 11, defect 1).
+    hunt(1, 600..1000, "liveness", |c| c.planted_relay_rule = true);
+}
+
+#[test]
+fn planted_state_transfer_checkpoint_written_apart_is_caught_as_a_durability_failure() {
+    // Found at seed 111 when it was planted (issue 11, defect 4).
+    hunt(1, 100..400, "durability", |c| {
+        c.planted_transfer_apart = true
+    });
 }

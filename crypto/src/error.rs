@@ -7,6 +7,8 @@ pub enum CryptoError {
     BadSignature,
     #[error("malformed public key")]
     BadPublicKey,
+    #[error("public key of small order (anybody can sign for it)")]
+    WeakKey,
     #[error("encode failed: {0}")]
     Encode(String),
     #[error("decode failed: {0}")]

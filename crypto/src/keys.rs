@@ -1,13 +1,14 @@
 use crate::CryptoError;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_zebra::VerificationKey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-/// Decompressed public keys, by their bytes (see [`PublicKey::verifying_key`]).
-static DECOMPRESSED: OnceLock<Mutex<BTreeMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
+/// Decompressed public keys, by their bytes (see [`PublicKey::verification_key`]).
+static DECOMPRESSED: OnceLock<Mutex<BTreeMap<[u8; 32], VerificationKey>>> = OnceLock::new();
 /// Keys kept before the map starts over.
 const DECOMPRESSED_MAX: usize = 65_536;
 
@@ -34,17 +35,32 @@ impl PublicKey {
         Ok(Self(arr))
     }
 
-    /// The decompressed key. Decompressing is a square root in the field, about a
-    /// quarter of a signature check, and the same few keys (the replicas, the
-    /// clients of the moment) sign almost everything; so decompressed keys are kept
-    /// in a process-wide map keyed by their exact 32 bytes.
-    pub(crate) fn verifying_key(&self) -> Result<VerifyingKey, CryptoError> {
+    /// Whether this is a point of small order (or no point at all). For such a key
+    /// the verification equation holds for some signatures on every message, so
+    /// anybody can sign "as" it: a validator set must never contain one, and a
+    /// signature by one is refused.
+    #[must_use]
+    pub fn is_small_order(&self) -> bool {
+        curve25519_dalek::edwards::CompressedEdwardsY(self.0)
+            .decompress()
+            .is_none_or(|p| p.is_small_order())
+    }
+
+    /// The decompressed key, for verification; refused if of small order (see
+    /// [`PublicKey::is_small_order`]). Decompressing is a square root in the field,
+    /// about a quarter of a signature check, and the same few keys (the replicas, the
+    /// clients of the moment) sign almost everything; so usable keys are kept in a
+    /// process-wide map keyed by their exact 32 bytes.
+    pub(crate) fn verification_key(&self) -> Result<VerificationKey, CryptoError> {
         let cache = DECOMPRESSED.get_or_init(|| Mutex::new(BTreeMap::new()));
         let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(k) = lock().get(&self.0) {
             return Ok(*k);
         }
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| CryptoError::BadPublicKey)?;
+        if self.is_small_order() {
+            return Err(CryptoError::WeakKey);
+        }
+        let key = VerificationKey::try_from(self.0).map_err(|_| CryptoError::BadPublicKey)?;
         let mut map = lock();
         if map.len() >= DECOMPRESSED_MAX {
             map.clear(); // crude, but bounded: a flood of fresh keys cannot grow it

@@ -8,6 +8,7 @@
 //! comment.
 #![forbid(unsafe_code)]
 
+mod batch;
 pub mod bytes;
 mod digest;
 mod error;
@@ -16,13 +17,14 @@ mod merkle;
 mod set_hash;
 mod signed;
 
+pub use batch::{BatchOk, Pending, SignatureBatch};
 pub use digest::{sha256, Digest, Hasher};
 pub use ed25519_dalek::Signature;
 pub use error::CryptoError;
 pub use keys::{KeyPair, PublicKey};
 pub use merkle::{MerkleProof, MerkleTree};
 pub use set_hash::SetHash;
-pub use signed::{all_valid, verify_batch, Signable, Signed, Verified};
+pub use signed::{all_valid, signing_bytes, verify_batch, Signable, Signed, Verified};
 
 /// Encode a value with the one bincode configuration used everywhere a byte string
 /// is signed or hashed. Deterministic: equal values give equal bytes.

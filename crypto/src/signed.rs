@@ -1,10 +1,16 @@
 //! Signed envelopes with per-type domain separation.
 //!
+//! Verification follows one rule everywhere, alone or in a batch: ZIP-215
+//! (ed25519-zebra), the cofactored equation `[8][s]B = [8]R + [8][k]A` with s < l and
+//! point encodings decoded as they are. Single and batch checks therefore always
+//! agree, which ed25519-dalek's `verify_strict` beside its cofactorless batch
+//! equation did not (issue 11). Keys of small order are refused by both.
+//!
 //! The bytes signed are `len(DOMAIN) || DOMAIN || bincode(payload)`. Every message
 //! type has its own `DOMAIN`, so a signature over a prepare can never be replayed
 //! as a commit even if the two payloads happened to encode to the same bytes.
 
-use crate::{encode, CryptoError, KeyPair, PublicKey};
+use crate::{encode, CryptoError, KeyPair, PublicKey, SignatureBatch};
 use ed25519_dalek::Signature;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::fmt;
@@ -31,7 +37,16 @@ impl<T: Signable + fmt::Debug> fmt::Debug for Signed<T> {
     }
 }
 
-fn signing_bytes<T: Signable>(payload: &T) -> Result<Vec<u8>, CryptoError> {
+/// The bytes a signature over `payload` covers: `len(DOMAIN) || DOMAIN || bincode(payload)`.
+///
+/// # Panics
+/// Never for the serde-derived message types of this project (see [`Signed::sign`]).
+#[must_use]
+pub fn signing_bytes<T: Signable>(payload: &T) -> Vec<u8> {
+    try_signing_bytes(payload).expect("message types always encode")
+}
+
+pub(crate) fn try_signing_bytes<T: Signable>(payload: &T) -> Result<Vec<u8>, CryptoError> {
     let body = encode(payload)?;
     let mut out = Vec::with_capacity(8 + T::DOMAIN.len() + body.len());
     out.extend_from_slice(&(T::DOMAIN.len() as u64).to_le_bytes());
@@ -48,7 +63,7 @@ impl<T: Signable> Signed<T> {
     /// cannot fail); a type whose encoding fails is a programming error.
     #[must_use]
     pub fn sign(payload: T, key: &KeyPair) -> Self {
-        let bytes = signing_bytes(&payload).expect("message types always encode");
+        let bytes = signing_bytes(&payload);
         let signature = key.sign_bytes(&bytes);
         Self {
             payload,
@@ -62,9 +77,9 @@ impl<T: Signable> Signed<T> {
     /// # Errors
     /// [`CryptoError::BadSignature`] or [`CryptoError::BadPublicKey`].
     pub fn verify(self) -> Result<Verified<T>, CryptoError> {
-        let key = self.signer.verifying_key()?;
-        let bytes = signing_bytes(&self.payload)?;
-        key.verify_strict(&bytes, &self.signature)
+        let key = self.signer.verification_key()?;
+        let bytes = try_signing_bytes(&self.payload)?;
+        key.verify(&self.signature, &bytes)
             .map_err(|_| CryptoError::BadSignature)?;
         Ok(Verified(self))
     }
@@ -89,6 +104,11 @@ impl<T: Signable + fmt::Debug> fmt::Debug for Verified<T> {
 }
 
 impl<T> Verified<T> {
+    /// Only for this crate's checks (a single one above, or a batch's).
+    pub(crate) fn checked(signed: Signed<T>) -> Self {
+        Self(signed)
+    }
+
     #[must_use]
     pub fn signer(&self) -> PublicKey {
         self.0.signer
@@ -121,38 +141,25 @@ impl<T> Deref for Verified<T> {
     }
 }
 
-/// Whether every one of `items` carries a valid signature: batch-verified by
-/// reference (a pre-prepare's requests are checked where they lie, not copied), and
-/// on a failed batch checked one by one, so the answer is always what
-/// [`Signed::verify`] would say of each.
+/// Whether every one of `items` carries a valid signature, checked in one batch by
+/// reference (a pre-prepare's requests are checked where they lie, not copied). The
+/// batch follows the single-check rule, so the answer is what [`Signed::verify`]
+/// would say of each.
 #[must_use]
 pub fn all_valid<T: Signable>(items: &[Signed<T>]) -> bool {
-    if items.len() >= 2 && batch_equation_holds(items) {
-        return true;
+    if let [one] = items {
+        return one.check().is_ok(); // one alone is cheaper checked alone
     }
-    items.iter().all(|s| s.check().is_ok())
+    let mut batch = SignatureBatch::new();
+    items.iter().all(|s| batch.queue(s).is_ok()) && batch.verify().is_ok()
 }
 
-fn batch_equation_holds<T: Signable>(items: &[Signed<T>]) -> bool {
-    let prepared: Result<Vec<_>, CryptoError> = items
-        .iter()
-        .map(|s| Ok((signing_bytes(&s.payload)?, s.signer.verifying_key()?)))
-        .collect();
-    let Ok(prepared) = prepared else {
-        return false;
-    };
-    let msgs: Vec<&[u8]> = prepared.iter().map(|(b, _)| b.as_slice()).collect();
-    let keys: Vec<_> = prepared.iter().map(|(_, k)| *k).collect();
-    let sigs: Vec<Signature> = items.iter().map(|s| s.signature).collect();
-    ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()
-}
-
-/// Verify many signatures of one type at once with ed25519 batch verification
-/// (roughly 2.5x cheaper per signature than one by one). If the batch fails, fall
-/// back to one-by-one checks so the bad ones are found and the good ones kept.
+/// Verify many signatures of one type at once (about 2.5x cheaper per signature than
+/// one by one). If the batch fails, check them one by one so the bad ones are found
+/// and the good ones kept.
 #[must_use]
 pub fn verify_batch<T: Signable>(items: Vec<Signed<T>>) -> Vec<Result<Verified<T>, CryptoError>> {
-    if items.len() >= 2 && batch_equation_holds(&items) {
+    if items.len() >= 2 && all_valid(&items) {
         return items.into_iter().map(|s| Ok(Verified(s))).collect();
     }
     items.into_iter().map(Signed::verify).collect()

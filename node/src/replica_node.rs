@@ -11,10 +11,11 @@ use crate::verify::VerifyPool;
 use anyhow::Context as _;
 use bft_consensus::byzantine::{build, Params, Wrapped};
 use bft_consensus::messages::MAX_MESSAGE_BYTES;
-use bft_consensus::{DurableState, KvStore, Replica, Validator};
+use bft_consensus::{DurableState, Ingress, KvStore, Replica, Validator};
 use bft_net::{NetConfig, Network};
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
@@ -148,10 +149,22 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
             tracing::error!(error = %e, "http server stopped");
         }
     });
-    let validator = Arc::new(Validator::new(&res.replica));
+    let ingress = Arc::new(Ingress::new(Validator::new(&res.replica)));
+    let replica_peers: HashMap<_, _> = res
+        .validators
+        .validators
+        .iter()
+        .map(|v| (v.peer, v.id))
+        .collect();
     let (verified_tx, verified_rx) = mpsc::channel(1024);
     let threads = verify_threads();
-    VerifyPool::start(threads, validator, net.inbound, verified_tx);
+    VerifyPool::start(
+        threads,
+        ingress,
+        Arc::new(replica_peers),
+        net.inbound,
+        verified_tx,
+    );
     let generals = GeneralsNode::new(id, res.validators.n(), res.key.clone(), &name);
     let mut runtime = Runtime::new(RuntimeParts {
         replica,

@@ -10,7 +10,8 @@
 //! All records of one or more event-loop turns go in one `WriteBatch` written with
 //! `sync`, before any message of those turns leaves (see `runtime::persister`).
 //!
-//! A stable checkpoint is the exception, because its snapshot is the whole state
+//! A stable checkpoint the replica reached by executing is the exception (the core
+//! emits it as `Output::PersistApart`), because its snapshot is the whole state
 //! (megabytes) and writing it in a turn's batch held every later message back for
 //! tens of milliseconds. [`StableWriter`] writes it apart: the snapshot to its own
 //! file (`snapshots/<seq>` in the store's directory, synced, then renamed into
@@ -19,11 +20,13 @@
 //! checkpoint only lets the log below it go, and until `stable` is written the old
 //! checkpoint and the whole log above it stay on disk, so a replica that crashes in
 //! between recovers from the old checkpoint and re-executes (or fetches) the rest.
+//! A checkpoint installed by state transfer has no log below it on disk, so it is
+//! written the same way but in its turn, before the turn's messages leave.
 
 use bft_consensus::{DurableState, PersistRecord, Seq, StableCheckpoint};
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -57,9 +60,8 @@ fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
 }
 
 pub struct Storage {
-    db: Arc<DB>,
-    snapshots: PathBuf,
     durable: DurableState,
+    writer: StableWriter,
 }
 
 impl Storage {
@@ -84,20 +86,21 @@ impl Storage {
                 .map_err(|e| snapshot_error(&snapshots, &e))?;
         }
         let durable = load(&db, &snapshots)?;
-        Ok(Self {
+        let stored = durable.stable.as_ref().map_or(0, |s| s.seq);
+        let writer = StableWriter {
             db: Arc::new(db),
             snapshots,
-            durable,
-        })
+            stored: Arc::new(Mutex::new(stored)),
+        };
+        Ok(Self { durable, writer })
     }
 
-    /// The writer of stable checkpoints for this store (see the module doc).
+    /// The writer of stable checkpoints for this store (see the module doc); its
+    /// clones share one lock, so they write one at a time and never an older
+    /// checkpoint over a newer one.
     #[must_use]
     pub fn stable_writer(&self) -> StableWriter {
-        StableWriter {
-            db: self.db.clone(),
-            snapshots: self.snapshots.clone(),
-        }
+        self.writer.clone()
     }
 
     #[must_use]
@@ -105,32 +108,17 @@ impl Storage {
         &self.durable
     }
 
-    /// Make `records` durable: one synced write batch, and any stable checkpoint
-    /// among them written by [`StableWriter`] before returning.
+    /// Make `records` durable: one synced write batch, then any stable checkpoint
+    /// among them (the replica marks one so when it came by state transfer, see
+    /// `Output::Persist`) written by the [`StableWriter`] before returning.
     ///
     /// # Errors
     /// If a write fails (the node must stop: it cannot promise durability).
     pub fn persist(&mut self, records: &[PersistRecord]) -> Result<(), StorageError> {
-        let writer = self.stable_writer();
-        for cp in self.persist_deferring_stable(records)? {
-            writer.write(&cp)?;
-        }
-        Ok(())
-    }
-
-    /// Make `records` durable in one synced write batch, except stable checkpoints:
-    /// those are returned, for a [`StableWriter`] to write apart.
-    ///
-    /// # Errors
-    /// If the write fails (the node must stop: it cannot promise durability).
-    pub fn persist_deferring_stable(
-        &mut self,
-        records: &[PersistRecord],
-    ) -> Result<Vec<StableCheckpoint>, StorageError> {
-        let mut stable = Vec::new();
         if records.is_empty() {
-            return Ok(stable);
+            return Ok(());
         }
+        let mut stable = Vec::new();
         let mut batch = WriteBatch::default();
         for r in records {
             self.durable.apply(r);
@@ -163,39 +151,64 @@ impl Storage {
                         batch.put(NEW_VIEW, enc(nv));
                     }
                 }
-                PersistRecord::Stable(cp) => {
-                    if d.stable.as_ref().is_some_and(|s| s.seq == cp.seq) {
-                        stable.push(cp.clone());
-                    }
-                }
+                PersistRecord::Stable(cp) => stable.push(cp),
             }
         }
         if !batch.is_empty() {
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
-            self.db
+            self.writer
+                .db
                 .write_opt(batch, &opts)
                 .map_err(|e| StorageError::Write(e.to_string()))?;
         }
-        Ok(stable)
+        for cp in stable {
+            self.writer.write(cp)?;
+        }
+        Ok(())
+    }
+
+    /// Take in records the replica lets be written apart (`Output::PersistApart`):
+    /// folded into what this store knows at once, so its view of the log is
+    /// collected, and the stable checkpoints among them returned for a
+    /// [`StableWriter`] to write when it can.
+    pub fn note_apart(&mut self, records: Vec<PersistRecord>) -> Vec<StableCheckpoint> {
+        let mut stable = Vec::new();
+        for r in records {
+            self.durable.apply(&r);
+            match r {
+                PersistRecord::Stable(cp) => stable.push(cp),
+                other => unreachable!("only stable checkpoints are written apart, not {other:?}"),
+            }
+        }
+        stable
     }
 }
 
 /// Writes stable checkpoints apart from the turns' records (see the module doc).
 /// It may run on its own thread, beside the writer of the records.
+#[derive(Clone)]
 pub struct StableWriter {
     db: Arc<DB>,
     snapshots: PathBuf,
+    /// The seq of the stable checkpoint on disk; held while writing one.
+    stored: Arc<Mutex<Seq>>,
 }
 
 impl StableWriter {
     /// Make `cp` the stored stable checkpoint: its snapshot file first (synced and
     /// renamed into place), then the `stable` record and the log garbage collection
-    /// in one synced write, then older snapshot files go.
+    /// in one synced write, then older snapshot files go. Nothing happens if the
+    /// stored one is already as new (a checkpoint written apart that lands after a
+    /// newer one written in a turn).
     ///
     /// # Errors
     /// If a write fails (the node must stop: it cannot promise durability).
     pub fn write(&self, cp: &StableCheckpoint) -> Result<(), StorageError> {
+        let mut stored = self.stored.lock().unwrap_or_else(PoisonError::into_inner);
+        if cp.seq <= *stored {
+            return Ok(());
+        }
         let name = cp.seq.to_string();
         let path = self.snapshots.join(&name);
         let tmp = self.snapshots.join(format!("{}.tmp", cp.seq));
@@ -220,6 +233,7 @@ impl StableWriter {
             .write_opt(batch, &opts)
             .map_err(|e| StorageError::Write(e.to_string()))?;
 
+        *stored = cp.seq;
         // Older snapshots (and any partial one a crash left) are no longer needed.
         let entries =
             std::fs::read_dir(&self.snapshots).map_err(|e| snapshot_error(&self.snapshots, &e))?;
@@ -397,9 +411,8 @@ mod tests {
             .unwrap();
             // Checkpoint 8 is stable in memory, but its writer has not run (a crash
             // now): the records of its turn are durable, the checkpoint is not.
-            let deferred = s
-                .persist_deferring_stable(&[accepted(9, 0), PersistRecord::Stable(cp(8, 8))])
-                .unwrap();
+            s.persist(&[accepted(9, 0)]).unwrap();
+            let deferred = s.note_apart(vec![PersistRecord::Stable(cp(8, 8))]);
             assert_eq!(deferred, vec![cp(8, 8)]);
         }
         {
@@ -424,6 +437,34 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(files, vec!["8".to_string()], "older snapshots are removed");
+    }
+
+    /// A checkpoint written apart can land after a newer one came by state transfer
+    /// and was written in its turn: the newer one stays.
+    #[test]
+    fn an_older_checkpoint_never_overwrites_a_newer_one() {
+        let cp = |seq: Seq| StableCheckpoint {
+            seq,
+            digest: Digest([seq as u8; 32]),
+            proof: vec![],
+            snapshot: vec![seq as u8; 10],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Storage::open(dir.path()).unwrap();
+            let apart = s.note_apart(vec![PersistRecord::Stable(cp(8))]);
+            s.persist(&[accepted(20, 1), PersistRecord::Stable(cp(16))])
+                .unwrap();
+            for late in apart {
+                s.stable_writer().write(&late).unwrap();
+            }
+        }
+        let s = Storage::open(dir.path()).unwrap();
+        assert_eq!(s.durable().stable, Some(cp(16)));
+        assert_eq!(
+            s.durable().accepted.keys().copied().collect::<Vec<_>>(),
+            vec![20]
+        );
     }
 
     #[test]

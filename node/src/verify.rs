@@ -1,29 +1,40 @@
-//! Signature verification off the event loop: a pool of threads decodes frames and
-//! checks signatures (client requests batched), so the loop only runs the state
-//! machine and verification scales with cores.
+//! Signature verification off the event loop: a pool of threads takes frames from
+//! the network and passes them through the shared [`Ingress`] (frame bound,
+//! decoding, sender rule, batched signature checks: the same code the simulator
+//! runs), so the loop only runs the state machine and verification scales with
+//! cores.
 
-use bft_consensus::messages::MAX_MESSAGE_BYTES;
-use bft_consensus::validate::claimed_sender;
-use bft_consensus::{Message, Rejection, ReplicaId, Validator, VerifiedMessage};
+use bft_consensus::{Admitted, Ingress, Origin, Rejection, ReplicaId, VerifiedMessage};
 use bft_net::{Inbound, PeerId};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// A frame after decoding and verification.
+/// A frame after the ingress.
 #[derive(Debug)]
 pub struct Checked {
     pub peer: PeerId,
+    pub origin: Origin,
     pub kind: &'static str,
-    /// The replica the message claims to be from (for attributing rejections).
-    pub claimed: Option<ReplicaId>,
     pub result: Result<VerifiedMessage, Rejection>,
 }
 
-/// Frames handed to one worker at once (client requests in them are batch-verified).
+impl Checked {
+    fn new(peer: PeerId, a: Admitted) -> Self {
+        Self {
+            peer,
+            origin: a.origin,
+            kind: a.kind,
+            result: a.result,
+        }
+    }
+}
+
+/// Frames handed to one worker at once (their signatures are batch-verified).
 const BATCH: usize = 256;
 
 /// The verify threads. Each takes a batch straight from the network's inbound queue
-/// (one thread at a time holds the queue while it gathers), checks it and hands the
+/// (one thread at a time holds the queue while it gathers), admits it and hands the
 /// results to the event loop. The event loop never touches raw frames, and a frame
 /// crosses only two thread boundaries on its way in: network to verifier, verifier
 /// to loop.
@@ -31,17 +42,20 @@ pub struct VerifyPool;
 
 impl VerifyPool {
     /// Start `threads` workers reading `inbound` and sending results to `out`.
+    /// `replicas` tells which transport peers are replicas (the rest are clients).
     /// Everything stops once `inbound` closes or `out` is dropped.
     pub fn start(
         threads: usize,
-        validator: Arc<Validator>,
+        ingress: Arc<Ingress>,
+        replicas: Arc<HashMap<PeerId, ReplicaId>>,
         inbound: mpsc::Receiver<Inbound>,
         out: mpsc::Sender<Vec<Checked>>,
     ) {
         let inbound = Arc::new(Mutex::new(inbound));
         for i in 0..threads.max(1) {
             let inbound = inbound.clone();
-            let validator = validator.clone();
+            let ingress = ingress.clone();
+            let replicas = replicas.clone();
             let out = out.clone();
             std::thread::Builder::new()
                 .name(format!("verify-{i}"))
@@ -49,7 +63,10 @@ impl VerifyPool {
                     let Some(batch) = next_batch(&inbound) else {
                         return;
                     };
-                    if out.blocking_send(check(&validator, batch)).is_err() {
+                    if out
+                        .blocking_send(check(&ingress, &replicas, &batch))
+                        .is_err()
+                    {
                         return;
                     }
                 })
@@ -75,30 +92,23 @@ fn next_batch(inbound: &Mutex<mpsc::Receiver<Inbound>>) -> Option<Vec<Inbound>> 
     Some(batch)
 }
 
-fn check(validator: &Validator, batch: Vec<Inbound>) -> Vec<Checked> {
-    let mut decoded = Vec::with_capacity(batch.len());
-    let mut failed = Vec::new();
-    for inbound in batch {
-        match bft_crypto::decode::<Message>(&inbound.bytes, MAX_MESSAGE_BYTES) {
-            Ok(msg) => decoded.push((inbound.peer, msg.kind(), claimed_sender(&msg), msg)),
-            Err(e) => failed.push(Checked {
-                peer: inbound.peer,
-                kind: "malformed",
-                claimed: None,
-                result: Err(Rejection::Malformed(e.to_string())),
-            }),
-        }
-    }
-    let meta: Vec<_> = decoded.iter().map(|(p, k, c, _)| (*p, *k, *c)).collect();
-    let results = validator.verify_many(decoded.into_iter().map(|(.., m)| m).collect());
-    meta.into_iter()
-        .zip(results)
-        .map(|((peer, kind, claimed), result)| Checked {
-            peer,
-            kind,
-            claimed,
-            result,
+fn check(
+    ingress: &Ingress,
+    replicas: &HashMap<PeerId, ReplicaId>,
+    batch: &[Inbound],
+) -> Vec<Checked> {
+    let frames = batch
+        .iter()
+        .map(|f| {
+            let origin = replicas
+                .get(&f.peer)
+                .map_or(Origin::Other, |r| Origin::Replica(*r));
+            (origin, f.bytes.as_slice())
         })
-        .chain(failed)
+        .collect();
+    batch
+        .iter()
+        .zip(ingress.admit_many(frames))
+        .map(|(f, a)| Checked::new(f.peer, a))
         .collect()
 }

@@ -132,10 +132,10 @@ drills! {
     censoring_primary_4: "censor", 4 => |_, s, n| assert_replaced(s, n);
     censoring_primary_7: "censor", 7 => |_, s, n| assert_replaced(s, n);
     flood_4: "flood", 4 => |net, _, n| {
-        assert_counted(net, n, &["bad_signature", "signer_mismatch", "out_of_window", "wrong_peer"]);
+        assert_counted(net, n, &["bad_signature", "signer_mismatch", "out_of_window"]);
     };
     flood_7: "flood", 7 => |net, _, n| {
-        assert_counted(net, n, &["bad_signature", "signer_mismatch", "out_of_window", "wrong_peer"]);
+        assert_counted(net, n, &["bad_signature", "signer_mismatch", "out_of_window"]);
     };
     traitor_relay_4: "traitor-relay", 4 => nothing_more;
     traitor_relay_7: "traitor-relay", 7 => nothing_more;

@@ -3,7 +3,9 @@
 //! `bft-sim --seed 42 --f 1 --trace` replays one seed, printing every event;
 //! `bft-sim --seeds 1000 --f 2` runs seeds 0..1000 and reports the first failure;
 //! `--byzantine 3=eager-vote` overrides the seed's Byzantine replicas and
-//! `--planted-commit-quorum 2` plants the test-only quorum bug.
+//! `--planted-commit-quorum 2` plants the test-only quorum bug and
+//! `--planted-relay-rule` the node's old sender rule (no relays), and
+//! `--planted-transfer-apart` state-transfer checkpoints written apart.
 
 use bft_consensus::sim::{run, SimConfig};
 use std::process::ExitCode;
@@ -36,6 +38,8 @@ fn main() -> ExitCode {
         let mut cfg = SimConfig::randomized(seed, f);
         cfg.trace = trace;
         cfg.planted_commit_quorum = planted;
+        cfg.planted_relay_rule = args.iter().any(|a| a == "--planted-relay-rule");
+        cfg.planted_transfer_apart = args.iter().any(|a| a == "--planted-transfer-apart");
         if let Some(spec) = arg(&args, "--byzantine") {
             // ID=BEHAVIOUR[,ID=BEHAVIOUR...]: replaces the seed's own choice.
             cfg.byzantine = spec

@@ -90,12 +90,13 @@ impl<A: Application> Replica<A> {
         match self.own_checkpoints.get(&seq) {
             Some((own, snapshot)) if *own == digest => {
                 let snapshot = snapshot.clone();
-                self.install_stable(StableCheckpoint {
+                let cp = StableCheckpoint {
                     seq,
                     digest,
                     proof,
                     snapshot,
-                });
+                };
+                self.install_stable(cp, Written::Apart);
             }
             _ => self.start_fetch(seq, proof.iter().map(|c| c.payload.replica).collect()),
         }
@@ -103,9 +104,13 @@ impl<A: Application> Replica<A> {
 
     /// Make `cp` the stable checkpoint: persist it, then discard everything at or
     /// below it and move the window.
-    pub(super) fn install_stable(&mut self, cp: StableCheckpoint) {
+    pub(super) fn install_stable(&mut self, cp: StableCheckpoint, written: Written) {
         let (seq, digest) = (cp.seq, cp.digest);
-        self.emit(Output::Persist(PersistRecord::Stable(cp.clone())));
+        let record = PersistRecord::Stable(cp.clone());
+        self.emit(match written {
+            Written::Apart => Output::PersistApart(record),
+            Written::BeforeNextSend => Output::Persist(record),
+        });
         self.emit(Output::CheckpointStable { seq, digest });
         self.stable = cp;
         self.log.retain(|s, _| *s > seq);
@@ -115,4 +120,18 @@ impl<A: Application> Replica<A> {
         self.next_seq = self.next_seq.max(seq + 1);
         self.try_propose(false);
     }
+}
+
+/// How a new stable checkpoint must reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Written {
+    /// Our own state at a checkpoint we executed up to: every committed batch below it
+    /// is on disk until the checkpoint lands, so a crash before then restarts from
+    /// the older one and re-executes to where we were. It may be written apart (its
+    /// snapshot is the whole state; no message should wait for it).
+    Apart,
+    /// State fetched from a peer: the log below it was never on disk, so a crash
+    /// before it lands would restart us behind what we have since executed and
+    /// signed (issue 11, defect 4). It is durable before anything we send next.
+    BeforeNextSend,
 }

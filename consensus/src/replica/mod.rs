@@ -57,6 +57,10 @@ pub struct Replica<A: Application> {
     /// Primary only: the next sequence number to assign.
     next_seq: Seq,
     stable: StableCheckpoint,
+    /// min-s of the view we are in (§4.4): the checkpoint the new view starts from is
+    /// proven stable, so nothing at or below it is accepted, voted for or ordered any
+    /// more, even while its state is still being fetched. Never decreases.
+    new_view_floor: Seq,
 
     checkpoint_votes: BTreeMap<Seq, BTreeMap<ReplicaId, Signed<Checkpoint>>>,
     /// Own checkpoints not yet stable: seq -> (digest, snapshot).
@@ -133,6 +137,7 @@ impl<A: Application> Replica<A> {
             last_executed: 0,
             next_seq: 1,
             stable,
+            new_view_floor: 0,
             checkpoint_votes: BTreeMap::new(),
             own_checkpoints: BTreeMap::new(),
             waiting: BTreeMap::new(),
@@ -255,8 +260,9 @@ impl<A: Application> Replica<A> {
         self.primary_of(self.view) == self.me()
     }
 
+    /// h: the stable checkpoint, or min-s of the view we entered if that is higher.
     fn low_watermark(&self) -> Seq {
-        self.stable.seq
+        self.stable.seq.max(self.new_view_floor)
     }
 
     fn high_watermark(&self) -> Seq {

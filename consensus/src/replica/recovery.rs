@@ -6,11 +6,13 @@
 use super::Replica;
 use crate::app::Application;
 use crate::client_table::ReplicaSnapshot;
-use crate::durable::DurableState;
+use crate::durable::{DurableState, PersistRecord};
 use crate::io::{Output, Timer};
-use crate::messages::{request_id, Message};
+use crate::messages::{request_id, Batch, Message, PrePrepare};
+use crate::new_view::plan;
 use crate::types::{ReplicaConfig, Seq};
-use bft_crypto::KeyPair;
+use bft_crypto::{KeyPair, Signed};
+use std::collections::BTreeMap;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -61,25 +63,47 @@ impl<A: Application> Replica<A> {
             .new_view
             .clone()
             .filter(|nv| nv.payload.view == r.view && !r.changing);
+        let mut new_view_slots = Vec::new();
+        if let Some(nv) = r.last_new_view.clone() {
+            // The view's min-s again: its low water mark, and its state if we lack it.
+            let plan = plan(&nv.payload.view_changes);
+            r.adopt_new_view_checkpoint(&plan);
+            // And O, as the new-view fixed it: a crash between persisting the new-view
+            // and its pre-prepares must not leave those slots empty, or the primary
+            // would number new batches from min-s again (simulator, seed 78, f=2).
+            let o = plan.entries.into_iter().zip(nv.payload.pre_prepares);
+            new_view_slots = o.map(|((seq, _, batch), pp)| (seq, (pp, batch))).collect();
+        }
         r.certs = durable
             .prepared
             .range(r.stable.seq + 1..)
             .map(|(s, c)| (*s, c.clone()))
             .collect();
         if !r.changing {
-            for (seq, (pp, batch)) in durable.accepted.range(r.stable.seq + 1..) {
-                if pp.payload.view != r.view {
-                    continue;
+            let mut slots: BTreeMap<Seq, (Signed<PrePrepare>, Batch)> = durable
+                .accepted
+                .range(r.low_watermark() + 1..)
+                .filter(|(_, (pp, _))| pp.payload.view == r.view)
+                .map(|(s, v)| (*s, v.clone()))
+                .collect();
+            for (seq, (pp, batch)) in new_view_slots {
+                if seq > r.low_watermark() && !slots.contains_key(&seq) {
+                    r.emit(Output::Persist(PersistRecord::Accepted {
+                        pre_prepare: pp.clone(),
+                        batch: batch.clone(),
+                    }));
+                    slots.insert(seq, (pp, batch));
                 }
-                let slot = r.log.entry(*seq).or_default();
-                slot.pre_prepare = Some((pp.clone(), batch.clone()));
-                if *seq > r.last_executed {
+            }
+            for (seq, (pp, batch)) in slots {
+                if seq > r.last_executed {
                     r.in_flight.extend(batch.requests.iter().map(request_id));
                 }
+                r.log.entry(seq).or_default().pre_prepare = Some((pp, batch));
                 r.next_seq = r.next_seq.max(seq + 1);
                 if !r.is_primary() {
                     // Our prepare is deterministic: re-sending it contradicts nothing.
-                    r.send_prepare(*seq);
+                    r.send_prepare(seq);
                 }
             }
             r.next_seq = r.next_seq.max(r.last_executed + 1);

@@ -2,6 +2,7 @@
 //! learns of a stable checkpoint beyond what it executed fetches the state from a
 //! peer, checks it against the 2f+1 proof and installs it.
 
+use super::checkpoint::Written;
 use super::Replica;
 use crate::app::Application;
 use crate::client_table::{Freshness, ReplicaSnapshot};
@@ -132,12 +133,20 @@ impl<A: Application> Replica<A> {
         }
         let s = s.into_signed().payload;
         self.emit(Output::StateInstalled { seq, digest });
-        self.install_stable(StableCheckpoint {
+        let cp = StableCheckpoint {
             seq,
             digest,
             proof: s.proof,
             snapshot: s.snapshot,
-        });
+        };
+        // Durable before we send anything more: the log below it was never on our
+        // disk (simulator, seeds 111 f=1 and 277 f=2, before this was so).
+        let written = if self.cfg.transfer_written_apart {
+            Written::Apart
+        } else {
+            Written::BeforeNextSend
+        };
+        self.install_stable(cp, written);
         self.try_execute();
     }
 }

@@ -201,9 +201,7 @@ impl<A: Application> Replica<A> {
             changing: false,
         }));
         self.emit(Output::Persist(PersistRecord::NewViewEntered(nv.clone())));
-        if let Some((digest, proof)) = plan.checkpoint.clone() {
-            self.adopt_stable(plan.min_s, digest, proof);
-        }
+        self.adopt_new_view_checkpoint(&plan);
         for slot in self.log.values_mut() {
             slot.reset_for_new_view();
         }
@@ -233,6 +231,15 @@ impl<A: Application> Replica<A> {
         let seqs: Vec<_> = self.log.keys().copied().collect();
         for seq in seqs {
             self.check_prepared(seq);
+        }
+    }
+
+    /// min-s becomes the low water mark (see `Replica::new_view_floor`), and its
+    /// checkpoint our stable one, from our own state or fetched.
+    pub(super) fn adopt_new_view_checkpoint(&mut self, plan: &NewViewPlan) {
+        self.new_view_floor = self.new_view_floor.max(plan.min_s);
+        if let Some((digest, proof)) = plan.checkpoint.clone() {
+            self.adopt_stable(plan.min_s, digest, proof);
         }
     }
 

@@ -105,7 +105,7 @@ impl Checker {
     ) -> Result<(), Violation> {
         let benign = matches!(
             reason,
-            Rejection::OutOfWindow { .. } | Rejection::Overloaded
+            Rejection::OutOfWindow { .. } | Rejection::Overloaded | Rejection::RelayRefused { .. }
         );
         if benign {
             return Ok(());

@@ -1,5 +1,8 @@
 use crate::byzantine::CORE_BEHAVIOURS;
+use crate::ingress::{Ingress, RelayRule};
+use crate::messages::MAX_MESSAGE_BYTES;
 use crate::types::ReplicaId;
+use crate::validate::Validator;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Duration;
@@ -43,6 +46,13 @@ pub struct SimConfig {
     pub byzantine: Vec<(ReplicaId, String)>,
     /// Test-only planted bug: commit on this many commits instead of 2f+1.
     pub planted_commit_quorum: Option<usize>,
+    /// Test-only planted bug: the node's old sender rule (a replica message only
+    /// over its signer's own connection), which silently undid every relay.
+    pub planted_relay_rule: bool,
+    /// Test-only planted bug: checkpoints installed by state transfer written apart.
+    pub planted_transfer_apart: bool,
+    /// The transport's frame bound (the node's unless a test lowers it).
+    pub max_frame_bytes: usize,
     pub batch_size: usize,
     pub checkpoint_interval: u64,
     pub window: u64,
@@ -64,6 +74,9 @@ impl SimConfig {
             faults: Faults::none(),
             byzantine: Vec::new(),
             planted_commit_quorum: None,
+            planted_relay_rule: false,
+            planted_transfer_apart: false,
+            max_frame_bytes: MAX_MESSAGE_BYTES,
             batch_size: 4,
             checkpoint_interval: 8,
             window: 32,
@@ -113,6 +126,17 @@ impl SimConfig {
         cfg
     }
 
+    /// The ingress every replica of the run admits frames through.
+    #[must_use]
+    pub fn ingress(&self, validator: Validator) -> Ingress {
+        let ingress = Ingress::with_frame_limit(validator, self.max_frame_bytes);
+        if self.planted_relay_rule {
+            ingress.with_relay_rule(RelayRule::SignerMustBeTheConnection)
+        } else {
+            ingress
+        }
+    }
+
     #[must_use]
     pub fn n(&self) -> usize {
         3 * self.f + 1
@@ -127,7 +151,7 @@ impl SimConfig {
     #[must_use]
     pub fn summary(&self) -> String {
         format!(
-            "f={} n={} clients={}x{} batch={} K={} L={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} planted={:?}",
+            "f={} n={} clients={}x{} batch={} K={} L={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={}",
             self.f,
             self.n(),
             self.clients,
@@ -142,7 +166,9 @@ impl SimConfig {
             self.faults.partitions,
             self.faults.chaos,
             self.byzantine,
-            self.planted_commit_quorum
+            self.planted_commit_quorum,
+            self.planted_relay_rule,
+            self.planted_transfer_apart
         )
     }
 }

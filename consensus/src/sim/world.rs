@@ -5,19 +5,21 @@ use super::checker::{Checker, Violation};
 use super::{SimConfig, SimFailure, SimReport};
 use crate::byzantine::{by_name, Honest, Wrapped};
 use crate::client::{Client, ClientOutput};
-use crate::durable::DurableState;
+use crate::durable::{DurableState, PersistRecord};
 use crate::fd::FdConfig;
+use crate::ingress::{Ingress, Origin};
 use crate::io::{Input, Output, Timer};
 use crate::kv::{KvOp, KvStore};
 use crate::messages::Message;
 use crate::replica::Replica;
 use crate::types::{Membership, ReplicaConfig, ReplicaId, Seq};
-use crate::validate::{claimed_sender, Validator, VerifiedMessage};
+use crate::validate::{Validator, VerifiedMessage};
 use bft_crypto::KeyPair;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 const TRACE_TAIL: usize = 300;
@@ -29,6 +31,13 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(150);
 const CATCH_UP_GRACE: Duration = Duration::from_secs(3);
 /// Bound on events per run (a livelock guard; far above what a passing run uses).
 const MAX_EVENTS: u64 = 3_000_000;
+/// The node's verify threads take whatever frames are queued when they wake; the
+/// simulator drains a replica's inbox this long (at most) after a frame arrives, so
+/// frames that arrive close together are admitted, and batch-verified, together.
+const INGEST_DELAY_US: u64 = 300;
+/// Longest a record written apart takes to land (the node's checkpoint thread writes
+/// a snapshot file and a record, each synced).
+const APART_WRITE_MS: u64 = 250;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Node {
@@ -42,7 +51,19 @@ enum Event {
     Deliver {
         from: Node,
         to: Node,
-        msg: Message,
+        frame: Arc<Vec<u8>>,
+    },
+    /// A replica's verify step: admit every frame in its inbox, in one batch.
+    Ingest {
+        replica: ReplicaId,
+        incarnation: u32,
+    },
+    /// A record written apart (see `Output::PersistApart`) reaches the disk, unless
+    /// its replica crashed since.
+    LandApart {
+        replica: ReplicaId,
+        incarnation: u32,
+        record: Box<PersistRecord>,
     },
     ReplicaTimer {
         replica: ReplicaId,
@@ -93,6 +114,11 @@ struct SimReplica {
     honest: bool,
     incarnation: u32,
     timers: BTreeMap<Timer, Duration>,
+    /// Frames delivered and not yet admitted (lost on a crash, as a process's queues are).
+    inbox: Vec<(Origin, Node, Arc<Vec<u8>>)>,
+    /// The highest checkpoint this replica signed and sent: a restart must never
+    /// bring it back below it (it would have forgotten what it vouched for).
+    signed_checkpoint: Seq,
 }
 
 struct SimClient {
@@ -110,7 +136,8 @@ pub(crate) struct World {
     replicas: Vec<SimReplica>,
     clients: Vec<SimClient>,
     client_index: BTreeMap<bft_crypto::PublicKey, usize>,
-    validator: Validator,
+    /// The node's ingress: frame bound, decoding, sender rule, batched verification.
+    ingress: Ingress,
     healed: bool,
     heal_at: Duration,
     /// One side of the current partition (the rest is the other side).
@@ -147,6 +174,9 @@ impl World {
                 if let Some(q) = cfg.planted_commit_quorum {
                     rc = rc.with_planted_commit_quorum(q);
                 }
+                if cfg.planted_transfer_apart {
+                    rc = rc.with_planted_transfer_written_apart();
+                }
                 let honest = !cfg.is_byzantine(id);
                 let behaviour = cfg.byzantine.iter().find(|(r, _)| *r == id).map_or_else(
                     || Box::new(Honest) as _,
@@ -161,10 +191,12 @@ impl World {
                     honest,
                     incarnation: 0,
                     timers: BTreeMap::new(),
+                    inbox: Vec::new(),
+                    signed_checkpoint: 0,
                 }
             })
             .collect();
-        let validator = Validator::new(&replicas[0].cfg);
+        let ingress = cfg.ingress(Validator::new(&replicas[0].cfg));
         let clients: Vec<SimClient> = (0..cfg.clients)
             .map(|_| SimClient {
                 client: Client::new(
@@ -196,7 +228,7 @@ impl World {
             replicas,
             clients,
             client_index,
-            validator,
+            ingress,
             healed: false,
             heal_at,
             partition: None,
@@ -416,7 +448,22 @@ impl World {
 
     fn step(&mut self, event: Event) -> Step {
         match event {
-            Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
+            Event::Deliver { from, to, frame } => self.deliver(from, to, frame),
+            Event::Ingest {
+                replica,
+                incarnation,
+            } => self.ingest(replica, incarnation),
+            Event::LandApart {
+                replica,
+                incarnation,
+                record,
+            } => {
+                let r = &mut self.replicas[replica as usize];
+                if r.incarnation == incarnation {
+                    r.durable.apply(&record);
+                }
+                Ok(())
+            }
             Event::ReplicaTimer {
                 replica,
                 incarnation,
@@ -514,11 +561,12 @@ impl World {
         for o in out {
             match o {
                 ClientOutput::Send { to, message } => {
-                    self.net_send(Node::Client(client), Node::Replica(to), message)
+                    self.net_send(Node::Client(client), Node::Replica(to), &message);
                 }
                 ClientOutput::Broadcast { message } => {
+                    let frame = encode(&message);
                     for r in 0..self.cfg.n() as ReplicaId {
-                        self.net_send(Node::Client(client), Node::Replica(r), message.clone());
+                        self.net_send_frame(Node::Client(client), Node::Replica(r), frame.clone());
                     }
                 }
                 ClientOutput::SetTimer { at } => {
@@ -547,7 +595,13 @@ impl World {
         }
     }
 
-    fn net_send(&mut self, from: Node, to: Node, msg: Message) {
+    fn net_send(&mut self, from: Node, to: Node, msg: &Message) {
+        self.net_send_frame(from, to, encode(msg));
+    }
+
+    /// Put `frame` on the wire from `from` to `to`: lost, duplicated and delayed as
+    /// the seed says while the network is unreliable.
+    fn net_send_frame(&mut self, from: Node, to: Node, frame: Arc<Vec<u8>>) {
         if from == to {
             return;
         }
@@ -581,45 +635,86 @@ impl World {
                 Event::Deliver {
                     from,
                     to,
-                    msg: msg.clone(),
+                    frame: frame.clone(),
                 },
             );
         }
     }
 
-    fn deliver(&mut self, from: Node, to: Node, msg: Message) -> Step {
+    fn deliver(&mut self, from: Node, to: Node, frame: Arc<Vec<u8>>) -> Step {
         if self.partitioned(from, to) {
             self.report.messages_dropped += 1;
             return Ok(());
         }
         self.report.messages_delivered += 1;
-        let claimed = claimed_sender(&msg);
-        let kind = msg.kind();
-        let verified = self.validator.verify(msg);
-        match (to, verified) {
-            (_, Err(reason)) => {
-                self.report.rejections += 1;
-                self.log(format!("{to:?} rejects {kind} from {from:?}: {reason}"));
-                if let (Node::Replica(at), Some(sender), Node::Replica(_)) = (to, claimed, from) {
-                    if self.replicas[sender as usize].honest && Node::Replica(sender) == from {
-                        self.checker.on_rejection(at, sender, &reason)?;
-                    }
+        let origin = match from {
+            Node::Replica(r) => Origin::Replica(r),
+            Node::Client(_) => Origin::Other,
+        };
+        match to {
+            Node::Client(c) => {
+                let admitted = self.ingress.admit(origin, &frame);
+                if let Ok(VerifiedMessage::Reply(reply)) = admitted.result {
+                    let out = self.clients[c].client.on_reply(&reply);
+                    return self.client_outputs(c, out);
                 }
                 Ok(())
             }
-            (Node::Client(c), Ok(VerifiedMessage::Reply(reply))) => {
-                let out = self.clients[c].client.on_reply(&reply);
-                self.client_outputs(c, out)
-            }
-            (Node::Client(_), Ok(_)) => Ok(()),
-            (Node::Replica(r), Ok(m)) => {
-                if self.replicas[r as usize].node.is_none() {
+            Node::Replica(r) => {
+                let replica = &mut self.replicas[r as usize];
+                if replica.node.is_none() {
                     return Ok(());
                 }
-                self.log(format!("r{r} <- {from:?} {kind}"));
-                self.handle(r, Input::Message(m))
+                replica.inbox.push((origin, from, frame));
+                if replica.inbox.len() == 1 {
+                    let incarnation = replica.incarnation;
+                    let after = Duration::from_micros(self.rng.gen_range(0..=INGEST_DELAY_US));
+                    self.schedule(
+                        after,
+                        Event::Ingest {
+                            replica: r,
+                            incarnation,
+                        },
+                    );
+                }
+                Ok(())
             }
         }
+    }
+
+    /// Admit a replica's inbox through the ingress, as the node's verify threads do,
+    /// and hand each message to the replica in order.
+    fn ingest(&mut self, r: ReplicaId, incarnation: u32) -> Step {
+        let replica = &mut self.replicas[r as usize];
+        if replica.incarnation != incarnation || replica.node.is_none() {
+            return Ok(());
+        }
+        let inbox = std::mem::take(&mut replica.inbox);
+        let frames = inbox.iter().map(|(o, _, f)| (*o, f.as_slice())).collect();
+        let admitted = self.ingress.admit_many(frames);
+        for (a, (_, from, _)) in admitted.into_iter().zip(inbox.iter()) {
+            if self.replicas[r as usize].node.is_none() {
+                return Ok(()); // crashed while handling an earlier one
+            }
+            let blame = a.blame();
+            match a.result {
+                Err(reason) => {
+                    self.report.rejections += 1;
+                    self.log(format!("r{r} rejects {} from {from:?}: {reason}", a.kind));
+                    if let Some(sender) = blame {
+                        if self.replicas[sender as usize].honest && self.replicas[r as usize].honest
+                        {
+                            self.checker.on_rejection(r, sender, &reason)?;
+                        }
+                    }
+                }
+                Ok(m) => {
+                    self.log(format!("r{r} <- {from:?} {}", a.kind));
+                    self.handle(r, Input::Message(m))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn handle(&mut self, id: ReplicaId, input: Input) -> Step {
@@ -647,21 +742,45 @@ impl World {
             }
             match o {
                 Output::Send { to, message } => {
-                    self.net_send(Node::Replica(id), Node::Replica(to), message)
+                    self.net_send(Node::Replica(id), Node::Replica(to), &message);
                 }
                 Output::Broadcast { message } => {
+                    if let Message::Checkpoint(c) = &message {
+                        let r = &mut self.replicas[id as usize];
+                        if c.payload.replica == id {
+                            r.signed_checkpoint = r.signed_checkpoint.max(c.payload.seq);
+                        }
+                    }
+                    let frame = encode(&message);
                     for to in 0..self.cfg.n() as ReplicaId {
                         if to != id {
-                            self.net_send(Node::Replica(id), Node::Replica(to), message.clone());
+                            self.net_send_frame(
+                                Node::Replica(id),
+                                Node::Replica(to),
+                                frame.clone(),
+                            );
                         }
                     }
                 }
                 Output::Reply { client, reply } => {
                     if let Some(&c) = self.client_index.get(&client) {
-                        self.net_send(Node::Replica(id), Node::Client(c), Message::Reply(reply));
+                        self.net_send(Node::Replica(id), Node::Client(c), &Message::Reply(reply));
                     }
                 }
                 Output::Persist(record) => self.replicas[id as usize].durable.apply(&record),
+                Output::PersistApart(record) => {
+                    // The node's checkpoint thread: it lands later, or is lost in a crash.
+                    let incarnation = self.replicas[id as usize].incarnation;
+                    let after = Duration::from_millis(self.rng.gen_range(0..=APART_WRITE_MS));
+                    self.schedule(
+                        after,
+                        Event::LandApart {
+                            replica: id,
+                            incarnation,
+                            record: Box::new(record),
+                        },
+                    );
+                }
                 Output::SetTimer { timer, at } => {
                     let r = &mut self.replicas[id as usize];
                     r.timers.insert(timer, at);
@@ -738,6 +857,7 @@ impl World {
         r.node = None;
         r.incarnation += 1;
         r.timers.clear();
+        r.inbox.clear();
         self.report.crashes += 1;
         self.log(format!("r{id} CRASHES"));
         let down = Duration::from_millis(self.rng.gen_range(50..2000));
@@ -763,9 +883,23 @@ impl World {
             detail: format!("r{id} cannot recover: {e}"),
         })?;
         let last: Seq = replica.last_executed();
+        if r.honest && last < r.signed_checkpoint {
+            return Err(Violation {
+                invariant: "durability",
+                detail: format!(
+                    "r{id} restarted at seq {last}, below the checkpoint {} it signed before the crash",
+                    r.signed_checkpoint
+                ),
+            });
+        }
         r.node = Some(Wrapped::new(replica, Box::new(Honest)));
         let view = r.durable.view;
         self.log(format!("r{id} RESTARTS at view {view} executed {last}"));
         self.perform(id, out, None)
     }
+}
+
+/// A message as the node puts it on the wire.
+fn encode(message: &Message) -> Arc<Vec<u8>> {
+    Arc::new(bft_crypto::encode(message).expect("messages encode"))
 }

@@ -236,7 +236,9 @@ impl Cluster {
                     }
                 }
                 Output::Reply { client, reply } => self.replies.push((*client, reply.clone())),
-                Output::Persist(rec) => self.durable[id as usize].apply(rec),
+                Output::Persist(rec) | Output::PersistApart(rec) => {
+                    self.durable[id as usize].apply(rec);
+                }
                 Output::SetTimer { timer, at } => self.timers[id as usize].push((*timer, *at)),
                 _ => {}
             }

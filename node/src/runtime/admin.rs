@@ -40,10 +40,10 @@ impl Runtime {
         }
     }
 
-    /// Leaving `delay`: what was held back goes now, in order.
+    /// Leaving `delay`: what was held back goes with this turn, in order, through
+    /// the persister like every frame (its turn's records may not be durable yet).
     fn release_all_delayed(&mut self) {
-        for (_, (peer, frame)) in std::mem::take(&mut self.delayed) {
-            let _ = self.net.send(peer, frame);
-        }
+        let held = std::mem::take(&mut self.delayed);
+        self.outbox.extend(held.into_values());
     }
 }

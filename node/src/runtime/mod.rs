@@ -57,7 +57,6 @@ pub struct Runtime {
     outbox: Vec<Frame>,
     net: NetHandle,
     peers: Vec<PeerId>,
-    ids: HashMap<PeerId, ReplicaId>,
     /// Where clients behind a gateway want their replies.
     routes: ReplyRoutes,
     start: Instant,
@@ -79,12 +78,6 @@ pub struct Runtime {
 impl Runtime {
     #[must_use]
     pub fn new(p: RuntimeParts) -> Self {
-        let ids = p
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(i, peer)| (*peer, i as ReplicaId))
-            .collect();
         p.metrics.set_behaviour(&p.behaviour.0);
         Self {
             replica: p.replica,
@@ -94,7 +87,6 @@ impl Runtime {
             outbox: Vec::new(),
             net: p.net,
             peers: p.peers,
-            ids,
             routes: ReplyRoutes::default(),
             start: p.start,
             status: p.status,
@@ -181,22 +173,9 @@ impl Runtime {
             .messages_received
             .with_label_values(&[c.kind])
             .inc();
-        let from = self.ids.get(&c.peer).copied();
+        let from = c.origin.replica();
         match c.result {
             Ok(msg) => {
-                // The transport authenticated the peer: a replica message must come
-                // from that replica's own connection (a forwarded client request may not).
-                if let (Some(claimed), Some(from)) = (msg.sender(), from) {
-                    if claimed != from {
-                        self.count_invalid(Some(from), "wrong_peer");
-                        return;
-                    }
-                }
-                if msg.sender().is_some() && from.is_none() {
-                    // A replica message over a client's connection: an impersonation attempt.
-                    self.count_invalid(None, "wrong_peer");
-                    return;
-                }
                 if let VerifiedMessage::ReplyRoute(route) = &msg {
                     if let Err(e) = self.routes.learn(route.signer(), route, c.peer) {
                         tracing::debug!(peer = %c.peer, %e, "reply route refused");
@@ -215,9 +194,8 @@ impl Runtime {
                 }
             }
             Err(reason) => {
-                let peer = from.or(c.claimed);
-                tracing::debug!(?peer, kind = c.kind, %reason, "invalid message");
-                self.count_invalid(peer, reason.label());
+                tracing::debug!(peer = %c.peer, kind = c.kind, %reason, "invalid message");
+                self.count_invalid(from, reason.label());
             }
         }
     }
@@ -274,7 +252,7 @@ impl Runtime {
             .net
             .connected_peers()
             .iter()
-            .filter(|p| self.ids.contains_key(*p))
+            .filter(|p| self.peers.contains(p))
             .count();
         let suspected = r.suspected().to_vec();
         let m = &self.metrics;

@@ -15,14 +15,16 @@ impl Runtime {
     pub(super) fn flush(&mut self) -> anyhow::Result<()> {
         let out = std::mem::take(&mut self.pending);
         let mut records = Vec::new();
+        let mut apart = Vec::new();
         for o in out {
             match o {
                 Output::Persist(r) => records.push(r),
+                Output::PersistApart(r) => apart.push(r),
                 other => self.perform(other),
             }
         }
         let frames = std::mem::take(&mut self.outbox);
-        self.persister.submit(records, frames)
+        self.persister.submit(records, apart, frames)
     }
 
     fn perform(&mut self, o: Output) {
@@ -43,7 +45,7 @@ impl Runtime {
                     self.send_frame(peer, encode(&message), message.kind());
                 }
             }
-            Output::Persist(_) => {}
+            Output::Persist(_) | Output::PersistApart(_) => {}
             Output::SetTimer { timer, at } => {
                 self.timers.insert(timer, self.start + at);
             }

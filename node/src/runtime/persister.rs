@@ -12,10 +12,13 @@
 //! changes nothing it decides; only what the world sees is held back, and a crash
 //! loses exactly the messages that were never sent.
 //!
-//! Stable checkpoints go to a second thread, which writes them apart (see
-//! `storage`): no message depends on one, and its snapshot write used to hold every
-//! later message back for tens of milliseconds. If checkpoints come faster than it
-//! writes them, it writes only the newest.
+//! The replica's own stable checkpoints (`Output::PersistApart`: the core says
+//! which records may be written apart, and the simulator models it) go to a second
+//! thread, which writes them apart (see `storage`): no message depends on one, and
+//! its snapshot write used to hold every later message back for tens of
+//! milliseconds. If checkpoints come faster than it writes them, it writes only the
+//! newest. A checkpoint installed by state transfer is an ordinary record: written
+//! in its turn, before the turn's frames leave.
 
 use crate::metrics::Metrics;
 use crate::storage::{StableWriter, Storage};
@@ -29,9 +32,11 @@ use std::time::Instant;
 /// A frame and the peer it goes to.
 pub type Frame = (PeerId, Arc<Vec<u8>>);
 
-/// One turn's work: make `records` durable, then send `frames`.
+/// One turn's work: make `records` durable, then send `frames`; hand `apart` (own
+/// stable checkpoints) to the checkpoint thread.
 struct Turn {
     records: Vec<PersistRecord>,
+    apart: Vec<PersistRecord>,
     frames: Vec<Frame>,
 }
 
@@ -76,17 +81,26 @@ impl Persister {
     ///
     /// # Errors
     /// The storage failed earlier (the node must stop: it cannot promise durability).
-    pub fn submit(&self, records: Vec<PersistRecord>, frames: Vec<Frame>) -> anyhow::Result<()> {
-        if records.is_empty() && frames.is_empty() {
+    pub fn submit(
+        &self,
+        records: Vec<PersistRecord>,
+        apart: Vec<PersistRecord>,
+        frames: Vec<Frame>,
+    ) -> anyhow::Result<()> {
+        if records.is_empty() && apart.is_empty() && frames.is_empty() {
             return Ok(());
         }
         if self.failure().is_some() {
             return Err(self.error());
         }
-        let sent = self
-            .tx
-            .as_ref()
-            .is_some_and(|tx| tx.send(Turn { records, frames }).is_ok());
+        let sent = self.tx.as_ref().is_some_and(|tx| {
+            tx.send(Turn {
+                records,
+                apart,
+                frames,
+            })
+            .is_ok()
+        });
         if sent {
             Ok(())
         } else {
@@ -163,14 +177,16 @@ fn persist_turns(
             .flat_map(|t| std::mem::take(&mut t.records))
             .collect();
         if !records.is_empty() {
-            let stable = storage
-                .persist_deferring_stable(&records)
-                .map_err(|e| e.to_string())?;
+            storage.persist(&records).map_err(|e| e.to_string())?;
             metrics.persist_turns.observe(turns.len() as f64);
-            for cp in stable {
-                // Only fails once the writer stopped, and then it recorded why.
-                let _ = checkpoints.send(cp);
-            }
+        }
+        let apart = turns
+            .iter_mut()
+            .flat_map(|t| std::mem::take(&mut t.apart))
+            .collect();
+        for cp in storage.note_apart(apart) {
+            // Only fails once the writer stopped, and then it recorded why.
+            let _ = checkpoints.send(cp);
         }
         for (peer, frame) in turns.into_iter().flat_map(|t| t.frames) {
             let _ = net.send(peer, frame);

@@ -1,0 +1,106 @@
+//! Directed adversarial scenarios against one honest replica: a Byzantine primary
+//! (or peers) feeding it messages that are each validly signed, the core expected
+//! to keep to the paper's rules. Each test names the defect it pins (issue 11).
+
+mod common;
+
+use bft_consensus::messages::{Commit, Message, NewView, ViewChange};
+use bft_consensus::{Input, Output};
+use common::*;
+
+/// Feed replica `to` a message as if it arrived from the network (checked first).
+fn deliver(c: &mut Cluster, to: u32, msg: Message) {
+    let verified = c.group.validator().verify(msg).expect("a valid message");
+    c.input(to, Input::Message(verified));
+}
+
+/// Sequence numbers replica `id` prepared, committed or executed at or below `upto`.
+fn acted_at_or_below(c: &Cluster, id: u32, upto: u64) -> Vec<String> {
+    c.all_outputs(id)
+        .iter()
+        .filter_map(|o| match o {
+            Output::Broadcast {
+                message: Message::Prepare(p),
+            } if p.payload.seq <= upto => Some(format!("prepare {}", p.payload.seq)),
+            Output::Broadcast {
+                message: Message::Commit(m),
+            } if m.payload.seq <= upto => Some(format!("commit {}", m.payload.seq)),
+            Output::Executed(e) if e.seq <= upto => Some(format!("executed {}", e.seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// OSDI'99 §4.4 / TOCS §4.5: a replica that enters view v+1 adopts min-s, the latest
+/// stable checkpoint in V, as its low water mark, even while it still fetches that
+/// checkpoint's state. The new primary's pre-prepares are for (min-s, max-s] and
+/// after; anything at or below min-s is already decided by the checkpoint.
+///
+/// The attack (defect 5): replica 3 lags (stable 0, nothing executed) when view 1
+/// starts from a V whose best checkpoint is 8. The Byzantine primary of view 1
+/// proposes fabricated batches for 1..=3; peers that also lag (forgetful or behind)
+/// vote for them. Without the rule replica 3 prepares, commits and executes them:
+/// a history the stable checkpoint at 8 contradicts.
+#[test]
+fn a_new_view_raises_the_low_water_mark_to_min_s() {
+    let mut c = Cluster::new(4);
+    let g = &c.group;
+    let proof = g.checkpoint_proof(8, bft_crypto::Digest([8; 32]));
+    let vc = |id: u32, stable: bool| {
+        g.sign(
+            id,
+            ViewChange {
+                new_view: 1,
+                stable_seq: if stable { 8 } else { 0 },
+                checkpoint_proof: if stable { proof.clone() } else { vec![] },
+                prepared: vec![],
+                replica: id,
+            },
+        )
+    };
+    let nv = g.sign(
+        1,
+        NewView {
+            view: 1,
+            view_changes: vec![vc(0, false), vc(1, true), vc(2, false)],
+            pre_prepares: vec![],
+            replica: 1,
+        },
+    );
+    deliver(&mut c, 3, Message::NewView(nv));
+    assert_eq!(c.replica(3).view(), 1);
+    assert!(!c.replica(3).in_view_change());
+    assert_eq!(c.replica(3).watermarks().0, 8, "low water mark is min-s");
+
+    let client = client_key(9);
+    for seq in 1..=3 {
+        let forged = batch_of(vec![request(&client, seq, "k", "forged")]);
+        let g = &c.group;
+        let pp = g.pre_prepare(1, seq, &forged);
+        let votes: Vec<Message> = [0, 2]
+            .iter()
+            .map(|r| Message::Prepare(g.prepare(*r, 1, seq, &forged)))
+            .chain([0, 1, 2].iter().map(|r| {
+                Message::Commit(g.sign(
+                    *r,
+                    Commit {
+                        view: 1,
+                        seq,
+                        digest: forged.digest(),
+                        replica: *r,
+                    },
+                ))
+            }))
+            .collect();
+        deliver(&mut c, 3, Message::PrePrepare(pp, forged));
+        for v in votes {
+            deliver(&mut c, 3, v);
+        }
+    }
+    assert_eq!(
+        acted_at_or_below(&c, 3, 8),
+        Vec::<String>::new(),
+        "nothing at or below min-s is voted for or executed"
+    );
+    assert_eq!(c.replica(3).last_executed(), 0);
+}
