@@ -59,9 +59,9 @@ impl InProcessCluster {
         let members = Membership::new(keys.iter().map(KeyPair::public).collect());
         let config = |id: u32| {
             let mut c = ReplicaConfig::new(id, members.clone());
-            c.batch_size = batch_size;
-            c.checkpoint_interval = 128;
-            c.window = 512;
+            c.params.batch_size = batch_size;
+            c.params.checkpoint_interval = 128;
+            c.params.window = 256;
             c
         };
         let validator = Validator::new(&config(0));

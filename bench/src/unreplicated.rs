@@ -57,6 +57,7 @@ impl Unreplicated {
                     .ok_or_else(|| anyhow::anyhow!("bad key"))?,
                 address,
             }],
+            params: bft_consensus::ProtocolParams::default(),
         };
         let handle = net.handle.clone();
         let task = tokio::spawn(serve(key, net.handle.clone(), net.inbound));

@@ -6,7 +6,7 @@
 //! applying them in order. The simulator keeps one in memory; the node keeps one in
 //! RocksDB. Either way the replica recovers through [`crate::Replica::recover`].
 
-use crate::messages::{Batch, Checkpoint, NewView, PrePrepare, PreparedCert, ViewChange};
+use crate::messages::{Batch, Bodies, Checkpoint, NewView, PrePrepare, PreparedCert, ViewChange};
 use crate::types::{Seq, View};
 use bft_crypto::{Digest, Signed};
 use serde::{Deserialize, Serialize};
@@ -45,12 +45,12 @@ pub enum PersistRecord {
         view: View,
         digest: Digest,
     },
-    /// The view-change message this replica sent.
-    ViewChangeSent(Signed<ViewChange>),
+    /// The view-change message this replica sent, with the batches beside it.
+    ViewChangeSent(Signed<ViewChange>, Bodies),
     /// The new-view that started the view this replica entered. Kept so that after a
     /// restart it can still relay it to a replica that missed it (see
     /// `replica::retransmit`): the primary that signed it may have moved on.
-    NewViewEntered(Signed<NewView>),
+    NewViewEntered(Signed<NewView>, Bodies),
     /// A new stable checkpoint; everything at or below `seq` may be discarded.
     Stable(StableCheckpoint),
 }
@@ -64,8 +64,8 @@ pub struct DurableState {
     pub accepted: BTreeMap<Seq, (Signed<PrePrepare>, Batch)>,
     pub prepared: BTreeMap<Seq, PreparedCert>,
     pub committed: BTreeMap<Seq, (View, Digest)>,
-    pub view_change: Option<Signed<ViewChange>>,
-    pub new_view: Option<Signed<NewView>>,
+    pub view_change: Option<(Signed<ViewChange>, Bodies)>,
+    pub new_view: Option<(Signed<NewView>, Bodies)>,
 }
 
 impl DurableState {
@@ -111,22 +111,22 @@ impl DurableState {
                     self.committed.insert(*seq, (*view, *digest));
                 }
             }
-            PersistRecord::ViewChangeSent(vc) => {
+            PersistRecord::ViewChangeSent(vc, bodies) => {
                 if self
                     .view_change
                     .as_ref()
-                    .is_none_or(|old| old.payload.new_view <= vc.payload.new_view)
+                    .is_none_or(|(old, _)| old.payload.new_view <= vc.payload.new_view)
                 {
-                    self.view_change = Some(vc.clone());
+                    self.view_change = Some((vc.clone(), bodies.clone()));
                 }
             }
-            PersistRecord::NewViewEntered(nv) => {
+            PersistRecord::NewViewEntered(nv, bodies) => {
                 if self
                     .new_view
                     .as_ref()
-                    .is_none_or(|old| old.payload.view <= nv.payload.view)
+                    .is_none_or(|(old, _)| old.payload.view <= nv.payload.view)
                 {
-                    self.new_view = Some(nv.clone());
+                    self.new_view = Some((nv.clone(), bodies.clone()));
                 }
             }
             PersistRecord::Stable(cp) => {

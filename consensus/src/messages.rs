@@ -126,7 +126,9 @@ pub struct Checkpoint {
 signable!(Checkpoint, "bftnode/checkpoint/v1");
 
 /// A prepared certificate (the paper's P_m): a pre-prepare and 2f matching prepares
-/// from distinct backups, with the batch so a new primary can re-propose it.
+/// from distinct backups, with the batch so a new primary can re-propose it. This is
+/// what a replica keeps and persists; a view-change carries it split into its signed
+/// proof ([`PreparedProof`]) and the batch beside it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreparedCert {
     pub pre_prepare: Signed<PrePrepare>,
@@ -149,22 +151,58 @@ impl PreparedCert {
     pub fn digest(&self) -> Digest {
         self.pre_prepare.payload.digest
     }
+
+    /// The signed proof, without the batch.
+    #[must_use]
+    pub fn proof(&self) -> PreparedProof {
+        PreparedProof {
+            pre_prepare: self.pre_prepare.clone(),
+            prepares: self.prepares.clone(),
+        }
+    }
+}
+
+/// P_m as a view-change carries it: the pre-prepare (naming the batch by digest) and
+/// 2f matching prepares. The batch itself travels once, beside the signed message
+/// (see [`Message::ViewChange`]), so a new-view made of 2f+1 view-changes does not
+/// carry 2f+1 copies of every batch (issue 11, defect 3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedProof {
+    pub pre_prepare: Signed<PrePrepare>,
+    pub prepares: Vec<Signed<Prepare>>,
+}
+
+impl PreparedProof {
+    #[must_use]
+    pub fn seq(&self) -> Seq {
+        self.pre_prepare.payload.seq
+    }
+
+    #[must_use]
+    pub fn view(&self) -> View {
+        self.pre_prepare.payload.view
+    }
+
+    #[must_use]
+    pub fn digest(&self) -> Digest {
+        self.pre_prepare.payload.digest
+    }
 }
 
 /// <VIEW-CHANGE, v+1, n, C, P, i>σi (§4.4): `n` is the stable checkpoint, `C` its
-/// 2f+1 proof, `P` the prepared certificates above it.
+/// 2f+1 proof, `P` the prepared certificates above it (their batches beside).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewChange {
     pub new_view: View,
     pub stable_seq: Seq,
     pub checkpoint_proof: Vec<Signed<Checkpoint>>,
-    pub prepared: Vec<PreparedCert>,
+    pub prepared: Vec<PreparedProof>,
     pub replica: ReplicaId,
 }
-signable!(ViewChange, "bftnode/view-change/v1");
+signable!(ViewChange, "bftnode/view-change/v2");
 
 /// <NEW-VIEW, v+1, V, O>σp (§4.4): the 2f+1 view-changes `V` and the pre-prepares `O`
-/// computed from them. Batches for `O` are found in `V`'s certificates.
+/// computed from them. The batches of `O` travel beside, once each.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewView {
     pub view: View,
@@ -172,7 +210,11 @@ pub struct NewView {
     pub pre_prepares: Vec<Signed<PrePrepare>>,
     pub replica: ReplicaId,
 }
-signable!(NewView, "bftnode/new-view/v1");
+signable!(NewView, "bftnode/new-view/v2");
+
+/// Batches carried beside a signed message that names them by digest: one body per
+/// digest it needs, no more (the validator refuses missing, extra or repeated ones).
+pub type Bodies = Vec<Batch>;
 
 /// Ask a peer for its stable checkpoint's state, at least `seq`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,8 +269,10 @@ pub enum Message {
     Prepare(Signed<Prepare>),
     Commit(Signed<Commit>),
     Checkpoint(Signed<Checkpoint>),
-    ViewChange(Signed<ViewChange>),
-    NewView(Signed<NewView>),
+    /// A view-change and the batches of its prepared certificates.
+    ViewChange(Signed<ViewChange>, Bodies),
+    /// A new-view and the batches of its pre-prepares (null requests need none).
+    NewView(Signed<NewView>, Bodies),
     FetchState(Signed<FetchState>),
     State(Signed<StateSnapshot>),
     Reply(crate::reply::SignedReply),
@@ -252,8 +296,8 @@ impl Message {
             Message::Prepare(_) => "prepare",
             Message::Commit(_) => "commit",
             Message::Checkpoint(_) => "checkpoint",
-            Message::ViewChange(_) => "view_change",
-            Message::NewView(_) => "new_view",
+            Message::ViewChange(..) => "view_change",
+            Message::NewView(..) => "new_view",
             Message::FetchState(_) => "fetch_state",
             Message::State(_) => "state",
             Message::Reply(_) => "reply",

@@ -28,6 +28,10 @@ pub enum Rejection {
     },
     #[error("batch of {len} requests exceeds the limit {max}")]
     BatchTooLarge { len: usize, max: usize },
+    #[error("batch of {bytes} bytes exceeds the limit {max}")]
+    BatchTooManyBytes { bytes: usize, max: usize },
+    #[error("request of {bytes} bytes exceeds the batch limit {max}")]
+    RequestTooLarge { bytes: usize, max: usize },
     #[error("checkpoint at {seq} is not a multiple of the checkpoint interval")]
     MisalignedCheckpoint { seq: Seq },
     #[error("invalid checkpoint proof: {0}")]
@@ -68,7 +72,10 @@ impl Rejection {
             Rejection::OutOfWindow { .. } => "out_of_window",
             Rejection::ConflictingPrePrepare { .. } => "conflicting_pre_prepare",
             Rejection::Equivocation { .. } => "equivocation",
-            Rejection::BatchTooLarge { .. } => "batch_too_large",
+            Rejection::BatchTooLarge { .. } | Rejection::BatchTooManyBytes { .. } => {
+                "batch_too_large"
+            }
+            Rejection::RequestTooLarge { .. } => "request_too_large",
             Rejection::MisalignedCheckpoint { .. } => "misaligned_checkpoint",
             Rejection::InvalidCheckpointProof(_) => "invalid_checkpoint_proof",
             Rejection::InvalidPreparedCert(_) => "invalid_prepared_cert",

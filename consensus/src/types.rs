@@ -2,6 +2,7 @@
 //! configuration.
 
 use crate::fd::FdConfig;
+use crate::params::ProtocolParams;
 use bft_crypto::PublicKey;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -103,14 +104,10 @@ impl Membership {
 pub struct ReplicaConfig {
     pub id: ReplicaId,
     pub members: Membership,
-    /// Most requests the primary puts in one pre-prepare.
-    pub batch_size: usize,
+    /// What the whole group shares: batch and window limits (the validator set's).
+    pub params: ProtocolParams,
     /// How long the primary waits to fill a batch before proposing a partial one.
     pub batch_timeout: Duration,
-    /// K: a checkpoint is taken every K sequence numbers (PBFT §4.3).
-    pub checkpoint_interval: u64,
-    /// L: the log window above the low water mark (a multiple of K).
-    pub window: u64,
     /// Base view-change timeout; doubled on each consecutive view change (§4.4).
     pub view_change_timeout: Duration,
     /// How long to wait for a state-transfer reply before asking another peer.
@@ -139,10 +136,13 @@ impl ReplicaConfig {
         Self {
             id,
             members,
-            batch_size: 64,
+            params: ProtocolParams {
+                batch_size: 64,
+                checkpoint_interval: 64,
+                window: 256,
+                ..ProtocolParams::default()
+            },
             batch_timeout: Duration::from_millis(1),
-            checkpoint_interval: 64,
-            window: 256,
             view_change_timeout: Duration::from_millis(1000),
             state_fetch_timeout: Duration::from_millis(500),
             max_pending: 100_000,
@@ -171,17 +171,8 @@ impl ReplicaConfig {
                 self.members.n()
             ));
         }
-        if self.batch_size == 0 {
-            return Err("batch_size must be at least 1".into());
-        }
-        if self.checkpoint_interval == 0 || self.window < 2 * self.checkpoint_interval {
-            return Err(
-                "window must be at least twice checkpoint_interval (and both positive)".into(),
-            );
-        }
-        if !self.window.is_multiple_of(self.checkpoint_interval) {
-            return Err("window must be a multiple of checkpoint_interval".into());
-        }
+        self.params
+            .validate(&self.members, crate::messages::MAX_MESSAGE_BYTES)?;
         if self.fd.heartbeat_interval.is_zero() {
             return Err("heartbeat interval must be positive".into());
         }
@@ -257,7 +248,7 @@ mod tests {
     fn config_validation_rejects_nonsense() {
         let mut c = ReplicaConfig::new(0, group(4));
         assert!(c.validate().is_ok());
-        c.window = c.checkpoint_interval;
+        c.params.window = c.params.checkpoint_interval;
         assert!(c.validate().is_err());
         let c = ReplicaConfig::new(9, group(4));
         assert!(c.validate().is_err());

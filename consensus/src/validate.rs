@@ -13,10 +13,11 @@ use crate::fd::Heartbeat;
 use crate::generals::{verify_chain, Report, VerifiedChain};
 use crate::messages::{state_digest, Commit};
 use crate::messages::{
-    Batch, Checkpoint, FetchState, Message, NewView, PrePrepare, Prepare, PreparedCert, ReplyRoute,
-    Request, StateSnapshot, ViewChange,
+    Batch, Bodies, Checkpoint, FetchState, Message, NewView, PrePrepare, Prepare, PreparedProof,
+    ReplyRoute, Request, StateSnapshot, ViewChange,
 };
-use crate::new_view::{plan, NewViewPlan};
+use crate::new_view::{plan, BodyIndex, NewViewPlan};
+use crate::params::ProtocolParams;
 use crate::rejection::Rejection;
 use crate::reply::{verify_reply, RootCache, SignedReply, VerifiedReply};
 use crate::types::{Membership, ReplicaConfig, ReplicaId, Seq, View};
@@ -31,8 +32,10 @@ pub enum VerifiedMessage {
     Prepare(Verified<Prepare>),
     Commit(Verified<Commit>),
     Checkpoint(Verified<Checkpoint>),
-    ViewChange(Verified<ViewChange>),
-    /// With the pre-prepare set recomputed from V (already checked to match O).
+    /// With the batches of its prepared certificates (each checked against its digest).
+    ViewChange(Verified<ViewChange>, Bodies),
+    /// With the pre-prepare set recomputed from V (already checked to match O), its
+    /// batches taken from the bodies carried beside.
     NewView(Verified<NewView>, NewViewPlan),
     FetchState(Verified<FetchState>),
     State(Verified<StateSnapshot>),
@@ -54,7 +57,7 @@ impl VerifiedMessage {
             VerifiedMessage::Prepare(m) => m.replica,
             VerifiedMessage::Commit(m) => m.replica,
             VerifiedMessage::Checkpoint(m) => m.replica,
-            VerifiedMessage::ViewChange(m) => m.replica,
+            VerifiedMessage::ViewChange(m, _) => m.replica,
             VerifiedMessage::NewView(m, _) => m.replica,
             VerifiedMessage::FetchState(m) => m.replica,
             VerifiedMessage::State(m) => m.replica,
@@ -70,9 +73,7 @@ impl VerifiedMessage {
 #[derive(Clone, Debug)]
 pub struct Validator {
     members: Membership,
-    window: u64,
-    checkpoint_interval: u64,
-    max_batch: usize,
+    params: ProtocolParams,
 }
 
 type Checked<T> = Result<T, Rejection>;
@@ -145,7 +146,7 @@ enum Staged {
     Prepare(Outer<Prepare>),
     Commit(Outer<Commit>),
     Checkpoint(Outer<Checkpoint>),
-    ViewChange(Outer<ViewChange>),
+    ViewChange(Outer<ViewChange>, Bodies),
     NewView(Outer<NewView>, NewViewPlan),
     FetchState(Outer<FetchState>),
     State(Outer<StateSnapshot>),
@@ -165,7 +166,7 @@ impl Staged {
             Staged::Prepare(m) => V::Prepare(m.finish(ok)),
             Staged::Commit(m) => V::Commit(m.finish(ok)),
             Staged::Checkpoint(m) => V::Checkpoint(m.finish(ok)),
-            Staged::ViewChange(m) => V::ViewChange(m.finish(ok)),
+            Staged::ViewChange(m, b) => V::ViewChange(m.finish(ok), b),
             Staged::NewView(m, plan) => V::NewView(m.finish(ok), plan),
             Staged::FetchState(m) => V::FetchState(m.finish(ok)),
             Staged::State(m) => V::State(m.finish(ok)),
@@ -184,8 +185,8 @@ impl Staged {
             Staged::Prepare(m) => Message::Prepare(m.into_signed()),
             Staged::Commit(m) => Message::Commit(m.into_signed()),
             Staged::Checkpoint(m) => Message::Checkpoint(m.into_signed()),
-            Staged::ViewChange(m) => Message::ViewChange(m.into_signed()),
-            Staged::NewView(m, _) => Message::NewView(m.into_signed()),
+            Staged::ViewChange(m, b) => Message::ViewChange(m.into_signed(), b),
+            Staged::NewView(m, plan) => Message::NewView(m.into_signed(), plan.bodies()),
             Staged::FetchState(m) => Message::FetchState(m.into_signed()),
             Staged::State(m) => Message::State(m.into_signed()),
             Staged::Heartbeat(m) => Message::Heartbeat(m.into_signed()),
@@ -207,9 +208,7 @@ impl Validator {
     pub fn new(config: &ReplicaConfig) -> Self {
         Self {
             members: config.members.clone(),
-            window: config.window,
-            checkpoint_interval: config.checkpoint_interval,
-            max_batch: config.batch_size,
+            params: config.params.clone(),
         }
     }
 
@@ -257,7 +256,10 @@ impl Validator {
     /// Every check of `msg`, its signatures checked or queued as `sigs` says.
     fn stage(&self, msg: Message, sigs: &mut Sigs<'_>) -> Checked<Staged> {
         Ok(match msg {
-            Message::Request(r) => Staged::Request(sigs.outer(r)?),
+            Message::Request(r) => {
+                self.check_request_size(&r)?;
+                Staged::Request(sigs.outer(r)?)
+            }
             Message::PrePrepare(pp, batch) => {
                 self.check_signer(&pp, pp.payload.replica)?;
                 self.check_batch(&batch, pp.payload.digest, sigs)?;
@@ -267,17 +269,17 @@ impl Validator {
             Message::Commit(m) => Staged::Commit(self.by_replica(m, |m| m.replica, sigs)?),
             Message::Checkpoint(m) => {
                 let seq = m.payload.seq;
-                if seq == 0 || !seq.is_multiple_of(self.checkpoint_interval) {
+                if seq == 0 || !seq.is_multiple_of(self.params.checkpoint_interval) {
                     return Err(Rejection::MisalignedCheckpoint { seq });
                 }
                 Staged::Checkpoint(self.by_replica(m, |m| m.replica, sigs)?)
             }
-            Message::ViewChange(m) => {
-                self.check_view_change(&m.payload, sigs)?;
-                Staged::ViewChange(self.by_replica(m, |m| m.replica, sigs)?)
+            Message::ViewChange(m, bodies) => {
+                self.check_view_change_with_bodies(&m.payload, &bodies, sigs)?;
+                Staged::ViewChange(self.by_replica(m, |m| m.replica, sigs)?, bodies)
             }
-            Message::NewView(m) => {
-                let plan = self.check_new_view(&m.payload, sigs)?;
+            Message::NewView(m, bodies) => {
+                let plan = self.check_new_view(&m.payload, bodies, sigs)?;
                 Staged::NewView(self.by_replica(m, |m| m.replica, sigs)?, plan)
             }
             Message::FetchState(m) => {
@@ -354,22 +356,66 @@ impl Validator {
         }
     }
 
-    /// The batch hashes to `digest`, is not too large, and every request in it is
-    /// signed by its client (Validity: only signed requests are ever executed).
-    fn check_batch(&self, batch: &Batch, digest: Digest, sigs: &mut Sigs<'_>) -> Checked<()> {
-        if batch.len() > self.max_batch {
-            return Err(Rejection::BatchTooLarge {
-                len: batch.len(),
-                max: self.max_batch,
-            });
+    /// A client request no batch could carry is refused at once.
+    fn check_request_size(&self, request: &Signed<Request>) -> Checked<()> {
+        let bytes = ProtocolParams::request_bytes(request);
+        let max = self.params.max_batch_bytes;
+        if bytes > max {
+            return Err(Rejection::RequestTooLarge { bytes, max });
         }
+        Ok(())
+    }
+
+    /// The batch hashes to `digest` and passes [`Validator::check_batch_contents`].
+    fn check_batch(&self, batch: &Batch, digest: Digest, sigs: &mut Sigs<'_>) -> Checked<()> {
+        self.check_batch_contents(batch, sigs)?;
         if batch.digest() != digest {
             return Err(Rejection::DigestMismatch);
+        }
+        Ok(())
+    }
+
+    /// The batch is within the group's count and byte limits, and every request in
+    /// it is signed by its client (Validity: only signed requests are ever executed).
+    fn check_batch_contents(&self, batch: &Batch, sigs: &mut Sigs<'_>) -> Checked<()> {
+        let max = self.params.batch_size;
+        if batch.len() > max {
+            return Err(Rejection::BatchTooLarge {
+                len: batch.len(),
+                max,
+            });
+        }
+        let bytes: usize = batch.requests.iter().map(ProtocolParams::request_bytes).sum();
+        let max = self.params.max_batch_bytes;
+        if bytes > max {
+            return Err(Rejection::BatchTooManyBytes { bytes, max });
         }
         if !sigs.requests(&batch.requests) {
             return Err(Rejection::BadSignature);
         }
         Ok(())
+    }
+
+    /// Bodies carried beside a message, by digest: one per batch, never the null
+    /// request's (it needs none), each within the limits and validly signed.
+    fn index_bodies(
+        &self,
+        bodies: &[Batch],
+        sigs: &mut Sigs<'_>,
+        bad: fn(&'static str) -> Rejection,
+    ) -> Checked<BodyIndex> {
+        let mut index = BodyIndex::new();
+        for body in bodies {
+            if body.is_empty() {
+                return Err(bad("a body for the null request"));
+            }
+            self.check_batch_contents(body, sigs)
+                .map_err(|_| bad("a batch beside it is invalid"))?;
+            if index.insert(body.digest(), body.clone()).is_some() {
+                return Err(bad("the same batch twice beside it"));
+            }
+        }
+        Ok(index)
     }
 
     /// 2f+1 signed checkpoints from distinct replicas agreeing on (seq, digest).
@@ -387,7 +433,7 @@ impl Validator {
                 Err(Rejection::InvalidCheckpointProof("proof for seq 0"))
             };
         }
-        if !seq.is_multiple_of(self.checkpoint_interval) {
+        if !seq.is_multiple_of(self.params.checkpoint_interval) {
             return Err(Rejection::InvalidCheckpointProof("misaligned seq"));
         }
         let first = proof
@@ -413,11 +459,11 @@ impl Validator {
         Ok(Some(digest))
     }
 
-    /// A pre-prepare from the primary of its view (earlier than `before_view`), its
-    /// batch, and 2f matching prepares from distinct backups, seq within (low, low+L].
+    /// A pre-prepare from the primary of its view (earlier than `before_view`) and 2f
+    /// matching prepares from distinct backups, seq within (low, low+L].
     fn check_prepared_cert(
         &self,
-        cert: &PreparedCert,
+        cert: &PreparedProof,
         before_view: View,
         low: Seq,
         sigs: &mut Sigs<'_>,
@@ -427,7 +473,7 @@ impl Validator {
         if pp.view >= before_view {
             return Err(bad("certificate view is not below the new view"));
         }
-        if pp.seq <= low || pp.seq > low + self.window {
+        if pp.seq <= low || pp.seq > low + self.params.window {
             return Err(bad("sequence outside the window"));
         }
         let primary = self.members.primary(pp.view);
@@ -436,8 +482,6 @@ impl Validator {
         }
         let bad_pp = bad("bad pre-prepare signature");
         self.check_nested(&cert.pre_prepare, primary, sigs, bad_pp)?;
-        self.check_batch(&cert.batch, pp.digest, sigs)
-            .map_err(|_| bad("batch does not match"))?;
         let mut seen = BTreeSet::new();
         for p in &cert.prepares {
             let m = &p.payload;
@@ -455,6 +499,7 @@ impl Validator {
         Ok(())
     }
 
+    /// A view-change's checkpoint proof and certificates (their batches aside).
     fn check_view_change(&self, vc: &ViewChange, sigs: &mut Sigs<'_>) -> Checked<()> {
         let bad = Rejection::InvalidViewChange;
         if vc.new_view == 0 {
@@ -471,7 +516,39 @@ impl Validator {
         Ok(())
     }
 
-    fn check_new_view(&self, nv: &NewView, sigs: &mut Sigs<'_>) -> Checked<NewViewPlan> {
+    /// A view-change message: the view-change, and beside it exactly the batches its
+    /// certificates name (the null request's aside).
+    fn check_view_change_with_bodies(
+        &self,
+        vc: &ViewChange,
+        bodies: &[Batch],
+        sigs: &mut Sigs<'_>,
+    ) -> Checked<()> {
+        let bad = Rejection::InvalidViewChange;
+        self.check_view_change(vc, sigs)?;
+        let index = self.index_bodies(bodies, sigs, bad)?;
+        let null = Batch::default().digest();
+        let named: BTreeSet<Digest> = vc
+            .prepared
+            .iter()
+            .map(PreparedProof::digest)
+            .filter(|d| *d != null)
+            .collect();
+        if named.iter().any(|d| !index.contains_key(d)) {
+            return Err(bad("a certificate's batch is missing"));
+        }
+        if named.len() != index.len() {
+            return Err(bad("a batch beside it that no certificate names"));
+        }
+        Ok(())
+    }
+
+    fn check_new_view(
+        &self,
+        nv: &NewView,
+        bodies: Bodies,
+        sigs: &mut Sigs<'_>,
+    ) -> Checked<NewViewPlan> {
         let bad = Rejection::InvalidNewView;
         let primary = self.members.primary(nv.view);
         if nv.replica != primary {
@@ -495,7 +572,11 @@ impl Validator {
         if seen.len() < self.members.quorum() {
             return Err(bad("fewer than 2f+1 view-changes"));
         }
-        let plan = plan(&nv.view_changes);
+        let index = self.index_bodies(&bodies, sigs, bad)?;
+        let plan = plan(&nv.view_changes, &index).map_err(|_| bad("a chosen batch is missing"))?;
+        if plan.bodies().len() != index.len() {
+            return Err(bad("a batch beside it that O does not use"));
+        }
         if plan.entries.len() != nv.pre_prepares.len() {
             return Err(bad("pre-prepare set differs from the one computed from V"));
         }

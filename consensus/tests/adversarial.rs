@@ -67,7 +67,7 @@ fn a_new_view_raises_the_low_water_mark_to_min_s() {
             replica: 1,
         },
     );
-    deliver(&mut c, 3, Message::NewView(nv));
+    deliver(&mut c, 3, Message::NewView(nv, vec![]));
     assert_eq!(c.replica(3).view(), 1);
     assert!(!c.replica(3).in_view_change());
     assert_eq!(c.replica(3).watermarks().0, 8, "low water mark is min-s");

@@ -547,3 +547,43 @@ mod hostile {
         }
     }
 }
+
+/// Issue 11, defect 3: a new-view carries 2f+1 view-changes; if each carried its
+/// prepared batches in full, large batches made the new-view outgrow the frame bound,
+/// every replica refused it, and no view change ever completed. Each batch now
+/// travels once beside the new-view. Here a frame bound that fits one view-change
+/// but not three copies of its batches: the view change completes anyway.
+#[test]
+fn a_new_view_fits_the_frame_bound_when_prepared_batches_are_large() {
+    let mut c = Cluster::new(4);
+    c.max_frame = 48 * 1024;
+    let big = "v".repeat(2000);
+    let requests: Vec<_> = (1..=12)
+        .map(|ts| request(&client_key(ts as u8), ts, "k", &big))
+        .collect();
+    // Slots prepare everywhere, but no commit gets through: nothing executes.
+    c.drop_if = Box::new(|_, _, m| matches!(m, Message::Commit(_)));
+    for r in &requests {
+        for to in 0..4 {
+            c.client_sends(to, r.clone());
+        }
+        c.run();
+    }
+    c.advance_to(Duration::from_millis(5));
+    c.run();
+    let prepared = c.replica(1).watermarks();
+    assert_eq!(c.replica(1).last_executed(), 0, "{prepared:?}");
+    c.crash(0);
+    c.drop_if = Box::new(|_, _, _| false);
+    for step in 1..=20 {
+        c.advance_to(Duration::from_millis(100 * step));
+        c.run();
+    }
+    // Before: every new-view (81,484 bytes against a 49,152-byte bound) was refused.
+    assert!(c.refused.is_empty(), "frames refused: {:?}", c.refused);
+    for id in 1..4 {
+        let r = c.replica(id);
+        assert!(r.view() >= 1 && !r.in_view_change(), "replica {id} stuck in view {}", r.view());
+        assert!(r.last_executed() >= 3, "replica {id} executed {}", r.last_executed());
+    }
+}

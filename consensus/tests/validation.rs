@@ -7,7 +7,7 @@ use bft_consensus::messages::{
     state_digest, Batch, Checkpoint, Commit, FetchState, NewView, PrePrepare, Prepare, Reply,
     StateSnapshot,
 };
-use bft_consensus::new_view::plan;
+use bft_consensus::new_view::{index, plan};
 use bft_consensus::reply::sign_replies;
 use bft_consensus::{Message, Rejection, VerifiedMessage};
 use bft_crypto::{Digest, Signed};
@@ -71,11 +71,8 @@ fn well_formed_messages_pass() {
         ok(Message::Checkpoint(cp)),
         VerifiedMessage::Checkpoint(_)
     ));
-    let vc = g.view_change(1, 1, vec![g.cert(0, 1, &b)]);
-    assert!(matches!(
-        ok(Message::ViewChange(vc)),
-        VerifiedMessage::ViewChange(_)
-    ));
+    let vc = g.view_change_message(1, 1, vec![g.cert(0, 1, &b)]);
+    assert!(matches!(ok(vc), VerifiedMessage::ViewChange(..)));
     let fetch = g.sign(2, FetchState { seq: 4, replica: 2 });
     assert!(matches!(
         ok(Message::FetchState(fetch)),
@@ -210,7 +207,8 @@ fn checkpoints_must_be_aligned() {
 fn vc_with(g: &Group, edit: impl FnOnce(&mut bft_consensus::messages::ViewChange)) -> Message {
     let mut vc = g.view_change(1, 1, vec![g.cert(0, 1, &batch(1))]).payload;
     edit(&mut vc);
-    Message::ViewChange(g.sign(1, vc))
+    let bodies = if vc.prepared.is_empty() { vec![] } else { vec![batch(1)] };
+    Message::ViewChange(g.sign(1, vc), bodies)
 }
 
 #[test]
@@ -278,7 +276,7 @@ fn view_change_checkpoint_proofs_are_checked() {
     let good = vc_with(&g, |vc| {
         vc.stable_seq = 4;
         vc.checkpoint_proof = g.checkpoint_proof(4, d);
-        vc.prepared = vec![g.cert(0, 5, &batch(1))];
+        vc.prepared = vec![g.cert(0, 5, &batch(1)).proof()];
     });
     assert!(g.validator().verify(good).is_ok());
 }
@@ -306,7 +304,6 @@ fn view_change_prepared_certificates_are_checked() {
             Box::new(|c| c.prepares[0] = Group::new(4).prepare(1, 0, 2, &batch(1))),
             "prepare does not match the pre-prepare",
         ),
-        (Box::new(|c| c.batch = batch(2)), "batch does not match"),
         (
             Box::new(|c| {
                 let g = Group::new(4);
@@ -343,31 +340,62 @@ fn view_change_prepared_certificates_are_checked() {
     for (edit, why) in cases {
         let mut cert = g.cert(0, 1, &b);
         edit(&mut cert);
-        let msg = Message::ViewChange(g.view_change(1, 1, vec![cert]));
+        let msg = g.view_change_message(1, 1, vec![cert]);
         assert_eq!(reject(msg), Rejection::InvalidPreparedCert(why), "{why}");
     }
     // A certificate from the new view itself, or beyond the window, or twice for one seq.
-    let same_view = Message::ViewChange(g.view_change(1, 1, vec![g.cert(1, 1, &b)]));
+    let same_view = g.view_change_message(1, 1, vec![g.cert(1, 1, &b)]);
     assert_eq!(
         reject(same_view),
         Rejection::InvalidPreparedCert("certificate view is not below the new view")
     );
-    let far = Message::ViewChange(g.view_change(1, 1, vec![g.cert(0, 17, &b)]));
+    let far = g.view_change_message(1, 1, vec![g.cert(0, 17, &b)]);
     assert_eq!(
         reject(far),
         Rejection::InvalidPreparedCert("sequence outside the window")
     );
-    let twice =
-        Message::ViewChange(g.view_change(1, 2, vec![g.cert(0, 1, &b), g.cert(1, 1, &batch(2))]));
+    let twice = g.view_change_message(1, 2, vec![g.cert(0, 1, &b), g.cert(1, 1, &batch(2))]);
     assert_eq!(
         reject(twice),
         Rejection::InvalidViewChange("two certificates for one sequence number")
     );
-    let to_zero = Message::ViewChange(g.view_change(1, 0, vec![]));
+    let to_zero = g.view_change_message(1, 0, vec![]);
     assert_eq!(
         reject(to_zero),
         Rejection::InvalidViewChange("view change to view 0")
     );
+}
+
+/// Issue 11, defect 3: batches travel beside the signed view-change, once each; the
+/// validator refuses a missing, an extra, a repeated or an invalid one.
+#[test]
+fn view_change_bodies_are_exactly_the_named_batches() {
+    let g = Group::new(4);
+    let (b1, b2) = (batch(1), batch(2));
+    let certs = vec![g.cert(0, 1, &b1), g.cert(0, 2, &b2), g.cert(0, 3, &Batch::default())];
+    let vc = g.view_change(1, 1, certs);
+    let with = |bodies: Vec<Batch>| reject(Message::ViewChange(vc.clone(), bodies));
+    assert!(g
+        .validator()
+        .verify(Message::ViewChange(vc.clone(), vec![b1.clone(), b2.clone()]))
+        .is_ok());
+    let bad = Rejection::InvalidViewChange;
+    assert_eq!(with(vec![b1.clone()]), bad("a certificate's batch is missing"));
+    assert_eq!(
+        with(vec![b1.clone(), b2.clone(), batch(3)]),
+        bad("a batch beside it that no certificate names")
+    );
+    assert_eq!(
+        with(vec![b1.clone(), b2.clone(), b2.clone()]),
+        bad("the same batch twice beside it")
+    );
+    assert_eq!(
+        with(vec![b1.clone(), b2.clone(), Batch::default()]),
+        bad("a body for the null request")
+    );
+    let mut forged = b2.clone();
+    forged.requests[0].payload.timestamp += 100;
+    assert_eq!(with(vec![b1, forged]), bad("a batch beside it is invalid"));
 }
 
 /// A valid new-view for view 1 from three view-changes, one carrying a certificate for seq 2.
@@ -378,7 +406,7 @@ fn new_view(g: &Group) -> NewView {
         g.view_change(2, 1, vec![g.cert(0, 2, &b)]),
         g.view_change(3, 1, vec![]),
     ];
-    let p = plan(&vcs);
+    let p = plan(&vcs, &index([&b])).unwrap();
     let pre_prepares = p
         .entries
         .iter()
@@ -406,20 +434,30 @@ fn new_view(g: &Group) -> NewView {
 fn new_view_is_recomputed_and_checked() {
     let g = Group::new(4);
     let nv = new_view(&g);
-    let plan = plan(&nv.view_changes);
+    let plan = plan(&nv.view_changes, &index([&batch(1)])).unwrap();
     // Seq 1 had no certificate: null request; seq 2 carries the prepared batch.
     assert_eq!(plan.entries.len(), 2);
     assert!(plan.entries[0].2.is_empty());
     assert_eq!(plan.entries[1].2, batch(1));
     let ok = g
         .validator()
-        .verify(Message::NewView(g.sign(1, nv.clone())));
+        .verify(Message::NewView(g.sign(1, nv.clone()), vec![batch(1)]));
     assert!(matches!(ok, Ok(VerifiedMessage::NewView(..))));
+    let bad = Rejection::InvalidNewView;
+    let signed = || g.sign(1, nv.clone());
+    assert_eq!(
+        reject(Message::NewView(signed(), vec![])),
+        bad("a chosen batch is missing")
+    );
+    assert_eq!(
+        reject(Message::NewView(signed(), vec![batch(1), batch(2)])),
+        bad("a batch beside it that O does not use")
+    );
 
     let check = |edit: &dyn Fn(&mut NewView), signer: u32| {
         let mut m = nv.clone();
         edit(&mut m);
-        reject(Message::NewView(g.sign(signer, m)))
+        reject(Message::NewView(g.sign(signer, m), vec![batch(1)]))
     };
     assert_eq!(
         check(&|m| m.replica = 2, 2),

@@ -37,6 +37,18 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CryptoError> {
         .map_err(|e| CryptoError::Encode(e.to_string()))
 }
 
+/// How many bytes [`encode`] makes of `value`, without making them.
+///
+/// # Panics
+/// Only if serde refuses the value, which our message types never do.
+#[must_use]
+pub fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, bincode::config::standard())
+        .expect("message types always encode");
+    size.bytes_written
+}
+
 /// Decode a value that was produced by [`encode`], refusing inputs larger than
 /// `limit` bytes and trailing garbage.
 ///

@@ -3,7 +3,7 @@
 //! relative to the file that names them. Every problem is a one-line [`ConfigError`].
 
 use bft_consensus::fd::FdConfig;
-use bft_consensus::{Membership, ReplicaConfig, ReplicaId};
+use bft_consensus::{Membership, ProtocolParams, ReplicaConfig, ReplicaId};
 use bft_crypto::{KeyPair, PublicKey};
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,10 @@ pub struct NetworkSection {
     /// ...or in a shared file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validators_file: Option<PathBuf>,
+    /// The digest of the validator set (keys and protocol parameters) this node
+    /// expects; if given, a validator set with another one is refused at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validators_digest: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,30 +82,54 @@ pub struct ValidatorEntry {
     pub address: String,
 }
 
+/// The shared validators file: the group's protocol parameters (`[consensus]`,
+/// defaults if absent) and its members.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidatorsFile {
+    #[serde(default)]
+    pub consensus: ProtocolParams,
     pub validator: Vec<ValidatorEntry>,
 }
 
+/// A replica's own `[consensus]` tunables. `batch_size`, `checkpoint_interval` and
+/// `window` are the group's (the validators file's `[consensus]`): given here they
+/// must agree with it, since replicas that differ refuse each other's messages.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsensusSection {
-    pub batch_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
     pub batch_timeout_ms: u64,
-    pub checkpoint_interval: u64,
-    pub window: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_interval: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
     pub view_change_timeout_ms: u64,
 }
 
 impl Default for ConsensusSection {
     fn default() -> Self {
         Self {
-            batch_size: 256,
+            batch_size: None,
             batch_timeout_ms: 2,
-            checkpoint_interval: 128,
-            window: 512,
+            checkpoint_interval: None,
+            window: None,
             view_change_timeout_ms: 1000,
+        }
+    }
+}
+
+impl ConsensusSection {
+    /// The group's parameters with this section's values in place of theirs.
+    fn overriding(&self, params: &ProtocolParams) -> ProtocolParams {
+        ProtocolParams {
+            batch_size: self.batch_size.unwrap_or(params.batch_size),
+            checkpoint_interval: self
+                .checkpoint_interval
+                .unwrap_or(params.checkpoint_interval),
+            window: self.window.unwrap_or(params.window),
+            ..params.clone()
         }
     }
 }
@@ -195,16 +223,21 @@ pub struct Validator {
     pub address: Multiaddr,
 }
 
-/// The validator set, resolved and checked: ids are 0..n in order, keys distinct.
+/// The validator set, resolved and checked: ids are 0..n in order, keys distinct
+/// and none of small order; with the group's protocol parameters.
 #[derive(Clone, Debug)]
 pub struct ValidatorSet {
     pub validators: Vec<Validator>,
+    pub params: ProtocolParams,
 }
 
 impl ValidatorSet {
     /// # Errors
-    /// Bad keys or addresses, ids not 0..n, duplicates.
-    pub fn resolve(mut entries: Vec<ValidatorEntry>) -> Result<Self, ConfigError> {
+    /// Bad keys or addresses, ids not 0..n, duplicates, parameters that do not fit.
+    pub fn resolve(
+        mut entries: Vec<ValidatorEntry>,
+        params: ProtocolParams,
+    ) -> Result<Self, ConfigError> {
         if entries.is_empty() {
             return Err(invalid("the validator set is empty"));
         }
@@ -223,6 +256,12 @@ impl ValidatorSet {
                     e.id
                 ))
             })?;
+            if public_key.is_small_order() {
+                return Err(invalid(format!(
+                    "validator {}: public_key is a point of small order, for which anybody can sign",
+                    e.id
+                )));
+            }
             let peer = bft_net::peer_id_of(&public_key).ok_or_else(|| invalid("bad public key"))?;
             let address: Multiaddr = e.address.parse().map_err(|err| {
                 invalid(format!(
@@ -243,7 +282,29 @@ impl ValidatorSet {
         if keys.len() != validators.len() {
             return Err(invalid("two validators share a public key"));
         }
-        Ok(Self { validators })
+        let set = Self { validators, params };
+        set.params
+            .validate(&set.membership(), bft_consensus::messages::MAX_MESSAGE_BYTES)
+            .map_err(|e| invalid(format!("[consensus] of the validator set: {e}")))?;
+        Ok(set)
+    }
+
+    /// What every replica of the group must agree on, hashed: the members' keys in
+    /// order and the protocol parameters (not the addresses, which may be spelled
+    /// differently from different hosts). Hex.
+    #[must_use]
+    pub fn digest(&self) -> String {
+        let mut h = bft_crypto::Hasher::new("bftnode/validator-set/v1");
+        h.update_u64(self.validators.len() as u64);
+        for v in &self.validators {
+            h.update(&v.public_key.0);
+        }
+        let p = &self.params;
+        h.update_u64(p.batch_size as u64)
+            .update_u64(p.max_batch_bytes as u64)
+            .update_u64(p.checkpoint_interval)
+            .update_u64(p.window);
+        h.finish().to_hex()
     }
 
     #[must_use]
@@ -296,7 +357,7 @@ pub fn relative_to(file: &Path, p: &Path) -> PathBuf {
 /// Unreadable or invalid validators file.
 pub fn load_validators(path: &Path) -> Result<ValidatorSet, ConfigError> {
     let file: ValidatorsFile = parse(path)?;
-    ValidatorSet::resolve(file.validator)
+    ValidatorSet::resolve(file.validator, file.consensus)
 }
 
 fn load_key(path: &Path) -> Result<KeyPair, ConfigError> {
@@ -325,14 +386,31 @@ impl NodeConfig {
                     "give either [[network.validators]] or validators_file, not both",
                 ))
             }
-            (Some(f), true) => load_validators(&relative_to(path, f))?,
-            (None, false) => ValidatorSet::resolve(file.network.validators.clone())?,
+            (Some(f), true) => {
+                let set = load_validators(&relative_to(path, f))?;
+                check_agrees(&file.consensus, &set.params)?;
+                set
+            }
+            // Inline, this file is the only place the parameters can be.
+            (None, false) => ValidatorSet::resolve(
+                file.network.validators.clone(),
+                file.consensus.overriding(&ProtocolParams::default()),
+            )?,
             (None, true) => {
                 return Err(invalid(
                     "no validator set: set network.validators_file or [[network.validators]]",
                 ))
             }
         };
+        if let Some(expected) = &file.network.validators_digest {
+            let actual = validators.digest();
+            if !expected.eq_ignore_ascii_case(&actual) {
+                return Err(invalid(format!(
+                    "the validator set's digest is {actual}, but network.validators_digest \
+                     expects {expected}: this replica was configured for another group"
+                )));
+            }
+        }
         let id = file.node.id;
         let me = validators.validators.get(id as usize).ok_or_else(|| {
             invalid(format!(
@@ -362,10 +440,8 @@ impl NodeConfig {
             .map_err(|e| invalid(format!("http.listen {:?}: {e}", file.http.listen)))?;
         let c = &file.consensus;
         let mut replica = ReplicaConfig::new(id, validators.membership());
-        replica.batch_size = c.batch_size;
+        replica.params = validators.params.clone();
         replica.batch_timeout = Duration::from_millis(c.batch_timeout_ms);
-        replica.checkpoint_interval = c.checkpoint_interval;
-        replica.window = c.window;
         replica.view_change_timeout = Duration::from_millis(c.view_change_timeout_ms);
         let fd = &file.failure_detector;
         let mut fd_cfg = FdConfig::with_interval(Duration::from_millis(fd.heartbeat_ms));
@@ -392,6 +468,25 @@ impl NodeConfig {
             data_dir,
         })
     }
+}
+
+/// The group's parameters given again in a replica's `[consensus]` must be the
+/// validator set's (issue 11, defect 6: replicas that differ refuse each other).
+fn check_agrees(own: &ConsensusSection, group: &ProtocolParams) -> Result<(), ConfigError> {
+    let differs = |name: &str, own: Option<u64>, group: u64| match own {
+        Some(v) if v != group => Err(invalid(format!(
+            "[consensus] {name} = {v} differs from the validator set's {group}: it is a \
+             protocol parameter of the whole group; set it in the validators file, not here"
+        ))),
+        _ => Ok(()),
+    };
+    differs("batch_size", own.batch_size.map(|v| v as u64), group.batch_size as u64)?;
+    differs(
+        "checkpoint_interval",
+        own.checkpoint_interval,
+        group.checkpoint_interval,
+    )?;
+    differs("window", own.window, group.window)
 }
 
 /// A client's configuration, resolved.

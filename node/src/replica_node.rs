@@ -177,6 +177,7 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         status: status_tx,
         heartbeat,
         metrics,
+        validators_digest: res.validators.digest(),
     });
     runtime.push_outputs(initial);
     tracing::info!(replica = id, listen = %res.listen, http = %res.http, "replica started");

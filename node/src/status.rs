@@ -28,4 +28,8 @@ pub struct Status {
     /// Messages refused as invalid since start.
     pub invalid_messages: u64,
     pub committed_requests: u64,
+    /// Hex digest of the validator set (keys and protocol parameters): equal on
+    /// every replica of one group.
+    #[serde(default)]
+    pub validators_digest: String,
 }

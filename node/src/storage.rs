@@ -141,12 +141,12 @@ impl Storage {
                         batch.put(seq_key(COMMITTED, *seq), enc(v));
                     }
                 }
-                PersistRecord::ViewChangeSent(_) => {
+                PersistRecord::ViewChangeSent(..) => {
                     if let Some(vc) = &d.view_change {
                         batch.put(VIEW_CHANGE, enc(vc));
                     }
                 }
-                PersistRecord::NewViewEntered(_) => {
+                PersistRecord::NewViewEntered(..) => {
                     if let Some(nv) = &d.new_view {
                         batch.put(NEW_VIEW, enc(nv));
                     }
@@ -485,13 +485,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = Storage::open(dir.path()).unwrap();
-            s.persist(&[PersistRecord::NewViewEntered(nv(5))]).unwrap();
-            s.persist(&[PersistRecord::NewViewEntered(nv(2))]).unwrap();
+            s.persist(&[PersistRecord::NewViewEntered(nv(5), vec![])])
+                .unwrap();
+            s.persist(&[PersistRecord::NewViewEntered(nv(2), vec![])])
+                .unwrap();
         }
         let s = Storage::open(dir.path()).unwrap();
         assert_eq!(
             s.durable().new_view,
-            Some(nv(5)),
+            Some((nv(5), vec![])),
             "an older view never wins"
         );
     }

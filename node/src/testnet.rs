@@ -2,7 +2,7 @@
 
 use crate::config::{
     ByzantineSection, ClientConfig, ConsensusSection, FailureDetectorSection, HttpSection,
-    NetworkSection, NodeConfig, NodeSection, ValidatorEntry, ValidatorsFile,
+    NetworkSection, NodeConfig, NodeSection, ValidatorEntry, ValidatorSet, ValidatorsFile,
 };
 use crate::httpget;
 use crate::replica_node::VERIFY_THREADS_ENV;
@@ -106,12 +106,12 @@ pub fn init(
             address: transport.multiaddr(*p2p),
         });
     }
-    write(
-        &dir.join("validators.toml"),
-        &toml::to_string(&ValidatorsFile {
-            validator: validators,
-        })?,
-    )?;
+    let file = ValidatorsFile {
+        consensus: bft_consensus::ProtocolParams::default(),
+        validator: validators,
+    };
+    let digest = ValidatorSet::resolve(file.validator.clone(), file.consensus.clone())?.digest();
+    write(&dir.join("validators.toml"), &toml::to_string(&file)?)?;
     for (i, (p2p, http)) in ports.iter().enumerate() {
         let cfg = NodeConfig {
             node: NodeSection {
@@ -123,6 +123,7 @@ pub fn init(
                 listen: transport.multiaddr(*p2p),
                 validators: Vec::new(),
                 validators_file: Some("../validators.toml".into()),
+                validators_digest: Some(digest.clone()),
             },
             consensus: ConsensusSection::default(),
             failure_detector: FailureDetectorSection::default(),

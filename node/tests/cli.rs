@@ -155,6 +155,45 @@ fn bad_configs_are_one_line_errors() {
     fails_with(&start(&bad_behaviour), "unknown");
 }
 
+/// Issue 11, defect 6: the protocol parameters are the validator set's. A replica
+/// whose own config disagrees, or that was set up for another group (its pinned
+/// digest differs), refuses to start instead of refusing its peers' messages.
+#[test]
+fn protocol_parameters_belong_to_the_validator_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    init(&dir);
+    let start = |p: &Path| bftnode(&["start", "--config", p.to_str().unwrap()]);
+    let cfg = dir.join("node0/config.toml");
+
+    let own_window = dir.join("node0/window.toml");
+    std::fs::copy(&cfg, &own_window).unwrap();
+    edit(&own_window, "[consensus]\n", "[consensus]\nwindow = 512\n");
+    fails_with(&start(&own_window), "window = 512 differs from the validator set's 256");
+
+    // The same group with another window: every replica's pinned digest refuses it.
+    let validators = dir.join("validators.toml");
+    edit(&validators, "window = 256", "window = 384");
+    fails_with(&start(&cfg), "network.validators_digest");
+
+    // A window so large that a new-view could outgrow the frame bound.
+    edit(&validators, "window = 384", "window = 1048576");
+    fails_with(&start(&cfg), "frame bound");
+
+    // A validator key of small order (the identity point): anybody could sign for it.
+    edit(&validators, "window = 1048576", "window = 256");
+    let text = std::fs::read_to_string(&validators).unwrap();
+    let key0 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("public_key = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let identity = format!("01{}", "00".repeat(31));
+    edit(&validators, &key0, &identity);
+    fails_with(&start(&cfg), "small order");
+}
+
 #[test]
 fn a_port_in_use_is_reported() {
     let tmp = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 use super::{Behaviour, Ctx, SplitMix64};
 use crate::io::{Input, Output};
 use crate::messages::{
-    Batch, Checkpoint, Commit, Message, PrePrepare, Prepare, PreparedCert, ViewChange,
+    Batch, Checkpoint, Commit, Message, PrePrepare, Prepare, PreparedProof, ViewChange,
 };
 use crate::validate::VerifiedMessage;
 use bft_crypto::{Digest, Signature, Signed};
@@ -144,8 +144,8 @@ fn corrupt(message: &mut Message) {
         Message::Prepare(s) => flip(&mut s.signature),
         Message::Commit(s) => flip(&mut s.signature),
         Message::Checkpoint(s) => flip(&mut s.signature),
-        Message::ViewChange(s) => flip(&mut s.signature),
-        Message::NewView(s) => flip(&mut s.signature),
+        Message::ViewChange(s, _) => flip(&mut s.signature),
+        Message::NewView(s, _) => flip(&mut s.signature),
         Message::FetchState(s) => flip(&mut s.signature),
         Message::State(s) => flip(&mut s.signature),
         Message::Reply(s) => flip(&mut s.root.signature),
@@ -278,7 +278,6 @@ impl ForgeViewChange {
     fn forged(&mut self, ctx: &Ctx<'_>, new_view: u64, stable_seq: u64) -> Signed<ViewChange> {
         let view = new_view.saturating_sub(1);
         let seq = stable_seq + 1 + self.0.below(4);
-        let batch = Batch::default();
         let digest = Digest(self.0.bytes32());
         let primary = ctx.members.primary(view);
         let pre_prepare = Signed::sign(
@@ -306,9 +305,8 @@ impl ForgeViewChange {
                 )
             })
             .collect();
-        let cert = PreparedCert {
+        let cert = PreparedProof {
             pre_prepare,
-            batch,
             prepares,
         };
         Signed::sign(
@@ -331,17 +329,18 @@ impl Behaviour for ForgeViewChange {
     fn outputs(&mut self, ctx: &Ctx<'_>, mut outputs: Vec<Output>) -> Vec<Output> {
         for o in &mut outputs {
             if let Output::Broadcast {
-                message: Message::ViewChange(vc),
+                message: Message::ViewChange(vc, bodies),
             } = o
             {
                 let forged = self.forged(ctx, vc.payload.new_view, 0);
                 *vc = forged;
+                bodies.clear(); // the forged certificate names a batch nobody has
             }
         }
         if self.0.chance(0.05) {
             let vc = self.forged(ctx, ctx.view + 1, 0);
             outputs.push(Output::Broadcast {
-                message: Message::ViewChange(vc),
+                message: Message::ViewChange(vc, Vec::new()),
             });
         }
         outputs

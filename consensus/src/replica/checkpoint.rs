@@ -39,7 +39,7 @@ impl<A: Application> Replica<A> {
     /// high water mark, and a faulty one cannot grow our memory).
     fn record_checkpoint_vote(&mut self, c: Signed<Checkpoint>) {
         let replica = c.payload.replica;
-        let limit = (self.cfg.window / self.cfg.checkpoint_interval) as usize + 2;
+        let limit = (self.cfg.params.window / self.cfg.params.checkpoint_interval) as usize + 2;
         self.checkpoint_votes
             .entry(c.payload.seq)
             .or_default()

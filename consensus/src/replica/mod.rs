@@ -21,7 +21,7 @@ use crate::durable::StableCheckpoint;
 use crate::fd::FailureDetector;
 use crate::io::{Input, Output, Timer};
 use crate::messages::{
-    state_digest, Checkpoint, Message, NewView, PreparedCert, Request, ViewChange,
+    state_digest, Bodies, Checkpoint, Message, NewView, PreparedCert, Request, ViewChange,
 };
 use crate::rejection::Rejection;
 use crate::types::{ClientId, ReplicaConfig, ReplicaId, RequestId, Seq, View};
@@ -75,8 +75,8 @@ pub struct Replica<A: Application> {
     /// Set when a request executes; the request timer restarts (§4.4).
     progress: bool,
 
-    /// Latest view-change from each replica.
-    view_changes: BTreeMap<ReplicaId, Signed<ViewChange>>,
+    /// Latest view-change from each replica, with the batches it carried.
+    view_changes: BTreeMap<ReplicaId, (Signed<ViewChange>, Bodies)>,
     /// Pre-prepares of the view we are changing to that overtook its new-view.
     early_pre_prepares: BTreeMap<
         Seq,
@@ -85,8 +85,9 @@ pub struct Replica<A: Application> {
             crate::messages::Batch,
         ),
     >,
-    /// The new-view that started the current view (re-sent to laggards).
-    last_new_view: Option<Signed<NewView>>,
+    /// The new-view that started the current view, with its batches (re-sent to
+    /// laggards).
+    last_new_view: Option<(Signed<NewView>, Bodies)>,
     vc_timeout: Duration,
     /// While changing view: whether 2f+1 view-changes arrived and the new-view timer runs.
     new_view_timer_armed: bool,
@@ -177,7 +178,7 @@ impl<A: Application> Replica<A> {
             VerifiedMessage::Prepare(p) => self.on_prepare(p),
             VerifiedMessage::Commit(c) => self.on_commit(c),
             VerifiedMessage::Checkpoint(c) => self.on_checkpoint(c),
-            VerifiedMessage::ViewChange(vc) => self.on_view_change(vc),
+            VerifiedMessage::ViewChange(vc, bodies) => self.on_view_change(vc, bodies),
             VerifiedMessage::NewView(nv, plan) => self.on_new_view(nv, plan),
             VerifiedMessage::FetchState(f) => self.on_fetch_state(&f),
             VerifiedMessage::State(s) => self.on_state(s),
@@ -266,7 +267,7 @@ impl<A: Application> Replica<A> {
     }
 
     fn high_watermark(&self) -> Seq {
-        self.stable.seq + self.cfg.window
+        self.stable.seq + self.cfg.params.window
     }
 
     fn in_window(&self, seq: Seq) -> bool {

@@ -7,6 +7,7 @@ use crate::app::Application;
 use crate::client_table::Freshness;
 use crate::durable::PersistRecord;
 use crate::io::{Executed, Output, Timer};
+use crate::params::ProtocolParams;
 use crate::messages::{
     request_id, Batch, Commit, Message, PrePrepare, Prepare, PreparedCert, Reply, Request,
 };
@@ -78,19 +79,29 @@ impl<A: Application> Replica<A> {
                 return; // resumes when a checkpoint becomes stable
             }
             let idle = self.next_seq <= self.last_executed + 1;
-            if self.queue.len() < self.cfg.batch_size && !timer_fired && !idle {
+            if self.queue.len() < self.cfg.params.batch_size && !timer_fired && !idle {
                 if !self.deadlines.contains_key(&Timer::Batch) {
                     self.set_timer(Timer::Batch, self.cfg.batch_timeout);
                 }
                 return;
             }
             timer_fired = false;
+            // Full at `batch_size` requests or `max_batch_bytes` bytes, whichever comes
+            // first (no request is larger than a batch: the validator refuses those).
+            let (max_len, max_bytes) = (self.cfg.params.batch_size, self.cfg.params.max_batch_bytes);
             let mut requests = Vec::new();
-            while requests.len() < self.cfg.batch_size {
-                let Some(r) = self.queue.pop_front() else {
+            let mut bytes = 0;
+            while requests.len() < max_len {
+                let Some(r) = self.queue.front() else {
                     break;
                 };
+                let size = ProtocolParams::request_bytes(r);
+                if !requests.is_empty() && bytes + size > max_bytes {
+                    break;
+                }
+                let r = self.queue.pop_front().expect("the front was just seen");
                 if self.is_orderable(&r) {
+                    bytes += size;
                     requests.push(r);
                 }
             }
@@ -381,7 +392,7 @@ impl<A: Application> Replica<A> {
             batch_len: batch.len(),
         }));
         self.send_replies(replies);
-        if seq.is_multiple_of(self.cfg.checkpoint_interval) {
+        if seq.is_multiple_of(self.cfg.params.checkpoint_interval) {
             self.take_checkpoint(seq);
         }
     }

@@ -9,7 +9,7 @@ use crate::client_table::ReplicaSnapshot;
 use crate::durable::{DurableState, PersistRecord};
 use crate::io::{Output, Timer};
 use crate::messages::{request_id, Batch, Message, PrePrepare};
-use crate::new_view::plan;
+use crate::new_view::{index, plan};
 use crate::types::{ReplicaConfig, Seq};
 use bft_crypto::{KeyPair, Signed};
 use std::collections::BTreeMap;
@@ -19,6 +19,8 @@ use thiserror::Error;
 pub enum RecoveryError {
     #[error("persisted snapshot at seq {seq} is unreadable: {reason}")]
     Snapshot { seq: Seq, reason: String },
+    #[error("persisted new-view is incomplete: {0}")]
+    NewView(String),
 }
 
 /// How many peers a restarted replica asks for a newer stable checkpoint.
@@ -62,11 +64,12 @@ impl<A: Application> Replica<A> {
         r.last_new_view = durable
             .new_view
             .clone()
-            .filter(|nv| nv.payload.view == r.view && !r.changing);
+            .filter(|(nv, _)| nv.payload.view == r.view && !r.changing);
         let mut new_view_slots = Vec::new();
-        if let Some(nv) = r.last_new_view.clone() {
+        if let Some((nv, bodies)) = r.last_new_view.clone() {
             // The view's min-s again: its low water mark, and its state if we lack it.
-            let plan = plan(&nv.payload.view_changes);
+            let plan = plan(&nv.payload.view_changes, &index(&bodies))
+                .map_err(|d| RecoveryError::NewView(format!("batch {d:?} missing")))?;
             r.adopt_new_view_checkpoint(&plan);
             // And O, as the new-view fixed it: a crash between persisting the new-view
             // and its pre-prepares must not leave those slots empty, or the primary
@@ -110,9 +113,9 @@ impl<A: Application> Replica<A> {
         } else {
             match &durable.view_change {
                 // Re-send the view-change we persisted (and perhaps sent) for this view.
-                Some(vc) if vc.payload.new_view == r.view => {
-                    r.view_changes.insert(r.me(), vc.clone());
-                    r.broadcast(Message::ViewChange(vc.clone()));
+                Some((vc, bodies)) if vc.payload.new_view == r.view => {
+                    r.view_changes.insert(r.me(), (vc.clone(), bodies.clone()));
+                    r.broadcast(Message::ViewChange(vc.clone(), bodies.clone()));
                     r.set_timer(Timer::ViewChange, r.cfg.view_change_timeout);
                 }
                 // We crashed between recording the view and sending its view-change:

@@ -125,10 +125,10 @@ impl<A: Application> Replica<A> {
             // It missed the new-view. That message is self-certifying (2f+1 signed
             // view-changes inside), so relaying it brings the peer into our view; the
             // slots follow on its next report.
-            if let Some(nv) = self.last_new_view.clone() {
+            if let Some((nv, bodies)) = self.last_new_view.clone() {
                 self.emit(Output::Send {
                     to: peer,
-                    message: Message::NewView(nv),
+                    message: Message::NewView(nv, bodies),
                 });
             }
             return;

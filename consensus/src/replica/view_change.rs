@@ -6,10 +6,11 @@ use super::{backoff, Replica};
 use crate::app::Application;
 use crate::durable::PersistRecord;
 use crate::io::{Output, Timer};
-use crate::messages::{Message, NewView, PrePrepare, ViewChange};
-use crate::new_view::{plan, NewViewPlan};
+use crate::messages::{Bodies, Message, NewView, PrePrepare, PreparedCert, ViewChange};
+use crate::new_view::{index, plan, NewViewPlan};
 use crate::types::View;
 use bft_crypto::{Signed, Verified};
+use std::collections::BTreeSet;
 
 impl<A: Application> Replica<A> {
     /// The timer expired: waiting for a request (normal) or for a new-view (changing).
@@ -17,8 +18,8 @@ impl<A: Application> Replica<A> {
     /// lost); once they are in, it means the new primary failed us: try the next view.
     pub(super) fn on_view_change_timeout(&mut self) {
         if self.changing && !self.new_view_timer_armed {
-            if let Some(vc) = self.view_changes.get(&self.me()).cloned() {
-                self.broadcast(Message::ViewChange(vc));
+            if let Some((vc, bodies)) = self.view_changes.get(&self.me()).cloned() {
+                self.broadcast(Message::ViewChange(vc, bodies));
             }
             self.set_timer(Timer::ViewChange, self.cfg.view_change_timeout);
             return;
@@ -47,20 +48,32 @@ impl<A: Application> Replica<A> {
     /// and start re-sending it until 2f+1 are in.
     pub(super) fn send_view_change(&mut self) {
         let high = self.high_watermark();
+        let certs: Vec<&PreparedCert> = self
+            .certs
+            .range(self.stable.seq + 1..=high)
+            .map(|(_, c)| c)
+            .collect();
+        // Each batch once beside the signed view-change; the null request needs none.
+        let mut named = BTreeSet::new();
+        let bodies: Bodies = certs
+            .iter()
+            .filter(|c| !c.batch.is_empty() && named.insert(c.digest()))
+            .map(|c| c.batch.clone())
+            .collect();
         let vc = self.sign(ViewChange {
             new_view: self.view,
             stable_seq: self.stable.seq,
             checkpoint_proof: self.stable.proof.clone(),
-            prepared: self
-                .certs
-                .range(self.stable.seq + 1..=high)
-                .map(|(_, c)| c.clone())
-                .collect(),
+            prepared: certs.iter().map(|c| c.proof()).collect(),
             replica: self.me(),
         });
-        self.emit(Output::Persist(PersistRecord::ViewChangeSent(vc.clone())));
-        self.view_changes.insert(self.me(), vc.clone());
-        self.broadcast(Message::ViewChange(vc));
+        self.emit(Output::Persist(PersistRecord::ViewChangeSent(
+            vc.clone(),
+            bodies.clone(),
+        )));
+        self.view_changes
+            .insert(self.me(), (vc.clone(), bodies.clone()));
+        self.broadcast(Message::ViewChange(vc, bodies));
         self.emit(Output::ViewChangeStarted { view: self.view });
         self.new_view_timer_armed = false;
         self.set_timer(Timer::ViewChange, self.cfg.view_change_timeout);
@@ -82,7 +95,7 @@ impl<A: Application> Replica<A> {
         let count = self
             .view_changes
             .values()
-            .filter(|vc| vc.payload.new_view >= view)
+            .filter(|(vc, _)| vc.payload.new_view >= view)
             .count();
         if count >= self.quorum() {
             self.new_view_timer_armed = true;
@@ -91,17 +104,17 @@ impl<A: Application> Replica<A> {
         }
     }
 
-    pub(super) fn on_view_change(&mut self, vc: Verified<ViewChange>) {
+    pub(super) fn on_view_change(&mut self, vc: Verified<ViewChange>, bodies: Bodies) {
         let (from, target) = (vc.replica, vc.new_view);
         if target < self.view || (target == self.view && !self.changing) {
             // A laggard still asking for a view we are in: relay the new-view. It is
             // self-certifying (signed by its primary, carrying 2f+1 view-changes), so
             // any replica may relay it, which matters when the primary has moved on.
             if target == self.view {
-                if let Some(nv) = self.last_new_view.clone() {
+                if let Some((nv, bodies)) = self.last_new_view.clone() {
                     self.emit(Output::Send {
                         to: from,
-                        message: Message::NewView(nv),
+                        message: Message::NewView(nv, bodies),
                     });
                 }
             }
@@ -110,11 +123,11 @@ impl<A: Application> Replica<A> {
         if self
             .view_changes
             .get(&from)
-            .is_some_and(|old| old.payload.new_view >= target)
+            .is_some_and(|(old, _)| old.payload.new_view >= target)
         {
             return;
         }
-        self.view_changes.insert(from, vc.into_signed());
+        self.view_changes.insert(from, (vc.into_signed(), bodies));
         self.join_if_f_plus_1_moved();
         self.arm_new_view_timer();
         self.try_new_view();
@@ -128,8 +141,8 @@ impl<A: Application> Replica<A> {
         let mut higher: Vec<View> = self
             .view_changes
             .iter()
-            .filter(|(r, vc)| **r != me && vc.payload.new_view > view)
-            .map(|(_, vc)| vc.payload.new_view)
+            .filter(|(r, (vc, _))| **r != me && vc.payload.new_view > view)
+            .map(|(_, (vc, _))| vc.payload.new_view)
             .collect();
         if higher.len() >= self.cfg.members.weak_quorum() {
             higher.sort_unstable();
@@ -143,17 +156,19 @@ impl<A: Application> Replica<A> {
             return;
         }
         let view = self.view;
-        let vcs: Vec<Signed<ViewChange>> = self
+        let chosen: Vec<&(Signed<ViewChange>, Bodies)> = self
             .view_changes
             .values()
-            .filter(|vc| vc.payload.new_view == view)
+            .filter(|(vc, _)| vc.payload.new_view == view)
             .take(self.quorum())
-            .cloned()
             .collect();
-        if vcs.len() < self.quorum() {
+        if chosen.len() < self.quorum() {
             return;
         }
-        let plan = plan(&vcs);
+        let bodies = index(chosen.iter().flat_map(|(_, b)| b));
+        let vcs: Vec<Signed<ViewChange>> = chosen.into_iter().map(|(vc, _)| vc.clone()).collect();
+        let plan = plan(&vcs, &bodies)
+            .expect("each view-change carried the batches its certificates name");
         let pre_prepares: Vec<_> = plan
             .entries
             .iter()
@@ -174,8 +189,9 @@ impl<A: Application> Replica<A> {
         });
         // Enter first: the pre-prepares are persisted before the new-view leaves.
         // New proposals only after it, so backups see the new-view first.
+        let bodies = plan.bodies();
         self.enter_new_view(nv.clone(), plan);
-        self.broadcast(Message::NewView(nv));
+        self.broadcast(Message::NewView(nv, bodies));
         self.resume_proposing();
     }
 
@@ -200,7 +216,11 @@ impl<A: Application> Replica<A> {
             view,
             changing: false,
         }));
-        self.emit(Output::Persist(PersistRecord::NewViewEntered(nv.clone())));
+        let bodies = plan.bodies();
+        self.emit(Output::Persist(PersistRecord::NewViewEntered(
+            nv.clone(),
+            bodies.clone(),
+        )));
         self.adopt_new_view_checkpoint(&plan);
         for slot in self.log.values_mut() {
             slot.reset_for_new_view();
@@ -221,8 +241,8 @@ impl<A: Application> Replica<A> {
             }
         }
         self.next_seq = max_seq.max(self.last_executed).max(self.stable.seq) + 1;
-        self.view_changes.retain(|_, vc| vc.payload.new_view > view);
-        self.last_new_view = Some(nv);
+        self.view_changes.retain(|_, (vc, _)| vc.payload.new_view > view);
+        self.last_new_view = Some((nv, bodies));
         self.deadlines.remove(&Timer::ViewChange);
         self.emit(Output::ViewEntered {
             view,

@@ -165,9 +165,9 @@ impl World {
             .map(|(i, key)| {
                 let id = i as ReplicaId;
                 let mut rc = ReplicaConfig::new(id, members.clone());
-                rc.batch_size = cfg.batch_size;
-                rc.checkpoint_interval = cfg.checkpoint_interval;
-                rc.window = cfg.window;
+                rc.params.batch_size = cfg.batch_size;
+                rc.params.checkpoint_interval = cfg.checkpoint_interval;
+                rc.params.window = cfg.window;
                 rc.view_change_timeout = VIEW_CHANGE_TIMEOUT;
                 rc.state_fetch_timeout = Duration::from_millis(300);
                 rc.fd = FdConfig::with_interval(HEARTBEAT_INTERVAL);

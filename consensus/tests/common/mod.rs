@@ -30,9 +30,9 @@ impl Group {
 
     pub fn config(&self, id: ReplicaId) -> ReplicaConfig {
         let mut c = ReplicaConfig::new(id, self.members.clone());
-        c.batch_size = 4;
-        c.checkpoint_interval = 4;
-        c.window = 16;
+        c.params.batch_size = 4;
+        c.params.checkpoint_interval = 4;
+        c.params.window = 16;
         c.view_change_timeout = Duration::from_millis(100);
         c
     }
@@ -121,11 +121,33 @@ impl Group {
                 new_view,
                 stable_seq: 0,
                 checkpoint_proof: vec![],
-                prepared,
+                prepared: prepared.iter().map(PreparedCert::proof).collect(),
                 replica: id,
             },
         )
     }
+
+    /// A view-change message: the signed view-change and its certificates' batches.
+    pub fn view_change_message(
+        &self,
+        id: ReplicaId,
+        new_view: u64,
+        prepared: Vec<PreparedCert>,
+    ) -> Message {
+        let bodies = bodies_of(&prepared);
+        Message::ViewChange(self.view_change(id, new_view, prepared), bodies)
+    }
+}
+
+/// The batches a view-change carries for `certs`: each non-null batch once.
+pub fn bodies_of(certs: &[PreparedCert]) -> Vec<Batch> {
+    let mut out: Vec<Batch> = Vec::new();
+    for c in certs {
+        if !c.batch.is_empty() && !out.iter().any(|b| b.digest() == c.digest()) {
+            out.push(c.batch.clone());
+        }
+    }
+    out
 }
 
 pub fn client_key(i: u8) -> KeyPair {
@@ -182,6 +204,11 @@ pub struct Cluster {
     pub replies: Vec<(bft_crypto::PublicKey, bft_consensus::SignedReply)>,
     pub timers: Vec<Vec<(bft_consensus::Timer, Duration)>>,
     pub drop_if: DropFilter,
+    /// The transport's frame bound; frames above it are refused (and listed in
+    /// `refused`), as the node's ingress refuses them.
+    pub max_frame: usize,
+    /// Frames the ingress refused: (from, to, message type, why).
+    pub refused: Vec<(ReplicaId, ReplicaId, &'static str, bft_consensus::Rejection)>,
 }
 
 impl Cluster {
@@ -206,6 +233,8 @@ impl Cluster {
             replies: Vec::new(),
             timers: vec![Vec::new(); n],
             drop_if: Box::new(|_, _, _| false),
+            max_frame: bft_consensus::messages::MAX_MESSAGE_BYTES,
+            refused: Vec::new(),
         }
     }
 
@@ -252,9 +281,11 @@ impl Cluster {
             .push_back((u32::MAX, To::Replica(to), Message::Request(req)));
     }
 
-    /// Deliver until quiet; return how many messages were delivered.
+    /// Deliver until quiet, every frame encoded and admitted through the node's
+    /// ingress; return how many messages were delivered.
     pub fn run(&mut self) -> usize {
-        let validator = self.group.validator();
+        let ingress =
+            bft_consensus::Ingress::with_frame_limit(self.group.validator(), self.max_frame);
         let mut delivered = 0;
         while let Some((from, to, msg)) = self.queue.pop_front() {
             if (self.drop_if)(from, &to, &msg) {
@@ -264,8 +295,21 @@ impl Cluster {
             if self.replicas[r as usize].is_none() {
                 continue;
             }
+            let origin = if (from as usize) < self.replicas.len() {
+                bft_consensus::Origin::Replica(from)
+            } else {
+                bft_consensus::Origin::Other
+            };
+            let frame = bft_crypto::encode(&msg).expect("messages encode");
+            let admitted = ingress.admit(origin, &frame);
+            let verified = match admitted.result {
+                Err(reason @ bft_consensus::Rejection::Oversized { .. }) => {
+                    self.refused.push((from, r, admitted.kind, reason));
+                    continue;
+                }
+                other => other.expect("cluster messages are valid"),
+            };
             delivered += 1;
-            let verified = validator.verify(msg).expect("cluster messages are valid");
             self.input(r, Input::Message(verified));
             assert!(delivered < 1_000_000, "message storm");
         }

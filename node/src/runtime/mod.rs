@@ -45,6 +45,8 @@ pub struct RuntimeParts {
     /// Milliseconds since `start` at the last loop tick (read by `/health`).
     pub heartbeat: Arc<AtomicU64>,
     pub metrics: Arc<Metrics>,
+    /// Hex digest of the validator set, for `/status`.
+    pub validators_digest: String,
 }
 
 pub struct Runtime {
@@ -73,6 +75,7 @@ pub struct Runtime {
     invalid: u64,
     committed_requests: u64,
     digest_cache: (u64, String),
+    validators_digest: String,
 }
 
 impl Runtime {
@@ -100,6 +103,7 @@ impl Runtime {
             invalid: 0,
             committed_requests: 0,
             digest_cache: (u64::MAX, String::new()),
+            validators_digest: p.validators_digest,
         }
     }
 
@@ -288,6 +292,7 @@ impl Runtime {
             in_state_transfer: r.in_state_transfer(),
             invalid_messages: self.invalid,
             committed_requests: self.committed_requests,
+            validators_digest: self.validators_digest.clone(),
         };
         self.status.send_replace(status);
     }

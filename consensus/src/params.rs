@@ -1,0 +1,306 @@
+//! The limits every replica of a group must share: they decide what a valid message
+//! may be, so a replica with other values refuses its peers' messages (issue 11,
+//! defect 6). They belong to the validator set, beside the members' keys, not to
+//! one node's configuration.
+//!
+//! They also decide how large the largest messages can get, and each of those must
+//! fit the transport's frame bound, or the message that needs it most (a new-view
+//! after a crash) is refused by every replica and the group never leaves the view.
+//! [`ProtocolParams::validate`] checks the worst case before a replica starts.
+
+use crate::messages::{Checkpoint, Commit, PrePrepare, Prepare, Request};
+use crate::types::Membership;
+use bft_crypto::{Digest, KeyPair, Signable, Signed};
+use serde::{Deserialize, Serialize};
+
+/// What a group agrees on besides its members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolParams {
+    /// Most requests the primary puts in one pre-prepare.
+    pub batch_size: usize,
+    /// Most bytes of (encoded, signed) requests in one batch; a larger request is
+    /// refused at once, since no batch could carry it.
+    pub max_batch_bytes: usize,
+    /// K: a checkpoint is taken every K sequence numbers (PBFT §4.3).
+    pub checkpoint_interval: u64,
+    /// L: the log window above the low water mark (a multiple of K).
+    pub window: u64,
+}
+
+impl Default for ProtocolParams {
+    /// Sized for a LAN: 256 requests or 128 KiB a batch, a checkpoint every 128, a
+    /// window of 256, which keeps the largest new-view of a group of up to 31
+    /// replicas under the 64 MiB frame bound.
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            max_batch_bytes: 128 * 1024,
+            checkpoint_interval: 128,
+            window: 256,
+        }
+    }
+}
+
+/// Worst-case sizes of the messages the bound depends on, as [`ProtocolParams::largest_frames`] reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LargestFrames {
+    pub pre_prepare: usize,
+    pub view_change: usize,
+    pub new_view: usize,
+}
+
+impl ProtocolParams {
+    /// Check the parameters make sense together and for `members`, and that the
+    /// largest pre-prepare, view-change and new-view fit `max_frame_bytes`.
+    ///
+    /// # Errors
+    /// A one-line description of the first problem found.
+    pub fn validate(&self, members: &Membership, max_frame_bytes: usize) -> Result<(), String> {
+        if self.batch_size == 0 {
+            return Err("batch_size must be at least 1".into());
+        }
+        if self.max_batch_bytes < MIN_BATCH_BYTES {
+            return Err(format!(
+                "max_batch_bytes must be at least {MIN_BATCH_BYTES} (one small request)"
+            ));
+        }
+        if self.checkpoint_interval == 0 || self.window < 2 * self.checkpoint_interval {
+            return Err(
+                "window must be at least twice checkpoint_interval (and both positive)".into(),
+            );
+        }
+        if !self.window.is_multiple_of(self.checkpoint_interval) {
+            return Err("window must be a multiple of checkpoint_interval".into());
+        }
+        let largest = self.largest_frames(members);
+        if largest.new_view > max_frame_bytes {
+            return Err(format!(
+                "a new-view can reach {} bytes with window {} and max_batch_bytes {} for {} replicas, \
+                 over the {max_frame_bytes}-byte frame bound: lower window or max_batch_bytes",
+                largest.new_view,
+                self.window,
+                self.max_batch_bytes,
+                members.n()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Upper bounds on the encoded size of the largest messages (the new-view is
+    /// the largest: 2f+1 view-changes without batches, plus every batch once).
+    #[must_use]
+    pub fn largest_frames(&self, members: &Membership) -> LargestFrames {
+        let q = members.quorum();
+        let window = usize::try_from(self.window).unwrap_or(usize::MAX);
+        let vote = worst::<Prepare>().max(worst::<Commit>());
+        let pp = worst::<PrePrepare>();
+        let body = VEC_LEN + self.max_batch_bytes;
+        let bodies = VEC_LEN + window.saturating_mul(body);
+        // A prepared proof: the pre-prepare and 2f prepares.
+        let proof = pp + VEC_LEN + (q - 1) * vote;
+        // The signed view-change: view, stable seq, 2f+1 checkpoints, L proofs.
+        let vc_signed = SIGNED
+            + 3 * VARINT
+            + VEC_LEN
+            + q * worst::<Checkpoint>()
+            + VEC_LEN
+            + window.saturating_mul(proof);
+        let view_change = TAG + vc_signed + bodies;
+        let nv_signed =
+            SIGNED + 2 * VARINT + VEC_LEN + q * vc_signed + VEC_LEN + window.saturating_mul(pp);
+        let new_view = TAG + nv_signed + bodies;
+        LargestFrames {
+            pre_prepare: TAG + pp + body,
+            view_change,
+            new_view,
+        }
+    }
+
+    /// The encoded size of a signed request counted against `max_batch_bytes`.
+    #[must_use]
+    pub fn request_bytes(request: &Signed<Request>) -> usize {
+        bft_crypto::encoded_len(request)
+    }
+}
+
+/// The smallest `max_batch_bytes` allowed: room for a request with a small operation.
+const MIN_BATCH_BYTES: usize = 1024;
+/// Bytes bincode may spend on a variable-length integer, a sequence's length, an
+/// enum's tag, and the signer and signature of an envelope.
+const VARINT: usize = 10;
+const VEC_LEN: usize = VARINT;
+const TAG: usize = VARINT;
+const SIGNED: usize = 32 + 64;
+
+/// The encoded size of a signed `T` with every number at its largest.
+fn worst<T: Signable + Largest>() -> usize {
+    let key = KeyPair::from_seed([0; 32]);
+    bft_crypto::encoded_len(&Signed::sign(T::largest(), &key))
+}
+
+/// A value with every field at its widest encoding.
+trait Largest {
+    fn largest() -> Self;
+}
+
+impl Largest for Prepare {
+    fn largest() -> Self {
+        Prepare {
+            view: u64::MAX,
+            seq: u64::MAX,
+            digest: Digest([0xff; 32]),
+            replica: u32::MAX,
+        }
+    }
+}
+
+impl Largest for Commit {
+    fn largest() -> Self {
+        Commit {
+            view: u64::MAX,
+            seq: u64::MAX,
+            digest: Digest([0xff; 32]),
+            replica: u32::MAX,
+        }
+    }
+}
+
+impl Largest for PrePrepare {
+    fn largest() -> Self {
+        PrePrepare {
+            view: u64::MAX,
+            seq: u64::MAX,
+            digest: Digest([0xff; 32]),
+            replica: u32::MAX,
+        }
+    }
+}
+
+impl Largest for Checkpoint {
+    fn largest() -> Self {
+        Checkpoint {
+            seq: u64::MAX,
+            state_digest: Digest([0xff; 32]),
+            replica: u32::MAX,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{Batch, Message, NewView, PreparedProof, ViewChange};
+
+    fn group(n: usize) -> (Membership, Vec<KeyPair>) {
+        let keys: Vec<_> = (0..n).map(|i| KeyPair::from_seed([i as u8 + 1; 32])).collect();
+        (Membership::new(keys.iter().map(KeyPair::public).collect()), keys)
+    }
+
+    #[test]
+    fn the_defaults_fit_the_frame_bound_up_to_31_replicas() {
+        let p = ProtocolParams::default();
+        for n in [4, 7, 10, 31] {
+            let (m, _) = group(n);
+            assert!(p.validate(&m, crate::messages::MAX_MESSAGE_BYTES).is_ok(), "n = {n}");
+        }
+        let (m, _) = group(4);
+        let big = ProtocolParams {
+            max_batch_bytes: 8 * 1024 * 1024,
+            ..p
+        };
+        let err = big.validate(&m, crate::messages::MAX_MESSAGE_BYTES).unwrap_err();
+        assert!(err.contains("new-view can reach"), "{err}");
+    }
+
+    /// The bound is an upper bound: a real new-view with a full window of full
+    /// batches encodes to no more than it says.
+    #[test]
+    fn a_full_new_view_encodes_within_the_computed_bound() {
+        let (m, keys) = group(4);
+        let p = ProtocolParams {
+            batch_size: 8,
+            max_batch_bytes: 4096,
+            checkpoint_interval: 4,
+            window: 8,
+        };
+        let client = KeyPair::from_seed([99; 32]);
+        let mut bodies = Vec::new();
+        let mut proofs = Vec::new();
+        for seq in 1..=p.window {
+            let mut batch = Batch::default();
+            let mut ts = 0;
+            loop {
+                ts += 1;
+                let r = Signed::sign(
+                    Request {
+                        timestamp: seq * 1000 + ts,
+                        operation: vec![7; 400],
+                    },
+                    &client,
+                );
+                let used: usize = batch.requests.iter().map(ProtocolParams::request_bytes).sum();
+                if used + ProtocolParams::request_bytes(&r) > p.max_batch_bytes {
+                    break;
+                }
+                batch.requests.push(r);
+            }
+            let pp = Signed::sign(
+                PrePrepare {
+                    view: 0,
+                    seq,
+                    digest: batch.digest(),
+                    replica: 0,
+                },
+                &keys[0],
+            );
+            let prepares = (1..3u32)
+                .map(|r| {
+                    Signed::sign(
+                        Prepare {
+                            view: 0,
+                            seq,
+                            digest: batch.digest(),
+                            replica: r,
+                        },
+                        &keys[r as usize],
+                    )
+                })
+                .collect();
+            proofs.push(PreparedProof {
+                pre_prepare: pp,
+                prepares,
+            });
+            bodies.push(batch);
+        }
+        let vcs: Vec<_> = (1..4u32)
+            .map(|r| {
+                Signed::sign(
+                    ViewChange {
+                        new_view: 1,
+                        stable_seq: 0,
+                        checkpoint_proof: vec![],
+                        prepared: proofs.clone(),
+                        replica: r,
+                    },
+                    &keys[r as usize],
+                )
+            })
+            .collect();
+        let largest = p.largest_frames(&m);
+        let vc_len = bft_crypto::encoded_len(&Message::ViewChange(vcs[0].clone(), bodies.clone()));
+        assert!(vc_len <= largest.view_change, "{vc_len} > {}", largest.view_change);
+        let nv = Signed::sign(
+            NewView {
+                view: 1,
+                view_changes: vcs,
+                pre_prepares: proofs.iter().map(|p| p.pre_prepare.clone()).collect(),
+                replica: 1,
+            },
+            &keys[1],
+        );
+        let nv_len = bft_crypto::encoded_len(&Message::NewView(nv, bodies));
+        assert!(nv_len <= largest.new_view, "{nv_len} > {}", largest.new_view);
+        assert!(nv_len * 2 > largest.new_view, "the bound is not wildly loose");
+    }
+}
