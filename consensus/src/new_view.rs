@@ -17,7 +17,10 @@ pub type BodyIndex = BTreeMap<Digest, Batch>;
 /// Index `bodies` by digest (the validator has checked them; this only hashes).
 #[must_use]
 pub fn index<'a>(bodies: impl IntoIterator<Item = &'a Batch>) -> BodyIndex {
-    bodies.into_iter().map(|b| (b.digest(), b.clone())).collect()
+    bodies
+        .into_iter()
+        .map(|b| (b.digest(), b.clone()))
+        .collect()
 }
 
 /// What the new view starts from.
@@ -75,7 +78,10 @@ fn choices(view_changes: &[Signed<ViewChange>]) -> (Seq, BTreeMap<Seq, &Prepared
 ///
 /// # Errors
 /// The digest of a chosen batch that `bodies` lacks.
-pub fn plan(view_changes: &[Signed<ViewChange>], bodies: &BodyIndex) -> Result<NewViewPlan, Digest> {
+pub fn plan(
+    view_changes: &[Signed<ViewChange>],
+    bodies: &BodyIndex,
+) -> Result<NewViewPlan, Digest> {
     let best_stable = view_changes.iter().max_by_key(|vc| vc.payload.stable_seq);
     let checkpoint = best_stable
         .filter(|vc| vc.payload.stable_seq > 0)

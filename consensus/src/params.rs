@@ -193,8 +193,13 @@ mod tests {
     use crate::messages::{Batch, Message, NewView, PreparedProof, ViewChange};
 
     fn group(n: usize) -> (Membership, Vec<KeyPair>) {
-        let keys: Vec<_> = (0..n).map(|i| KeyPair::from_seed([i as u8 + 1; 32])).collect();
-        (Membership::new(keys.iter().map(KeyPair::public).collect()), keys)
+        let keys: Vec<_> = (0..n)
+            .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
+            .collect();
+        (
+            Membership::new(keys.iter().map(KeyPair::public).collect()),
+            keys,
+        )
     }
 
     #[test]
@@ -202,14 +207,19 @@ mod tests {
         let p = ProtocolParams::default();
         for n in [4, 7, 10, 31] {
             let (m, _) = group(n);
-            assert!(p.validate(&m, crate::messages::MAX_MESSAGE_BYTES).is_ok(), "n = {n}");
+            assert!(
+                p.validate(&m, crate::messages::MAX_MESSAGE_BYTES).is_ok(),
+                "n = {n}"
+            );
         }
         let (m, _) = group(4);
         let big = ProtocolParams {
             max_batch_bytes: 8 * 1024 * 1024,
             ..p
         };
-        let err = big.validate(&m, crate::messages::MAX_MESSAGE_BYTES).unwrap_err();
+        let err = big
+            .validate(&m, crate::messages::MAX_MESSAGE_BYTES)
+            .unwrap_err();
         assert!(err.contains("new-view can reach"), "{err}");
     }
 
@@ -239,7 +249,11 @@ mod tests {
                     },
                     &client,
                 );
-                let used: usize = batch.requests.iter().map(ProtocolParams::request_bytes).sum();
+                let used: usize = batch
+                    .requests
+                    .iter()
+                    .map(ProtocolParams::request_bytes)
+                    .sum();
                 if used + ProtocolParams::request_bytes(&r) > p.max_batch_bytes {
                     break;
                 }
@@ -289,7 +303,11 @@ mod tests {
             .collect();
         let largest = p.largest_frames(&m);
         let vc_len = bft_crypto::encoded_len(&Message::ViewChange(vcs[0].clone(), bodies.clone()));
-        assert!(vc_len <= largest.view_change, "{vc_len} > {}", largest.view_change);
+        assert!(
+            vc_len <= largest.view_change,
+            "{vc_len} > {}",
+            largest.view_change
+        );
         let nv = Signed::sign(
             NewView {
                 view: 1,
@@ -300,7 +318,14 @@ mod tests {
             &keys[1],
         );
         let nv_len = bft_crypto::encoded_len(&Message::NewView(nv, bodies));
-        assert!(nv_len <= largest.new_view, "{nv_len} > {}", largest.new_view);
-        assert!(nv_len * 2 > largest.new_view, "the bound is not wildly loose");
+        assert!(
+            nv_len <= largest.new_view,
+            "{nv_len} > {}",
+            largest.new_view
+        );
+        assert!(
+            nv_len * 2 > largest.new_view,
+            "the bound is not wildly loose"
+        );
     }
 }

@@ -385,7 +385,11 @@ impl Validator {
                 max,
             });
         }
-        let bytes: usize = batch.requests.iter().map(ProtocolParams::request_bytes).sum();
+        let bytes: usize = batch
+            .requests
+            .iter()
+            .map(ProtocolParams::request_bytes)
+            .sum();
         let max = self.params.max_batch_bytes;
         if bytes > max {
             return Err(Rejection::BatchTooManyBytes { bytes, max });

@@ -104,3 +104,94 @@ fn a_new_view_raises_the_low_water_mark_to_min_s() {
     );
     assert_eq!(c.replica(3).last_executed(), 0);
 }
+
+/// Messages replica `id` sent to `to` of the given type.
+fn sent(c: &Cluster, id: u32, to: u32, kind: &str) -> usize {
+    c.all_outputs(id)
+        .iter()
+        .filter(
+            |o| matches!(o, Output::Send { to: t, message } if *t == to && message.kind() == kind),
+        )
+        .count()
+}
+
+/// Commit `n` writes so that every replica has a stable checkpoint (K = 4).
+fn cluster_with_a_stable_checkpoint(n: u64) -> Cluster {
+    let mut c = Cluster::new(4);
+    for ts in 1..=n {
+        c.client_sends(0, request(&client_key(1), ts, "k", "v"));
+        c.run();
+    }
+    assert_eq!(c.replica(0).stable_checkpoint().seq, 4);
+    c
+}
+
+/// Defect 7: a faulty replica replaying its fetch-state gets the whole snapshot
+/// once per fetch timeout, not once per message.
+#[test]
+fn a_replayed_fetch_state_is_answered_once_per_fetch_timeout() {
+    let mut c = cluster_with_a_stable_checkpoint(5);
+    let fetch = c.group.sign(
+        3,
+        bft_consensus::messages::FetchState { seq: 1, replica: 3 },
+    );
+    for _ in 0..10 {
+        deliver(&mut c, 0, Message::FetchState(fetch.clone()));
+    }
+    assert_eq!(sent(&c, 0, 3, "state"), 1);
+    c.now += c.group.config(0).state_fetch_timeout;
+    deliver(&mut c, 0, Message::FetchState(fetch));
+    assert_eq!(
+        sent(&c, 0, 3, "state"),
+        2,
+        "asking again after the timeout is fine"
+    );
+}
+
+/// Defect 7: a view-change replayed to a replica already in that view gets the
+/// new-view (batches and all) once per heartbeat interval, not once per message.
+#[test]
+fn a_replayed_view_change_is_answered_with_the_new_view_once_per_interval() {
+    let mut c = Cluster::new(4);
+    c.drop_if = Box::new(|from, _, _| from == 0);
+    let req = request(&client_key(1), 1, "k", "v");
+    for r in 0..4 {
+        c.client_sends(r, req.clone());
+    }
+    c.run();
+    for step in 1..=10 {
+        c.advance_to(std::time::Duration::from_millis(150 * step));
+        c.run();
+    }
+    assert_eq!(c.replica(1).view(), 1);
+    let vc = c.group.view_change_message(3, 1, vec![]);
+    let before = sent(&c, 1, 3, "new_view");
+    for _ in 0..10 {
+        deliver(&mut c, 1, vc.clone());
+    }
+    assert_eq!(sent(&c, 1, 3, "new_view") - before, 1);
+}
+
+/// Defect 7: a snapshot that does not hash to the stable checkpoint's digest (a
+/// damaged snapshot file) is refused at restart, never installed.
+#[test]
+fn a_damaged_snapshot_is_refused_at_restart() {
+    let mut c = cluster_with_a_stable_checkpoint(5);
+    c.crash(2);
+    let stable = c.durable[2].stable.as_mut().expect("a stable checkpoint");
+    stable.snapshot[0] ^= 1;
+    let err = bft_consensus::Replica::recover(
+        c.group.config(2),
+        c.group.keys[2].clone(),
+        bft_consensus::KvStore::new(),
+        &c.durable[2],
+        c.now,
+    )
+    .err()
+    .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("does not match the stable checkpoint"),
+        "{err}"
+    );
+}

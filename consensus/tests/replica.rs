@@ -583,7 +583,15 @@ fn a_new_view_fits_the_frame_bound_when_prepared_batches_are_large() {
     assert!(c.refused.is_empty(), "frames refused: {:?}", c.refused);
     for id in 1..4 {
         let r = c.replica(id);
-        assert!(r.view() >= 1 && !r.in_view_change(), "replica {id} stuck in view {}", r.view());
-        assert!(r.last_executed() >= 3, "replica {id} executed {}", r.last_executed());
+        assert!(
+            r.view() >= 1 && !r.in_view_change(),
+            "replica {id} stuck in view {}",
+            r.view()
+        );
+        assert!(
+            r.last_executed() >= 3,
+            "replica {id} executed {}",
+            r.last_executed()
+        );
     }
 }

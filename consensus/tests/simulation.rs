@@ -126,3 +126,26 @@ fn a_seed_replays_identically() {
     let b = run(&cfg).unwrap();
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
+
+/// Issue 11, defect 8: a primary switched to `silent` and back (`byzantine clear`)
+/// rejoins: within seconds of the clear it has executed what the others have,
+/// without any new request. (Before, it stayed at seq 1 alone in view 2 while the
+/// others reached 6: `bft-sim --seed 11 --f 1 --calm --clients 6 --requests 1
+/// --client-gap-ms 1500 --byzantine 0=silent --clear-byzantine-at 12000`.)
+#[test]
+fn a_silent_primary_switched_back_to_honest_catches_up() {
+    for f in [1, 2] {
+        // Six `bftnode client put`s one after the other: each a fresh client that
+        // first asks the primary of view 0. The silent primary's timer fires before
+        // the client's retransmission, and it asks alone for view 2.
+        let mut cfg = SimConfig::calm(11, f);
+        cfg.clients = 6;
+        cfg.requests_per_client = 1;
+        cfg.client_start_gap = std::time::Duration::from_millis(1500);
+        cfg.byzantine = vec![(0, "silent".to_string())];
+        cfg.clear_byzantine_at = Some(std::time::Duration::from_secs(12));
+        if let Err(e) = run(&cfg) {
+            panic!("f={f}:\n{e}");
+        }
+    }
+}

@@ -207,7 +207,11 @@ fn checkpoints_must_be_aligned() {
 fn vc_with(g: &Group, edit: impl FnOnce(&mut bft_consensus::messages::ViewChange)) -> Message {
     let mut vc = g.view_change(1, 1, vec![g.cert(0, 1, &batch(1))]).payload;
     edit(&mut vc);
-    let bodies = if vc.prepared.is_empty() { vec![] } else { vec![batch(1)] };
+    let bodies = if vc.prepared.is_empty() {
+        vec![]
+    } else {
+        vec![batch(1)]
+    };
     Message::ViewChange(g.sign(1, vc), bodies)
 }
 
@@ -372,15 +376,25 @@ fn view_change_prepared_certificates_are_checked() {
 fn view_change_bodies_are_exactly_the_named_batches() {
     let g = Group::new(4);
     let (b1, b2) = (batch(1), batch(2));
-    let certs = vec![g.cert(0, 1, &b1), g.cert(0, 2, &b2), g.cert(0, 3, &Batch::default())];
+    let certs = vec![
+        g.cert(0, 1, &b1),
+        g.cert(0, 2, &b2),
+        g.cert(0, 3, &Batch::default()),
+    ];
     let vc = g.view_change(1, 1, certs);
     let with = |bodies: Vec<Batch>| reject(Message::ViewChange(vc.clone(), bodies));
     assert!(g
         .validator()
-        .verify(Message::ViewChange(vc.clone(), vec![b1.clone(), b2.clone()]))
+        .verify(Message::ViewChange(
+            vc.clone(),
+            vec![b1.clone(), b2.clone()]
+        ))
         .is_ok());
     let bad = Rejection::InvalidViewChange;
-    assert_eq!(with(vec![b1.clone()]), bad("a certificate's batch is missing"));
+    assert_eq!(
+        with(vec![b1.clone()]),
+        bad("a certificate's batch is missing")
+    );
     assert_eq!(
         with(vec![b1.clone(), b2.clone(), batch(3)]),
         bad("a batch beside it that no certificate names")

@@ -284,7 +284,10 @@ impl ValidatorSet {
         }
         let set = Self { validators, params };
         set.params
-            .validate(&set.membership(), bft_consensus::messages::MAX_MESSAGE_BYTES)
+            .validate(
+                &set.membership(),
+                bft_consensus::messages::MAX_MESSAGE_BYTES,
+            )
             .map_err(|e| invalid(format!("[consensus] of the validator set: {e}")))?;
         Ok(set)
     }
@@ -480,7 +483,11 @@ fn check_agrees(own: &ConsensusSection, group: &ProtocolParams) -> Result<(), Co
         ))),
         _ => Ok(()),
     };
-    differs("batch_size", own.batch_size.map(|v| v as u64), group.batch_size as u64)?;
+    differs(
+        "batch_size",
+        own.batch_size.map(|v| v as u64),
+        group.batch_size as u64,
+    )?;
     differs(
         "checkpoint_interval",
         own.checkpoint_interval,

@@ -169,7 +169,10 @@ fn protocol_parameters_belong_to_the_validator_set() {
     let own_window = dir.join("node0/window.toml");
     std::fs::copy(&cfg, &own_window).unwrap();
     edit(&own_window, "[consensus]\n", "[consensus]\nwindow = 512\n");
-    fails_with(&start(&own_window), "window = 512 differs from the validator set's 256");
+    fails_with(
+        &start(&own_window),
+        "window = 512 differs from the validator set's 256",
+    );
 
     // The same group with another window: every replica's pinned digest refuses it.
     let validators = dir.join("validators.toml");

@@ -6,6 +6,9 @@
 //! `--planted-commit-quorum 2` plants the test-only quorum bug and
 //! `--planted-relay-rule` the node's old sender rule (no relays), and
 //! `--planted-transfer-apart` state-transfer checkpoints written apart.
+//! `--calm [--clients C --requests R --client-gap-ms G]` runs a fault-free configuration instead of the
+//! seed's, and `--clear-byzantine-at MS` switches the Byzantine replicas back to
+//! honest at that time.
 
 use bft_consensus::sim::{run, SimConfig};
 use std::process::ExitCode;
@@ -35,11 +38,27 @@ fn main() -> ExitCode {
     };
     let mut failures = 0;
     for seed in first..first + count {
-        let mut cfg = SimConfig::randomized(seed, f);
+        let mut cfg = if args.iter().any(|a| a == "--calm") {
+            let mut c = SimConfig::calm(seed, f);
+            let number = |name: &str, default: usize| {
+                arg(&args, name).map_or(default, |v| v.parse().expect("a number"))
+            };
+            c.clients = number("--clients", c.clients);
+            c.requests_per_client = number("--requests", c.requests_per_client);
+            c.client_start_gap =
+                std::time::Duration::from_millis(number("--client-gap-ms", 0) as u64);
+            c
+        } else {
+            SimConfig::randomized(seed, f)
+        };
         cfg.trace = trace;
         cfg.planted_commit_quorum = planted;
         cfg.planted_relay_rule = args.iter().any(|a| a == "--planted-relay-rule");
         cfg.planted_transfer_apart = args.iter().any(|a| a == "--planted-transfer-apart");
+        if let Some(ms) = arg(&args, "--clear-byzantine-at") {
+            let ms: u64 = ms.parse().expect("--clear-byzantine-at needs milliseconds");
+            cfg.clear_byzantine_at = Some(std::time::Duration::from_millis(ms));
+        }
         if let Some(spec) = arg(&args, "--byzantine") {
             // ID=BEHAVIOUR[,ID=BEHAVIOUR...]: replaces the seed's own choice.
             cfg.byzantine = spec

@@ -8,7 +8,9 @@
 
 mod checkpoint;
 mod failure_detection;
+mod left_view;
 mod normal;
+mod rate_limit;
 mod recovery;
 mod retransmit;
 mod slot;
@@ -102,6 +104,15 @@ pub struct Replica<A: Application> {
     peer_progress: BTreeMap<ReplicaId, retransmit::PeerProgress>,
     /// Our own position at the previous heartbeat (are we stuck?).
     progress_at_last_beat: Option<crate::fd::Progress>,
+    /// Slots of views we left, by seq, that we may execute once the group commits
+    /// them (see [`left_view`]).
+    left_views: BTreeMap<Seq, left_view::Witness>,
+    /// Whom we last sent our state, and when (see [`rate_limit`]).
+    state_served: rate_limit::PerPeer,
+    /// Whom we last relayed our new-view, and when.
+    new_view_relayed: rate_limit::PerPeer,
+    /// Our stable checkpoint's state, signed once for every peer that fetches it.
+    signed_state: Option<Signed<crate::messages::StateSnapshot>>,
 }
 
 impl<A: Application> Replica<A> {
@@ -157,6 +168,10 @@ impl<A: Application> Replica<A> {
             reported_reasons: BTreeMap::new(),
             peer_progress: BTreeMap::new(),
             progress_at_last_beat: None,
+            left_views: BTreeMap::new(),
+            state_served: rate_limit::PerPeer::default(),
+            new_view_relayed: rate_limit::PerPeer::default(),
+            signed_state: None,
         }
     }
 

@@ -7,10 +7,10 @@ use crate::app::Application;
 use crate::client_table::Freshness;
 use crate::durable::PersistRecord;
 use crate::io::{Executed, Output, Timer};
-use crate::params::ProtocolParams;
 use crate::messages::{
     request_id, Batch, Commit, Message, PrePrepare, Prepare, PreparedCert, Reply, Request,
 };
+use crate::params::ProtocolParams;
 use crate::rejection::Rejection;
 use crate::reply::sign_replies;
 use crate::types::Seq;
@@ -88,7 +88,8 @@ impl<A: Application> Replica<A> {
             timer_fired = false;
             // Full at `batch_size` requests or `max_batch_bytes` bytes, whichever comes
             // first (no request is larger than a batch: the validator refuses those).
-            let (max_len, max_bytes) = (self.cfg.params.batch_size, self.cfg.params.max_batch_bytes);
+            let (max_len, max_bytes) =
+                (self.cfg.params.batch_size, self.cfg.params.max_batch_bytes);
             let mut requests = Vec::new();
             let mut bytes = 0;
             while requests.len() < max_len {
@@ -173,6 +174,9 @@ impl<A: Application> Replica<A> {
             self.early_pre_prepares.insert(seq, (pp, batch));
             return;
         }
+        if view < self.view {
+            return self.witness_pre_prepare(pp, batch); // a view we left
+        }
         if self.changing || view != self.view || seq <= self.low_watermark() {
             return; // another view's, or already garbage collected
         }
@@ -250,7 +254,10 @@ impl<A: Application> Replica<A> {
 
     pub(super) fn on_commit(&mut self, c: Verified<Commit>) {
         let (view, seq, replica) = (c.view, c.seq, c.replica);
-        if seq <= self.low_watermark() || view < self.view {
+        if view < self.view {
+            return self.witness_commit(&c); // a view we left
+        }
+        if seq <= self.low_watermark() {
             return;
         }
         if seq > self.high_watermark() {
@@ -334,22 +341,22 @@ impl<A: Application> Replica<A> {
         self.try_execute();
     }
 
-    /// Execute committed batches in sequence order, without gaps.
+    /// Execute committed batches in sequence order, without gaps: committed here, or
+    /// committed by the group in a view we left (see `left_view`).
     pub(super) fn try_execute(&mut self) {
         // Execution never waits for a state fetch: if the committed slots are here,
         // catching up by executing them is as good as installing a snapshot.
         loop {
             let seq = self.last_executed + 1;
-            let Some(slot) = self.log.get(&seq) else {
-                return;
-            };
-            if !slot.committed {
+            let here = self.log.get(&seq).filter(|slot| slot.committed);
+            if let Some((pp, batch)) = here.and_then(|slot| slot.pre_prepare.clone()) {
+                self.execute(seq, pp.payload.view, &batch);
+            } else if let Some((view, batch)) = self.committed_in_a_left_view(seq) {
+                self.execute(seq, view, &batch);
+            } else {
                 return;
             }
-            let Some((pp, batch)) = slot.pre_prepare.clone() else {
-                return;
-            };
-            self.execute(seq, pp.payload.view, &batch);
+            self.forget_left_views_upto(seq);
         }
     }
 

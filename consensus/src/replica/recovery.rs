@@ -8,7 +8,7 @@ use crate::app::Application;
 use crate::client_table::ReplicaSnapshot;
 use crate::durable::{DurableState, PersistRecord};
 use crate::io::{Output, Timer};
-use crate::messages::{request_id, Batch, Message, PrePrepare};
+use crate::messages::{request_id, state_digest, Batch, Message, PrePrepare};
 use crate::new_view::{index, plan};
 use crate::types::{ReplicaConfig, Seq};
 use bft_crypto::{KeyPair, Signed};
@@ -46,6 +46,13 @@ impl<A: Application> Replica<A> {
                 seq: stable.seq,
                 reason,
             };
+            // The snapshot (a file of its own on the node) must be the state the
+            // checkpoint's 2f+1 proof vouches for; a damaged one is never installed.
+            if state_digest(&stable.snapshot) != stable.digest {
+                return Err(err(
+                    "it does not match the stable checkpoint's digest".into()
+                ));
+            }
             let snap: ReplicaSnapshot =
                 bft_crypto::decode(&stable.snapshot, usize::MAX).map_err(|e| err(e.to_string()))?;
             r.app.restore(&snap.app).map_err(|e| err(e.to_string()))?;

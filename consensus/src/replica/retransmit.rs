@@ -118,25 +118,22 @@ impl<A: Application> Replica<A> {
                 });
             }
         }
-        if self.changing || at.view > self.view {
-            return; // it is ahead of us in views: nothing of ours can help it
+        if self.changing {
+            return; // we are between views ourselves: nothing settled to offer
         }
         if at.view < self.view || (at.view == self.view && at.changing) {
             // It missed the new-view. That message is self-certifying (2f+1 signed
             // view-changes inside), so relaying it brings the peer into our view; the
             // slots follow on its next report.
-            if let Some((nv, bodies)) = self.last_new_view.clone() {
-                self.emit(Output::Send {
-                    to: peer,
-                    message: Message::NewView(nv, bodies),
-                });
-            }
+            self.relay_new_view(peer);
             return;
         }
-        // Every slot above what it executed that we accepted in this view: the
-        // pre-prepare and every matching prepare and commit we hold (each signed by
-        // its sender, so relaying them is as good as theirs). Not only slots we
-        // executed: two laggards may each hold the commit the other lacks.
+        // In our view, or alone in a higher one (it executes what it can prove
+        // committed, see `left_view`): every slot above what it executed that we
+        // accepted in this view, the pre-prepare and every matching prepare and
+        // commit we hold (each signed by its sender, so relaying them is as good as
+        // theirs). Not only slots we executed: two laggards may each hold the commit
+        // the other lacks.
         let Some(first) = at.last_executed.max(self.stable.seq).checked_add(1) else {
             return;
         };

@@ -91,17 +91,30 @@ impl<A: Application> Replica<A> {
         self.set_timer(Timer::StateFetch, self.cfg.state_fetch_timeout);
     }
 
-    /// Serve our stable checkpoint if it is recent enough.
+    /// Serve our stable checkpoint if it is recent enough: signed once per
+    /// checkpoint, the same one sent to each peer at most once per fetch timeout (a
+    /// peer asking again sooner is replaying, or has not waited for our answer).
     pub(super) fn on_fetch_state(&mut self, f: &Verified<FetchState>) {
         if self.stable.seq == 0 || self.stable.seq < f.seq || f.replica == self.me() {
             return;
         }
-        let state = self.sign(StateSnapshot {
-            seq: self.stable.seq,
-            proof: self.stable.proof.clone(),
-            snapshot: self.stable.snapshot.clone(),
-            replica: self.me(),
-        });
+        let (seq, gap) = (self.stable.seq, self.cfg.state_fetch_timeout);
+        if !self.state_served.allow(f.replica, seq, self.now, gap) {
+            return;
+        }
+        if self
+            .signed_state
+            .as_ref()
+            .is_none_or(|s| s.payload.seq != seq)
+        {
+            self.signed_state = Some(self.sign(StateSnapshot {
+                seq,
+                proof: self.stable.proof.clone(),
+                snapshot: self.stable.snapshot.clone(),
+                replica: self.me(),
+            }));
+        }
+        let state = self.signed_state.clone().expect("signed just above");
         self.emit(Output::Send {
             to: f.replica,
             message: Message::State(state),

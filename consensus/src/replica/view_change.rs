@@ -8,7 +8,7 @@ use crate::durable::PersistRecord;
 use crate::io::{Output, Timer};
 use crate::messages::{Bodies, Message, NewView, PrePrepare, PreparedCert, ViewChange};
 use crate::new_view::{index, plan, NewViewPlan};
-use crate::types::View;
+use crate::types::{ReplicaId, View};
 use bft_crypto::{Signed, Verified};
 use std::collections::BTreeSet;
 
@@ -111,12 +111,7 @@ impl<A: Application> Replica<A> {
             // self-certifying (signed by its primary, carrying 2f+1 view-changes), so
             // any replica may relay it, which matters when the primary has moved on.
             if target == self.view {
-                if let Some((nv, bodies)) = self.last_new_view.clone() {
-                    self.emit(Output::Send {
-                        to: from,
-                        message: Message::NewView(nv, bodies),
-                    });
-                }
+                self.relay_new_view(from);
             }
             return;
         }
@@ -131,6 +126,25 @@ impl<A: Application> Replica<A> {
         self.join_if_f_plus_1_moved();
         self.arm_new_view_timer();
         self.try_new_view();
+    }
+
+    /// Send `peer` the new-view that started our view (it proves itself), at most
+    /// once per heartbeat interval: a replayed view-change must not make us send a
+    /// new-view, batches and all, every time it arrives.
+    pub(super) fn relay_new_view(&mut self, peer: ReplicaId) {
+        let gap = self.cfg.fd.heartbeat_interval;
+        let Some((nv, bodies)) = self.last_new_view.clone() else {
+            return;
+        };
+        if self
+            .new_view_relayed
+            .allow(peer, nv.payload.view, self.now, gap)
+        {
+            self.emit(Output::Send {
+                to: peer,
+                message: Message::NewView(nv, bodies),
+            });
+        }
     }
 
     /// §4.5.2: f+1 view-changes for views above ours mean at least one correct replica
@@ -241,7 +255,8 @@ impl<A: Application> Replica<A> {
             }
         }
         self.next_seq = max_seq.max(self.last_executed).max(self.stable.seq) + 1;
-        self.view_changes.retain(|_, (vc, _)| vc.payload.new_view > view);
+        self.view_changes
+            .retain(|_, (vc, _)| vc.payload.new_view > view);
         self.last_new_view = Some((nv, bodies));
         self.deadlines.remove(&Timer::ViewChange);
         self.emit(Output::ViewEntered {

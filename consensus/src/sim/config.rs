@@ -41,9 +41,16 @@ pub struct SimConfig {
     pub f: usize,
     pub clients: usize,
     pub requests_per_client: usize,
+    /// Client `c` starts `c` times this after the start (zero: all at once). A client
+    /// started late knows nothing of view changes before it, as a fresh `bftnode
+    /// client` process does: it sends to the primary of view 0 first.
+    pub client_start_gap: Duration,
     pub faults: Faults,
     /// Replicas that misbehave, by INTERFACE.md behaviour name (at most f for liveness).
     pub byzantine: Vec<(ReplicaId, String)>,
+    /// When every Byzantine replica is switched back to honest (`byzantine clear`), if
+    /// ever; from then on it is judged like the others, caught-up check included.
+    pub clear_byzantine_at: Option<Duration>,
     /// Test-only planted bug: commit on this many commits instead of 2f+1.
     pub planted_commit_quorum: Option<usize>,
     /// Test-only planted bug: the node's old sender rule (a replica message only
@@ -71,8 +78,10 @@ impl SimConfig {
             f,
             clients: 3,
             requests_per_client: 20,
+            client_start_gap: Duration::ZERO,
             faults: Faults::none(),
             byzantine: Vec::new(),
+            clear_byzantine_at: None,
             planted_commit_quorum: None,
             planted_relay_rule: false,
             planted_transfer_apart: false,

@@ -82,6 +82,8 @@ enum Event {
     PartitionStart,
     PartitionEnd,
     Heal,
+    /// `byzantine clear` on every Byzantine replica.
+    ClearByzantine,
 }
 
 struct Entry {
@@ -282,9 +284,13 @@ impl World {
         }
         for c in 0..self.clients.len() {
             let think = Duration::from_millis(self.rng.gen_range(0..20));
-            self.schedule(think, Event::ClientNext { client: c });
+            let start = self.cfg.client_start_gap * c as u32;
+            self.schedule(start + think, Event::ClientNext { client: c });
         }
         self.schedule(self.heal_at, Event::Heal);
+        if let Some(at) = self.cfg.clear_byzantine_at {
+            self.schedule(at, Event::ClearByzantine);
+        }
         if self.cfg.faults.partitions && self.heal_at > Duration::ZERO {
             let at = Duration::from_millis(self.rng.gen_range(0..=self.heal_at.as_millis() as u64));
             self.schedule(at, Event::PartitionStart);
@@ -361,6 +367,9 @@ impl World {
         {
             return Ok(false);
         }
+        if self.cfg.clear_byzantine_at.is_some_and(|at| self.now < at) {
+            return Ok(false); // the cleared replicas are judged from the clear on
+        }
         let honest: Vec<&Replica<KvStore>> = self
             .replicas
             .iter()
@@ -401,7 +410,7 @@ impl World {
             return Ok(false);
         }
         if self.tail_requests == 0 {
-            Self::only_lone_view_changers_lag(&honest, target)?;
+            Self::nobody_lags(&honest, target)?;
         }
         if self.tail_requests < 400 {
             self.tail_requests += 1;
@@ -412,22 +421,17 @@ impl World {
         Ok(false)
     }
 
-    /// Retransmission brings every honest laggard up without new requests, except
-    /// one that alone moved to a higher view: PBFT keeps it there (it promised, in
-    /// its view-change, not to take part in the old view) until the others move or a
-    /// later checkpoint lets it fetch the state.
-    fn only_lone_view_changers_lag(honest: &[&Replica<KvStore>], target: Seq) -> Step {
+    /// Retransmission brings every honest laggard up without new requests, a replica
+    /// alone in a higher view included: it executes what it can prove committed
+    /// (2f+1 commits, or a stable checkpoint) while it waits for the others.
+    fn nobody_lags(honest: &[&Replica<KvStore>], target: Seq) -> Step {
         let group_view = honest
             .iter()
             .filter(|r| r.last_executed() >= target)
             .map(|r| r.view())
             .max()
             .unwrap_or(0);
-        let lone_view_changer = |r: &Replica<KvStore>| r.in_view_change() && r.view() > group_view;
-        match honest
-            .iter()
-            .find(|r| r.last_executed() < target && !lone_view_changer(r))
-        {
+        match honest.iter().find(|r| r.last_executed() < target) {
             None => Ok(()),
             Some(r) => Err(Violation {
                 invariant: "liveness",
@@ -508,6 +512,16 @@ impl World {
                     let gap = Duration::from_millis(self.rng.gen_range(100..1500));
                     self.schedule(gap, Event::PartitionStart);
                 }
+                Ok(())
+            }
+            Event::ClearByzantine => {
+                for r in &mut self.replicas {
+                    if let Some(node) = r.node.as_mut() {
+                        node.set_behaviour(Box::new(Honest));
+                        r.honest = true;
+                    }
+                }
+                self.log("byzantine clear: every replica honest".into());
                 Ok(())
             }
             Event::Heal => {

@@ -1,0 +1,100 @@
+//! Executing what the group commits in a view this replica has left (issue 11,
+//! defect 8).
+//!
+//! A replica whose request timer fired alone asks for view v+1 and, by its
+//! view-change, promised not to take part in view v any more: it sends no prepare
+//! and no commit for v. PBFT then leaves it waiting, executing nothing, until the
+//! others change view too or a later checkpoint lets it fetch the state; with no
+//! further load that is never, and a replica switched back from `silent` to honest
+//! stayed behind for good. But it need not vote to learn what is decided: 2f+1
+//! matching commits for (v, n, d) from distinct replicas mean f+1 correct replicas
+//! were prepared, so `committed(m, v, n)` holds and every later view keeps d at n
+//! (OSDI'99 §4.4's safety argument). Such a slot, with its pre-prepare's batch, is
+//! as good as one committed locally: the replica executes it, keeping its state and
+//! its replies current while it waits, and votes for nothing.
+//!
+//! Bounded: only sequence numbers inside the window and above what was executed,
+//! one pre-prepare (the newest view's) and one commit per replica each.
+
+use super::Replica;
+use crate::app::Application;
+use crate::durable::PersistRecord;
+use crate::io::Output;
+use crate::messages::{Batch, Commit, PrePrepare};
+use crate::types::{ReplicaId, Seq, View};
+use bft_crypto::{Digest, Signed, Verified};
+use std::collections::BTreeMap;
+
+/// What was seen of one slot in views below ours.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Witness {
+    pre_prepare: Option<(Signed<PrePrepare>, Batch)>,
+    commits: BTreeMap<ReplicaId, (View, Digest)>,
+}
+
+impl<A: Application> Replica<A> {
+    /// A slot of a view below ours that we may still learn the outcome of.
+    fn witnessable(&self, view: View, seq: Seq) -> bool {
+        view < self.view && seq > self.last_executed && self.in_window(seq)
+    }
+
+    /// A pre-prepare of a view we left, from that view's primary: keep its batch.
+    pub(super) fn witness_pre_prepare(&mut self, pp: Verified<PrePrepare>, batch: Batch) {
+        let (view, seq) = (pp.view, pp.seq);
+        if !self.witnessable(view, seq) || pp.replica != self.primary_of(view) {
+            return;
+        }
+        let w = self.left_views.entry(seq).or_default();
+        if w.pre_prepare
+            .as_ref()
+            .is_none_or(|(old, _)| old.payload.view < view)
+        {
+            w.pre_prepare = Some((pp.into_signed(), batch));
+        }
+        self.try_execute();
+    }
+
+    /// A commit of a view we left: count it.
+    pub(super) fn witness_commit(&mut self, c: &Verified<Commit>) {
+        let (view, seq) = (c.view, c.seq);
+        if !self.witnessable(view, seq) {
+            return;
+        }
+        let w = self.left_views.entry(seq).or_default();
+        let newer = w.commits.get(&c.replica).is_none_or(|(v, _)| *v < view);
+        if newer {
+            w.commits.insert(c.replica, (view, c.digest));
+        }
+        self.try_execute();
+    }
+
+    /// The batch at `seq` if 2f+1 replicas committed its pre-prepare in a view we
+    /// left. Persisted (the batch, then the decision) before it is executed, so a
+    /// restart re-executes it like any committed slot.
+    pub(super) fn committed_in_a_left_view(&mut self, seq: Seq) -> Option<(View, Batch)> {
+        let w = self.left_views.get(&seq)?;
+        let (pp, batch) = w.pre_prepare.as_ref()?;
+        let (view, digest) = (pp.payload.view, pp.payload.digest);
+        let votes = w.commits.values().filter(|c| **c == (view, digest)).count();
+        if votes < self.cfg.commit_quorum {
+            return None;
+        }
+        let (pp, batch) = (pp.clone(), batch.clone());
+        self.emit(Output::Persist(PersistRecord::Accepted {
+            pre_prepare: pp,
+            batch: batch.clone(),
+        }));
+        self.emit(Output::Persist(PersistRecord::Committed {
+            seq,
+            view,
+            digest,
+        }));
+        self.left_views.remove(&seq);
+        Some((view, batch))
+    }
+
+    /// Forget what no longer matters: slots executed or below the window.
+    pub(super) fn forget_left_views_upto(&mut self, seq: Seq) {
+        self.left_views.retain(|s, _| *s > seq);
+    }
+}
