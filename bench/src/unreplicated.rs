@@ -118,6 +118,7 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
                 client,
                 replica: 0,
                 result,
+                refusal: None,
             };
             fresh.push((peer, reply));
         }

@@ -2,7 +2,7 @@
 //! fresh timestamp, send it to the primary it believes in, accept a result once f+1
 //! replicas sent matching replies, and on timeout retransmit to every replica.
 
-use crate::messages::{Message, Request};
+use crate::messages::{Message, Refusal, Request};
 use crate::reply::VerifiedReply;
 use crate::types::{Membership, ReplicaId, View};
 use bft_crypto::{KeyPair, Signed};
@@ -36,12 +36,21 @@ pub enum ClientOutput {
         timestamp: u64,
         result: Vec<u8>,
     },
+    /// f+1 replicas refused the request as expired (the client table had forgotten
+    /// this client, see `client_table`): the same operation was signed again with
+    /// this timestamp and sent to every replica.
+    Reissued {
+        timestamp: u64,
+    },
 }
+
+/// What a replica answered: the result, or why it refused.
+type Answer = (Vec<u8>, Option<Refusal>);
 
 struct Outstanding {
     request: Signed<Request>,
-    /// Each replica's latest reply for this request: (view, result).
-    replies: BTreeMap<ReplicaId, (View, Vec<u8>)>,
+    /// Each replica's latest reply for this request: (view, result or refusal).
+    replies: BTreeMap<ReplicaId, (View, Answer)>,
     deadline: Duration,
 }
 
@@ -110,15 +119,7 @@ impl Client {
         if self.outstanding.is_some() {
             return Err(ClientError::Busy);
         }
-        let timestamp = self.next_timestamp;
-        self.next_timestamp += 1;
-        let request = Signed::sign(
-            Request {
-                timestamp,
-                operation,
-            },
-            &self.key,
-        );
+        let request = self.sign_next(operation);
         let deadline = now + self.retransmit_timeout;
         let to = self.members.primary(self.view);
         let out = vec![
@@ -136,6 +137,18 @@ impl Client {
         Ok(out)
     }
 
+    fn sign_next(&mut self, operation: Vec<u8>) -> Signed<Request> {
+        let timestamp = self.next_timestamp;
+        self.next_timestamp += 1;
+        Signed::sign(
+            Request {
+                timestamp,
+                operation,
+            },
+            &self.key,
+        )
+    }
+
     /// A verified reply. Accept once f+1 distinct replicas sent the same result.
     pub fn on_reply(&mut self, reply: &VerifiedReply) -> Vec<ClientOutput> {
         let Some(o) = self.outstanding.as_mut() else {
@@ -147,12 +160,13 @@ impl Client {
         {
             return Vec::new();
         }
+        let answer = (reply.result.clone(), reply.refusal);
         o.replies
-            .insert(reply.replica, (reply.view, reply.result.clone()));
+            .insert(reply.replica, (reply.view, answer.clone()));
         let matching: Vec<View> = o
             .replies
             .values()
-            .filter(|(_, r)| *r == reply.result)
+            .filter(|(_, a)| *a == answer)
             .map(|(v, _)| *v)
             .collect();
         if matching.len() < self.members.weak_quorum() {
@@ -162,12 +176,36 @@ impl Client {
         // most the current one: a safe primary guess for the next request.
         let view = matching.iter().copied().min().unwrap_or(self.view);
         self.view = self.view.max(view);
-        let timestamp = o.request.payload.timestamp;
-        self.outstanding = None;
-        vec![ClientOutput::Accepted {
-            timestamp,
-            result: reply.result.clone(),
-        }]
+        match answer {
+            (result, None) => {
+                let timestamp = o.request.payload.timestamp;
+                self.outstanding = None;
+                vec![ClientOutput::Accepted { timestamp, result }]
+            }
+            (_, Some(Refusal::Expired { floor })) => self.reissue_above(floor),
+        }
+    }
+
+    /// The replicas forgot this client: sign the outstanding operation again with a
+    /// timestamp above `floor` (f+1 agreed on it, so a correct replica did) and send
+    /// it to every replica.
+    fn reissue_above(&mut self, floor: u64) -> Vec<ClientOutput> {
+        let Some(o) = self.outstanding.take() else {
+            return Vec::new();
+        };
+        self.next_timestamp = self.next_timestamp.max(floor.saturating_add(1));
+        let request = self.sign_next(o.request.payload.operation);
+        let timestamp = request.payload.timestamp;
+        let message = Message::Request(request.clone());
+        self.outstanding = Some(Outstanding {
+            request,
+            replies: BTreeMap::new(),
+            deadline: o.deadline,
+        });
+        vec![
+            ClientOutput::Reissued { timestamp },
+            ClientOutput::Broadcast { message },
+        ]
     }
 
     /// Stop waiting for the outstanding request: the caller's own deadline passed.

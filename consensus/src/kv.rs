@@ -51,6 +51,8 @@ pub enum KvResult {
     },
     /// The operation bytes did not decode.
     Invalid,
+    /// The store would outgrow [`MAX_STATE_BYTES`]: nothing was written.
+    Full,
 }
 
 impl KvOp {
@@ -72,6 +74,19 @@ impl KvResult {
 
 /// Largest operation the store decodes.
 const MAX_OP_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most bytes the store holds, counting [`ENTRY_OVERHEAD`] per entry. With the client
+/// table's bound (`client_table::MAX_TABLE_BYTES`) it keeps a state snapshot, which
+/// state transfer sends in one message, well inside the 64 MiB frame: a store that
+/// could outgrow the frame would make itself impossible to transfer (issue 11).
+pub const MAX_STATE_BYTES: usize = 32 * 1024 * 1024;
+/// What an entry costs besides its key and value (lengths in the snapshot, map
+/// overhead), so that many tiny entries count too.
+const ENTRY_OVERHEAD: usize = 16;
+
+fn entry_bytes(key: &[u8], value: &[u8]) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
+}
 
 /// The snapshot's encoding: the map, its keys and values written as byte strings.
 struct Entries<'a>(&'a BTreeMap<Vec<u8>, Vec<u8>>);
@@ -95,6 +110,8 @@ struct OwnedEntries(#[serde(with = "bft_crypto::bytes::map")] BTreeMap<Vec<u8>, 
 pub struct KvStore {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
     entries: SetHash,
+    /// Sum of [`entry_bytes`] over the map, kept under [`MAX_STATE_BYTES`].
+    bytes: usize,
 }
 
 impl KvStore {
@@ -118,12 +135,20 @@ impl KvStore {
         self.map.is_empty()
     }
 
-    /// Set `key` to `value`, keeping the digest in step; returns the old value.
+    /// Whether setting `key` to `value` keeps the store within [`MAX_STATE_BYTES`].
+    fn fits(&self, key: &[u8], value: &[u8]) -> bool {
+        let freed = self.map.get(key).map_or(0, |old| entry_bytes(key, old));
+        self.bytes - freed + entry_bytes(key, value) <= MAX_STATE_BYTES
+    }
+
+    /// Set `key` to `value`, keeping the digest and size in step; returns the old value.
     fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
         self.entries.insert(&[&key, &value]);
+        self.bytes += entry_bytes(&key, &value);
         let previous = self.map.insert(key.clone(), value);
         if let Some(old) = &previous {
             self.entries.remove(&[&key, old]);
+            self.bytes -= entry_bytes(&key, old);
         }
         previous
     }
@@ -132,12 +157,14 @@ impl KvStore {
         let previous = self.map.remove(key);
         if let Some(old) = &previous {
             self.entries.remove(&[key, old]);
+            self.bytes -= entry_bytes(key, old);
         }
         previous
     }
 
     fn apply(&mut self, op: KvOp) -> KvResult {
         match op {
+            KvOp::Put { key, value } if !self.fits(&key, &value) => KvResult::Full,
             KvOp::Put { key, value } => KvResult::Done {
                 previous: self.insert(key, value),
             },
@@ -147,7 +174,9 @@ impl KvStore {
             },
             KvOp::CompareAndSwap { key, expected, new } => {
                 let current = self.map.get(&key).cloned();
-                if current == expected {
+                if current == expected && !self.fits(&key, &new) {
+                    KvResult::Full
+                } else if current == expected {
                     self.insert(key, new);
                     KvResult::Swapped {
                         swapped: true,
@@ -181,11 +210,19 @@ impl Application for KvStore {
         let OwnedEntries(map) =
             bft_crypto::decode(snapshot, usize::MAX).map_err(|e| RestoreError(e.to_string()))?;
         let mut entries = SetHash::new();
+        let mut bytes = 0;
         for (k, v) in &map {
             entries.insert(&[k, v]);
+            bytes += entry_bytes(k, v);
+        }
+        if bytes > MAX_STATE_BYTES {
+            return Err(RestoreError(format!(
+                "{bytes} bytes of entries exceed the store's bound of {MAX_STATE_BYTES}"
+            )));
         }
         self.map = map;
         self.entries = entries;
+        self.bytes = bytes;
         Ok(())
     }
 
@@ -256,6 +293,47 @@ mod tests {
                 current: None
             }
         );
+    }
+
+    /// The store never outgrows its bound (a snapshot must fit one frame): a write
+    /// that would is refused as `Full` and changes nothing; one that frees room is fine.
+    #[test]
+    fn a_write_past_the_bound_is_refused_and_changes_nothing() {
+        let mut kv = KvStore::new();
+        let chunk = vec![7u8; 1024 * 1024];
+        let mut stored = 0;
+        loop {
+            let op = KvOp::Put {
+                key: stored.to_string().into_bytes(),
+                value: chunk.clone(),
+            };
+            match run(&mut kv, op) {
+                KvResult::Done { .. } => stored += 1,
+                KvResult::Full => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(stored, 31, "32 MiB hold 31 one-MiB values and their keys");
+        let before = kv.digest();
+        let grow = KvOp::CompareAndSwap {
+            key: b"0".to_vec(),
+            expected: Some(chunk.clone()),
+            new: vec![7u8; 2 * 1024 * 1024],
+        };
+        assert_eq!(run(&mut kv, grow), KvResult::Full);
+        assert_eq!(kv.digest(), before);
+        assert_eq!(
+            run(&mut kv, KvOp::Delete { key: b"0".to_vec() }),
+            KvResult::Done {
+                previous: Some(chunk.clone())
+            }
+        );
+        let again = KvOp::Put {
+            key: b"again".to_vec(),
+            value: chunk,
+        };
+        assert!(matches!(run(&mut kv, again), KvResult::Done { .. }));
+        assert!(kv.snapshot().len() < crate::messages::MAX_MESSAGE_BYTES);
     }
 
     #[test]

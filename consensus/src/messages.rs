@@ -114,6 +114,18 @@ pub struct Reply {
     pub replica: ReplicaId,
     #[serde(with = "bft_crypto::bytes")]
     pub result: Vec<u8>,
+    /// Set when the request was ordered but not executed (the result is empty).
+    pub refusal: Option<Refusal>,
+}
+
+/// Why the replicas answered an ordered request without executing it. Decided in
+/// order, from the replicated state, so every correct replica gives the same one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The client table does not hold the client and the timestamp is not above the
+    /// highest timestamp of a forgotten client (see `client_table`): sign the
+    /// operation again with a timestamp above `floor`.
+    Expired { floor: u64 },
 }
 
 /// <CHECKPOINT, n, d, i>σi: replica `i`'s state after executing `n` has digest `d` (§4.3).

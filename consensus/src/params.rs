@@ -26,18 +26,21 @@ pub struct ProtocolParams {
     pub checkpoint_interval: u64,
     /// L: the log window above the low water mark (a multiple of K).
     pub window: u64,
+    /// Most clients the replicated client table holds (see `client_table`).
+    pub max_clients: usize,
 }
 
 impl Default for ProtocolParams {
     /// Sized for a LAN: 256 requests or 128 KiB a batch, a checkpoint every 128, a
-    /// window of 256, which keeps the largest new-view of a group of up to 31
-    /// replicas under the 64 MiB frame bound.
+    /// window of 256 (which keeps the largest new-view of a group of up to 31
+    /// replicas under the 64 MiB frame bound), 65,536 clients remembered.
     fn default() -> Self {
         Self {
             batch_size: 256,
             max_batch_bytes: 128 * 1024,
             checkpoint_interval: 128,
             window: 256,
+            max_clients: 65_536,
         }
     }
 }
@@ -72,6 +75,9 @@ impl ProtocolParams {
         }
         if !self.window.is_multiple_of(self.checkpoint_interval) {
             return Err("window must be a multiple of checkpoint_interval".into());
+        }
+        if self.max_clients == 0 {
+            return Err("max_clients must be at least 1".into());
         }
         let largest = self.largest_frames(members);
         if largest.new_view > max_frame_bytes {
@@ -233,6 +239,7 @@ mod tests {
             max_batch_bytes: 4096,
             checkpoint_interval: 4,
             window: 8,
+            ..ProtocolParams::default()
         };
         let client = KeyPair::from_seed([99; 32]);
         let mut bodies = Vec::new();

@@ -214,6 +214,7 @@ mod tests {
             client: client.public(),
             replica,
             result: ts.to_le_bytes().to_vec(),
+            refusal: None,
         }
     }
 

@@ -195,3 +195,48 @@ fn a_damaged_snapshot_is_refused_at_restart() {
         "{err}"
     );
 }
+
+/// Defect 7: the client table is bounded (anybody can make a client key). The client
+/// executed least recently is forgotten first; a replay of its old request is then
+/// refused by every replica in order (`Refusal::Expired` with the floor), never
+/// executed a second time.
+#[test]
+fn a_forgotten_client_has_its_old_request_refused_not_executed_again() {
+    let mut c = Cluster::with_params(4, |p| p.max_clients = 2);
+    let old = request(&client_key(1), 7, "k", "first");
+    c.client_sends(0, old.clone());
+    c.run();
+    for i in 2..=3 {
+        c.client_sends(0, request(&client_key(i), 1, "k", "later"));
+        c.run();
+    }
+    let writes_of_client_1 = |c: &Cluster| {
+        c.all_outputs(0)
+            .iter()
+            .filter_map(|o| match o {
+                Output::Executed(e) => Some(
+                    e.requests
+                        .iter()
+                        .filter(|(id, _)| id.0 == client_key(1).public())
+                        .count(),
+                ),
+                _ => None,
+            })
+            .sum::<usize>()
+    };
+    assert_eq!(writes_of_client_1(&c), 1);
+    c.replies.clear();
+    c.client_sends(0, old);
+    c.run();
+    assert_eq!(writes_of_client_1(&c), 1, "the replay was not executed");
+    let refusals: Vec<_> = c
+        .replies
+        .iter()
+        .filter(|(to, r)| *to == client_key(1).public() && r.reply.timestamp == 7)
+        .map(|(_, r)| r.reply.refusal)
+        .collect();
+    assert_eq!(refusals.len(), 4, "every replica answered");
+    assert!(refusals
+        .iter()
+        .all(|r| *r == Some(bft_consensus::messages::Refusal::Expired { floor: 7 })));
+}

@@ -23,6 +23,7 @@ fn reply(
         client: client.public(),
         replica: from,
         result: result.to_vec(),
+        refusal: None,
     };
     let signed = sign_replies(&g.keys[from as usize], view, from, vec![reply]).remove(0);
     verify_reply(signed, None).unwrap()
@@ -141,4 +142,47 @@ fn an_abandoned_request_frees_the_client_and_its_late_replies_are_ignored() {
     assert!(c.on_reply(&reply(&g, 1, &key, 5, 0, b"old")).is_empty());
     assert!(c.on_reply(&reply(&g, 2, &key, 5, 0, b"old")).is_empty());
     assert!(c.is_busy());
+}
+
+/// Defect 7: f+1 replicas refuse the request as expired (they forgot this client):
+/// the client signs the same operation again above the floor and sends it to all.
+/// One refusal (a faulty replica's) is not enough.
+#[test]
+fn an_expired_request_is_signed_again_above_the_floor() {
+    use bft_consensus::messages::Refusal;
+    let g = Group::new(4);
+    let key = client_key(1);
+    let mut c = Client::new(
+        key.clone(),
+        g.members.clone(),
+        5,
+        Duration::from_millis(500),
+    );
+    c.submit(Duration::ZERO, b"op".to_vec()).unwrap();
+    let refused = |from: u32, floor: u64| {
+        let reply = Reply {
+            view: 0,
+            timestamp: 5,
+            client: key.public(),
+            replica: from,
+            result: vec![],
+            refusal: Some(Refusal::Expired { floor }),
+        };
+        let signed = sign_replies(&g.keys[from as usize], 0, from, vec![reply]).remove(0);
+        verify_reply(signed, None).unwrap()
+    };
+    assert!(c.on_reply(&refused(1, 1_000)).is_empty());
+    assert!(
+        c.on_reply(&refused(2, 99)).is_empty(),
+        "floors differ: no f+1 yet"
+    );
+    let out = c.on_reply(&refused(3, 1_000));
+    assert_eq!(out[0], ClientOutput::Reissued { timestamp: 1_001 });
+    assert!(matches!(
+        &out[1],
+        ClientOutput::Broadcast { message: Message::Request(r) }
+            if r.payload.timestamp == 1_001 && r.payload.operation == b"op"
+    ));
+    assert_eq!(c.outstanding_timestamp(), Some(1_001));
+    assert!(c.is_busy(), "still waiting for the result");
 }

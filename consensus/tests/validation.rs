@@ -84,6 +84,7 @@ fn well_formed_messages_pass() {
         client: client_key(1).public(),
         replica: 1,
         result: vec![1],
+        refusal: None,
     };
     let signed = sign_replies(&g.keys[1], 0, 1, vec![reply.clone()]).remove(0);
     assert!(matches!(

@@ -171,6 +171,9 @@ impl KvClient {
                 }
                 ClientOutput::SetTimer { at } => *retransmit_at = Some(self.start + at),
                 ClientOutput::Accepted { result, .. } => accepted = Some(result),
+                ClientOutput::Reissued { timestamp } => {
+                    tracing::debug!(timestamp, "request refused as expired; signed again");
+                }
             }
         }
         accepted

@@ -306,7 +306,8 @@ impl ValidatorSet {
         h.update_u64(p.batch_size as u64)
             .update_u64(p.max_batch_bytes as u64)
             .update_u64(p.checkpoint_interval)
-            .update_u64(p.window);
+            .update_u64(p.window)
+            .update_u64(p.max_clients as u64);
         h.finish().to_hex()
     }
 

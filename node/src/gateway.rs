@@ -245,6 +245,7 @@ mod tests {
             client,
             replica,
             result: vec![1],
+            refusal: None,
         };
         sign_replies(
             &KeyPair::from_seed([replica as u8; 32]),

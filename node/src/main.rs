@@ -189,6 +189,7 @@ fn show(result: &bft_consensus::KvResult) -> String {
             )
         }
         KvResult::Invalid => "invalid operation".into(),
+        KvResult::Full => "refused: the store is full".into(),
     }
 }
 

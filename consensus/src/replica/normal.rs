@@ -8,7 +8,7 @@ use crate::client_table::Freshness;
 use crate::durable::PersistRecord;
 use crate::io::{Executed, Output, Timer};
 use crate::messages::{
-    request_id, Batch, Commit, Message, PrePrepare, Prepare, PreparedCert, Reply, Request,
+    request_id, Batch, Commit, Message, PrePrepare, Prepare, PreparedCert, Refusal, Reply, Request,
 };
 use crate::params::ProtocolParams;
 use crate::rejection::Rejection;
@@ -25,11 +25,13 @@ impl<A: Application> Replica<A> {
         match self.clients.freshness(&client, ts) {
             Freshness::Stale => return,
             Freshness::Repeat(last) => {
-                let reply = self.reply_to(client, ts, last.result.clone());
+                let reply = self.reply_to(client, ts, Ok(last.result.clone()));
                 self.send_replies(vec![reply]);
                 return;
             }
-            Freshness::New => {}
+            // Ordered like a new one; an expired one is refused when it executes,
+            // so every replica refuses it at the same point of the order.
+            Freshness::New | Freshness::Expired { .. } => {}
         }
         let known = self.waiting.get(&client).map(|w| w.payload.timestamp);
         if known.is_some_and(|k| k > ts) {
@@ -124,8 +126,10 @@ impl<A: Application> Replica<A> {
     /// Not executed, not already in a batch of this view, and still the client's newest.
     fn is_orderable(&self, r: &Signed<Request>) -> bool {
         let id = request_id(r);
-        matches!(self.clients.freshness(&id.0, id.1), Freshness::New)
-            && !self.in_flight.contains(&id)
+        matches!(
+            self.clients.freshness(&id.0, id.1),
+            Freshness::New | Freshness::Expired { .. }
+        ) && !self.in_flight.contains(&id)
             && self
                 .waiting
                 .get(&id.0)
@@ -364,14 +368,15 @@ impl<A: Application> Replica<A> {
     /// `Executed` precedes the replies: what a client hears was executed first.
     pub(super) fn execute(&mut self, seq: Seq, view: u64, batch: &Batch) {
         let mut done = Vec::new();
+        let mut replies = Vec::new();
         for r in &batch.requests {
             let id = request_id(r);
             self.in_flight.remove(&id);
-            if self.clients.freshness(&id.0, id.1) != Freshness::New {
-                continue;
-            }
-            let result = self.app.execute(&r.payload.operation);
-            self.clients.record(id.0, id.1, result.clone());
+            let refusal = match self.clients.freshness(&id.0, id.1) {
+                Freshness::New => None,
+                Freshness::Expired { floor } => Some(Refusal::Expired { floor }),
+                Freshness::Repeat(_) | Freshness::Stale => continue,
+            };
             if self
                 .waiting
                 .get(&id.0)
@@ -379,6 +384,13 @@ impl<A: Application> Replica<A> {
             {
                 self.waiting.remove(&id.0);
             }
+            if let Some(refusal) = refusal {
+                replies.push(self.reply_to(id.0, id.1, Err(refusal)));
+                continue;
+            }
+            let result = self.app.execute(&r.payload.operation);
+            self.clients.record(id.0, id.1, result.clone(), seq);
+            replies.push(self.reply_to(id.0, id.1, Ok(result.clone())));
             done.push((id, result));
         }
         self.last_executed = seq;
@@ -387,10 +399,6 @@ impl<A: Application> Replica<A> {
             self.vc_timeout = self.cfg.view_change_timeout;
             self.primary_made_progress(self.primary_of(view));
         }
-        let replies: Vec<_> = done
-            .iter()
-            .map(|((client, ts), result)| self.reply_to(*client, *ts, result.clone()))
-            .collect();
         self.emit(Output::Executed(Executed {
             seq,
             view,
@@ -404,13 +412,24 @@ impl<A: Application> Replica<A> {
         }
     }
 
-    fn reply_to(&self, client: bft_crypto::PublicKey, timestamp: u64, result: Vec<u8>) -> Reply {
+    /// The reply to `client`'s request `timestamp`: its result, or why it was refused.
+    fn reply_to(
+        &self,
+        client: bft_crypto::PublicKey,
+        timestamp: u64,
+        outcome: Result<Vec<u8>, Refusal>,
+    ) -> Reply {
+        let (result, refusal) = match outcome {
+            Ok(result) => (result, None),
+            Err(refusal) => (Vec::new(), Some(refusal)),
+        };
         Reply {
             view: self.view,
             timestamp,
             client,
             replica: self.me(),
             result,
+            refusal,
         }
     }
 

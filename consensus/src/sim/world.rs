@@ -587,6 +587,11 @@ impl World {
                     self.clients[client].timer_at = Some(at);
                     self.schedule(at - self.now, Event::ClientTimer { client });
                 }
+                ClientOutput::Reissued { timestamp } => {
+                    let id = self.clients[client].client.id();
+                    self.checker.issued(id, timestamp);
+                    self.log(format!("c{client} reissues as ts {timestamp}"));
+                }
                 ClientOutput::Accepted { timestamp, result } => {
                     let id = (self.clients[client].client.id(), timestamp);
                     self.log(format!("c{client} accepted ts {timestamp}"));

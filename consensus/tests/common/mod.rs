@@ -17,6 +17,8 @@ use std::time::Duration;
 pub struct Group {
     pub keys: Vec<KeyPair>,
     pub members: Membership,
+    /// Every replica's protocol parameters (small, so tests reach the bounds).
+    pub params: bft_consensus::ProtocolParams,
 }
 
 impl Group {
@@ -25,14 +27,22 @@ impl Group {
             .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
             .collect();
         let members = Membership::new(keys.iter().map(KeyPair::public).collect());
-        Self { keys, members }
+        let params = bft_consensus::ProtocolParams {
+            batch_size: 4,
+            checkpoint_interval: 4,
+            window: 16,
+            ..Default::default()
+        };
+        Self {
+            keys,
+            members,
+            params,
+        }
     }
 
     pub fn config(&self, id: ReplicaId) -> ReplicaConfig {
         let mut c = ReplicaConfig::new(id, self.members.clone());
-        c.params.batch_size = 4;
-        c.params.checkpoint_interval = 4;
-        c.params.window = 16;
+        c.params = self.params.clone();
         c.view_change_timeout = Duration::from_millis(100);
         c
     }
@@ -213,7 +223,13 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(n: usize) -> Self {
-        let group = Group::new(n);
+        Self::with_params(n, |_| {})
+    }
+
+    /// A cluster whose protocol parameters `edit` changed first.
+    pub fn with_params(n: usize, edit: impl FnOnce(&mut bft_consensus::ProtocolParams)) -> Self {
+        let mut group = Group::new(n);
+        edit(&mut group.params);
         let replicas = (0..n)
             .map(|i| {
                 Some(Replica::new(
