@@ -8,6 +8,7 @@ fn request(i: u64) -> Request {
     Request {
         timestamp: i,
         operation: vec![7u8; 512],
+        horizon: 0,
     }
 }
 

@@ -119,6 +119,7 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
                 replica: 0,
                 result,
                 refusal: None,
+                seq: 0,
             };
             fresh.push((peer, reply));
         }

@@ -4,7 +4,7 @@
 
 use crate::messages::{Message, Refusal, Request};
 use crate::reply::VerifiedReply;
-use crate::types::{Membership, ReplicaId, View};
+use crate::types::{Membership, ReplicaId, Seq, View};
 use bft_crypto::{KeyPair, Signed};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,28 +36,44 @@ pub enum ClientOutput {
         timestamp: u64,
         result: Vec<u8>,
     },
-    /// f+1 replicas refused the request as expired (the client table had forgotten
-    /// this client, see `client_table`): the same operation was signed again with
-    /// this timestamp and sent to every replica.
+    /// f+1 replicas refused the request as expired (its horizon had passed, see
+    /// `client_table`): the same operation was signed again with this timestamp and
+    /// a fresh horizon, and sent to every replica.
     Reissued {
+        timestamp: u64,
+    },
+    /// f+1 replicas said the request was executed but its reply is no longer held:
+    /// the client asked again too late. The request is over; its result is unknown.
+    Lost {
+        timestamp: u64,
+    },
+    /// f+1 replicas refused the request as expired after it had been retransmitted:
+    /// an earlier copy may have executed long ago (its entry since forgotten), so
+    /// signing it again could execute it twice. The request is over; whether it
+    /// executed is unknown.
+    Unknown {
         timestamp: u64,
     },
 }
 
-/// What a replica answered: the result, or why it refused.
-type Answer = (Vec<u8>, Option<Refusal>);
+/// What a replica answered: the result or why there is none, and its seq.
+type Answer = (Vec<u8>, Option<Refusal>, Seq);
 
 struct Outstanding {
     request: Signed<Request>,
     /// Each replica's latest reply for this request: (view, result or refusal).
     replies: BTreeMap<ReplicaId, (View, Answer)>,
     deadline: Duration,
+    /// Sent to every replica after a timeout (so it may have been ordered twice).
+    retransmitted: bool,
 }
 
 pub struct Client {
     key: KeyPair,
     members: Membership,
     view: View,
+    /// The highest sequence number f+1 replicas reported: the next request's horizon.
+    horizon: Seq,
     next_timestamp: u64,
     retransmit_timeout: Duration,
     outstanding: Option<Outstanding>,
@@ -77,6 +93,7 @@ impl Client {
             key,
             members,
             view: 0,
+            horizon: 0,
             next_timestamp: first_timestamp,
             retransmit_timeout,
             outstanding: None,
@@ -133,6 +150,7 @@ impl Client {
             request,
             replies: BTreeMap::new(),
             deadline,
+            retransmitted: false,
         });
         Ok(out)
     }
@@ -144,6 +162,7 @@ impl Client {
             Request {
                 timestamp,
                 operation,
+                horizon: self.horizon,
             },
             &self.key,
         )
@@ -160,7 +179,7 @@ impl Client {
         {
             return Vec::new();
         }
-        let answer = (reply.result.clone(), reply.refusal);
+        let answer = (reply.result.clone(), reply.refusal, reply.seq);
         o.replies
             .insert(reply.replica, (reply.view, answer.clone()));
         let matching: Vec<View> = o
@@ -176,24 +195,33 @@ impl Client {
         // most the current one: a safe primary guess for the next request.
         let view = matching.iter().copied().min().unwrap_or(self.view);
         self.view = self.view.max(view);
+        // f+1 agree on it, so a correct replica ordered something at `seq`.
+        self.horizon = self.horizon.max(answer.2);
+        let timestamp = o.request.payload.timestamp;
         match answer {
-            (result, None) => {
-                let timestamp = o.request.payload.timestamp;
+            (result, None, _) => {
                 self.outstanding = None;
                 vec![ClientOutput::Accepted { timestamp, result }]
             }
-            (_, Some(Refusal::Expired { floor })) => self.reissue_above(floor),
+            (_, Some(Refusal::Expired { .. }), _) if !o.retransmitted => self.reissue(),
+            (_, Some(Refusal::Expired { .. }), _) => {
+                self.outstanding = None;
+                vec![ClientOutput::Unknown { timestamp }]
+            }
+            (_, Some(Refusal::ReplyNotKept), _) => {
+                self.outstanding = None;
+                vec![ClientOutput::Lost { timestamp }]
+            }
         }
     }
 
-    /// The replicas forgot this client: sign the outstanding operation again with a
-    /// timestamp above `floor` (f+1 agreed on it, so a correct replica did) and send
-    /// it to every replica.
-    fn reissue_above(&mut self, floor: u64) -> Vec<ClientOutput> {
+    /// The request's horizon had passed and it was sent only once, so it never
+    /// executed: sign the operation again with the fresh horizon and send it to
+    /// every replica.
+    fn reissue(&mut self) -> Vec<ClientOutput> {
         let Some(o) = self.outstanding.take() else {
             return Vec::new();
         };
-        self.next_timestamp = self.next_timestamp.max(floor.saturating_add(1));
         let request = self.sign_next(o.request.payload.operation);
         let timestamp = request.payload.timestamp;
         let message = Message::Request(request.clone());
@@ -201,6 +229,7 @@ impl Client {
             request,
             replies: BTreeMap::new(),
             deadline: o.deadline,
+            retransmitted: false,
         });
         vec![
             ClientOutput::Reissued { timestamp },
@@ -225,6 +254,7 @@ impl Client {
             return Vec::new();
         }
         o.deadline = now + self.retransmit_timeout;
+        o.retransmitted = true;
         vec![
             ClientOutput::Broadcast {
                 message: Message::Request(o.request.clone()),

@@ -3,23 +3,24 @@
 //! its client is never executed again) and lets a replica re-send a lost reply.
 //! It is part of the replicated state: it goes into checkpoints and snapshots.
 //!
-//! Bounded (issue 11, defect 7): anybody can make a client key, so the table holds
-//! at most `max_clients` clients and [`MAX_TABLE_BYTES`] of them (their results
-//! included). When a new client does not fit, the client whose last request was
-//! executed longest ago is forgotten (ties by key), the same on every replica since
-//! the table changes only as requests execute. The paper's replicas know every
-//! client in advance; with clients that come and go, forgetting one must not let an
-//! old request of its be executed again, so the table keeps a `floor`: the highest
-//! timestamp of a forgotten client. A request of a client the table does not hold
-//! is executed only if its timestamp is above the floor; otherwise every replica
-//! answers it, in order, with [`crate::messages::Refusal::Expired`] carrying the
-//! floor, and the client signs it again with a timestamp above it
-//! ([`crate::Client`] does this by itself). What a forgotten client sees is that one
-//! extra round trip, and nothing at all if its timestamps come from the clock (they
-//! are above the floor unless somebody's clock runs ahead of it). One thing is lost
-//! with the entry: the cached reply of its last request, so a client forgotten
-//! between a request's execution and its retransmission gets a refusal and
-//! re-issues that operation as a new request.
+//! Bounded (issue 11, defect 7). Anybody can make a client key, so the table cannot
+//! remember every client for ever. The paper's replicas know every client in
+//! advance; ours bound what a client can ask instead: every request names a
+//! *horizon*, the highest sequence number its client knows executed, and is executed
+//! only within `request_horizon` sequence numbers of it (older, or from the future:
+//! refused in order with [`crate::messages::Refusal::Expired`], and the client
+//! signs it again with a fresh horizon; [`crate::Client`] does this by itself). A
+//! request is executed after its horizon, so an entry whose last request executed
+//! more than `request_horizon` sequence numbers ago can be forgotten: any old
+//! request of that client names a horizon at least as old, and is refused. The table
+//! therefore holds at most the clients of the last `request_horizon` sequence
+//! numbers, however many keys anybody makes, and nobody chooses what it forgets.
+//!
+//! Results are bounded too ([`MAX_TABLE_BYTES`] for the whole table): when the
+//! results of recent clients do not fit, the oldest results go first and their
+//! entries stay. A retransmission for such an entry is answered with
+//! [`crate::messages::Refusal::ReplyNotKept`]: the request was executed; its reply is
+//! no longer held.
 
 use crate::types::{ClientId, Seq};
 use serde::{Deserialize, Serialize};
@@ -29,20 +30,21 @@ use std::collections::{BTreeMap, BTreeSet};
 /// bound it keeps a snapshot inside one frame (see `kv::MAX_STATE_BYTES`).
 pub const MAX_TABLE_BYTES: usize = 16 * 1024 * 1024;
 /// What an entry costs besides its result: key, timestamps, map overhead.
-const ENTRY_BYTES: usize = 64;
+pub const ENTRY_BYTES: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastReply {
     pub timestamp: u64,
     /// The sequence number its request executed at (what eviction orders by).
     pub executed_at: Seq,
-    #[serde(with = "bft_crypto::bytes")]
-    pub result: Vec<u8>,
+    /// The reply's result, unless dropped to keep the table within its bytes.
+    #[serde(with = "bft_crypto::bytes::option")]
+    pub result: Option<Vec<u8>>,
 }
 
 impl LastReply {
     fn bytes(&self) -> usize {
-        ENTRY_BYTES + self.result.len()
+        ENTRY_BYTES + self.result.as_ref().map_or(0, Vec::len)
     }
 }
 
@@ -50,8 +52,7 @@ impl LastReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Stored {
     entries: BTreeMap<ClientId, LastReply>,
-    floor: u64,
-    max_clients: usize,
+    horizon: Seq,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,21 +61,30 @@ pub struct ClientTable {
     entries: BTreeMap<ClientId, LastReply>,
     /// (executed_at, client) of every entry, oldest first.
     by_age: BTreeSet<(Seq, ClientId)>,
+    /// (executed_at, client) of every entry still holding its result, oldest first.
+    with_result: BTreeSet<(Seq, ClientId)>,
     bytes: usize,
-    floor: u64,
-    max_clients: usize,
+    /// `request_horizon`: how far behind the executing sequence number a request's
+    /// horizon may be.
+    horizon: Seq,
 }
 
 impl From<Stored> for ClientTable {
     fn from(s: Stored) -> Self {
         let by_age = s.entries.iter().map(|(c, e)| (e.executed_at, *c)).collect();
+        let with_result = s
+            .entries
+            .iter()
+            .filter(|(_, e)| e.result.is_some())
+            .map(|(c, e)| (e.executed_at, *c))
+            .collect();
         let bytes = s.entries.values().map(LastReply::bytes).sum();
         Self {
             entries: s.entries,
             by_age,
+            with_result,
             bytes,
-            floor: s.floor,
-            max_clients: s.max_clients,
+            horizon: s.horizon,
         }
     }
 }
@@ -83,15 +93,14 @@ impl From<ClientTable> for Stored {
     fn from(t: ClientTable) -> Self {
         Stored {
             entries: t.entries,
-            floor: t.floor,
-            max_clients: t.max_clients,
+            horizon: t.horizon,
         }
     }
 }
 
 impl Default for ClientTable {
     fn default() -> Self {
-        Self::new(crate::params::ProtocolParams::default().max_clients)
+        Self::new(crate::params::ProtocolParams::default().request_horizon)
     }
 }
 
@@ -104,28 +113,24 @@ pub enum Freshness<'a> {
     Repeat(&'a LastReply),
     /// Older than the last executed request: ignore.
     Stale,
-    /// A client the table does not hold, with a timestamp at or below the floor: it
-    /// may be a forgotten client's old request, so it is refused (see the module doc).
-    Expired { floor: u64 },
 }
 
 impl ClientTable {
-    /// An empty table for at most `max_clients` clients.
+    /// An empty table for requests within `horizon` sequence numbers.
     #[must_use]
-    pub fn new(max_clients: usize) -> Self {
+    pub fn new(horizon: Seq) -> Self {
         Self {
             entries: BTreeMap::new(),
             by_age: BTreeSet::new(),
+            with_result: BTreeSet::new(),
             bytes: 0,
-            floor: 0,
-            max_clients: max_clients.max(1),
+            horizon: horizon.max(1),
         }
     }
 
     #[must_use]
     pub fn freshness(&self, client: &ClientId, timestamp: u64) -> Freshness<'_> {
         match self.entries.get(client) {
-            None if timestamp <= self.floor => Freshness::Expired { floor: self.floor },
             None => Freshness::New,
             Some(last) if timestamp > last.timestamp => Freshness::New,
             Some(last) if timestamp == last.timestamp => Freshness::Repeat(last),
@@ -133,28 +138,49 @@ impl ClientTable {
         }
     }
 
+    /// Whether a request naming `horizon` may execute at `seq`: after its horizon
+    /// and within `request_horizon` of it.
+    #[must_use]
+    pub fn in_horizon(&self, horizon: Seq, seq: Seq) -> bool {
+        horizon < seq && seq - horizon <= self.horizon
+    }
+
     /// Record the result of `client`'s request `timestamp`, executed at `seq`; then
-    /// forget the least recently executed clients while over either bound.
+    /// forget clients whose last request is beyond the horizon, and drop the oldest
+    /// results while over [`MAX_TABLE_BYTES`].
     pub fn record(&mut self, client: ClientId, timestamp: u64, result: Vec<u8>, seq: Seq) {
         let entry = LastReply {
             timestamp,
             executed_at: seq,
-            result,
+            result: Some(result),
         };
         self.bytes += entry.bytes();
         if let Some(old) = self.entries.insert(client, entry) {
             self.bytes -= old.bytes();
             self.by_age.remove(&(old.executed_at, client));
+            self.with_result.remove(&(old.executed_at, client));
         }
         self.by_age.insert((seq, client));
-        while self.entries.len() > self.max_clients || self.bytes > MAX_TABLE_BYTES {
-            let Some((_, oldest)) = self.by_age.pop_first() else {
+        self.with_result.insert((seq, client));
+        while let Some(&(at, oldest)) = self.by_age.first() {
+            if seq - at <= self.horizon {
                 break;
-            };
-            assert_ne!(oldest, client, "the entry just recorded is the newest");
+            }
+            self.by_age.pop_first();
+            self.with_result.remove(&(at, oldest));
             let gone = self.entries.remove(&oldest).expect("indexed entries exist");
             self.bytes -= gone.bytes();
-            self.floor = self.floor.max(gone.timestamp);
+        }
+        while self.bytes > MAX_TABLE_BYTES {
+            let Some((_, oldest)) = self.with_result.pop_first() else {
+                break; // entries alone: bounded by the horizon (see ProtocolParams)
+            };
+            let entry = self
+                .entries
+                .get_mut(&oldest)
+                .expect("indexed entries exist");
+            let dropped = entry.result.take().map_or(0, |r| r.len());
+            self.bytes -= dropped;
         }
     }
 
@@ -166,12 +192,6 @@ impl ClientTable {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    /// The highest timestamp of a forgotten client.
-    #[must_use]
-    pub fn floor(&self) -> u64 {
-        self.floor
     }
 }
 
@@ -199,43 +219,47 @@ mod tests {
         assert_eq!(t.freshness(&c, 5), Freshness::New);
         t.record(c, 5, b"r".to_vec(), 1);
         assert_eq!(t.freshness(&c, 4), Freshness::Stale);
-        assert!(matches!(t.freshness(&c, 5), Freshness::Repeat(r) if r.result == b"r"));
+        assert!(
+            matches!(t.freshness(&c, 5), Freshness::Repeat(r) if r.result.as_deref() == Some(&b"r"[..]))
+        );
         assert_eq!(t.freshness(&c, 6), Freshness::New);
     }
 
-    /// The least recently executed client goes first; its old requests (and any
-    /// unknown client's at or below its timestamp) are refused from then on.
+    /// A client is forgotten once its last request is beyond the horizon, never
+    /// sooner, whatever other clients do; by then every old request of its is
+    /// outside the horizon too.
     #[test]
-    fn a_forgotten_client_cannot_have_an_old_request_executed_again() {
-        let mut t = ClientTable::new(2);
-        t.record(client(1), 100, vec![1], 1);
-        t.record(client(2), 50, vec![2], 2);
-        t.record(client(1), 101, vec![1], 3); // client 1 is now the newer one
-        t.record(client(3), 10, vec![3], 4); // evicts client 2 (executed at 2)
-        assert_eq!(t.len(), 2);
-        assert_eq!(t.floor(), 50);
-        assert_eq!(
-            t.freshness(&client(2), 50),
-            Freshness::Expired { floor: 50 }
-        );
-        assert_eq!(t.freshness(&client(2), 51), Freshness::New);
-        assert_eq!(t.freshness(&client(9), 7), Freshness::Expired { floor: 50 });
-        assert!(matches!(t.freshness(&client(1), 101), Freshness::Repeat(_)));
-        // Held clients are judged by their own entries, whatever the floor.
-        assert!(matches!(t.freshness(&client(3), 10), Freshness::Repeat(_)));
+    fn clients_are_forgotten_only_beyond_the_horizon() {
+        let mut t = ClientTable::new(10);
+        t.record(client(1), 100, vec![1], 5);
+        for i in 2..200u8 {
+            t.record(client(i), 1, vec![i], 15);
+        }
+        assert!(matches!(t.freshness(&client(1), 100), Freshness::Repeat(_)));
+        t.record(client(9), 2, vec![9], 16);
+        assert_eq!(t.freshness(&client(1), 100), Freshness::New, "forgotten");
+        // Its old request named a horizon below 5; at 16 that is out of reach.
+        assert!(!t.in_horizon(4, 16));
+        assert!(t.in_horizon(6, 16));
+        assert!(!t.in_horizon(16, 16), "a horizon must be in the past");
+        assert!(!t.in_horizon(20, 16));
+        assert_eq!(t.len(), 198);
     }
 
     #[test]
-    fn the_byte_bound_evicts_too_and_survives_a_snapshot() {
-        let mut t = ClientTable::new(1_000_000);
+    fn the_byte_bound_drops_the_oldest_results_and_survives_a_snapshot() {
+        let mut t = ClientTable::new(1_000);
         let big = vec![0u8; MAX_TABLE_BYTES / 3];
         for i in 0..4u8 {
-            t.record(client(i), u64::from(i) + 1, big.clone(), u64::from(i));
+            t.record(client(i), 1, big.clone(), 10); // one batch: the same seq
         }
-        assert_eq!(t.len(), 2, "only what fits in MAX_TABLE_BYTES stays");
-        assert_eq!(t.floor(), 2);
+        assert_eq!(t.len(), 4, "every entry stays");
+        let kept = (0..4u8)
+            .filter(|i| matches!(t.freshness(&client(*i), 1), Freshness::Repeat(r) if r.result.is_some()))
+            .count();
+        assert_eq!(kept, 2, "only the results that fit");
         let back: ClientTable =
             bft_crypto::decode(&bft_crypto::encode(&t).unwrap(), usize::MAX).unwrap();
-        assert_eq!(back, t, "the age index and byte count are rebuilt");
+        assert_eq!(back, t, "the indexes and byte count are rebuilt");
     }
 }

@@ -266,6 +266,7 @@ mod tests {
             Request {
                 timestamp: 1,
                 operation: vec![1],
+                horizon: 0,
             },
             &KeyPair::from_seed([9; 32]),
         );

@@ -17,12 +17,16 @@ macro_rules! signable {
 }
 
 /// <REQUEST, o, t, c>σc: operation `o` with the client's timestamp `t`; the client
-/// `c` is the signer.
+/// `c` is the signer. `horizon` is the highest sequence number the client knows
+/// executed (0 at first): the request is executed only within `request_horizon`
+/// sequence numbers after it, which lets the replicas forget clients without
+/// letting an old request of theirs run again (see `client_table`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub timestamp: u64,
     #[serde(with = "bft_crypto::bytes")]
     pub operation: Vec<u8>,
+    pub horizon: Seq,
 }
 signable!(Request, "bftnode/request/v1");
 
@@ -38,6 +42,7 @@ pub fn request_digest(req: &Signed<Request>) -> Digest {
     let mut h = Hasher::new("bftnode/request-digest/v1");
     h.update(&req.signer.0)
         .update_u64(req.payload.timestamp)
+        .update_u64(req.payload.horizon)
         .update(&req.payload.operation);
     h.finish()
 }
@@ -114,18 +119,24 @@ pub struct Reply {
     pub replica: ReplicaId,
     #[serde(with = "bft_crypto::bytes")]
     pub result: Vec<u8>,
-    /// Set when the request was ordered but not executed (the result is empty).
+    /// Set when there is no result to give (the result is empty).
     pub refusal: Option<Refusal>,
+    /// The sequence number the request executed (or was refused) at: the client's
+    /// next horizon.
+    pub seq: Seq,
 }
 
-/// Why the replicas answered an ordered request without executing it. Decided in
-/// order, from the replicated state, so every correct replica gives the same one.
+/// Why the replicas answered a request without a result. Decided from the
+/// replicated state, so every correct replica gives the same one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
-    /// The client table does not hold the client and the timestamp is not above the
-    /// highest timestamp of a forgotten client (see `client_table`): sign the
-    /// operation again with a timestamp above `floor`.
-    Expired { floor: u64 },
+    /// Ordered at `seq` but not executed: its horizon is more than `request_horizon`
+    /// behind `seq`, or not behind it at all (see `client_table`). Sign the
+    /// operation again with horizon `seq`.
+    Expired { seq: Seq },
+    /// Executed, but its reply is no longer held (the client table dropped the
+    /// result to stay within its bytes); the client asked again too late.
+    ReplyNotKept,
 }
 
 /// <CHECKPOINT, n, d, i>σi: replica `i`'s state after executing `n` has digest `d` (§4.3).

@@ -8,6 +8,7 @@
 //! after a crash) is refused by every replica and the group never leaves the view.
 //! [`ProtocolParams::validate`] checks the worst case before a replica starts.
 
+use crate::client_table::{ENTRY_BYTES, MAX_TABLE_BYTES};
 use crate::messages::{Checkpoint, Commit, PrePrepare, Prepare, Request};
 use crate::types::Membership;
 use bft_crypto::{Digest, KeyPair, Signable, Signed};
@@ -26,21 +27,23 @@ pub struct ProtocolParams {
     pub checkpoint_interval: u64,
     /// L: the log window above the low water mark (a multiple of K).
     pub window: u64,
-    /// Most clients the replicated client table holds (see `client_table`).
-    pub max_clients: usize,
+    /// How many sequence numbers after its horizon a request may execute; the
+    /// client table forgets clients idle for longer (see `client_table`).
+    pub request_horizon: u64,
 }
 
 impl Default for ProtocolParams {
     /// Sized for a LAN: 256 requests or 128 KiB a batch, a checkpoint every 128, a
     /// window of 256 (which keeps the largest new-view of a group of up to 31
-    /// replicas under the 64 MiB frame bound), 65,536 clients remembered.
+    /// replicas under the 64 MiB frame bound), requests valid for 512 sequence
+    /// numbers after their horizon.
     fn default() -> Self {
         Self {
             batch_size: 256,
             max_batch_bytes: 128 * 1024,
             checkpoint_interval: 128,
             window: 256,
-            max_clients: 65_536,
+            request_horizon: 512,
         }
     }
 }
@@ -76,8 +79,20 @@ impl ProtocolParams {
         if !self.window.is_multiple_of(self.checkpoint_interval) {
             return Err("window must be a multiple of checkpoint_interval".into());
         }
-        if self.max_clients == 0 {
-            return Err("max_clients must be at least 1".into());
+        if self.request_horizon < self.window {
+            return Err("request_horizon must be at least window".into());
+        }
+        // The clients of `request_horizon` sequence numbers, results dropped, must fit
+        // half the client table's bytes (the rest is for results).
+        let entries = self
+            .request_horizon
+            .saturating_mul(self.batch_size as u64)
+            .saturating_mul(ENTRY_BYTES as u64);
+        if entries > (MAX_TABLE_BYTES / 2) as u64 {
+            return Err(format!(
+                "request_horizon x batch_size clients would not fit the client table's \
+                 {MAX_TABLE_BYTES} bytes: lower request_horizon or batch_size"
+            ));
         }
         let largest = self.largest_frames(members);
         if largest.new_view > max_frame_bytes {
@@ -106,18 +121,15 @@ impl ProtocolParams {
         // A prepared proof: the pre-prepare and 2f prepares.
         let proof = pp + VEC_LEN + (q - 1) * vote;
         // The signed view-change: view, stable seq, 2f+1 checkpoints, L proofs.
-        let vc_signed = SIGNED
-            + 3 * VARINT
-            + VEC_LEN
-            + q * worst::<Checkpoint>()
-            + VEC_LEN
-            + window.saturating_mul(proof);
-        let view_change = TAG + vc_signed + bodies;
-        let nv_signed =
-            SIGNED + 2 * VARINT + VEC_LEN + q * vc_signed + VEC_LEN + window.saturating_mul(pp);
-        let new_view = TAG + nv_signed + bodies;
+        let vc_signed = (SIGNED + 3 * VARINT + VEC_LEN + q * worst::<Checkpoint>() + VEC_LEN)
+            .saturating_add(window.saturating_mul(proof));
+        let view_change = TAG.saturating_add(vc_signed).saturating_add(bodies);
+        let nv_signed = (SIGNED + 2 * VARINT + VEC_LEN + VEC_LEN)
+            .saturating_add(q.saturating_mul(vc_signed))
+            .saturating_add(window.saturating_mul(pp));
+        let new_view = TAG.saturating_add(nv_signed).saturating_add(bodies);
         LargestFrames {
-            pre_prepare: TAG + pp + body,
+            pre_prepare: (TAG + pp).saturating_add(body),
             view_change,
             new_view,
         }
@@ -253,6 +265,7 @@ mod tests {
                     Request {
                         timestamp: seq * 1000 + ts,
                         operation: vec![7; 400],
+                        horizon: 0,
                     },
                     &client,
                 );

@@ -215,6 +215,7 @@ mod tests {
             replica,
             result: ts.to_le_bytes().to_vec(),
             refusal: None,
+            seq: 0,
         }
     }
 

@@ -227,8 +227,11 @@ impl Validator {
 
     /// Check many messages at once: the structure of each, then every signature of
     /// all of them (requests, votes, certificates' proofs) in one batch. If the batch
-    /// fails, each message is checked again alone ([`Validator::verify`]) to find the
-    /// bad ones. Results are in input order and always what `verify` says of each.
+    /// fails, each half is checked again the same way, down to single messages,
+    /// which [`Validator::verify`] checks alone: a bad signature costs a few batches
+    /// of its neighbours, not a one-by-one check of all of them (one bad client
+    /// request must not make a replica re-verify every view-change beside it).
+    /// Results are in input order and always what `verify` says of each.
     #[must_use]
     pub fn verify_many(&self, msgs: Vec<Message>) -> Vec<Checked<VerifiedMessage>> {
         let mut batch = SignatureBatch::new();
@@ -236,21 +239,42 @@ impl Validator {
             .into_iter()
             .map(|m| self.stage(m, &mut Sigs::Later(&mut batch)))
             .collect();
-        match batch.verify() {
-            Ok(ok) => staged
+        if let Ok(ok) = batch.verify() {
+            return staged
                 .into_iter()
                 .map(|s| s.map(|s| s.finish(Some(&ok))))
-                .collect(),
-            Err(_) => staged
-                .into_iter()
-                .map(|s| {
-                    s.and_then(|s| match s.into_message() {
-                        Recheck::Again(msg) => self.verify(msg),
-                        Recheck::Done(done) => Ok(done),
-                    })
-                })
-                .collect(),
+                .collect();
         }
+        // Take the messages back, and check each half again.
+        let mut results: Vec<Option<Checked<VerifiedMessage>>> = Vec::with_capacity(staged.len());
+        let mut slots = Vec::new();
+        let mut again = Vec::new();
+        for s in staged {
+            match s.map(Staged::into_message) {
+                Ok(Recheck::Again(msg)) => {
+                    slots.push(results.len());
+                    again.push(msg);
+                    results.push(None);
+                }
+                Ok(Recheck::Done(done)) => results.push(Some(Ok(done))),
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let checked = if again.len() == 1 {
+            again.into_iter().map(|msg| self.verify(msg)).collect()
+        } else {
+            let right = again.split_off(again.len() / 2);
+            let mut out = self.verify_many(again);
+            out.extend(self.verify_many(right));
+            out
+        };
+        for (slot, r) in slots.into_iter().zip(checked) {
+            results[slot] = Some(r);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every message has a result"))
+            .collect()
     }
 
     /// Every check of `msg`, its signatures checked or queued as `sigs` says.
@@ -455,9 +479,16 @@ impl Validator {
             let bad = Rejection::InvalidCheckpointProof("bad signature");
             self.check_nested(c, c.payload.replica, sigs, bad)?;
         }
+        // Exactly 2f+1, as correct replicas make them: the bound on the largest
+        // messages (`ProtocolParams::largest_frames`) counts on it.
         if seen.len() < self.members.quorum() {
             return Err(Rejection::InvalidCheckpointProof(
                 "fewer than 2f+1 checkpoints",
+            ));
+        }
+        if seen.len() > self.members.quorum() {
+            return Err(Rejection::InvalidCheckpointProof(
+                "more than 2f+1 checkpoints",
             ));
         }
         Ok(Some(digest))
@@ -499,6 +530,9 @@ impl Validator {
         }
         if seen.len() + 1 < self.members.quorum() {
             return Err(bad("fewer than 2f prepares"));
+        }
+        if seen.len() + 1 > self.members.quorum() {
+            return Err(bad("more than 2f prepares")); // see check_checkpoint_proof
         }
         Ok(())
     }

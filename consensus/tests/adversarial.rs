@@ -196,39 +196,41 @@ fn a_damaged_snapshot_is_refused_at_restart() {
     );
 }
 
-/// Defect 7: the client table is bounded (anybody can make a client key). The client
-/// executed least recently is forgotten first; a replay of its old request is then
-/// refused by every replica in order (`Refusal::Expired` with the floor), never
-/// executed a second time.
+/// Defect 7: the client table is bounded (anybody can make a client key): a client
+/// idle for more than `request_horizon` sequence numbers is forgotten, and a replay
+/// of its old request, whose horizon is older still, is refused by every replica in
+/// order (`Refusal::Expired`), never executed a second time.
 #[test]
 fn a_forgotten_client_has_its_old_request_refused_not_executed_again() {
-    let mut c = Cluster::with_params(4, |p| p.max_clients = 2);
+    let mut c = Cluster::with_params(4, |p| p.request_horizon = p.window);
+    let horizon = c.group.params.request_horizon;
     let old = request(&client_key(1), 7, "k", "first");
     c.client_sends(0, old.clone());
     c.run();
-    for i in 2..=3 {
-        c.client_sends(0, request(&client_key(i), 1, "k", "later"));
+    // Others keep the group busy well past the horizon (one request a slot).
+    for ts in 1..=horizon + 2 {
+        c.client_sends(0, request_at(&client_key(2), ts, "k", "later", ts - 1));
         c.run();
     }
-    let writes_of_client_1 = |c: &Cluster| {
+    let executions_of = |c: &Cluster, ts: u64| {
         c.all_outputs(0)
             .iter()
             .filter_map(|o| match o {
                 Output::Executed(e) => Some(
                     e.requests
                         .iter()
-                        .filter(|(id, _)| id.0 == client_key(1).public())
+                        .filter(|(id, _)| *id == (client_key(1).public(), ts))
                         .count(),
                 ),
                 _ => None,
             })
             .sum::<usize>()
     };
-    assert_eq!(writes_of_client_1(&c), 1);
+    assert_eq!(executions_of(&c, 7), 1);
     c.replies.clear();
     c.client_sends(0, old);
     c.run();
-    assert_eq!(writes_of_client_1(&c), 1, "the replay was not executed");
+    assert_eq!(executions_of(&c, 7), 1, "the replay was not executed");
     let refusals: Vec<_> = c
         .replies
         .iter()
@@ -236,7 +238,8 @@ fn a_forgotten_client_has_its_old_request_refused_not_executed_again() {
         .map(|(_, r)| r.reply.refusal)
         .collect();
     assert_eq!(refusals.len(), 4, "every replica answered");
+    let at = c.replica(0).last_executed();
     assert!(refusals
         .iter()
-        .all(|r| *r == Some(bft_consensus::messages::Refusal::Expired { floor: 7 })));
+        .all(|r| *r == Some(bft_consensus::messages::Refusal::Expired { seq: at })));
 }

@@ -24,6 +24,7 @@ fn reply(
         replica: from,
         result: result.to_vec(),
         refusal: None,
+        seq: 0,
     };
     let signed = sign_replies(&g.keys[from as usize], view, from, vec![reply]).remove(0);
     verify_reply(signed, None).unwrap()
@@ -144,11 +145,11 @@ fn an_abandoned_request_frees_the_client_and_its_late_replies_are_ignored() {
     assert!(c.is_busy());
 }
 
-/// Defect 7: f+1 replicas refuse the request as expired (they forgot this client):
-/// the client signs the same operation again above the floor and sends it to all.
+/// Defect 7: f+1 replicas refuse the request as expired (its horizon passed): the
+/// client signs the same operation again with the fresh horizon and sends it to all.
 /// One refusal (a faulty replica's) is not enough.
 #[test]
-fn an_expired_request_is_signed_again_above_the_floor() {
+fn an_expired_request_is_signed_again_with_a_fresh_horizon() {
     use bft_consensus::messages::Refusal;
     let g = Group::new(4);
     let key = client_key(1);
@@ -158,31 +159,61 @@ fn an_expired_request_is_signed_again_above_the_floor() {
         5,
         Duration::from_millis(500),
     );
-    c.submit(Duration::ZERO, b"op".to_vec()).unwrap();
-    let refused = |from: u32, floor: u64| {
+    let out = c.submit(Duration::ZERO, b"op".to_vec()).unwrap();
+    assert!(
+        matches!(&out[0], ClientOutput::Send { message: Message::Request(r), .. } if r.payload.horizon == 0)
+    );
+    let refused = |from: u32, ts: u64, seq: u64, refusal: Refusal| {
         let reply = Reply {
             view: 0,
-            timestamp: 5,
+            timestamp: ts,
             client: key.public(),
             replica: from,
             result: vec![],
-            refusal: Some(Refusal::Expired { floor }),
+            refusal: Some(refusal),
+            seq,
         };
         let signed = sign_replies(&g.keys[from as usize], 0, from, vec![reply]).remove(0);
         verify_reply(signed, None).unwrap()
     };
-    assert!(c.on_reply(&refused(1, 1_000)).is_empty());
+    let expired = |seq| Refusal::Expired { seq };
+    assert!(c.on_reply(&refused(1, 5, 900, expired(900))).is_empty());
     assert!(
-        c.on_reply(&refused(2, 99)).is_empty(),
-        "floors differ: no f+1 yet"
+        c.on_reply(&refused(2, 5, 99, expired(99))).is_empty(),
+        "they differ: no f+1 yet"
     );
-    let out = c.on_reply(&refused(3, 1_000));
-    assert_eq!(out[0], ClientOutput::Reissued { timestamp: 1_001 });
+    let out = c.on_reply(&refused(3, 5, 900, expired(900)));
+    assert_eq!(out[0], ClientOutput::Reissued { timestamp: 6 });
     assert!(matches!(
         &out[1],
         ClientOutput::Broadcast { message: Message::Request(r) }
-            if r.payload.timestamp == 1_001 && r.payload.operation == b"op"
+            if r.payload.timestamp == 6 && r.payload.horizon == 900 && r.payload.operation == b"op"
     ));
-    assert_eq!(c.outstanding_timestamp(), Some(1_001));
     assert!(c.is_busy(), "still waiting for the result");
+    // Retransmitted, then refused as expired: an earlier copy may have executed, so
+    // the client does not sign it again (it could execute twice).
+    c.on_timeout(Duration::from_secs(1));
+    assert!(c.on_reply(&refused(1, 6, 990, expired(990))).is_empty());
+    let out = c.on_reply(&refused(3, 6, 990, expired(990)));
+    assert_eq!(out, vec![ClientOutput::Unknown { timestamp: 6 }]);
+    c.submit(Duration::from_secs(1), b"op2".to_vec()).unwrap();
+    // Executed, but asked again too late: f+1 say the reply is gone.
+    assert!(c.on_reply(&refused_at(&g, &key, 1, 7)).is_empty());
+    let out = c.on_reply(&refused_at(&g, &key, 2, 7));
+    assert_eq!(out, vec![ClientOutput::Lost { timestamp: 7 }]);
+    assert!(!c.is_busy());
+}
+
+fn refused_at(g: &Group, key: &bft_crypto::KeyPair, from: u32, ts: u64) -> VerifiedReply {
+    let reply = Reply {
+        view: 0,
+        timestamp: ts,
+        client: key.public(),
+        replica: from,
+        result: vec![],
+        refusal: Some(bft_consensus::messages::Refusal::ReplyNotKept),
+        seq: 950,
+    };
+    let signed = sign_replies(&g.keys[from as usize], 0, from, vec![reply]).remove(0);
+    verify_reply(signed, None).unwrap()
 }

@@ -429,6 +429,7 @@ fn retransmitted_request_gets_cached_reply_without_re_execution() {
         bft_consensus::messages::Request {
             timestamp: 1,
             operation: cas.encode(),
+            horizon: 0,
         },
         &client,
     );

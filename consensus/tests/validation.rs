@@ -85,6 +85,7 @@ fn well_formed_messages_pass() {
         replica: 1,
         result: vec![1],
         refusal: None,
+        seq: 0,
     };
     let signed = sign_replies(&g.keys[1], 0, 1, vec![reply.clone()]).remove(0);
     assert!(matches!(
@@ -246,6 +247,23 @@ fn view_change_checkpoint_proofs_are_checked() {
         reject(disagree),
         Rejection::InvalidCheckpointProof("checkpoints disagree")
     );
+    let too_many = vc_with(&g, |vc| {
+        vc.stable_seq = 4;
+        vc.checkpoint_proof = g.checkpoint_proof(4, d);
+        vc.checkpoint_proof.push(g.sign(
+            3,
+            Checkpoint {
+                seq: 4,
+                state_digest: d,
+                replica: 3,
+            },
+        ));
+        vc.prepared.clear();
+    });
+    assert_eq!(
+        reject(too_many),
+        Rejection::InvalidCheckpointProof("more than 2f+1 checkpoints")
+    );
     let dup = vc_with(&g, |vc| {
         vc.stable_seq = 4;
         vc.checkpoint_proof = g.checkpoint_proof(4, d);
@@ -300,6 +318,10 @@ fn view_change_prepared_certificates_are_checked() {
         (
             Box::new(|c| c.prepares[1] = c.prepares[0].clone()),
             "prepare from the primary or a duplicate",
+        ),
+        (
+            Box::new(|c| c.prepares.push(Group::new(4).prepare(3, 0, 1, &batch(1)))),
+            "more than 2f prepares",
         ),
         (
             Box::new(|c| c.prepares[0] = Group::new(4).prepare(0, 0, 1, &batch(1))),
@@ -569,6 +591,28 @@ fn garbage_bytes_never_decode_into_a_message() {
                 .is_err()
         );
     }
+}
+
+/// A bad signature among many: the halves are checked again, down to the bad one;
+/// every answer is what a check of that message alone says.
+#[test]
+fn verify_many_finds_bad_signatures_among_many_by_halves() {
+    let g = Group::new(4);
+    let v = g.validator();
+    let b = batch(1);
+    let mut msgs: Vec<Message> = (1..=40u64)
+        .map(|ts| Message::Request(request(&client_key((ts % 7) as u8), ts, "k", "v")))
+        .collect();
+    msgs.push(Message::Prepare(g.prepare(1, 0, 1, &b)));
+    for bad in [3usize, 17, 29] {
+        if let Message::Request(r) = &mut msgs[bad] {
+            r.payload.timestamp += 1_000;
+        }
+    }
+    let alone: Vec<bool> = msgs.iter().map(|m| v.verify(m.clone()).is_ok()).collect();
+    let together: Vec<bool> = v.verify_many(msgs).iter().map(Result::is_ok).collect();
+    assert_eq!(together, alone);
+    assert_eq!(together.iter().filter(|ok| !**ok).count(), 3);
 }
 
 #[test]

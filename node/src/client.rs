@@ -24,6 +24,10 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("replicas answered with bytes that are not a KV result")]
     BadResult,
+    #[error("the request was executed, but its reply is no longer held by the replicas")]
+    ReplyLost,
+    #[error("the request expired after a retransmission: it may or may not have executed")]
+    OutcomeUnknown,
 }
 
 pub struct KvClient {
@@ -123,8 +127,8 @@ impl KvClient {
             .submit(self.start.elapsed(), operation)
             .expect("one request at a time");
         let mut retransmit_at = None;
-        if let Some(result) = self.perform(out, &mut retransmit_at) {
-            return Ok(result);
+        if let Some(done) = self.perform(out, &mut retransmit_at) {
+            return done;
         }
         loop {
             let wake = retransmit_at.map_or(deadline, |r: Instant| r.min(deadline));
@@ -138,8 +142,8 @@ impl KvClient {
                     }
                     let Ok(reply) = self.validator.verify_reply(r, Some(&self.roots)) else { continue };
                     let out = self.core.on_reply(&reply);
-                    if let Some(result) = self.perform(out, &mut retransmit_at) {
-                        return Ok(result);
+                    if let Some(done) = self.perform(out, &mut retransmit_at) {
+                        return done;
                     }
                 }
                 () = tokio::time::sleep_until(wake.into()) => {
@@ -153,11 +157,12 @@ impl KvClient {
         }
     }
 
+    /// Carry out the core's outputs; `Some` once the request is over.
     fn perform(
         &self,
         out: Vec<ClientOutput>,
         retransmit_at: &mut Option<Instant>,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Result<Vec<u8>, ClientError>> {
         let mut accepted = None;
         for o in out {
             match o {
@@ -170,7 +175,9 @@ impl KvClient {
                     self.link.broadcast(&frame);
                 }
                 ClientOutput::SetTimer { at } => *retransmit_at = Some(self.start + at),
-                ClientOutput::Accepted { result, .. } => accepted = Some(result),
+                ClientOutput::Accepted { result, .. } => accepted = Some(Ok(result)),
+                ClientOutput::Lost { .. } => accepted = Some(Err(ClientError::ReplyLost)),
+                ClientOutput::Unknown { .. } => accepted = Some(Err(ClientError::OutcomeUnknown)),
                 ClientOutput::Reissued { timestamp } => {
                     tracing::debug!(timestamp, "request refused as expired; signed again");
                 }

@@ -307,7 +307,7 @@ impl ValidatorSet {
             .update_u64(p.max_batch_bytes as u64)
             .update_u64(p.checkpoint_interval)
             .update_u64(p.window)
-            .update_u64(p.max_clients as u64);
+            .update_u64(p.request_horizon);
         h.finish().to_hex()
     }
 

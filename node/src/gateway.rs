@@ -246,6 +246,7 @@ mod tests {
             replica,
             result: vec![1],
             refusal: None,
+            seq: 0,
         };
         sign_replies(
             &KeyPair::from_seed([replica as u8; 32]),

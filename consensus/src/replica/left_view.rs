@@ -32,6 +32,17 @@ pub(crate) struct Witness {
     commits: BTreeMap<ReplicaId, (View, Digest)>,
 }
 
+impl Witness {
+    /// `quorum` matching commits for the pre-prepare held: a commit certificate.
+    fn proven(&self, quorum: usize) -> bool {
+        let Some((pp, _)) = &self.pre_prepare else {
+            return false;
+        };
+        let key = (pp.payload.view, pp.payload.digest);
+        self.commits.values().filter(|c| **c == key).count() >= quorum
+    }
+}
+
 impl<A: Application> Replica<A> {
     /// A slot of a view below ours that we may still learn the outcome of.
     fn witnessable(&self, view: View, seq: Seq) -> bool {
@@ -44,11 +55,16 @@ impl<A: Application> Replica<A> {
         if !self.witnessable(view, seq) || pp.replica != self.primary_of(view) {
             return;
         }
+        let quorum = self.cfg.commit_quorum;
         let w = self.left_views.entry(seq).or_default();
-        if w.pre_prepare
-            .as_ref()
-            .is_none_or(|(old, _)| old.payload.view < view)
-        {
+        // A newer view's pre-prepare replaces an older one, unless the older one is
+        // already proven committed (a faulty primary of a view in between must not
+        // be able to swap it for one nobody committed).
+        let replace = match &w.pre_prepare {
+            None => true,
+            Some((old, _)) => old.payload.view < view && !w.proven(quorum),
+        };
+        if replace {
             w.pre_prepare = Some((pp.into_signed(), batch));
         }
         self.try_execute();
@@ -73,13 +89,11 @@ impl<A: Application> Replica<A> {
     /// restart re-executes it like any committed slot.
     pub(super) fn committed_in_a_left_view(&mut self, seq: Seq) -> Option<(View, Batch)> {
         let w = self.left_views.get(&seq)?;
-        let (pp, batch) = w.pre_prepare.as_ref()?;
-        let (view, digest) = (pp.payload.view, pp.payload.digest);
-        let votes = w.commits.values().filter(|c| **c == (view, digest)).count();
-        if votes < self.cfg.commit_quorum {
+        if !w.proven(self.cfg.commit_quorum) {
             return None;
         }
-        let (pp, batch) = (pp.clone(), batch.clone());
+        let (pp, batch) = w.pre_prepare.clone()?;
+        let (view, digest) = (pp.payload.view, pp.payload.digest);
         self.emit(Output::Persist(PersistRecord::Accepted {
             pre_prepare: pp,
             batch: batch.clone(),

@@ -119,7 +119,7 @@ impl<A: Application> Replica<A> {
     /// A fresh replica at view 0 with the application's initial state.
     #[must_use]
     pub fn new(cfg: ReplicaConfig, key: KeyPair, app: A) -> Self {
-        let clients = ClientTable::new(cfg.params.max_clients);
+        let clients = ClientTable::new(cfg.params.request_horizon);
         let snapshot = encode_snapshot(&app, &clients);
         let stable = StableCheckpoint {
             seq: 0,

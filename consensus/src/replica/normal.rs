@@ -25,13 +25,14 @@ impl<A: Application> Replica<A> {
         match self.clients.freshness(&client, ts) {
             Freshness::Stale => return,
             Freshness::Repeat(last) => {
-                let reply = self.reply_to(client, ts, Ok(last.result.clone()));
+                let outcome = last.result.clone().ok_or(Refusal::ReplyNotKept);
+                let reply = self.reply_to(client, ts, last.executed_at, outcome);
                 self.send_replies(vec![reply]);
                 return;
             }
-            // Ordered like a new one; an expired one is refused when it executes,
+            // Ordered; one whose horizon has passed is refused when it executes,
             // so every replica refuses it at the same point of the order.
-            Freshness::New | Freshness::Expired { .. } => {}
+            Freshness::New => {}
         }
         let known = self.waiting.get(&client).map(|w| w.payload.timestamp);
         if known.is_some_and(|k| k > ts) {
@@ -126,10 +127,8 @@ impl<A: Application> Replica<A> {
     /// Not executed, not already in a batch of this view, and still the client's newest.
     fn is_orderable(&self, r: &Signed<Request>) -> bool {
         let id = request_id(r);
-        matches!(
-            self.clients.freshness(&id.0, id.1),
-            Freshness::New | Freshness::Expired { .. }
-        ) && !self.in_flight.contains(&id)
+        matches!(self.clients.freshness(&id.0, id.1), Freshness::New)
+            && !self.in_flight.contains(&id)
             && self
                 .waiting
                 .get(&id.0)
@@ -372,11 +371,10 @@ impl<A: Application> Replica<A> {
         for r in &batch.requests {
             let id = request_id(r);
             self.in_flight.remove(&id);
-            let refusal = match self.clients.freshness(&id.0, id.1) {
-                Freshness::New => None,
-                Freshness::Expired { floor } => Some(Refusal::Expired { floor }),
-                Freshness::Repeat(_) | Freshness::Stale => continue,
-            };
+            if self.clients.freshness(&id.0, id.1) != Freshness::New {
+                continue;
+            }
+            let in_horizon = self.clients.in_horizon(r.payload.horizon, seq);
             if self
                 .waiting
                 .get(&id.0)
@@ -384,17 +382,19 @@ impl<A: Application> Replica<A> {
             {
                 self.waiting.remove(&id.0);
             }
-            if let Some(refusal) = refusal {
-                replies.push(self.reply_to(id.0, id.1, Err(refusal)));
+            if !in_horizon {
+                let refusal = Err(Refusal::Expired { seq });
+                replies.push(self.reply_to(id.0, id.1, seq, refusal));
                 continue;
             }
             let result = self.app.execute(&r.payload.operation);
             self.clients.record(id.0, id.1, result.clone(), seq);
-            replies.push(self.reply_to(id.0, id.1, Ok(result.clone())));
+            replies.push(self.reply_to(id.0, id.1, seq, Ok(result.clone())));
             done.push((id, result));
         }
         self.last_executed = seq;
-        if !done.is_empty() {
+        // A refused request counts as progress too: the primary ordered it.
+        if !replies.is_empty() {
             self.progress = true;
             self.vc_timeout = self.cfg.view_change_timeout;
             self.primary_made_progress(self.primary_of(view));
@@ -412,11 +412,13 @@ impl<A: Application> Replica<A> {
         }
     }
 
-    /// The reply to `client`'s request `timestamp`: its result, or why it was refused.
+    /// The reply to `client`'s request `timestamp`, ordered at `seq`: its result, or
+    /// why there is none.
     fn reply_to(
         &self,
         client: bft_crypto::PublicKey,
         timestamp: u64,
+        seq: Seq,
         outcome: Result<Vec<u8>, Refusal>,
     ) -> Reply {
         let (result, refusal) = match outcome {
@@ -430,6 +432,7 @@ impl<A: Application> Replica<A> {
             replica: self.me(),
             result,
             refusal,
+            seq,
         }
     }
 

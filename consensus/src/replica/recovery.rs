@@ -73,16 +73,24 @@ impl<A: Application> Replica<A> {
             .clone()
             .filter(|(nv, _)| nv.payload.view == r.view && !r.changing);
         let mut new_view_slots = Vec::new();
-        if let Some((nv, bodies)) = r.last_new_view.clone() {
-            // The view's min-s again: its low water mark, and its state if we lack it.
-            let plan = plan(&nv.payload.view_changes, &index(&bodies))
+        if let Some((nv, bodies)) = &durable.new_view {
+            // The last view entered: its min-s again (proven stable, so it stays the
+            // low water mark even if we are changing view now), and its state if we
+            // lack it.
+            let plan = plan(&nv.payload.view_changes, &index(bodies))
                 .map_err(|d| RecoveryError::NewView(format!("batch {d:?} missing")))?;
             r.adopt_new_view_checkpoint(&plan);
-            // And O, as the new-view fixed it: a crash between persisting the new-view
-            // and its pre-prepares must not leave those slots empty, or the primary
-            // would number new batches from min-s again (simulator, seed 78, f=2).
-            let o = plan.entries.into_iter().zip(nv.payload.pre_prepares);
-            new_view_slots = o.map(|((seq, _, batch), pp)| (seq, (pp, batch))).collect();
+            if r.last_new_view.is_some() {
+                // And O, as the new-view fixed it, if that is our view: a crash between
+                // persisting the new-view and its pre-prepares must not leave those
+                // slots empty, or the primary would number new batches from min-s
+                // again (simulator, seed 78, f=2).
+                let o = plan
+                    .entries
+                    .into_iter()
+                    .zip(nv.payload.pre_prepares.clone());
+                new_view_slots = o.map(|((seq, _, batch), pp)| (seq, (pp, batch))).collect();
+            }
         }
         r.certs = durable
             .prepared
@@ -116,7 +124,9 @@ impl<A: Application> Replica<A> {
                     r.send_prepare(seq);
                 }
             }
-            r.next_seq = r.next_seq.max(r.last_executed + 1);
+            // Never below min-s: backups would refuse those (reviewed: a primary that
+            // crashed while fetching min-s's state numbered from its own position).
+            r.next_seq = r.next_seq.max(r.last_executed.max(r.low_watermark()) + 1);
         } else {
             match &durable.view_change {
                 // Re-send the view-change we persisted (and perhaps sent) for this view.

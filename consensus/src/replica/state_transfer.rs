@@ -138,12 +138,8 @@ impl<A: Application> Replica<A> {
         let digest = s.proof[0].payload.state_digest;
         self.last_executed = seq;
         let clients = &self.clients;
-        self.waiting.retain(|c, r| {
-            matches!(
-                clients.freshness(c, r.payload.timestamp),
-                Freshness::New | Freshness::Expired { .. }
-            )
-        });
+        self.waiting
+            .retain(|c, r| clients.freshness(c, r.payload.timestamp) == Freshness::New);
         if self.fetch.as_ref().is_some_and(|f| f.min_seq <= seq) {
             self.fetch = None;
             self.deadlines.remove(&Timer::StateFetch);

@@ -63,6 +63,9 @@ pub struct SimConfig {
     pub batch_size: usize,
     pub checkpoint_interval: u64,
     pub window: u64,
+    /// How far behind its horizon a request may execute (small here, so clients'
+    /// requests expire and are signed again).
+    pub request_horizon: u64,
     /// How long after the heal every request must have completed.
     pub liveness_budget: Duration,
     /// Print every event.
@@ -89,6 +92,7 @@ impl SimConfig {
             batch_size: 4,
             checkpoint_interval: 8,
             window: 32,
+            request_horizon: 64,
             liveness_budget: Duration::from_secs(300),
             trace: false,
         }
@@ -103,6 +107,10 @@ impl SimConfig {
         cfg.clients = rng.gen_range(2..=4);
         cfg.requests_per_client = rng.gen_range(8..=20);
         cfg.batch_size = rng.gen_range(1..=6);
+        // From a stream of its own, so the draws below (and every seed's faults)
+        // stay what they were before requests had horizons.
+        let mut horizon = ChaCha8Rng::seed_from_u64(seed ^ 0x4852_5A4E);
+        cfg.request_horizon = horizon.gen_range(cfg.window..=4 * cfg.window);
         let max_delay = rng.gen_range(2..=60);
         cfg.faults = Faults {
             drop: if rng.gen_bool(0.7) {
@@ -160,7 +168,7 @@ impl SimConfig {
     #[must_use]
     pub fn summary(&self) -> String {
         format!(
-            "f={} n={} clients={}x{} batch={} K={} L={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={}",
+            "f={} n={} clients={}x{} batch={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={}",
             self.f,
             self.n(),
             self.clients,
@@ -168,6 +176,7 @@ impl SimConfig {
             self.batch_size,
             self.checkpoint_interval,
             self.window,
+            self.request_horizon,
             self.faults.drop,
             self.faults.duplicate,
             self.faults.delay_ms,

@@ -170,6 +170,7 @@ impl World {
                 rc.params.batch_size = cfg.batch_size;
                 rc.params.checkpoint_interval = cfg.checkpoint_interval;
                 rc.params.window = cfg.window;
+                rc.params.request_horizon = cfg.request_horizon;
                 rc.view_change_timeout = VIEW_CHANGE_TIMEOUT;
                 rc.state_fetch_timeout = Duration::from_millis(300);
                 rc.fd = FdConfig::with_interval(HEARTBEAT_INTERVAL);
@@ -591,6 +592,12 @@ impl World {
                     let id = self.clients[client].client.id();
                     self.checker.issued(id, timestamp);
                     self.log(format!("c{client} reissues as ts {timestamp}"));
+                }
+                ClientOutput::Lost { timestamp } | ClientOutput::Unknown { timestamp } => {
+                    self.log(format!("c{client} gives up on ts {timestamp}"));
+                    self.clients[client].timer_at = None;
+                    let think = Duration::from_millis(self.rng.gen_range(0..30));
+                    self.schedule(think, Event::ClientNext { client });
                 }
                 ClientOutput::Accepted { timestamp, result } => {
                     let id = (self.clients[client].client.id(), timestamp);

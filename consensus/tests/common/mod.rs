@@ -165,6 +165,17 @@ pub fn client_key(i: u8) -> KeyPair {
 }
 
 pub fn request(client: &KeyPair, ts: u64, key: &str, value: &str) -> Signed<Request> {
+    request_at(client, ts, key, value, 0)
+}
+
+/// A put whose client knows `horizon` executed.
+pub fn request_at(
+    client: &KeyPair,
+    ts: u64,
+    key: &str,
+    value: &str,
+    horizon: u64,
+) -> Signed<Request> {
     let op = KvOp::Put {
         key: key.as_bytes().to_vec(),
         value: value.as_bytes().to_vec(),
@@ -173,6 +184,7 @@ pub fn request(client: &KeyPair, ts: u64, key: &str, value: &str) -> Signed<Requ
         Request {
             timestamp: ts,
             operation: op.encode(),
+            horizon,
         },
         client,
     )
