@@ -79,6 +79,17 @@ impl ProtocolParams {
         if !self.window.is_multiple_of(self.checkpoint_interval) {
             return Err("window must be a multiple of checkpoint_interval".into());
         }
+        let largest = self.largest_frames(members);
+        if largest.new_view > max_frame_bytes {
+            return Err(format!(
+                "a new-view can reach {} bytes with window {} and max_batch_bytes {} for {} replicas, \
+                 over the {max_frame_bytes}-byte frame bound: lower window or max_batch_bytes",
+                largest.new_view,
+                self.window,
+                self.max_batch_bytes,
+                members.n()
+            ));
+        }
         if self.request_horizon < self.window {
             return Err("request_horizon must be at least window".into());
         }
@@ -92,17 +103,6 @@ impl ProtocolParams {
             return Err(format!(
                 "request_horizon x batch_size clients would not fit the client table's \
                  {MAX_TABLE_BYTES} bytes: lower request_horizon or batch_size"
-            ));
-        }
-        let largest = self.largest_frames(members);
-        if largest.new_view > max_frame_bytes {
-            return Err(format!(
-                "a new-view can reach {} bytes with window {} and max_batch_bytes {} for {} replicas, \
-                 over the {max_frame_bytes}-byte frame bound: lower window or max_batch_bytes",
-                largest.new_view,
-                self.window,
-                self.max_batch_bytes,
-                members.n()
             ));
         }
         Ok(())
