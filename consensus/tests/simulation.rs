@@ -5,7 +5,7 @@
 //! `SIM_SEEDS=N` changes the number of seeds per f (default 1000). A failure prints
 //! the seed, the configuration, the last events and the command that replays it.
 
-use bft_consensus::sim::{run, SimConfig, SimReport};
+use bft_consensus::sim::{run, Family, SimConfig, SimReport};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -16,8 +16,14 @@ fn seeds() -> u64 {
         .unwrap_or(1000)
 }
 
-/// Run `count` seeds over all cores; return the reports, or panic with the first failure.
+/// Run `count` seeds of the basic family over all cores; return the reports, or
+/// panic with the first failure.
 fn sweep(f: usize, count: u64) -> Vec<SimReport> {
+    sweep_family(Family::Basic, f, count)
+}
+
+/// Run `count` seeds of `family` over all cores.
+fn sweep_family(family: Family, f: usize, count: u64) -> Vec<SimReport> {
     let next = AtomicU64::new(0);
     let reports = Mutex::new(Vec::new());
     let failure = Mutex::new(None);
@@ -29,7 +35,7 @@ fn sweep(f: usize, count: u64) -> Vec<SimReport> {
                 if seed >= count || failure.lock().unwrap().is_some() {
                     return;
                 }
-                match run(&SimConfig::randomized(seed, f)) {
+                match run(&family.config(seed, f)) {
                     Ok(r) => reports.lock().unwrap().push(r),
                     Err(e) => {
                         failure.lock().unwrap().get_or_insert(e);
@@ -39,7 +45,7 @@ fn sweep(f: usize, count: u64) -> Vec<SimReport> {
         }
     });
     if let Some(e) = failure.into_inner().unwrap() {
-        panic!("simulation failed (f={f}):\n{e}");
+        panic!("simulation of the {family} family failed (f={f}):\n{e}");
     }
     reports.into_inner().unwrap()
 }
@@ -86,6 +92,33 @@ fn thousand_seeds_f2_with_faults() {
     let reports = sweep(2, seeds());
     assert_eq!(reports.len() as u64, seeds());
     assert_faults_were_exercised(&reports);
+}
+
+/// The storage family must have exercised what it models.
+fn assert_storage_faults_were_exercised(reports: &[SimReport]) {
+    let sum = |f: fn(&SimReport) -> u64| reports.iter().map(f).sum::<u64>();
+    assert!(sum(|r| r.crashes) > 0, "no crash happened");
+    assert!(sum(|r| r.write_groups) > 0, "no grouped write happened");
+    assert!(
+        sum(|r| r.refused_starts) > 0,
+        "no damaged store was refused"
+    );
+    assert!(sum(|r| r.state_transfers) > 0, "no state transfer happened");
+    assert!(sum(|r| r.view_changes) > 0, "no view change happened");
+}
+
+#[test]
+fn thousand_seeds_f1_storage_family() {
+    let reports = sweep_family(Family::Storage, 1, seeds());
+    assert_eq!(reports.len() as u64, seeds());
+    assert_storage_faults_were_exercised(&reports);
+}
+
+#[test]
+fn thousand_seeds_f2_storage_family() {
+    let reports = sweep_family(Family::Storage, 2, seeds());
+    assert_eq!(reports.len() as u64, seeds());
+    assert_storage_faults_were_exercised(&reports);
 }
 
 #[test]

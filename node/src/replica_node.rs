@@ -77,7 +77,10 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
     check_port_free(&res.listen)?;
     std::fs::create_dir_all(&res.data_dir)
         .with_context(|| format!("cannot create data_dir {}", res.data_dir.display()))?;
-    let storage = Storage::open(&res.data_dir.join("db"))?;
+    // The marker of earlier writes lives beside the data directory, so that losing
+    // the directory does not lose it.
+    let marker = res.data_dir.with_extension("persisted");
+    let storage = Storage::open_with_marker(&res.data_dir.join("db"), &marker)?;
     let start = Instant::now();
     let id = res.replica.id;
     let (name, params) = match behaviour {
@@ -92,6 +95,8 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
     if name != "none" {
         tracing::warn!(replica = id, behaviour = %name, "running a Byzantine behaviour");
     }
+    Replica::<KvStore>::check_not_wiped(storage.durable(), storage.persisted_before())
+        .with_context(|| format!("data_dir {}", res.data_dir.display()))?;
     let mut initial = Vec::new();
     let replica = if *storage.durable() == DurableState::default() {
         let replica = Replica::new(res.replica.clone(), res.key.clone(), KvStore::new());

@@ -62,15 +62,28 @@ fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
 pub struct Storage {
     durable: DurableState,
     writer: StableWriter,
+    /// A file beside the data directory, made at the first write: a store found
+    /// empty while it exists was lost (see `Replica::check_not_wiped`).
+    marker: PathBuf,
+    persisted_before: bool,
 }
 
 impl Storage {
-    /// Open (creating if needed) and load the durable state.
+    /// Open (creating if needed) and load the durable state; the marker of earlier
+    /// writes is `<path>.persisted`, beside the store.
     ///
     /// # Errors
     /// If RocksDB cannot open the directory (e.g. another process holds its lock) or a
     /// record does not decode.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
+        Self::open_with_marker(path, &path.with_extension("persisted"))
+    }
+
+    /// As [`Storage::open`], with the marker of earlier writes at `marker`.
+    ///
+    /// # Errors
+    /// As [`Storage::open`].
+    pub fn open_with_marker(path: &Path, marker: &Path) -> Result<Self, StorageError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         let db = DB::open(&opts, path).map_err(|e| StorageError::Open {
@@ -92,7 +105,18 @@ impl Storage {
             snapshots,
             stored: Arc::new(Mutex::new(stored)),
         };
-        Ok(Self { durable, writer })
+        Ok(Self {
+            durable,
+            writer,
+            marker: marker.to_path_buf(),
+            persisted_before: marker.exists(),
+        })
+    }
+
+    /// Whether this store was written to before (its marker exists).
+    #[must_use]
+    pub fn persisted_before(&self) -> bool {
+        self.persisted_before
     }
 
     /// The writer of stable checkpoints for this store (see the module doc); its
@@ -161,10 +185,30 @@ impl Storage {
                 .db
                 .write_opt(batch, &opts)
                 .map_err(|e| StorageError::Write(e.to_string()))?;
+            self.mark_persisted()?;
         }
         for cp in stable {
             self.writer.write(cp)?;
         }
+        Ok(())
+    }
+
+    /// Make the marker durable the first time anything is written (before the
+    /// messages that depend on the write leave).
+    fn mark_persisted(&mut self) -> Result<(), StorageError> {
+        if self.persisted_before {
+            return Ok(());
+        }
+        write_synced(
+            &self.marker,
+            b"this replica has written to its data directory\n",
+        )
+        .and_then(|()| match self.marker.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+            _ => Ok(()),
+        })
+        .map_err(|e| snapshot_error(&self.marker, &e))?;
+        self.persisted_before = true;
         Ok(())
     }
 
@@ -353,7 +397,7 @@ mod tests {
     fn records_survive_reopen_and_stable_checkpoints_collect_garbage() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = Storage::open(dir.path()).unwrap();
+            let mut s = Storage::open(&dir.path().join("db")).unwrap();
             s.persist(&[
                 PersistRecord::View {
                     view: 3,
@@ -370,7 +414,7 @@ mod tests {
             }])
             .unwrap();
         }
-        let mut s = Storage::open(dir.path()).unwrap();
+        let mut s = Storage::open(&dir.path().join("db")).unwrap();
         let d = s.durable().clone();
         assert_eq!((d.view, d.changing), (3, true));
         assert_eq!(d.accepted.keys().copied().collect::<Vec<_>>(), vec![5, 9]);
@@ -383,7 +427,7 @@ mod tests {
         };
         s.persist(&[PersistRecord::Stable(cp.clone())]).unwrap();
         drop(s);
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Storage::open(&dir.path().join("db")).unwrap();
         assert_eq!(s.durable().stable, Some(cp));
         assert_eq!(
             s.durable().accepted.keys().copied().collect::<Vec<_>>(),
@@ -402,7 +446,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = Storage::open(dir.path()).unwrap();
+            let mut s = Storage::open(&dir.path().join("db")).unwrap();
             s.persist(&[
                 accepted(3, 0),
                 PersistRecord::Stable(cp(4, 4)),
@@ -416,7 +460,7 @@ mod tests {
             assert_eq!(deferred, vec![cp(8, 8)]);
         }
         {
-            let s = Storage::open(dir.path()).unwrap();
+            let s = Storage::open(&dir.path().join("db")).unwrap();
             let d = s.durable();
             assert_eq!(
                 d.stable,
@@ -426,13 +470,13 @@ mod tests {
             assert_eq!(d.accepted.keys().copied().collect::<Vec<_>>(), vec![5, 9]);
             s.stable_writer().write(&cp(8, 8)).unwrap();
         }
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Storage::open(&dir.path().join("db")).unwrap();
         assert_eq!(s.durable().stable, Some(cp(8, 8)));
         assert_eq!(
             s.durable().accepted.keys().copied().collect::<Vec<_>>(),
             vec![9]
         );
-        let files: Vec<_> = std::fs::read_dir(dir.path().join(SNAPSHOTS))
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("db").join(SNAPSHOTS))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -451,7 +495,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = Storage::open(dir.path()).unwrap();
+            let mut s = Storage::open(&dir.path().join("db")).unwrap();
             let apart = s.note_apart(vec![PersistRecord::Stable(cp(8))]);
             s.persist(&[accepted(20, 1), PersistRecord::Stable(cp(16))])
                 .unwrap();
@@ -459,7 +503,7 @@ mod tests {
                 s.stable_writer().write(&late).unwrap();
             }
         }
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Storage::open(&dir.path().join("db")).unwrap();
         assert_eq!(s.durable().stable, Some(cp(16)));
         assert_eq!(
             s.durable().accepted.keys().copied().collect::<Vec<_>>(),
@@ -484,13 +528,13 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = Storage::open(dir.path()).unwrap();
+            let mut s = Storage::open(&dir.path().join("db")).unwrap();
             s.persist(&[PersistRecord::NewViewEntered(nv(5), vec![])])
                 .unwrap();
             s.persist(&[PersistRecord::NewViewEntered(nv(2), vec![])])
                 .unwrap();
         }
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Storage::open(&dir.path().join("db")).unwrap();
         assert_eq!(
             s.durable().new_view,
             Some((nv(5), vec![])),
@@ -498,12 +542,42 @@ mod tests {
         );
     }
 
+    /// A store found empty while its marker says it was written to was lost: the
+    /// replica must not start afresh (issue 12: a wiped data directory).
+    #[test]
+    fn a_wiped_store_is_told_apart_from_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("data").join("db");
+        let marker = dir.path().join("data.persisted");
+        {
+            let s = Storage::open_with_marker(&db, &marker).unwrap();
+            assert!(!s.persisted_before(), "a new store");
+        }
+        {
+            let mut s = Storage::open_with_marker(&db, &marker).unwrap();
+            assert!(!s.persisted_before(), "opened, but nothing written yet");
+            s.persist(&[accepted(1, 0)]).unwrap();
+        }
+        std::fs::remove_dir_all(dir.path().join("data")).unwrap();
+        let s = Storage::open_with_marker(&db, &marker).unwrap();
+        assert!(s.persisted_before());
+        assert_eq!(*s.durable(), DurableState::default());
+        let refused = bft_consensus::Replica::<bft_consensus::KvStore>::check_not_wiped(
+            s.durable(),
+            s.persisted_before(),
+        );
+        assert!(matches!(
+            refused,
+            Err(bft_consensus::RecoveryError::DataLost)
+        ));
+    }
+
     #[test]
     fn a_second_process_cannot_open_the_same_store() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Storage::open(dir.path()).unwrap();
+        let _first = Storage::open(&dir.path().join("db")).unwrap();
         assert!(matches!(
-            Storage::open(dir.path()),
+            Storage::open(&dir.path().join("db")),
             Err(StorageError::Open { .. })
         ));
     }

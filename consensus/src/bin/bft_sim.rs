@@ -1,91 +1,168 @@
-//! Run or replay simulator seeds.
+//! Run or replay simulator seeds, one fault family at a time.
 //!
-//! `bft-sim --seed 42 --f 1 --trace` replays one seed, printing every event;
-//! `bft-sim --seeds 1000 --f 2` runs seeds 0..1000 and reports the first failure;
-//! `--byzantine 3=eager-vote` overrides the seed's Byzantine replicas and
-//! `--planted-commit-quorum 2` plants the test-only quorum bug and
-//! `--planted-relay-rule` the node's old sender rule (no relays), and
-//! `--planted-transfer-apart` state-transfer checkpoints written apart.
-//! `--calm [--clients C --requests R --client-gap-ms G]` runs a fault-free configuration instead of the
-//! seed's, and `--clear-byzantine-at MS` switches the Byzantine replicas back to
-//! honest at that time.
+//! `bft-sim --family storage --seeds 1000 --f 2` runs seeds 0..1000 of the storage
+//! family and prints `1000 seeds passed (f=2)` or the first failure with the command
+//! that replays it; `bft-sim --seed 42 --f 1 --trace` replays one seed, printing
+//! every event. `--help` lists the families and the test-only planted bugs.
 
-use bft_consensus::sim::{run, SimConfig};
+use bft_consensus::sim::{run, Family, SimConfig};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
+#[derive(Parser, Debug)]
+#[command(
+    name = "bft-sim",
+    about = "Deterministic PBFT simulation: sweep or replay seeds"
+)]
+struct Args {
+    /// The fault family (listed below).
+    #[arg(long, default_value = "basic")]
+    family: Family,
+    /// Tolerated faults: n = 3f+1 replicas.
+    #[arg(long, default_value_t = 1)]
+    f: usize,
+    /// Run this one seed (and print its report).
+    #[arg(long, conflicts_with_all = ["seeds", "first"])]
+    seed: Option<u64>,
+    /// How many seeds to sweep, from `--first`.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Print every event.
+    #[arg(long)]
+    trace: bool,
+    /// A fault-free run instead of the family's (with the three options below).
+    #[arg(long)]
+    calm: bool,
+    #[arg(long, requires = "calm")]
+    clients: Option<usize>,
+    #[arg(long, requires = "calm")]
+    requests: Option<usize>,
+    #[arg(long, requires = "calm", default_value_t = 0)]
+    client_gap_ms: u64,
+    /// ID=BEHAVIOUR[,ID=BEHAVIOUR...]: replaces the seed's Byzantine replicas.
+    #[arg(long)]
+    byzantine: Option<String>,
+    /// Switch every Byzantine replica back to honest at this time.
+    #[arg(long, value_name = "MS")]
+    clear_byzantine_at: Option<u64>,
+    /// Planted bug (tests only): commit on this many commits instead of 2f+1.
+    #[arg(long, value_name = "QUORUM")]
+    planted_commit_quorum: Option<usize>,
+    /// Planted bug: the node's old sender rule, which undid every relay.
+    #[arg(long)]
+    planted_relay_rule: bool,
+    /// Planted bug: checkpoints installed by state transfer written apart.
+    #[arg(long)]
+    planted_transfer_apart: bool,
 }
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let parse = |name: &str, default: u64| -> u64 {
-        arg(&args, name).map_or(default, |v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} needs a number"))
-        })
-    };
-    let f = parse("--f", 1) as usize;
-    let trace = args.iter().any(|a| a == "--trace");
-    let planted =
-        arg(&args, "--planted-commit-quorum").map(|v| v.parse::<usize>().expect("a number"));
-    let (first, count) = match arg(&args, "--seed") {
-        Some(s) => (s.parse().expect("--seed needs a number"), 1),
-        None => (parse("--first", 0), parse("--seeds", 100)),
-    };
-    let mut failures = 0;
-    for seed in first..first + count {
-        let mut cfg = if args.iter().any(|a| a == "--calm") {
-            let mut c = SimConfig::calm(seed, f);
-            let number = |name: &str, default: usize| {
-                arg(&args, name).map_or(default, |v| v.parse().expect("a number"))
-            };
-            c.clients = number("--clients", c.clients);
-            c.requests_per_client = number("--requests", c.requests_per_client);
-            c.client_start_gap =
-                std::time::Duration::from_millis(number("--client-gap-ms", 0) as u64);
+impl Args {
+    fn config(&self, seed: u64) -> Result<SimConfig, String> {
+        let mut cfg = if self.calm {
+            let mut c = SimConfig::calm(seed, self.f);
+            c.clients = self.clients.unwrap_or(c.clients);
+            c.requests_per_client = self.requests.unwrap_or(c.requests_per_client);
+            c.client_start_gap = Duration::from_millis(self.client_gap_ms);
+            c.replay_args = format!(
+                "--calm --clients {} --requests {} --client-gap-ms {} --seed {seed} --f {}",
+                c.clients, c.requests_per_client, self.client_gap_ms, self.f
+            );
             c
         } else {
-            SimConfig::randomized(seed, f)
+            self.family.config(seed, self.f)
         };
-        cfg.trace = trace;
-        cfg.planted_commit_quorum = planted;
-        cfg.planted_relay_rule = args.iter().any(|a| a == "--planted-relay-rule");
-        cfg.planted_transfer_apart = args.iter().any(|a| a == "--planted-transfer-apart");
-        if let Some(ms) = arg(&args, "--clear-byzantine-at") {
-            let ms: u64 = ms.parse().expect("--clear-byzantine-at needs milliseconds");
-            cfg.clear_byzantine_at = Some(std::time::Duration::from_millis(ms));
-        }
-        if let Some(spec) = arg(&args, "--byzantine") {
-            // ID=BEHAVIOUR[,ID=BEHAVIOUR...]: replaces the seed's own choice.
+        cfg.trace = self.trace;
+        cfg.planted_commit_quorum = self.planted_commit_quorum;
+        cfg.planted_relay_rule = self.planted_relay_rule;
+        cfg.planted_transfer_apart = self.planted_transfer_apart;
+        cfg.clear_byzantine_at = self.clear_byzantine_at.map(Duration::from_millis);
+        if let Some(spec) = &self.byzantine {
             cfg.byzantine = spec
                 .split(',')
                 .map(|one| {
-                    let (id, name) = one.split_once('=').expect("--byzantine ID=BEHAVIOUR");
-                    (id.parse().expect("replica id"), name.to_string())
+                    let (id, name) = one
+                        .split_once('=')
+                        .ok_or_else(|| format!("--byzantine wants ID=BEHAVIOUR, not {one:?}"))?;
+                    let id = id
+                        .parse()
+                        .map_err(|_| format!("not a replica id: {id:?}"))?;
+                    Ok((id, name.to_string()))
                 })
-                .collect();
+                .collect::<Result<_, String>>()?;
         }
+        // Everything that changed the family's configuration, so the replay is exact.
+        for (on, flag) in [
+            (self.planted_relay_rule, "--planted-relay-rule".to_string()),
+            (
+                self.planted_transfer_apart,
+                "--planted-transfer-apart".to_string(),
+            ),
+        ] {
+            if on {
+                cfg.replay_args = format!("{} {flag}", cfg.replay_args);
+            }
+        }
+        if let Some(q) = self.planted_commit_quorum {
+            cfg.replay_args = format!("{} --planted-commit-quorum {q}", cfg.replay_args);
+        }
+        if let Some(ms) = self.clear_byzantine_at {
+            cfg.replay_args = format!("{} --clear-byzantine-at {ms}", cfg.replay_args);
+        }
+        if let Some(spec) = &self.byzantine {
+            cfg.replay_args = format!("{} --byzantine {spec}", cfg.replay_args);
+        }
+        Ok(cfg)
+    }
+}
+
+fn families_help() -> String {
+    let mut help = String::from("Families:\n");
+    for family in Family::ALL {
+        help.push_str(&format!("  {:<12} {}\n", family.name(), family.describe()));
+    }
+    help
+}
+
+/// Print a line; false once stdout is gone (a closed pipe ends the run quietly).
+fn say(line: &str) -> bool {
+    writeln!(std::io::stdout().lock(), "{line}").is_ok()
+}
+
+fn main() -> ExitCode {
+    let matches = Args::command().after_help(families_help()).get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    let (first, count) = match args.seed {
+        Some(seed) => (seed, 1),
+        None => (args.first, args.seeds),
+    };
+    for seed in first..first.saturating_add(count) {
+        let cfg = match args.config(seed) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                eprintln!("bft-sim: {e}");
+                return ExitCode::from(2);
+            }
+        };
         match run(&cfg) {
-            Ok(r) => {
-                if count == 1 || trace {
-                    println!("seed {seed}: ok {r:?}");
+            Ok(report) => {
+                if (count == 1 || args.trace) && !say(&format!("seed {seed}: ok {report:?}")) {
+                    return ExitCode::FAILURE;
                 }
             }
             Err(fail) => {
-                failures += 1;
-                println!("{fail}");
-                if count > 1 {
-                    break;
-                }
+                say(&fail.to_string());
+                return ExitCode::FAILURE;
             }
         }
     }
-    if failures == 0 {
-        println!("{count} seeds passed (f={f})");
+    if say(&format!("{count} seeds passed (f={})", args.f)) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -21,12 +21,35 @@ pub enum RecoveryError {
     Snapshot { seq: Seq, reason: String },
     #[error("persisted new-view is incomplete: {0}")]
     NewView(String),
+    #[error(
+        "the store is empty, but this replica wrote to it before: its data directory was \
+         lost, and starting afresh could contradict what it signed; restore the directory, \
+         or retire this replica and give its place a new key"
+    )]
+    DataLost,
 }
 
 /// How many peers a restarted replica asks for a newer stable checkpoint.
 const RECOVERY_FETCH_ATTEMPTS: usize = 3;
 
 impl<A: Application> Replica<A> {
+    /// Before [`Replica::recover`] (or a fresh start): a replica that wrote to its
+    /// store before (the node keeps a marker beside its data directory) and finds it
+    /// empty has lost what it promised; it must not start and vote again as if new
+    /// (it could contradict its own prepares, commits and view-changes).
+    ///
+    /// # Errors
+    /// [`RecoveryError::DataLost`].
+    pub fn check_not_wiped(
+        durable: &DurableState,
+        persisted_before: bool,
+    ) -> Result<(), RecoveryError> {
+        if persisted_before && *durable == DurableState::default() {
+            return Err(RecoveryError::DataLost);
+        }
+        Ok(())
+    }
+
     /// Rebuild a replica from its durable state. The returned outputs (re-sent
     /// messages, timers) must be performed like any others.
     ///

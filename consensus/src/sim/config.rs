@@ -35,6 +35,25 @@ impl Faults {
     }
 }
 
+/// How the node's storage is modelled, and the storage faults a run suffers.
+#[derive(Clone, Debug, Default)]
+pub struct Storage {
+    /// Records become durable as the node's persist thread writes them: the records
+    /// of every turn queued so far in one atomic write, up to `flush_us` after their
+    /// turn, and only then do those turns' messages leave. A crash loses what was not
+    /// written yet, and can fall between the write and the sends. Off: each record is
+    /// durable at once, in order (the basic family's model).
+    pub grouped_writes: bool,
+    pub flush_us: u64,
+    /// Chance that a restart finds the stable checkpoint's snapshot damaged, or the
+    /// data directory wiped. Either way the replica must refuse to start; at most
+    /// f replicas of a run are let down so.
+    pub damaged_snapshot: f64,
+    pub wiped_directory: f64,
+    /// Timer rates: each replica's clock runs at a rate drawn in 1 ± `clock_skew`.
+    pub clock_skew: f64,
+}
+
 #[derive(Clone, Debug)]
 pub struct SimConfig {
     pub seed: u64,
@@ -68,6 +87,11 @@ pub struct SimConfig {
     pub request_horizon: u64,
     /// How long after the heal every request must have completed.
     pub liveness_budget: Duration,
+    /// The storage model and its faults.
+    pub storage: Storage,
+    /// The `bft-sim` arguments that rebuild this configuration (printed with a
+    /// failure so it replays exactly).
+    pub replay_args: String,
     /// Print every event.
     pub trace: bool,
 }
@@ -94,6 +118,8 @@ impl SimConfig {
             window: 32,
             request_horizon: 64,
             liveness_budget: Duration::from_secs(300),
+            storage: Storage::default(),
+            replay_args: format!("--calm --seed {seed} --f {f}"),
             trace: false,
         }
     }
@@ -143,6 +169,33 @@ impl SimConfig {
         cfg
     }
 
+    /// The storage family: the basic family's faults (no Byzantine replica: a
+    /// replica that refuses to start counts towards f), writes grouped as the node
+    /// groups them, damaged snapshots, wiped directories and skewed clocks.
+    #[must_use]
+    pub fn storage(seed: u64, f: usize) -> Self {
+        let mut cfg = Self::randomized(seed, f);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5709_A6E5);
+        cfg.byzantine.clear();
+        cfg.faults.crash = rng.gen_range(0.002..0.02);
+        cfg.storage = Storage {
+            grouped_writes: true,
+            flush_us: rng.gen_range(50..=3_000),
+            damaged_snapshot: if rng.gen_bool(0.5) {
+                rng.gen_range(0.0..0.3)
+            } else {
+                0.0
+            },
+            wiped_directory: if rng.gen_bool(0.5) {
+                rng.gen_range(0.0..0.3)
+            } else {
+                0.0
+            },
+            clock_skew: rng.gen_range(0.0..0.2),
+        };
+        cfg
+    }
+
     /// The ingress every replica of the run admits frames through.
     #[must_use]
     pub fn ingress(&self, validator: Validator) -> Ingress {
@@ -168,7 +221,7 @@ impl SimConfig {
     #[must_use]
     pub fn summary(&self) -> String {
         format!(
-            "f={} n={} clients={}x{} batch={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={}",
+            "f={} n={} clients={}x{} batch={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} storage={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={}",
             self.f,
             self.n(),
             self.clients,
@@ -184,6 +237,7 @@ impl SimConfig {
             self.faults.partitions,
             self.faults.chaos,
             self.byzantine,
+            self.storage,
             self.planted_commit_quorum,
             self.planted_relay_rule,
             self.planted_transfer_apart

@@ -10,11 +10,13 @@
 
 mod checker;
 mod config;
+mod family;
 pub mod generals;
 mod world;
 
 pub use checker::Violation;
-pub use config::{Faults, SimConfig};
+pub use config::{Faults, SimConfig, Storage};
+pub use family::Family;
 
 /// What a passing run did, for reports and sanity assertions in tests.
 #[derive(Clone, Debug, Default)]
@@ -36,6 +38,10 @@ pub struct SimReport {
     pub catch_up_requests: u64,
     /// Changes of some replica's suspected set.
     pub suspicion_changes: u64,
+    /// Replicas that refused to start (a damaged snapshot, a wiped directory).
+    pub refused_starts: u64,
+    /// Atomic write groups made durable (grouped writes only).
+    pub write_groups: u64,
     /// Every replica some honest replica suspected, with the reasons it gave.
     pub suspected_for: std::collections::BTreeMap<
         crate::types::ReplicaId,
@@ -48,6 +54,8 @@ pub struct SimReport {
 pub struct SimFailure {
     pub seed: u64,
     pub config: String,
+    /// The `bft-sim` arguments that replay this run.
+    pub replay: String,
     pub violation: Violation,
     pub trace_tail: Vec<String>,
 }
@@ -66,8 +74,8 @@ impl std::fmt::Display for SimFailure {
         }
         write!(
             f,
-            "replay: cargo run --release -p bft-consensus --features sim --bin bft-sim -- --seed {} --f <f> --trace",
-            self.seed
+            "replay: cargo run --release -p bft-consensus --features sim --bin bft-sim -- {} --trace",
+            self.replay
         )
     }
 }

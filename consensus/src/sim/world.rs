@@ -69,6 +69,14 @@ enum Event {
         replica: ReplicaId,
         incarnation: u32,
         timer: Timer,
+        /// The deadline on the replica's own clock.
+        at: Duration,
+    },
+    /// The persist thread writes a replica's unflushed records, then sends the
+    /// frames that waited for them.
+    Flush {
+        replica: ReplicaId,
+        incarnation: u32,
     },
     ClientTimer {
         client: usize,
@@ -121,6 +129,21 @@ struct SimReplica {
     /// The highest checkpoint this replica signed and sent: a restart must never
     /// bring it back below it (it would have forgotten what it vouched for).
     signed_checkpoint: Seq,
+    /// Grouped writes: records not yet written, and the frames that wait for them.
+    unflushed: Vec<PersistRecord>,
+    held: Vec<(Node, Arc<Vec<u8>>)>,
+    /// The highest own checkpoint among the held frames.
+    held_checkpoint: Seq,
+    /// Records to write apart, handed on after the group write.
+    unflushed_apart: Vec<PersistRecord>,
+    flush_scheduled: bool,
+    /// Whether anything was ever written (the node's marker beside its data
+    /// directory): an empty store then means the directory was lost.
+    has_persisted: bool,
+    /// Refused to start (a damaged snapshot, a wiped directory): down for good.
+    retired: bool,
+    /// This replica's clock rate, in millionths.
+    rate_ppm: u64,
 }
 
 struct SimClient {
@@ -196,10 +219,25 @@ impl World {
                     timers: BTreeMap::new(),
                     inbox: Vec::new(),
                     signed_checkpoint: 0,
+                    unflushed: Vec::new(),
+                    held: Vec::new(),
+                    held_checkpoint: 0,
+                    unflushed_apart: Vec::new(),
+                    flush_scheduled: false,
+                    has_persisted: false,
+                    retired: false,
+                    rate_ppm: 1_000_000,
                 }
             })
             .collect();
         let ingress = cfg.ingress(Validator::new(&replicas[0].cfg));
+        let mut replicas = replicas;
+        if cfg.storage.clock_skew > 0.0 {
+            for r in &mut replicas {
+                let skew = rng.gen_range(-cfg.storage.clock_skew..=cfg.storage.clock_skew);
+                r.rate_ppm = (1_000_000.0 * (1.0 + skew)) as u64;
+            }
+        }
         let clients: Vec<SimClient> = (0..cfg.clients)
             .map(|_| SimClient {
                 client: Client::new(
@@ -269,6 +307,7 @@ impl World {
             Err(violation) => Err(Box::new(SimFailure {
                 seed: self.cfg.seed,
                 config: self.cfg.summary(),
+                replay: self.cfg.replay_args.clone(),
                 violation,
                 trace_tail: self.trace.into_iter().collect(),
             })),
@@ -278,8 +317,9 @@ impl World {
     fn run_inner(&mut self) -> Step {
         for id in 0..self.cfg.n() as ReplicaId {
             let mut out = Vec::new();
+            let now = self.local_now(id);
             if let Some(node) = self.replicas[id as usize].node.as_mut() {
-                node.start(self.now, &mut out);
+                node.start(now, &mut out);
             }
             self.perform(id, out, None)?;
         }
@@ -458,6 +498,10 @@ impl World {
                 replica,
                 incarnation,
             } => self.ingest(replica, incarnation),
+            Event::Flush {
+                replica,
+                incarnation,
+            } => self.flush(replica, incarnation),
             Event::LandApart {
                 replica,
                 incarnation,
@@ -473,9 +517,10 @@ impl World {
                 replica,
                 incarnation,
                 timer,
+                at,
             } => {
                 let r = &self.replicas[replica as usize];
-                let due = r.timers.get(&timer).is_some_and(|at| *at == self.now);
+                let due = r.timers.get(&timer) == Some(&at);
                 if r.node.is_some() && r.incarnation == incarnation && due {
                     self.log(format!("r{replica} timer {timer:?}"));
                     self.handle(replica, Input::Timer(timer))?;
@@ -745,11 +790,12 @@ impl World {
 
     fn handle(&mut self, id: ReplicaId, input: Input) -> Step {
         let mut out = Vec::new();
+        let now = self.local_now(id);
         let r = &mut self.replicas[id as usize];
         let Some(node) = r.node.as_mut() else {
             return Ok(());
         };
-        node.handle(self.now, input, &mut out);
+        node.handle(now, input, &mut out);
         let crash_at = if r.honest && !self.healed && self.rng.gen_bool(self.cfg.faults.crash) {
             Some(self.rng.gen_range(0..=out.len()))
         } else {
@@ -768,55 +814,65 @@ impl World {
             }
             match o {
                 Output::Send { to, message } => {
-                    self.net_send(Node::Replica(id), Node::Replica(to), &message);
+                    self.replica_send(id, Node::Replica(to), encode(&message));
                 }
                 Output::Broadcast { message } => {
                     if let Message::Checkpoint(c) = &message {
+                        let grouped = self.cfg.storage.grouped_writes;
                         let r = &mut self.replicas[id as usize];
                         if c.payload.replica == id {
-                            r.signed_checkpoint = r.signed_checkpoint.max(c.payload.seq);
+                            // It vouches for the checkpoint once the frames leave: with
+                            // grouped writes, after the write they wait for.
+                            if grouped && !(r.unflushed.is_empty() && r.held.is_empty()) {
+                                r.held_checkpoint = r.held_checkpoint.max(c.payload.seq);
+                            } else {
+                                r.signed_checkpoint = r.signed_checkpoint.max(c.payload.seq);
+                            }
                         }
                     }
                     let frame = encode(&message);
                     for to in 0..self.cfg.n() as ReplicaId {
                         if to != id {
-                            self.net_send_frame(
-                                Node::Replica(id),
-                                Node::Replica(to),
-                                frame.clone(),
-                            );
+                            self.replica_send(id, Node::Replica(to), frame.clone());
                         }
                     }
                 }
                 Output::Reply { client, reply } => {
                     if let Some(&c) = self.client_index.get(&client) {
-                        self.net_send(Node::Replica(id), Node::Client(c), &Message::Reply(reply));
+                        let frame = encode(&Message::Reply(reply));
+                        self.replica_send(id, Node::Client(c), frame);
                     }
                 }
-                Output::Persist(record) => self.replicas[id as usize].durable.apply(&record),
+                Output::Persist(record) => {
+                    let r = &mut self.replicas[id as usize];
+                    if self.cfg.storage.grouped_writes {
+                        r.unflushed.push(record);
+                    } else {
+                        r.durable.apply(&record);
+                        r.has_persisted = true;
+                    }
+                }
                 Output::PersistApart(record) => {
-                    // The node's checkpoint thread: it lands later, or is lost in a crash.
-                    let incarnation = self.replicas[id as usize].incarnation;
-                    let after = Duration::from_millis(self.rng.gen_range(0..=APART_WRITE_MS));
-                    self.schedule(
-                        after,
-                        Event::LandApart {
-                            replica: id,
-                            incarnation,
-                            record: Box::new(record),
-                        },
-                    );
+                    let r = &mut self.replicas[id as usize];
+                    if self.cfg.storage.grouped_writes {
+                        // The persist thread hands it on after the group write.
+                        r.unflushed_apart.push(record);
+                    } else {
+                        self.write_apart(id, record);
+                    }
                 }
                 Output::SetTimer { timer, at } => {
                     let r = &mut self.replicas[id as usize];
                     r.timers.insert(timer, at);
                     let incarnation = r.incarnation;
+                    let after = self.sim_time(id, at).saturating_sub(self.now);
                     self.schedule(
-                        at.saturating_sub(self.now),
+                        after,
                         Event::ReplicaTimer {
                             replica: id,
                             incarnation,
                             timer,
+                            at,
                         },
                     );
                 }
@@ -875,6 +931,109 @@ impl World {
         if crash_at.is_some() {
             return self.crash(id); // crash after the last output
         }
+        self.schedule_flush(id);
+        Ok(())
+    }
+
+    /// The node's checkpoint thread: the record lands later, or is lost in a crash.
+    fn write_apart(&mut self, id: ReplicaId, record: PersistRecord) {
+        let incarnation = self.replicas[id as usize].incarnation;
+        let after = Duration::from_millis(self.rng.gen_range(0..=APART_WRITE_MS));
+        self.schedule(
+            after,
+            Event::LandApart {
+                replica: id,
+                incarnation,
+                record: Box::new(record),
+            },
+        );
+    }
+
+    /// A replica's clock: the simulation's, at the replica's rate.
+    fn local_now(&self, id: ReplicaId) -> Duration {
+        let rate = u128::from(self.replicas[id as usize].rate_ppm);
+        let nanos = self.now.as_nanos() * rate / 1_000_000;
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// When the replica's clock reads `local` (the first simulated nanosecond at or
+    /// after it).
+    fn sim_time(&self, id: ReplicaId, local: Duration) -> Duration {
+        let rate = u128::from(self.replicas[id as usize].rate_ppm);
+        let nanos = (local.as_nanos() * 1_000_000).div_ceil(rate);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// A frame from replica `id`: it leaves now, unless writes are grouped and some
+    /// are pending, in which case it waits for them (as the node's persister holds a
+    /// turn's frames until every earlier record is durable).
+    fn replica_send(&mut self, id: ReplicaId, to: Node, frame: Arc<Vec<u8>>) {
+        let r = &mut self.replicas[id as usize];
+        if self.cfg.storage.grouped_writes && !(r.unflushed.is_empty() && r.held.is_empty()) {
+            r.held.push((to, frame));
+        } else {
+            self.net_send_frame(Node::Replica(id), to, frame);
+        }
+    }
+
+    fn schedule_flush(&mut self, id: ReplicaId) {
+        let r = &mut self.replicas[id as usize];
+        if r.flush_scheduled
+            || (r.unflushed.is_empty() && r.held.is_empty() && r.unflushed_apart.is_empty())
+        {
+            return;
+        }
+        r.flush_scheduled = true;
+        let incarnation = r.incarnation;
+        let after = Duration::from_micros(self.rng.gen_range(0..=self.cfg.storage.flush_us));
+        self.schedule(
+            after,
+            Event::Flush {
+                replica: id,
+                incarnation,
+            },
+        );
+    }
+
+    /// The persist thread's write: every unflushed record at once, then the frames
+    /// that waited. A crash can fall before the write (all of it lost) or between the
+    /// write and the sends (the records durable, the frames lost).
+    fn flush(&mut self, id: ReplicaId, incarnation: u32) -> Step {
+        let r = &self.replicas[id as usize];
+        if r.incarnation != incarnation || r.node.is_none() {
+            return Ok(());
+        }
+        let crash = r.honest && !self.healed && self.rng.gen_bool(self.cfg.faults.crash);
+        if crash && self.rng.gen_bool(0.5) {
+            self.log(format!("r{id} crashes before its write lands"));
+            return self.crash(id);
+        }
+        let r = &mut self.replicas[id as usize];
+        r.flush_scheduled = false;
+        let records = std::mem::take(&mut r.unflushed);
+        if !records.is_empty() {
+            for record in &records {
+                r.durable.apply(record);
+            }
+            r.has_persisted = true;
+            self.report.write_groups += 1;
+        }
+        let apart = std::mem::take(&mut self.replicas[id as usize].unflushed_apart);
+        for record in apart {
+            self.write_apart(id, record);
+        }
+        if crash {
+            self.log(format!("r{id} crashes after its write, before its sends"));
+            return self.crash(id);
+        }
+        let r = &mut self.replicas[id as usize];
+        let held = std::mem::take(&mut r.held);
+        r.signed_checkpoint = r
+            .signed_checkpoint
+            .max(std::mem::take(&mut r.held_checkpoint));
+        for (to, frame) in held {
+            self.net_send_frame(Node::Replica(id), to, frame);
+        }
         Ok(())
     }
 
@@ -884,6 +1043,11 @@ impl World {
         r.incarnation += 1;
         r.timers.clear();
         r.inbox.clear();
+        r.unflushed.clear();
+        r.held.clear();
+        r.held_checkpoint = 0;
+        r.unflushed_apart.clear();
+        r.flush_scheduled = false;
         self.report.crashes += 1;
         self.log(format!("r{id} CRASHES"));
         let down = Duration::from_millis(self.rng.gen_range(50..2000));
@@ -892,22 +1056,47 @@ impl World {
     }
 
     fn restart(&mut self, id: ReplicaId) -> Step {
-        let r = &mut self.replicas[id as usize];
-        if r.node.is_some() {
+        let r = &self.replicas[id as usize];
+        if r.node.is_some() || r.retired {
             return Ok(());
         }
+        let damaged = self.maybe_damage_storage(id);
+        let now = self.local_now(id);
+        let r = &mut self.replicas[id as usize];
         r.cfg.incarnation = u64::from(r.incarnation);
-        let (replica, out) = Replica::recover(
-            r.cfg.clone(),
-            r.key.clone(),
-            KvStore::new(),
-            &r.durable,
-            self.now,
-        )
-        .map_err(|e| Violation {
-            invariant: "durability",
-            detail: format!("r{id} cannot recover: {e}"),
-        })?;
+        let started =
+            Replica::<KvStore>::check_not_wiped(&r.durable, r.has_persisted).and_then(|()| {
+                Replica::recover(
+                    r.cfg.clone(),
+                    r.key.clone(),
+                    KvStore::new(),
+                    &r.durable,
+                    now,
+                )
+            });
+        let (replica, out) = match started {
+            Ok(started) => started,
+            Err(e) if damaged => {
+                // What the node does: refuse to start, one clear line. Down for good.
+                r.retired = true;
+                r.honest = false;
+                self.report.refused_starts += 1;
+                self.log(format!("r{id} REFUSES TO START: {e}"));
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(Violation {
+                    invariant: "durability",
+                    detail: format!("r{id} cannot recover: {e}"),
+                })
+            }
+        };
+        if damaged {
+            return Err(Violation {
+                invariant: "durability",
+                detail: format!("r{id} started from a damaged or lost store"),
+            });
+        }
         let last: Seq = replica.last_executed();
         if r.honest && last < r.signed_checkpoint {
             return Err(Violation {
@@ -922,6 +1111,40 @@ impl World {
         let view = r.durable.view;
         self.log(format!("r{id} RESTARTS at view {view} executed {last}"));
         self.perform(id, out, None)
+    }
+
+    /// The storage family's faults at a restart: the stable checkpoint's snapshot
+    /// damaged, or the data directory wiped (only where something was written, and
+    /// for at most f replicas of a run). True if the store was harmed.
+    fn maybe_damage_storage(&mut self, id: ReplicaId) -> bool {
+        let retired = self.replicas.iter().filter(|r| r.retired).count();
+        let st = self.cfg.storage.clone();
+        // No draw at all when the family has no storage faults, so the basic
+        // family's seeds replay as they did before these faults existed.
+        let harmless = st.damaged_snapshot == 0.0 && st.wiped_directory == 0.0;
+        if harmless || retired >= self.cfg.f || self.healed {
+            return false;
+        }
+        let r = &self.replicas[id as usize];
+        let can_damage = r
+            .durable
+            .stable
+            .as_ref()
+            .is_some_and(|s| !s.snapshot.is_empty());
+        if can_damage && self.rng.gen_bool(st.damaged_snapshot) {
+            let r = &mut self.replicas[id as usize];
+            let stable = r.durable.stable.as_mut().expect("checked above");
+            let at = stable.snapshot.len() / 2;
+            stable.snapshot[at] ^= 0x40;
+            self.log(format!("r{id}'s snapshot file is damaged"));
+            return true;
+        }
+        if r.has_persisted && self.rng.gen_bool(st.wiped_directory) {
+            self.replicas[id as usize].durable = DurableState::default();
+            self.log(format!("r{id}'s data directory is wiped"));
+            return true;
+        }
+        false
     }
 }
 
