@@ -45,7 +45,7 @@ impl Origin {
 }
 
 /// A frame after the ingress: the message, or why it was refused.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Admitted {
     pub origin: Origin,
     /// The message type (its `type` metric label), or `malformed`.

@@ -126,6 +126,10 @@ pub struct ReplicaConfig {
     /// only the simulator's planted-bug test sets it, to show the durability check
     /// catches the restart behind a signed checkpoint it causes (issue 11, defect 4).
     pub(crate) transfer_written_apart: bool,
+    /// View-changes a new-view must hold. Always 2f+1; only the simulator's
+    /// planted-bug test lowers it, to show the adversarial sweep catches a new
+    /// primary that builds V from too few (issue 12).
+    pub(crate) new_view_quorum: usize,
 }
 
 impl ReplicaConfig {
@@ -150,6 +154,7 @@ impl ReplicaConfig {
             incarnation: 0,
             commit_quorum,
             transfer_written_apart: false,
+            new_view_quorum: commit_quorum,
         }
     }
 
@@ -197,6 +202,14 @@ impl ReplicaConfig {
     #[must_use]
     pub fn with_planted_transfer_written_apart(mut self) -> Self {
         self.transfer_written_apart = true;
+        self
+    }
+
+    /// Test-only: accept new-views whose V holds only `quorum` view-changes.
+    #[cfg(feature = "sim")]
+    #[must_use]
+    pub fn with_planted_new_view_quorum(mut self, quorum: usize) -> Self {
+        self.new_view_quorum = quorum;
         self
     }
 }

@@ -74,6 +74,8 @@ impl VerifiedMessage {
 pub struct Validator {
     members: Membership,
     params: ProtocolParams,
+    /// View-changes a new-view must hold: 2f+1 (lower only in a planted-bug test).
+    new_view_quorum: usize,
 }
 
 type Checked<T> = Result<T, Rejection>;
@@ -209,6 +211,7 @@ impl Validator {
         Self {
             members: config.members.clone(),
             params: config.params.clone(),
+            new_view_quorum: config.new_view_quorum,
         }
     }
 
@@ -607,7 +610,7 @@ impl Validator {
             let bad_vc = bad("bad view-change signature");
             self.check_nested(vc, vc.payload.replica, sigs, bad_vc)?;
         }
-        if seen.len() < self.members.quorum() {
+        if seen.len() < self.new_view_quorum {
             return Err(bad("fewer than 2f+1 view-changes"));
         }
         let index = self.index_bodies(&bodies, sigs, bad)?;

@@ -121,6 +121,56 @@ fn thousand_seeds_f2_storage_family() {
     assert_storage_faults_were_exercised(&reports);
 }
 
+/// The adversarial family: Byzantine replicas did send hostile messages that were
+/// refused, crashed, and the runs still changed views.
+fn assert_adversaries_were_exercised(reports: &[SimReport]) {
+    let sum = |f: fn(&SimReport) -> u64| reports.iter().map(f).sum::<u64>();
+    assert!(sum(|r| r.crashes) > 0, "no crash happened");
+    assert!(sum(|r| r.view_changes) > 0, "no view change happened");
+    assert!(sum(|r| r.rejections) > 0, "no hostile message was refused");
+    assert!(sum(|r| r.state_transfers) > 0, "no state transfer happened");
+}
+
+#[test]
+fn thousand_seeds_f1_adversarial_family() {
+    let reports = sweep_family(Family::Adversarial, 1, seeds());
+    assert_eq!(reports.len() as u64, seeds());
+    assert_adversaries_were_exercised(&reports);
+}
+
+#[test]
+fn thousand_seeds_f2_adversarial_family() {
+    let reports = sweep_family(Family::Adversarial, 2, seeds());
+    assert_eq!(reports.len() as u64, seeds());
+    assert_adversaries_were_exercised(&reports);
+}
+
+/// The Twins family: partitions by round did split the group (messages dropped)
+/// and the twins' double votes were seen and refused somewhere.
+fn assert_twins_were_exercised(reports: &[SimReport]) {
+    let sum = |f: fn(&SimReport) -> u64| reports.iter().map(f).sum::<u64>();
+    assert!(
+        sum(|r| r.messages_dropped) > 0,
+        "no partition dropped anything"
+    );
+    assert!(sum(|r| r.rejections) > 0, "no twin's vote was refused");
+    assert!(sum(|r| r.view_changes) > 0, "no view change happened");
+}
+
+#[test]
+fn thousand_seeds_f1_twins_family() {
+    let reports = sweep_family(Family::Twins, 1, seeds());
+    assert_eq!(reports.len() as u64, seeds());
+    assert_twins_were_exercised(&reports);
+}
+
+#[test]
+fn thousand_seeds_f2_twins_family() {
+    let reports = sweep_family(Family::Twins, 2, seeds());
+    assert_eq!(reports.len() as u64, seeds());
+    assert_twins_were_exercised(&reports);
+}
+
 #[test]
 fn calm_network_commits_everything_without_view_changes() {
     for f in [1, 2] {

@@ -32,7 +32,10 @@ pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
 /// # Errors
 /// Whatever the deserializer reports.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-    d.deserialize_byte_buf(BufVisitor)
+    // Borrowed, not owned: bincode's owned path allocates the length the input
+    // claims before reading it (a few bytes claiming 2^60 panicked), while the
+    // borrowed path takes a slice of the input, which must hold that many bytes.
+    d.deserialize_bytes(BufVisitor)
 }
 
 struct BufVisitor;

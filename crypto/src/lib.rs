@@ -64,8 +64,12 @@ pub fn decode<T: serde::de::DeserializeOwned>(
             bytes.len()
         )));
     }
-    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| CryptoError::Decode(e.to_string()))?;
+    // Borrowing from the slice: byte strings are then taken from the input, so a
+    // length the input claims but does not hold is an error, never an allocation
+    // (see `bytes::deserialize`).
+    let (value, used) =
+        bincode::serde::borrow_decode_from_slice::<T, _>(bytes, bincode::config::standard())
+            .map_err(|e| CryptoError::Decode(e.to_string()))?;
     if used != bytes.len() {
         return Err(CryptoError::Decode(format!(
             "{} trailing bytes",

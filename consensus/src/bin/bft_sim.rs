@@ -58,6 +58,9 @@ struct Args {
     /// Planted bug: checkpoints installed by state transfer written apart.
     #[arg(long)]
     planted_transfer_apart: bool,
+    /// Planted bug: accept new-views whose V holds this many view-changes.
+    #[arg(long, value_name = "QUORUM")]
+    planted_new_view_quorum: Option<usize>,
 }
 
 impl Args {
@@ -79,6 +82,7 @@ impl Args {
         cfg.planted_commit_quorum = self.planted_commit_quorum;
         cfg.planted_relay_rule = self.planted_relay_rule;
         cfg.planted_transfer_apart = self.planted_transfer_apart;
+        cfg.planted_new_view_quorum = self.planted_new_view_quorum;
         cfg.clear_byzantine_at = self.clear_byzantine_at.map(Duration::from_millis);
         if let Some(spec) = &self.byzantine {
             cfg.byzantine = spec
@@ -108,6 +112,9 @@ impl Args {
         }
         if let Some(q) = self.planted_commit_quorum {
             cfg.replay_args = format!("{} --planted-commit-quorum {q}", cfg.replay_args);
+        }
+        if let Some(q) = self.planted_new_view_quorum {
+            cfg.replay_args = format!("{} --planted-new-view-quorum {q}", cfg.replay_args);
         }
         if let Some(ms) = self.clear_byzantine_at {
             cfg.replay_args = format!("{} --clear-byzantine-at {ms}", cfg.replay_args);

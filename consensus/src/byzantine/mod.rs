@@ -3,14 +3,18 @@
 //! with the replica's own key), duplicates or adds to them. The honest code has no
 //! `if malicious` anywhere; the behaviour in force is a value that can be swapped.
 
+mod adversarial;
 mod behaviours;
 mod rng;
+mod twins;
 
+pub use adversarial::{BelowMinS, HideCertificates, Mutate, SplitNewView};
 pub use behaviours::{
     BadSignature, Censor, Crash, Delay, EagerVote, Equivocate, Flood, ForgeViewChange,
     LyingCheckpoint, OtherModule, Replay, Silent, WrongDigest,
 };
 pub use rng::SplitMix64;
+pub use twins::{Twin, TwinsSchedule};
 
 use crate::app::Application;
 use crate::io::{Input, Output};
@@ -28,6 +32,8 @@ pub struct Ctx<'a> {
     pub key: &'a KeyPair,
     pub view: View,
     pub window: (u64, u64),
+    /// The replica's clock at this step.
+    pub now: Duration,
 }
 
 impl Ctx<'_> {
@@ -54,6 +60,12 @@ pub trait Behaviour: Send {
 
     /// Extra outputs upon an input, before the honest replica's own.
     fn on_input(&mut self, _ctx: &Ctx<'_>, _input: &Input) -> Vec<Output> {
+        Vec::new()
+    }
+
+    /// Outputs of its own when `filter_input` kept an input from the honest replica
+    /// (which then has none).
+    fn on_dropped_input(&mut self, _ctx: &Ctx<'_>) -> Vec<Output> {
         Vec::new()
     }
 
@@ -113,6 +125,10 @@ pub const ALL_BEHAVIOURS: &[&str] = &[
     "flood",
     "traitor-relay",
     "eager-vote",
+    "hide-certificates",
+    "below-min-s",
+    "split-new-view",
+    "mutate",
 ];
 
 /// `delay`'s default when no `ms` is given.
@@ -161,6 +177,10 @@ pub fn by_name(name: &str, seed: u64) -> Option<Box<dyn Behaviour>> {
         "censor" => Box::new(Censor),
         "flood" => Box::new(Flood::new(seed)),
         "eager-vote" => Box::new(EagerVote),
+        "hide-certificates" => Box::new(HideCertificates::new(seed)),
+        "below-min-s" => Box::new(BelowMinS::new(seed)),
+        "split-new-view" => Box::new(SplitNewView::new(seed)),
+        "mutate" => Box::new(Mutate::new(seed)),
         _ => return None,
     })
 }
@@ -180,6 +200,16 @@ pub const CORE_BEHAVIOURS: &[&str] = &[
     "censor",
     "flood",
     "eager-vote",
+];
+
+/// Adversarial-but-valid behaviours (see `adversarial`): every message they send
+/// passes the stateless checks; the adversarial simulator family draws from these
+/// and the core ones.
+pub const ADVERSARIAL_BEHAVIOURS: &[&str] = &[
+    "hide-certificates",
+    "below-min-s",
+    "split-new-view",
+    "mutate",
 ];
 
 /// An honest replica with a behaviour around it.
@@ -214,10 +244,10 @@ impl<A: Application> Wrapped<A> {
     pub fn start(&mut self, now: Duration, out: &mut Vec<Output>) {
         let mut honest = Vec::new();
         self.replica.start(now, &mut honest);
-        self.pass_outputs(honest, out);
+        self.pass_outputs(now, honest, out);
     }
 
-    fn pass_outputs(&mut self, honest: Vec<Output>, out: &mut Vec<Output>) {
+    fn pass_outputs(&mut self, now: Duration, honest: Vec<Output>, out: &mut Vec<Output>) {
         let key = self.replica.signing_key().clone();
         let members = self.replica.config().members.clone();
         let ctx = Ctx {
@@ -226,6 +256,7 @@ impl<A: Application> Wrapped<A> {
             key: &key,
             view: self.replica.view(),
             window: self.replica.watermarks(),
+            now,
         };
         out.extend(self.behaviour.outputs(&ctx, honest));
     }
@@ -249,13 +280,15 @@ impl<A: Application> Wrapped<A> {
             key: &key,
             view: self.replica.view(),
             window: self.replica.watermarks(),
+            now,
         };
         out.extend(self.behaviour.on_input(&ctx, &input));
         let Some(input) = self.behaviour.filter_input(&ctx, input) else {
+            out.extend(self.behaviour.on_dropped_input(&ctx));
             return;
         };
         let mut honest = Vec::new();
         self.replica.handle(now, input, &mut honest);
-        self.pass_outputs(honest, out);
+        self.pass_outputs(now, honest, out);
     }
 }

@@ -13,6 +13,10 @@
 //! as good as one committed locally: the replica executes it, keeping its state and
 //! its replies current while it waits, and votes for nothing.
 //!
+//! The same holds in our own view when the primary equivocated and we accepted the
+//! pre-prepare the group did not commit: 2f+1 commits for the other digest, with
+//! the other pre-prepare (relayed by whoever holds it), prove that one committed.
+//!
 //! Bounded: only sequence numbers inside the window and above what was executed,
 //! one pre-prepare (the newest view's) and one commit per replica each.
 
@@ -44,9 +48,13 @@ impl Witness {
 }
 
 impl<A: Application> Replica<A> {
-    /// A slot of a view below ours that we may still learn the outcome of.
+    /// A slot of a view below ours, or of ours, that we may still learn the outcome
+    /// of. Ours too: a primary that equivocates (two twins with one key do) can
+    /// leave us holding a pre-prepare the group did not commit; its rejection of
+    /// the other would leave us without the slot until the next checkpoint, which
+    /// with no further load never comes (Twins family, seed 35, f=1).
     fn witnessable(&self, view: View, seq: Seq) -> bool {
-        view < self.view && seq > self.last_executed && self.in_window(seq)
+        view <= self.view && seq > self.last_executed && self.in_window(seq)
     }
 
     /// A pre-prepare of a view we left, from that view's primary: keep its batch.

@@ -206,6 +206,8 @@ impl<A: Application> Replica<A> {
                         Some(pp.replica),
                         Rejection::ConflictingPrePrepare { view, seq },
                     );
+                    // The group may have committed that one (see `left_view`).
+                    self.witness_pre_prepare(pp, batch);
                 }
                 return;
             }
@@ -266,6 +268,9 @@ impl<A: Application> Replica<A> {
         if seq > self.high_watermark() {
             let (low, high) = self.watermarks();
             return self.reject(Some(replica), Rejection::OutOfWindow { seq, low, high });
+        }
+        if view == self.view {
+            self.witness_commit(&c); // in case our pre-prepare is not the committed one
         }
         let slot = self.log.entry(seq).or_default();
         match insert_vote(&mut slot.commits, c.into_signed(), seq) {

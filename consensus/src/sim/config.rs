@@ -1,4 +1,4 @@
-use crate::byzantine::CORE_BEHAVIOURS;
+use crate::byzantine::{TwinsSchedule, ADVERSARIAL_BEHAVIOURS, CORE_BEHAVIOURS};
 use crate::ingress::{Ingress, RelayRule};
 use crate::messages::MAX_MESSAGE_BYTES;
 use crate::types::ReplicaId;
@@ -77,6 +77,14 @@ pub struct SimConfig {
     pub planted_relay_rule: bool,
     /// Test-only planted bug: checkpoints installed by state transfer written apart.
     pub planted_transfer_apart: bool,
+    /// Test-only planted bug: a new-view is accepted with this many view-changes.
+    pub planted_new_view_quorum: Option<usize>,
+    /// Byzantine clients sending nasty frames during the chaos phase (see `rogue`).
+    pub byzantine_clients: usize,
+    /// Whether Byzantine replicas crash (and restart from their store) too.
+    pub byzantine_crash: bool,
+    /// Twins: one replica runs as two, partitions by round (see `byzantine::twins`).
+    pub twins: Option<std::sync::Arc<TwinsSchedule>>,
     /// The transport's frame bound (the node's unless a test lowers it).
     pub max_frame_bytes: usize,
     pub batch_size: usize,
@@ -112,6 +120,10 @@ impl SimConfig {
             planted_commit_quorum: None,
             planted_relay_rule: false,
             planted_transfer_apart: false,
+            planted_new_view_quorum: None,
+            byzantine_clients: 0,
+            byzantine_crash: false,
+            twins: None,
             max_frame_bytes: MAX_MESSAGE_BYTES,
             batch_size: 4,
             checkpoint_interval: 8,
@@ -196,6 +208,78 @@ impl SimConfig {
         cfg
     }
 
+    /// The adversarial family: the basic family's network and crashes, exactly f
+    /// Byzantine replicas, mostly adversarial-but-valid ones (they crash too), and
+    /// Byzantine clients.
+    #[must_use]
+    pub fn adversarial(seed: u64, f: usize) -> Self {
+        let mut cfg = Self::randomized(seed, f);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xADE5_A61A);
+        let n = cfg.n() as ReplicaId;
+        let mut ids: Vec<ReplicaId> = (0..n).collect();
+        for i in 0..f {
+            let j = rng.gen_range(i..ids.len());
+            ids.swap(i, j);
+        }
+        cfg.byzantine = ids[..f]
+            .iter()
+            .map(|&id| {
+                let pool = if rng.gen_bool(0.75) {
+                    ADVERSARIAL_BEHAVIOURS
+                } else {
+                    CORE_BEHAVIOURS
+                };
+                (id, pool[rng.gen_range(0..pool.len())].to_string())
+            })
+            .collect();
+        cfg.byzantine_crash = true;
+        cfg.faults.crash = cfg.faults.crash.max(rng.gen_range(0.0..0.01));
+        cfg.byzantine_clients = rng.gen_range(0..=2);
+        cfg.storage.clock_skew = rng.gen_range(0.0..0.1);
+        cfg
+    }
+
+    /// The Twins family (Bano et al.): one replica, the Byzantine one, runs as two
+    /// honest twins with one key; for a few rounds every node (the replicas and the
+    /// second twin) sits in one of two groups that cannot talk, drawn anew each
+    /// round; then all are together (the synchronous suffix, where liveness is
+    /// judged). PBFT fixes the leader of a view, so rounds choose partitions only.
+    #[must_use]
+    pub fn twins(seed: u64, f: usize) -> Self {
+        let mut cfg = Self::randomized(seed, f);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7713_5EED);
+        let n = cfg.n();
+        let twinned = rng.gen_range(0..n) as ReplicaId;
+        let round = Duration::from_millis(rng.gen_range(100..=600));
+        let rounds = (0..rng.gen_range(3..=12))
+            .map(|_| {
+                let mut groups = vec![0u8; n + 1];
+                if rng.gen_bool(0.8) {
+                    for g in &mut groups {
+                        *g = u8::from(rng.gen_bool(0.5));
+                    }
+                    if rng.gen_bool(0.8) {
+                        // Mostly the twins on opposite sides: each one's votes then
+                        // go where the other's cannot contradict them.
+                        groups[n] = 1 - groups[twinned as usize];
+                    }
+                }
+                groups
+            })
+            .collect();
+        let schedule = TwinsSchedule {
+            twinned,
+            round,
+            rounds,
+        };
+        cfg.byzantine = vec![(twinned, "twin".to_string())];
+        cfg.faults.partitions = false;
+        cfg.faults.drop = cfg.faults.drop.min(0.05);
+        cfg.faults.chaos = schedule.end();
+        cfg.twins = Some(std::sync::Arc::new(schedule));
+        cfg
+    }
+
     /// The ingress every replica of the run admits frames through.
     #[must_use]
     pub fn ingress(&self, validator: Validator) -> Ingress {
@@ -221,7 +305,7 @@ impl SimConfig {
     #[must_use]
     pub fn summary(&self) -> String {
         format!(
-            "f={} n={} clients={}x{} batch={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} storage={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={}",
+            "f={} n={} clients={}x{} batch={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} storage={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={} planted_new_view_quorum={:?} byzantine_clients={} byzantine_crash={}",
             self.f,
             self.n(),
             self.clients,
@@ -240,7 +324,10 @@ impl SimConfig {
             self.storage,
             self.planted_commit_quorum,
             self.planted_relay_rule,
-            self.planted_transfer_apart
+            self.planted_transfer_apart,
+            self.planted_new_view_quorum,
+            self.byzantine_clients,
+            self.byzantine_crash
         )
     }
 }

@@ -16,17 +16,31 @@ pub enum Family {
     /// them, crashes between any two writes, lost in-flight writes, damaged
     /// snapshot files and wiped data directories; timers at skewed rates.
     Storage,
+    /// Exactly f Byzantine replicas, mostly adversarial-but-valid (hidden
+    /// certificates, stale checkpoints, proposals at or below min-s, split
+    /// new-views, off-by-one mutations), crashing too; Byzantine clients.
+    Adversarial,
+    /// Twins: one replica runs as two honest twins sharing its key, under
+    /// partitions drawn per round, then a synchronous suffix.
+    Twins,
 }
 
 impl Family {
     /// Every family, in the order `--help` lists them.
-    pub const ALL: [Family; 2] = [Family::Basic, Family::Storage];
+    pub const ALL: [Family; 4] = [
+        Family::Basic,
+        Family::Storage,
+        Family::Adversarial,
+        Family::Twins,
+    ];
 
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
             Family::Basic => "basic",
             Family::Storage => "storage",
+            Family::Adversarial => "adversarial",
+            Family::Twins => "twins",
         }
     }
 
@@ -41,6 +55,15 @@ impl Family {
                 "grouped writes, crashes between writes, lost in-flight writes, damaged \
                  snapshots, wiped data directories, skewed clocks"
             }
+            Family::Adversarial => {
+                "f Byzantine replicas sending valid but hostile messages (hidden certificates, \
+                 stale checkpoints, proposals below min-s, split new-views, ByzzFuzz mutations), \
+                 crashing too; Byzantine clients"
+            }
+            Family::Twins => {
+                "one replica runs as two twins with one key; partitions drawn per round, then \
+                 a synchronous suffix"
+            }
         }
     }
 
@@ -50,6 +73,8 @@ impl Family {
         let mut cfg = match self {
             Family::Basic => SimConfig::randomized(seed, f),
             Family::Storage => SimConfig::storage(seed, f),
+            Family::Adversarial => SimConfig::adversarial(seed, f),
+            Family::Twins => SimConfig::twins(seed, f),
         };
         cfg.replay_args = format!("--family {self} --seed {seed} --f {f}");
         cfg

@@ -8,10 +8,12 @@
 //! liveness after the network heals. A failing seed replays exactly:
 //! `cargo run --release -p bft-consensus --features sim --bin bft-sim -- --seed N --f F --trace`.
 
+mod admissions;
 mod checker;
 mod config;
 mod family;
 pub mod generals;
+mod rogue;
 mod world;
 
 pub use checker::Violation;

@@ -1,9 +1,11 @@
 //! The simulated world: replicas, clients, a faulty network and a clock, all driven
 //! by one seeded RNG and one time-ordered event queue.
 
+use super::admissions::Admissions;
 use super::checker::{Checker, Violation};
+use super::rogue::Rogue;
 use super::{SimConfig, SimFailure, SimReport};
-use crate::byzantine::{by_name, Honest, Wrapped};
+use crate::byzantine::{by_name, Behaviour, Honest, Twin, Wrapped};
 use crate::client::{Client, ClientOutput};
 use crate::durable::{DurableState, PersistRecord};
 use crate::fd::FdConfig;
@@ -43,6 +45,8 @@ const APART_WRITE_MS: u64 = 250;
 enum Node {
     Replica(ReplicaId),
     Client(usize),
+    /// A Byzantine client (see `rogue`).
+    Rogue(usize),
 }
 
 #[derive(Debug)]
@@ -80,6 +84,10 @@ enum Event {
     },
     ClientTimer {
         client: usize,
+    },
+    /// A Byzantine client sends one nasty frame.
+    RogueSends {
+        rogue: usize,
     },
     ClientNext {
         client: usize,
@@ -160,6 +168,9 @@ pub(crate) struct World {
     tie: u64,
     replicas: Vec<SimReplica>,
     clients: Vec<SimClient>,
+    rogues: Vec<Rogue>,
+    /// Each frame admitted once (see `admissions`).
+    admissions: Admissions,
     client_index: BTreeMap<bft_crypto::PublicKey, usize>,
     /// The node's ingress: frame bound, decoding, sender rule, batched verification.
     ingress: Ingress,
@@ -203,11 +214,21 @@ impl World {
                 if cfg.planted_transfer_apart {
                     rc = rc.with_planted_transfer_written_apart();
                 }
+                if let Some(q) = cfg.planted_new_view_quorum {
+                    rc = rc.with_planted_new_view_quorum(q);
+                }
                 let honest = !cfg.is_byzantine(id);
-                let behaviour = cfg.byzantine.iter().find(|(r, _)| *r == id).map_or_else(
-                    || Box::new(Honest) as _,
-                    |(_, b)| by_name(b, cfg.seed ^ u64::from(id)).expect("known behaviour"),
-                );
+                let behaviour: Box<dyn Behaviour> =
+                    match (cfg.byzantine.iter().find(|(r, _)| *r == id), &cfg.twins) {
+                        (Some(_), Some(schedule)) if schedule.twinned == id => {
+                            let second = Replica::new(rc.clone(), key.clone(), KvStore::new());
+                            Box::new(Twin::new(second, Arc::clone(schedule)))
+                        }
+                        (Some((_, b)), _) => {
+                            by_name(b, cfg.seed ^ u64::from(id)).expect("known behaviour")
+                        }
+                        (None, _) => Box::new(Honest),
+                    };
                 let replica = Replica::new(rc.clone(), key.clone(), KvStore::new());
                 SimReplica {
                     node: Some(Wrapped::new(replica, behaviour)),
@@ -255,6 +276,9 @@ impl World {
             .enumerate()
             .map(|(i, c)| (c.client.id(), i))
             .collect();
+        let rogues = (0..cfg.byzantine_clients)
+            .map(|_| Rogue::new(KeyPair::from_seed(rng.gen())))
+            .collect();
         let heal_at = cfg.faults.chaos;
         let report = SimReport {
             seed: cfg.seed,
@@ -268,6 +292,8 @@ impl World {
             tie: 0,
             replicas,
             clients,
+            rogues,
+            admissions: Admissions::default(),
             client_index,
             ingress,
             healed: false,
@@ -327,6 +353,10 @@ impl World {
             let think = Duration::from_millis(self.rng.gen_range(0..20));
             let start = self.cfg.client_start_gap * c as u32;
             self.schedule(start + think, Event::ClientNext { client: c });
+        }
+        for rogue in 0..self.rogues.len() {
+            let first = Duration::from_millis(self.rng.gen_range(0..200));
+            self.schedule(first, Event::RogueSends { rogue });
         }
         self.schedule(self.heal_at, Event::Heal);
         if let Some(at) = self.cfg.clear_byzantine_at {
@@ -538,6 +568,7 @@ impl World {
                 Ok(())
             }
             Event::ClientNext { client } => self.client_submit(client),
+            Event::RogueSends { rogue } => self.rogue_sends(rogue),
             Event::Restart { replica } => self.restart(replica),
             Event::PartitionStart => {
                 if !self.healed {
@@ -582,6 +613,31 @@ impl World {
                 Ok(())
             }
         }
+    }
+
+    /// A Byzantine client sends one nasty frame to one replica or to all, and
+    /// again a little later, for as long as the chaos phase lasts.
+    fn rogue_sends(&mut self, rogue: usize) -> Step {
+        if self.healed {
+            return Ok(());
+        }
+        let max_batch_bytes = self.replicas[0].cfg.params.max_batch_bytes;
+        let (kind, frame, valid) = self.rogues[rogue].frame(&mut self.rng, max_batch_bytes);
+        if let Some((client, timestamp)) = valid {
+            self.checker.issued(client, timestamp);
+        }
+        self.log(format!("rogue{rogue} sends {kind:?}"));
+        let frame = Arc::new(frame);
+        let to_all = self.rng.gen_bool(0.5);
+        let one = self.rng.gen_range(0..self.cfg.n()) as ReplicaId;
+        for r in 0..self.cfg.n() as ReplicaId {
+            if to_all || r == one {
+                self.net_send_frame(Node::Rogue(rogue), Node::Replica(r), frame.clone());
+            }
+        }
+        let next = Duration::from_millis(self.rng.gen_range(20..300));
+        self.schedule(next, Event::RogueSends { rogue });
+        Ok(())
     }
 
     fn client_submit(&mut self, client: usize) -> Step {
@@ -658,6 +714,12 @@ impl World {
     }
 
     fn partitioned(&self, a: Node, b: Node) -> bool {
+        if let (Some(twins), Node::Replica(x), Node::Replica(y)) = (&self.cfg.twins, a, b) {
+            // The twins' own traffic is routed by their behaviour; the others are
+            // partitioned by the same schedule.
+            let routed = x == twins.twinned || y == twins.twinned;
+            return !routed && !twins.connected(x as usize, y as usize, self.now);
+        }
         match (&self.partition, a, b) {
             (Some(side), Node::Replica(x), Node::Replica(y)) => {
                 side.contains(&x) != side.contains(&y)
@@ -692,7 +754,7 @@ impl World {
                 .node
                 .as_ref()
                 .map_or(Duration::ZERO, Wrapped::send_delay),
-            Node::Client(_) => Duration::ZERO,
+            Node::Client(_) | Node::Rogue(_) => Duration::ZERO,
         };
         let copies = if lossy && self.rng.gen_bool(self.cfg.faults.duplicate) {
             2
@@ -720,9 +782,10 @@ impl World {
         self.report.messages_delivered += 1;
         let origin = match from {
             Node::Replica(r) => Origin::Replica(r),
-            Node::Client(_) => Origin::Other,
+            Node::Client(_) | Node::Rogue(_) => Origin::Other,
         };
         match to {
+            Node::Rogue(_) => Ok(()), // what replicas tell a rogue changes nothing
             Node::Client(c) => {
                 let admitted = self.ingress.admit(origin, &frame);
                 if let Ok(VerifiedMessage::Reply(reply)) = admitted.result {
@@ -761,8 +824,8 @@ impl World {
             return Ok(());
         }
         let inbox = std::mem::take(&mut replica.inbox);
-        let frames = inbox.iter().map(|(o, _, f)| (*o, f.as_slice())).collect();
-        let admitted = self.ingress.admit_many(frames);
+        let frames: Vec<_> = inbox.iter().map(|(o, _, f)| (*o, Arc::clone(f))).collect();
+        let admitted = self.admissions.admit(&self.ingress, &frames);
         for (a, (_, from, _)) in admitted.into_iter().zip(inbox.iter()) {
             if self.replicas[r as usize].node.is_none() {
                 return Ok(()); // crashed while handling an earlier one
@@ -796,7 +859,8 @@ impl World {
             return Ok(());
         };
         node.handle(now, input, &mut out);
-        let crash_at = if r.honest && !self.healed && self.rng.gen_bool(self.cfg.faults.crash) {
+        let may_crash = r.honest || self.cfg.byzantine_crash;
+        let crash_at = if may_crash && !self.healed && self.rng.gen_bool(self.cfg.faults.crash) {
             Some(self.rng.gen_range(0..=out.len()))
         } else {
             None
@@ -1107,7 +1171,16 @@ impl World {
                 ),
             });
         }
-        r.node = Some(Wrapped::new(replica, Box::new(Honest)));
+        // A Byzantine replica that crashed comes back as Byzantine as it was.
+        let behaviour = match self.cfg.byzantine.iter().find(|(b, _)| *b == id) {
+            Some((_, name)) if !r.honest => by_name(
+                name,
+                self.cfg.seed ^ u64::from(id) ^ u64::from(r.incarnation),
+            )
+            .expect("known behaviour"),
+            _ => Box::new(Honest),
+        };
+        r.node = Some(Wrapped::new(replica, behaviour));
         let view = r.durable.view;
         self.log(format!("r{id} RESTARTS at view {view} executed {last}"));
         self.perform(id, out, None)
