@@ -126,10 +126,10 @@ pub struct ReplicaConfig {
     /// only the simulator's planted-bug test sets it, to show the durability check
     /// catches the restart behind a signed checkpoint it causes (issue 11, defect 4).
     pub(crate) transfer_written_apart: bool,
-    /// View-changes a new-view must hold. Always 2f+1; only the simulator's
-    /// planted-bug test lowers it, to show the adversarial sweep catches a new
-    /// primary that builds V from too few (issue 12).
-    pub(crate) new_view_quorum: usize,
+    /// Whether a request larger than a batch is refused at the ingress. Always;
+    /// only the simulator's planted-bug test turns it off, to show the adversarial
+    /// sweep (its Byzantine clients) finds what that allows (issue 12).
+    pub(crate) request_size_check: bool,
 }
 
 impl ReplicaConfig {
@@ -154,7 +154,7 @@ impl ReplicaConfig {
             incarnation: 0,
             commit_quorum,
             transfer_written_apart: false,
-            new_view_quorum: commit_quorum,
+            request_size_check: true,
         }
     }
 
@@ -205,11 +205,11 @@ impl ReplicaConfig {
         self
     }
 
-    /// Test-only: accept new-views whose V holds only `quorum` view-changes.
+    /// Test-only: admit requests larger than a batch may be.
     #[cfg(feature = "sim")]
     #[must_use]
-    pub fn with_planted_new_view_quorum(mut self, quorum: usize) -> Self {
-        self.new_view_quorum = quorum;
+    pub fn with_planted_no_request_size_check(mut self) -> Self {
+        self.request_size_check = false;
         self
     }
 }

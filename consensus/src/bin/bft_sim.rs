@@ -58,9 +58,9 @@ struct Args {
     /// Planted bug: checkpoints installed by state transfer written apart.
     #[arg(long)]
     planted_transfer_apart: bool,
-    /// Planted bug: accept new-views whose V holds this many view-changes.
-    #[arg(long, value_name = "QUORUM")]
-    planted_new_view_quorum: Option<usize>,
+    /// Planted bug: admit client requests larger than a batch may be.
+    #[arg(long)]
+    planted_no_request_size_check: bool,
 }
 
 impl Args {
@@ -82,7 +82,7 @@ impl Args {
         cfg.planted_commit_quorum = self.planted_commit_quorum;
         cfg.planted_relay_rule = self.planted_relay_rule;
         cfg.planted_transfer_apart = self.planted_transfer_apart;
-        cfg.planted_new_view_quorum = self.planted_new_view_quorum;
+        cfg.planted_no_request_size_check = self.planted_no_request_size_check;
         cfg.clear_byzantine_at = self.clear_byzantine_at.map(Duration::from_millis);
         if let Some(spec) = &self.byzantine {
             cfg.byzantine = spec
@@ -102,6 +102,10 @@ impl Args {
         for (on, flag) in [
             (self.planted_relay_rule, "--planted-relay-rule".to_string()),
             (
+                self.planted_no_request_size_check,
+                "--planted-no-request-size-check".to_string(),
+            ),
+            (
                 self.planted_transfer_apart,
                 "--planted-transfer-apart".to_string(),
             ),
@@ -112,9 +116,6 @@ impl Args {
         }
         if let Some(q) = self.planted_commit_quorum {
             cfg.replay_args = format!("{} --planted-commit-quorum {q}", cfg.replay_args);
-        }
-        if let Some(q) = self.planted_new_view_quorum {
-            cfg.replay_args = format!("{} --planted-new-view-quorum {q}", cfg.replay_args);
         }
         if let Some(ms) = self.clear_byzantine_at {
             cfg.replay_args = format!("{} --clear-byzantine-at {ms}", cfg.replay_args);

@@ -178,8 +178,13 @@ impl<A: Application> Replica<A> {
                 }
                 r.log.entry(seq).or_default().pre_prepare = Some((pp, batch));
                 r.next_seq = r.next_seq.max(seq + 1);
-                if !r.is_primary() {
-                    // Our prepare is deterministic: re-sending it contradicts nothing.
+                // Our prepare is deterministic: re-sending it contradicts nothing. But
+                // not for a committed slot: it needs no prepare, and the pre-prepare on
+                // disk may be one we learned the group committed while we had voted
+                // for the primary's other one (`left_view`); a prepare for it would
+                // contradict the one we sent (adversarial family, seed 814, f=2).
+                let decided = durable.committed.contains_key(&seq);
+                if !r.is_primary() && !decided {
                     r.send_prepare(seq);
                 }
                 r.restore_commit(seq, durable);

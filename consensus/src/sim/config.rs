@@ -77,8 +77,8 @@ pub struct SimConfig {
     pub planted_relay_rule: bool,
     /// Test-only planted bug: checkpoints installed by state transfer written apart.
     pub planted_transfer_apart: bool,
-    /// Test-only planted bug: a new-view is accepted with this many view-changes.
-    pub planted_new_view_quorum: Option<usize>,
+    /// Test-only planted bug: requests larger than a batch are admitted.
+    pub planted_no_request_size_check: bool,
     /// Byzantine clients sending nasty frames during the chaos phase (see `rogue`).
     pub byzantine_clients: usize,
     /// Whether Byzantine replicas crash (and restart from their store) too.
@@ -120,7 +120,7 @@ impl SimConfig {
             planted_commit_quorum: None,
             planted_relay_rule: false,
             planted_transfer_apart: false,
-            planted_new_view_quorum: None,
+            planted_no_request_size_check: false,
             byzantine_clients: 0,
             byzantine_crash: false,
             twins: None,
@@ -305,7 +305,7 @@ impl SimConfig {
     #[must_use]
     pub fn summary(&self) -> String {
         format!(
-            "f={} n={} clients={}x{} batch={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} storage={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={} planted_new_view_quorum={:?} byzantine_clients={} byzantine_crash={}",
+            "f={} n={} clients={}x{} batch={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} storage={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={} planted_no_request_size_check={} byzantine_clients={} byzantine_crash={}",
             self.f,
             self.n(),
             self.clients,
@@ -325,7 +325,7 @@ impl SimConfig {
             self.planted_commit_quorum,
             self.planted_relay_rule,
             self.planted_transfer_apart,
-            self.planted_new_view_quorum,
+            self.planted_no_request_size_check,
             self.byzantine_clients,
             self.byzantine_crash
         )

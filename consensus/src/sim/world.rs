@@ -214,8 +214,8 @@ impl World {
                 if cfg.planted_transfer_apart {
                     rc = rc.with_planted_transfer_written_apart();
                 }
-                if let Some(q) = cfg.planted_new_view_quorum {
-                    rc = rc.with_planted_new_view_quorum(q);
+                if cfg.planted_no_request_size_check {
+                    rc = rc.with_planted_no_request_size_check();
                 }
                 let honest = !cfg.is_byzantine(id);
                 let behaviour: Box<dyn Behaviour> =
