@@ -5,8 +5,10 @@
 //! boundary and restart from exactly what they persisted; up to f replicas run a
 //! Byzantine behaviour. The invariants of DESIGN.md are checked after every step:
 //! agreement, validity, client safety and durability during a chaos phase, then
-//! liveness after the network heals. A failing seed replays exactly:
-//! `cargo run --release -p bft-consensus --features sim --bin bft-sim -- --seed N --f F --trace`.
+//! liveness after the network heals. Fault families (`Family`: basic, storage,
+//! adversarial, twins) draw their runs from the seed each in their own way. A
+//! failure prints the exact `bft-sim` arguments that replay it, e.g.
+//! `cargo run --release -p bft-consensus --features sim --bin bft-sim -- --family twins --seed N --f F --trace`.
 
 mod admissions;
 mod checker;
