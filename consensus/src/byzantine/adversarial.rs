@@ -345,34 +345,31 @@ impl Mutate {
         }
     }
 
+    /// Move the view or the sequence number of a vote-like message.
+    fn shift(&mut self, view_not_seq: bool, view: &mut View, seq: &mut Seq) {
+        if view_not_seq {
+            *view = self.near(*view);
+        } else {
+            *seq = self.near(*seq);
+        }
+    }
+
     fn mutate(&mut self, ctx: &Ctx<'_>, message: &mut Message) {
         let view_not_seq = self.0.chance(0.5);
         match message {
             Message::PrePrepare(pp, _) if pp.payload.replica == ctx.id => {
                 let mut p = pp.payload.clone();
-                if view_not_seq {
-                    p.view = self.near(p.view);
-                } else {
-                    p.seq = self.near(p.seq);
-                }
+                self.shift(view_not_seq, &mut p.view, &mut p.seq);
                 *pp = Signed::sign(p, ctx.key);
             }
             Message::Prepare(v) if v.payload.replica == ctx.id => {
                 let mut p: Prepare = v.payload.clone();
-                if view_not_seq {
-                    p.view = self.near(p.view);
-                } else {
-                    p.seq = self.near(p.seq);
-                }
+                self.shift(view_not_seq, &mut p.view, &mut p.seq);
                 *v = Signed::sign(p, ctx.key);
             }
             Message::Commit(v) if v.payload.replica == ctx.id => {
                 let mut p: Commit = v.payload.clone();
-                if view_not_seq {
-                    p.view = self.near(p.view);
-                } else {
-                    p.seq = self.near(p.seq);
-                }
+                self.shift(view_not_seq, &mut p.view, &mut p.seq);
                 *v = Signed::sign(p, ctx.key);
             }
             Message::Checkpoint(c) if c.payload.replica == ctx.id => {
