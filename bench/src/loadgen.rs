@@ -8,6 +8,7 @@
 //! got round to sending it, so a backlog shows up as latency instead of hiding
 //! (no coordinated omission).
 
+use crate::cpu::{Probe, Usage};
 use bft_consensus::{KvResult, RootCache};
 use bft_crypto::KeyPair;
 use bftnode::client::{ClientError, KvClient};
@@ -74,6 +75,14 @@ pub struct LoadResult {
     pub measured: u64,
     pub measured_secs: f64,
     pub latency_us: Histogram<u64>,
+    /// From when a client sent a request to when it accepted it (open loop: without
+    /// the wait for a free client; closed loop: the same as `latency_us`).
+    pub service_us: Histogram<u64>,
+    /// Open loop: from when a request was due to when a client sent it.
+    pub client_wait_us: Histogram<u64>,
+    /// CPU and context switches per request accepted inside the window, if a
+    /// [`Probe`] was given.
+    pub cpu: Option<Usage>,
 }
 
 impl LoadResult {
@@ -137,11 +146,16 @@ pub async fn connect_clients(
     Ok(clients)
 }
 
-/// Run one load against the replicas of `validators`.
+/// Run one load against the replicas of `validators`; with a `probe`, also account
+/// the CPU its processes spend in the measurement window.
 ///
 /// # Errors
 /// If the clients cannot connect.
-pub async fn run(validators: &ValidatorSet, cfg: &LoadConfig) -> anyhow::Result<LoadResult> {
+pub async fn run(
+    validators: &ValidatorSet,
+    cfg: &LoadConfig,
+    probe: Option<Probe>,
+) -> anyhow::Result<LoadResult> {
     let workers = match cfg.mode {
         Mode::OpenLoop { .. } => cfg.clients,
         Mode::ClosedLoop { outstanding } => outstanding,
@@ -163,6 +177,7 @@ pub async fn run(validators: &ValidatorSet, cfg: &LoadConfig) -> anyhow::Result<
         }
         Mode::ClosedLoop { .. } => None,
     };
+    let cpu = probe.map(|p| tokio::spawn(sample_window(p, measure_from, end)));
     let progress = cfg
         .progress
         .then(|| tokio::spawn(report_progress(counters.clone(), start, measure_from, end)));
@@ -184,16 +199,23 @@ pub async fn run(validators: &ValidatorSet, cfg: &LoadConfig) -> anyhow::Result<
             tokio::spawn(worker.run(due.clone()))
         })
         .collect();
-    let mut latency_us = new_histogram();
-    let mut measured = 0;
+    let mut total = Measured::new();
     for t in tasks {
-        let (h, m) = t.await?;
-        latency_us.add(h).expect("same bounds");
-        measured += m;
+        total.add(t.await?);
     }
+    let Measured {
+        latency_us,
+        service_us,
+        client_wait_us,
+        count: measured,
+    } = total;
     if let Some(p) = progress {
         p.abort();
     }
+    let cpu = match cpu {
+        Some(task) => task.await?.map(|(a, b)| Usage::between(&a, &b, measured)),
+        None => None,
+    };
     Ok(LoadResult {
         sent: counters.sent.load(Ordering::Relaxed),
         committed: counters.committed.load(Ordering::Relaxed),
@@ -201,7 +223,26 @@ pub async fn run(validators: &ValidatorSet, cfg: &LoadConfig) -> anyhow::Result<
         measured,
         measured_secs: cfg.duration.as_secs_f64(),
         latency_us,
+        service_us,
+        client_wait_us,
+        cpu,
     })
+}
+
+/// Samples at the start and the end of the measurement window (`None` if the run
+/// was already past its start, which only a zero-length window can be).
+async fn sample_window(
+    probe: Probe,
+    from: Instant,
+    end: Instant,
+) -> Option<(crate::cpu::Sample, crate::cpu::Sample)> {
+    if Instant::now() > from {
+        return None;
+    }
+    tokio::time::sleep_until(from.into()).await;
+    let start = probe.sample();
+    tokio::time::sleep_until(end.into()).await;
+    Some((start, probe.sample()))
 }
 
 /// 1 µs to 10 minutes, 3 significant digits.
@@ -232,6 +273,45 @@ async fn pace(rate: f64, start: Instant, end: Instant, tx: mpsc::UnboundedSender
     }
 }
 
+/// What workers measured inside the window.
+struct Measured {
+    latency_us: Histogram<u64>,
+    service_us: Histogram<u64>,
+    client_wait_us: Histogram<u64>,
+    count: u64,
+}
+
+impl Measured {
+    fn new() -> Self {
+        Self {
+            latency_us: new_histogram(),
+            service_us: new_histogram(),
+            client_wait_us: new_histogram(),
+            count: 0,
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.latency_us.add(other.latency_us).expect("same bounds");
+        self.service_us.add(other.service_us).expect("same bounds");
+        self.client_wait_us
+            .add(other.client_wait_us)
+            .expect("same bounds");
+        self.count += other.count;
+    }
+
+    fn record(&mut self, due: Instant, sent: Instant, done: Instant) {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.latency_us
+            .saturating_record(us(done.duration_since(due)));
+        self.service_us
+            .saturating_record(us(done.duration_since(sent)));
+        self.client_wait_us
+            .saturating_record(us(sent.saturating_duration_since(due)));
+        self.count += 1;
+    }
+}
+
 struct Worker {
     id: usize,
     workers: u64,
@@ -244,14 +324,9 @@ struct Worker {
 }
 
 impl Worker {
-    /// Returns this worker's latency histogram (measurement window only) and how
-    /// many of its requests were accepted inside the window.
-    async fn run(
-        mut self,
-        due: Option<Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>>,
-    ) -> (Histogram<u64>, u64) {
-        let mut hist = new_histogram();
-        let mut measured = 0;
+    /// Returns what this worker measured of the requests accepted inside the window.
+    async fn run(mut self, due: Option<Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>>) -> Measured {
+        let mut measured = Measured::new();
         for i in 0u64.. {
             let sent_at = match &due {
                 Some(rx) => match rx.lock().await.recv().await {
@@ -260,7 +335,8 @@ impl Worker {
                 },
                 None => Instant::now(),
             };
-            if Instant::now() >= self.end {
+            let now = Instant::now();
+            if now >= self.end {
                 break;
             }
             let key = format!("bench-{}", (self.id as u64 + i * self.workers) % self.keys);
@@ -270,9 +346,7 @@ impl Worker {
                     self.counters.committed.fetch_add(1, Ordering::Relaxed);
                     let done = Instant::now();
                     if done >= self.measure_from && done <= self.end {
-                        measured += 1;
-                        let us = done.duration_since(sent_at).as_micros();
-                        hist.saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
+                        measured.record(sent_at, now, done);
                     }
                 }
                 Ok(other) => {
@@ -287,7 +361,7 @@ impl Worker {
                 }
             }
         }
-        (hist, measured)
+        measured
     }
 }
 

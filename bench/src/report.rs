@@ -1,5 +1,6 @@
 //! Results of load runs: the SUMMARY block, the JSON of INTERFACE.md, CSV rows.
 
+use crate::cpu::PerRequest;
 use crate::loadgen::{LoadConfig, LoadResult, Mode};
 use serde::Serialize;
 use std::io::Write;
@@ -11,6 +12,27 @@ pub struct Latency {
     pub p90: f64,
     pub p99: f64,
     pub max: f64,
+}
+
+impl Latency {
+    /// Quantiles in milliseconds of a histogram in microseconds (zeros if empty).
+    #[must_use]
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        let q = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                ms(h.value_at_quantile(q))
+            }
+        };
+        Self {
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            max: if h.is_empty() { 0.0 } else { ms(h.max()) },
+        }
+    }
 }
 
 /// What a run is aimed at, for the report.
@@ -37,32 +59,42 @@ pub struct Summary {
     pub sent: u64,
     pub committed: u64,
     pub errors: u64,
+    /// CPU microseconds per committed request, for the machine and each process the
+    /// benchmark started or targets (replicas, load generator, baseline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_request: Option<PerRequest>,
+    /// Context switches per committed request, likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_switches_per_request: Option<PerRequest>,
+    /// Open loop only: time requests waited in the load generator for a free client
+    /// (PBFT clients have one request outstanding each). Included in `latency_ms`,
+    /// which counts from when a request was due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_wait_ms: Option<Latency>,
+    /// Open loop only: the most the clients could carry at the latency the replicas
+    /// gave them (clients / mean service time). Below the offered rate, the run
+    /// measured the load generator's queue, not the replicas: add clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_capacity_rps: Option<f64>,
     pub config: RunConfig,
 }
 
 impl Summary {
     #[must_use]
     pub fn new(result: &LoadResult, load: &LoadConfig, target: &Target) -> Self {
-        let h = &result.latency_us;
-        let ms = |us: u64| us as f64 / 1000.0;
-        let q = |q: f64| {
-            if h.is_empty() {
-                0.0
-            } else {
-                ms(h.value_at_quantile(q))
-            }
-        };
+        let open = matches!(load.mode, Mode::OpenLoop { .. });
+        let mean_service_s = result.service_us.mean() / 1e6;
         Self {
             throughput_rps: result.throughput(),
-            latency_ms: Latency {
-                p50: q(0.5),
-                p90: q(0.9),
-                p99: q(0.99),
-                max: if h.is_empty() { 0.0 } else { ms(h.max()) },
-            },
+            latency_ms: Latency::of(&result.latency_us),
             sent: result.sent,
             committed: result.committed,
             errors: result.errors,
+            cpu_us_per_request: result.cpu.as_ref().map(|u| u.cpu_us.clone()),
+            context_switches_per_request: result.cpu.as_ref().map(|u| u.switches.clone()),
+            client_wait_ms: open.then(|| Latency::of(&result.client_wait_us)),
+            client_capacity_rps: (open && mean_service_s > 0.0)
+                .then(|| load.clients as f64 / mean_service_s),
             config: RunConfig {
                 load: load.clone(),
                 target: target.clone(),
@@ -80,7 +112,7 @@ impl Summary {
             }
             Mode::ClosedLoop { outstanding } => format!("closed loop, {outstanding} outstanding"),
         };
-        format!(
+        let mut text = format!(
             "SUMMARY\n  target      {} ({} replica{})\n  load        {mode}, {}-byte writes to {} keys, {:.0}s after {:.0}s warm-up\n  throughput  {:.0} req/s\n  latency     p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  requests    sent {}  committed {}  errors {}\n",
             c.target.kind,
             c.target.replicas,
@@ -97,7 +129,49 @@ impl Summary {
             self.sent,
             self.committed,
             self.errors,
-        )
+        );
+        if let Some(cpu) = &self.cpu_us_per_request {
+            text.push_str(&format!(
+                "  cpu         {:.1} us/request on the machine; {}\n",
+                cpu.machine,
+                per_process(cpu, 1)
+            ));
+        }
+        if let Some(sw) = &self.context_switches_per_request {
+            text.push_str(&format!(
+                "  switches    {:.2} per request on the machine; {}\n",
+                sw.machine,
+                per_process(sw, 2)
+            ));
+        }
+        if let Some(wait) = &self.client_wait_ms {
+            text.push_str(&format!(
+                "  client wait p50 {:.2} ms  p99 {:.2} ms (requests due, waiting for a free client)\n",
+                wait.p50, wait.p99
+            ));
+        }
+        if let Some(warning) = self.client_limit_warning() {
+            text.push_str(&format!("  WARNING     {warning}\n"));
+        }
+        text
+    }
+
+    /// Open loop: a warning when the clients could not carry the offered rate at the
+    /// service time the replicas gave them, so latency measured the load
+    /// generator's queue rather than the replicas.
+    #[must_use]
+    pub fn client_limit_warning(&self) -> Option<String> {
+        let Mode::OpenLoop { rate } = self.config.load.mode else {
+            return None;
+        };
+        let capacity = self.client_capacity_rps?;
+        (capacity < rate).then(|| {
+            format!(
+                "{} clients carry at most {capacity:.0} req/s at this service time, below the \
+                 {rate} offered: latency includes queueing in the load generator (raise --clients)",
+                self.config.load.clients
+            )
+        })
     }
 
     fn csv_row(&self) -> String {
@@ -107,7 +181,7 @@ impl Summary {
             Mode::ClosedLoop { outstanding } => (String::new(), outstanding.to_string()),
         };
         format!(
-            "{},{},{rate},{outstanding},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{},{},{}",
+            "{},{},{rate},{outstanding},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{},{},{},{}",
             c.target.kind,
             c.target.replicas,
             c.load.clients,
@@ -119,12 +193,24 @@ impl Summary {
             self.latency_ms.max,
             self.sent,
             self.committed,
-            self.errors
+            self.errors,
+            self.cpu_us_per_request
+                .as_ref()
+                .map_or(String::new(), |c| format!("{:.1}", c.machine)),
         )
     }
 }
 
-pub const CSV_HEADER: &str = "target,replicas,rate,outstanding,clients,payload,throughput_rps,p50_ms,p90_ms,p99_ms,max_ms,sent,committed,errors";
+/// `name X, name Y, ...` with `digits` decimals.
+fn per_process(p: &PerRequest, digits: usize) -> String {
+    p.processes
+        .iter()
+        .map(|(name, v)| format!("{name} {v:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub const CSV_HEADER: &str = "target,replicas,rate,outstanding,clients,payload,throughput_rps,p50_ms,p90_ms,p99_ms,max_ms,sent,committed,errors,cpu_us_per_request";
 
 /// Write `runs` as JSON: one object for a single run, an array for a sweep.
 ///
@@ -151,4 +237,62 @@ pub fn write_csv(path: &Path, runs: &[Summary]) -> std::io::Result<()> {
         writeln!(f, "{}", r.csv_row())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn histogram_of(us: &[u64]) -> hdrhistogram::Histogram<u64> {
+        let mut h = hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).unwrap();
+        for &v in us {
+            h.record(v).unwrap();
+        }
+        h
+    }
+
+    fn summary(rate: f64, clients: usize, service_us: u64) -> Summary {
+        let load = LoadConfig {
+            mode: Mode::OpenLoop { rate },
+            clients,
+            connections: 1,
+            payload: 512,
+            keys: 10,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+            progress: false,
+        };
+        let result = LoadResult {
+            sent: 10,
+            committed: 10,
+            errors: 0,
+            measured: 10,
+            measured_secs: 1.0,
+            latency_us: histogram_of(&[service_us; 10]),
+            service_us: histogram_of(&[service_us; 10]),
+            client_wait_us: histogram_of(&[1; 10]),
+            cpu: None,
+        };
+        let target = Target {
+            kind: "replicated".into(),
+            replicas: 4,
+        };
+        Summary::new(&result, &load, &target)
+    }
+
+    #[test]
+    fn open_loop_warns_when_the_clients_cannot_carry_the_offered_rate() {
+        // 64 clients at 50 ms each carry 1,280 req/s: 10,000 offered is beyond them.
+        let s = summary(10_000.0, 64, 50_000);
+        let capacity = s.client_capacity_rps.unwrap();
+        assert!((capacity - 1280.0).abs() < 5.0, "{capacity}");
+        assert!(s.client_limit_warning().is_some());
+        assert!(s.text().contains("WARNING"), "{}", s.text());
+        // 1,024 clients at 50 ms carry 20,480 req/s: no warning.
+        let s = summary(10_000.0, 1024, 50_000);
+        assert!(s.client_limit_warning().is_none());
+        assert!(!s.text().contains("WARNING"));
+    }
 }

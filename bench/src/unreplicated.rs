@@ -6,6 +6,7 @@
 //! once per executed batch). The replicated/unreplicated
 //! throughput ratio is then the cost of PBFT itself.
 
+use crate::cpu::BASELINE_THREAD_PREFIX;
 use bft_consensus::messages::Reply;
 use bft_consensus::reply::sign_replies;
 use bft_consensus::{
@@ -23,19 +24,31 @@ const BATCH: usize = 256;
 const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
 /// A running baseline server; stops when dropped.
+///
+/// It runs on a tokio runtime of its own, two threads named
+/// [`BASELINE_THREAD_PREFIX`]`-*`, so the benchmark can tell its CPU time from the
+/// load generator's although both live in one process, and so it has the two
+/// cores a co-located set of replicas has.
 pub struct Unreplicated {
     /// The one-member "validator set" clients connect to (f = 0: one reply suffices).
     pub validators: ValidatorSet,
     net: NetHandle,
     task: tokio::task::JoinHandle<()>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Unreplicated {
-    /// Listen on a free loopback TCP port. Must run inside tokio.
+    /// Listen on a free loopback TCP port.
     ///
     /// # Errors
-    /// No free port, or the transport cannot start.
+    /// No free port, or the transport or its runtime cannot start.
     pub fn start() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(BASELINE_THREAD_PREFIX)
+            .enable_all()
+            .build()?;
+        let entered = runtime.enter();
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -61,10 +74,12 @@ impl Unreplicated {
         };
         let handle = net.handle.clone();
         let task = tokio::spawn(serve(key, net.handle.clone(), net.inbound));
+        drop(entered);
         Ok(Self {
             validators,
             net: handle,
             task,
+            runtime: Some(runtime),
         })
     }
 }
@@ -73,6 +88,10 @@ impl Drop for Unreplicated {
     fn drop(&mut self) {
         self.task.abort();
         self.net.shutdown();
+        // Not a blocking shutdown: this may be dropped inside another runtime.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 

@@ -30,6 +30,7 @@ fn closed_and_open_loop_against_the_baseline() {
         let closed = loadgen::run(
             &server.validators,
             &config(Mode::ClosedLoop { outstanding: 4 }),
+            None,
         )
         .await
         .unwrap();
@@ -39,9 +40,13 @@ fn closed_and_open_loop_against_the_baseline() {
         assert!(closed.sent >= closed.committed);
 
         // Open loop at 200 req/s for 2.5 s offers about 500 requests, no more.
-        let open = loadgen::run(&server.validators, &config(Mode::OpenLoop { rate: 200.0 }))
-            .await
-            .unwrap();
+        let open = loadgen::run(
+            &server.validators,
+            &config(Mode::OpenLoop { rate: 200.0 }),
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(open.errors, 0);
         assert!((450..=505).contains(&open.sent), "sent {}", open.sent);
         let rps = open.throughput();
@@ -91,6 +96,39 @@ fn the_binary_reports_json_csv_and_a_plot() {
         }
         assert_eq!(r["errors"], 0, "{r}");
         assert!(r["committed"].as_u64().unwrap() > 0);
+        // CPU per request: the machine's and each process's, all positive.
+        let cpu = &r["cpu_us_per_request"];
+        assert!(cpu["machine"].as_f64().unwrap() > 0.0, "{r}");
+        let processes = cpu["processes"].as_object().unwrap();
+        let expected: Vec<&str> = if r["config"]["kind"] == "replicated" {
+            vec!["loadgen", "replica0", "replica1", "replica2", "replica3"]
+        } else {
+            vec!["baseline", "loadgen"]
+        };
+        assert_eq!(
+            processes.keys().map(String::as_str).collect::<Vec<_>>(),
+            expected,
+            "{r}"
+        );
+        // The replicas do real work for every request (10 ms ticks over 2 s).
+        assert!(
+            processes.values().all(|v| v.as_f64().unwrap() >= 0.0),
+            "{r}"
+        );
+        let replicas_busy = processes
+            .iter()
+            .filter(|(k, _)| k.starts_with("replica") || *k == "baseline")
+            .all(|(_, v)| v.as_f64().unwrap() > 0.0);
+        assert!(replicas_busy, "{r}");
+        assert!(
+            r["context_switches_per_request"]["machine"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        // Open loop at 100-200 req/s with 8 clients is far from their capacity.
+        assert!(r["client_capacity_rps"].as_f64().unwrap() > 200.0, "{r}");
+        assert!(r["client_wait_ms"]["p50"].as_f64().unwrap() >= 0.0);
     }
     assert_eq!(runs[0]["config"]["kind"], "replicated");
     assert_eq!(runs[0]["config"]["replicas"], 4);

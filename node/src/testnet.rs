@@ -189,6 +189,15 @@ fn nodes(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The process id of each replica of a testnet, in id order (`None` for a
+/// replica not started by `testnet up`, or whose pid file is gone).
+///
+/// # Errors
+/// A directory that holds no testnet.
+pub fn replica_pids(dir: &Path) -> anyhow::Result<Vec<Option<u32>>> {
+    Ok(nodes(dir)?.iter().map(|n| pid_of(n)).collect())
+}
+
 fn pid_of(node: &Path) -> Option<u32> {
     std::fs::read_to_string(node.join("pid"))
         .ok()?

@@ -4,12 +4,13 @@
 //! run and writes JSON, CSV and an SVG latency-versus-throughput plot.
 
 use anyhow::{bail, Context as _};
+use bft_bench::cpu::{Probe, Source, BASELINE_THREAD_PREFIX};
 use bft_bench::loadgen::{self, LoadConfig, Mode};
 use bft_bench::report::{self, Summary, Target};
 use bft_bench::{plot, unreplicated::Unreplicated};
 use bftnode::config::ValidatorSet;
 use clap::Parser;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -156,7 +157,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             kind: "replicated".into(),
             replicas: net.validators.validators.len(),
         };
-        let result = run_all(&net.validators, &target, &loads, &mut summaries).await;
+        let mut probe = Probe::new().with("loadgen", loadgen_threads());
+        for (i, pid) in net.replica_pids()?.into_iter().enumerate() {
+            if let Some(pid) = pid {
+                probe = probe.with(format!("replica{i}"), Source::Process(pid));
+            }
+        }
+        let result = run_all(&net.validators, &target, &loads, &probe, &mut summaries).await;
         drop(net);
         result?;
     }
@@ -166,7 +173,14 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             kind: "unreplicated".into(),
             replicas: 1,
         };
-        run_all(&server.validators, &target, &loads, &mut summaries).await?;
+        let probe = Probe::new().with("loadgen", loadgen_threads()).with(
+            "baseline",
+            Source::OwnThreads {
+                prefix: BASELINE_THREAD_PREFIX,
+                matching: true,
+            },
+        );
+        run_all(&server.validators, &target, &loads, &probe, &mut summaries).await?;
     }
     if args.baseline {
         let half = summaries.len() / 2;
@@ -198,15 +212,24 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The load generator: this process's threads but the in-process baseline's.
+fn loadgen_threads() -> Source {
+    Source::OwnThreads {
+        prefix: BASELINE_THREAD_PREFIX,
+        matching: false,
+    }
+}
+
 async fn run_all(
     validators: &ValidatorSet,
     target: &Target,
     loads: &[LoadConfig],
+    probe: &Probe,
     out: &mut Vec<Summary>,
 ) -> anyhow::Result<()> {
     for load in loads {
         let result = tokio::select! {
-            r = loadgen::run(validators, load) => r?,
+            r = loadgen::run(validators, load, Some(probe.clone())) => r?,
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),
         };
         let summary = Summary::new(&result, load, target);
@@ -220,7 +243,9 @@ async fn run_all(
 /// drop) in a temporary directory.
 struct Testnet {
     validators: ValidatorSet,
-    owned: Option<(tempfile::TempDir, PathBuf)>,
+    dir: PathBuf,
+    /// The temporary directory of a testnet this run started (and stops).
+    owned: Option<tempfile::TempDir>,
 }
 
 impl Testnet {
@@ -230,6 +255,7 @@ impl Testnet {
                 .with_context(|| format!("{} holds no testnet", dir.display()))?;
             return Ok(Self {
                 validators,
+                dir: dir.clone(),
                 owned: None,
             });
         }
@@ -245,21 +271,23 @@ impl Testnet {
         bftnode::testnet::init(&dir, args.replicas, None, bftnode::testnet::Transport::Tcp)?;
         let net = Self {
             validators: bftnode::config::load_validators(&dir.join("validators.toml"))?,
-            owned: Some((tmp, dir.clone())),
+            dir: dir.clone(),
+            owned: Some(tmp),
         };
         bftnode::testnet::up_with(&exe, &dir, &[])?;
         Ok(net)
     }
 
-    fn dir(&self) -> Option<&Path> {
-        self.owned.as_ref().map(|(_, d)| d.as_path())
+    /// Each replica's process id (from the pid files `testnet up` writes).
+    fn replica_pids(&self) -> anyhow::Result<Vec<Option<u32>>> {
+        bftnode::testnet::replica_pids(&self.dir)
     }
 }
 
 impl Drop for Testnet {
     fn drop(&mut self) {
-        if let Some(dir) = self.dir() {
-            let _ = bftnode::testnet::down(dir);
+        if self.owned.is_some() {
+            let _ = bftnode::testnet::down(&self.dir);
         }
     }
 }
