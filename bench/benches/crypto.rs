@@ -40,6 +40,30 @@ fn crypto(c: &mut Criterion) {
         });
     }
     group.finish();
+    // As a replica sees requests: each from its own client (a key seen before, so
+    // decompressed once per process), checked in batches of a pre-prepare's size.
+    let mut group = c.benchmark_group("ed25519_batch_verify_distinct_keys");
+    let clients: Vec<KeyPair> = (0..256u32)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            KeyPair::from_seed(seed)
+        })
+        .collect();
+    for n in [16usize, 64, 256] {
+        let items: Vec<_> = (0..n)
+            .map(|i| Signed::sign(request(i as u64), &clients[i]))
+            .collect();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(format!("{n}"), |b| {
+            b.iter_batched(
+                || items.clone(),
+                |v| assert!(verify_batch(v).iter().all(Result::is_ok)),
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
     let bytes = vec![1u8; 512];
     c.bench_function("sha256_512B", |b| b.iter(|| sha256(&bytes)));
 }

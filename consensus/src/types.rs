@@ -106,7 +106,14 @@ pub struct ReplicaConfig {
     pub members: Membership,
     /// What the whole group shares: batch and window limits (the validator set's).
     pub params: ProtocolParams,
-    /// How long the primary waits to fill a batch before proposing a partial one.
+    /// Batches the primary keeps in flight (proposed, not yet executed by it) before
+    /// it holds partial batches back. While the pipeline is full, requests gather
+    /// into the next batch, so batches grow with the load by themselves: one
+    /// batch's agreement (its signatures, votes and synced writes) is then paid by
+    /// many requests, and an idle group still answers a lone request at once.
+    pub max_batches_in_flight: u64,
+    /// How long a partial batch waits for the pipeline to make room before it is
+    /// proposed anyway (a bound on the wait, should a batch be slow to execute).
     pub batch_timeout: Duration,
     /// Base view-change timeout; doubled on each consecutive view change (§4.4).
     pub view_change_timeout: Duration,
@@ -146,6 +153,7 @@ impl ReplicaConfig {
                 window: 256,
                 ..ProtocolParams::default()
             },
+            max_batches_in_flight: 1,
             batch_timeout: Duration::from_millis(1),
             view_change_timeout: Duration::from_millis(1000),
             state_fetch_timeout: Duration::from_millis(500),
@@ -178,6 +186,9 @@ impl ReplicaConfig {
         }
         self.params
             .validate(&self.members, crate::messages::MAX_MESSAGE_BYTES)?;
+        if self.max_batches_in_flight == 0 {
+            return Err("max_batches_in_flight must be at least 1".into());
+        }
         if self.fd.heartbeat_interval.is_zero() {
             return Err("heartbeat interval must be positive".into());
         }

@@ -517,6 +517,46 @@ fn batching_by_size_and_by_timer() {
     );
 }
 
+/// The pipeline bound (issue 13): with two batches allowed in flight, the primary
+/// proposes the first two requests at once, each alone; while both are in flight,
+/// later requests gather, and leave as one batch when an execution makes room
+/// (not one by one, and without waiting for the timer).
+#[test]
+fn partial_batches_wait_while_the_pipeline_is_full_and_leave_together() {
+    let mut c = Cluster::with_group(4, |g| {
+        g.params.batch_size = 8;
+        g.max_batches_in_flight = 2;
+    });
+    // All five arrive before any pre-prepare is delivered (the cluster delivers in
+    // order): the first two find room, the other three find the pipeline full.
+    for i in 0..5u8 {
+        c.client_sends(0, request(&client_key(i), 1, "k", "v"));
+    }
+    c.run();
+    let sizes: Vec<usize> = c
+        .all_outputs(0)
+        .iter()
+        .filter_map(|o| match o {
+            Output::Broadcast {
+                message: Message::PrePrepare(_, b),
+            } => Some(b.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![1, 1, 3],
+        "two alone, then the three held back as one batch once one executed"
+    );
+    assert!(
+        c.timers[0]
+            .iter()
+            .all(|(t, at)| *t != Timer::Batch || *at > c.now),
+        "no timer was needed"
+    );
+    assert_eq!(c.replica(0).last_executed(), 3);
+}
+
 mod hostile {
     use super::*;
     use proptest::prelude::*;

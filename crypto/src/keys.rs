@@ -1,4 +1,5 @@
 use crate::CryptoError;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use ed25519_zebra::VerificationKey;
 use serde::{Deserialize, Serialize};
@@ -8,7 +9,16 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// Decompressed public keys, by their bytes (see [`PublicKey::verification_key`]).
-static DECOMPRESSED: OnceLock<Mutex<BTreeMap<[u8; 32], VerificationKey>>> = OnceLock::new();
+static DECOMPRESSED: OnceLock<Mutex<BTreeMap<[u8; 32], UsableKey>>> = OnceLock::new();
+
+/// A public key decoded once for checking signatures: ed25519-zebra's form, for a
+/// single check, and the curve point, for a batch (which would otherwise decompress
+/// it again for every signature).
+#[derive(Clone, Copy)]
+pub(crate) struct UsableKey {
+    pub(crate) single: VerificationKey,
+    pub(crate) point: EdwardsPoint,
+}
 /// Keys kept before the map starts over.
 const DECOMPRESSED_MAX: usize = 65_536;
 
@@ -51,16 +61,20 @@ impl PublicKey {
     /// about a quarter of a signature check, and the same few keys (the replicas, the
     /// clients of the moment) sign almost everything; so usable keys are kept in a
     /// process-wide map keyed by their exact 32 bytes.
-    pub(crate) fn verification_key(&self) -> Result<VerificationKey, CryptoError> {
+    pub(crate) fn verification_key(&self) -> Result<UsableKey, CryptoError> {
         let cache = DECOMPRESSED.get_or_init(|| Mutex::new(BTreeMap::new()));
         let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(k) = lock().get(&self.0) {
             return Ok(*k);
         }
-        if self.is_small_order() {
+        let point = CompressedEdwardsY(self.0)
+            .decompress()
+            .ok_or(CryptoError::BadPublicKey)?;
+        if point.is_small_order() {
             return Err(CryptoError::WeakKey);
         }
-        let key = VerificationKey::try_from(self.0).map_err(|_| CryptoError::BadPublicKey)?;
+        let single = VerificationKey::try_from(self.0).map_err(|_| CryptoError::BadPublicKey)?;
+        let key = UsableKey { single, point };
         let mut map = lock();
         if map.len() >= DECOMPRESSED_MAX {
             map.clear(); // crude, but bounded: a flood of fresh keys cannot grow it

@@ -77,7 +77,7 @@ impl<T: Signable> Signed<T> {
     /// # Errors
     /// [`CryptoError::BadSignature`] or [`CryptoError::BadPublicKey`].
     pub fn verify(self) -> Result<Verified<T>, CryptoError> {
-        let key = self.signer.verification_key()?;
+        let key = self.signer.verification_key()?.single;
         let bytes = try_signing_bytes(&self.payload)?;
         key.verify(&self.signature, &bytes)
             .map_err(|_| CryptoError::BadSignature)?;

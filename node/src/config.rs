@@ -100,6 +100,9 @@ pub struct ValidatorsFile {
 pub struct ConsensusSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// Batches the primary keeps in flight before partial batches wait (see
+    /// `ReplicaConfig::max_batches_in_flight`).
+    pub max_batches_in_flight: u64,
     pub batch_timeout_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval: Option<u64>,
@@ -112,7 +115,8 @@ impl Default for ConsensusSection {
     fn default() -> Self {
         Self {
             batch_size: None,
-            batch_timeout_ms: 2,
+            max_batches_in_flight: 2,
+            batch_timeout_ms: 50,
             checkpoint_interval: None,
             window: None,
             view_change_timeout_ms: 1000,
@@ -446,6 +450,7 @@ impl NodeConfig {
         let mut replica = ReplicaConfig::new(id, validators.membership());
         replica.params = validators.params.clone();
         replica.batch_timeout = Duration::from_millis(c.batch_timeout_ms);
+        replica.max_batches_in_flight = c.max_batches_in_flight;
         replica.view_change_timeout = Duration::from_millis(c.view_change_timeout_ms);
         let fd = &file.failure_detector;
         let mut fd_cfg = FdConfig::with_interval(Duration::from_millis(fd.heartbeat_ms));

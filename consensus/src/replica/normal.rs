@@ -66,8 +66,9 @@ impl<A: Application> Replica<A> {
     }
 
     /// Primary: cut batches while the window has room. A batch leaves when full, when
-    /// the batch timer fired (`timer_fired`), or at once when nothing is in flight (so
-    /// an idle system answers a lone request without waiting for the timer).
+    /// fewer than `max_batches_in_flight` batches are in flight (so an idle system
+    /// answers a lone request at once, and under load requests gather while the
+    /// pipeline is busy), or when the batch timer fired (`timer_fired`).
     pub(super) fn try_propose(&mut self, mut timer_fired: bool) {
         if !self.is_primary() || self.changing {
             return;
@@ -81,8 +82,9 @@ impl<A: Application> Replica<A> {
             if self.next_seq > self.high_watermark() {
                 return; // resumes when a checkpoint becomes stable
             }
-            let idle = self.next_seq <= self.last_executed + 1;
-            if self.queue.len() < self.cfg.params.batch_size && !timer_fired && !idle {
+            let in_flight = self.next_seq.saturating_sub(self.last_executed + 1);
+            let room = in_flight < self.cfg.max_batches_in_flight;
+            if self.queue.len() < self.cfg.params.batch_size && !timer_fired && !room {
                 if !self.deadlines.contains_key(&Timer::Batch) {
                     self.set_timer(Timer::Batch, self.cfg.batch_timeout);
                 }
@@ -354,6 +356,7 @@ impl<A: Application> Replica<A> {
     pub(super) fn try_execute(&mut self) {
         // Execution never waits for a state fetch: if the committed slots are here,
         // catching up by executing them is as good as installing a snapshot.
+        let before = self.last_executed;
         loop {
             let seq = self.last_executed + 1;
             let here = self.log.get(&seq).filter(|slot| slot.committed);
@@ -362,9 +365,14 @@ impl<A: Application> Replica<A> {
             } else if let Some((view, batch)) = self.committed_in_a_left_view(seq) {
                 self.execute(seq, view, &batch);
             } else {
-                return;
+                break;
             }
             self.forget_left_views_upto(seq);
+        }
+        // An execution makes room in the primary's pipeline: what gathered while it
+        // was full leaves now, as one batch.
+        if self.last_executed > before {
+            self.try_propose(false);
         }
     }
 

@@ -88,6 +88,8 @@ pub struct SimConfig {
     /// The transport's frame bound (the node's unless a test lowers it).
     pub max_frame_bytes: usize,
     pub batch_size: usize,
+    /// The primary's pipeline bound (`ReplicaConfig::max_batches_in_flight`).
+    pub max_batches_in_flight: u64,
     pub checkpoint_interval: u64,
     pub window: u64,
     /// How far behind its horizon a request may execute (small here, so clients'
@@ -126,6 +128,7 @@ impl SimConfig {
             twins: None,
             max_frame_bytes: MAX_MESSAGE_BYTES,
             batch_size: 4,
+            max_batches_in_flight: 1,
             checkpoint_interval: 8,
             window: 32,
             request_horizon: 64,
@@ -149,6 +152,9 @@ impl SimConfig {
         // stay what they were before requests had horizons.
         let mut horizon = ChaCha8Rng::seed_from_u64(seed ^ 0x4852_5A4E);
         cfg.request_horizon = horizon.gen_range(cfg.window..=4 * cfg.window);
+        // Likewise its own stream: the pipeline bound the node's batching runs with.
+        let mut pipeline = ChaCha8Rng::seed_from_u64(seed ^ 0x5049_5045);
+        cfg.max_batches_in_flight = pipeline.gen_range(1..=4);
         let max_delay = rng.gen_range(2..=60);
         cfg.faults = Faults {
             drop: if rng.gen_bool(0.7) {
@@ -305,12 +311,13 @@ impl SimConfig {
     #[must_use]
     pub fn summary(&self) -> String {
         format!(
-            "f={} n={} clients={}x{} batch={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} storage={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={} planted_no_request_size_check={} byzantine_clients={} byzantine_crash={}",
+            "f={} n={} clients={}x{} batch={} in_flight={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} storage={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={} planted_no_request_size_check={} byzantine_clients={} byzantine_crash={}",
             self.f,
             self.n(),
             self.clients,
             self.requests_per_client,
             self.batch_size,
+            self.max_batches_in_flight,
             self.checkpoint_interval,
             self.window,
             self.request_horizon,

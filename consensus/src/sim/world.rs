@@ -202,6 +202,7 @@ impl World {
                 let id = i as ReplicaId;
                 let mut rc = ReplicaConfig::new(id, members.clone());
                 rc.params.batch_size = cfg.batch_size;
+                rc.max_batches_in_flight = cfg.max_batches_in_flight;
                 rc.params.checkpoint_interval = cfg.checkpoint_interval;
                 rc.params.window = cfg.window;
                 rc.params.request_horizon = cfg.request_horizon;

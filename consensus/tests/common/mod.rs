@@ -19,6 +19,8 @@ pub struct Group {
     pub members: Membership,
     /// Every replica's protocol parameters (small, so tests reach the bounds).
     pub params: bft_consensus::ProtocolParams,
+    /// The primary's pipeline bound (`ReplicaConfig::max_batches_in_flight`).
+    pub max_batches_in_flight: u64,
 }
 
 impl Group {
@@ -37,12 +39,14 @@ impl Group {
             keys,
             members,
             params,
+            max_batches_in_flight: 1,
         }
     }
 
     pub fn config(&self, id: ReplicaId) -> ReplicaConfig {
         let mut c = ReplicaConfig::new(id, self.members.clone());
         c.params = self.params.clone();
+        c.max_batches_in_flight = self.max_batches_in_flight;
         c.view_change_timeout = Duration::from_millis(100);
         c
     }
@@ -240,8 +244,13 @@ impl Cluster {
 
     /// A cluster whose protocol parameters `edit` changed first.
     pub fn with_params(n: usize, edit: impl FnOnce(&mut bft_consensus::ProtocolParams)) -> Self {
+        Self::with_group(n, |g| edit(&mut g.params))
+    }
+
+    /// A cluster whose group (parameters, pipeline bound) `edit` changed first.
+    pub fn with_group(n: usize, edit: impl FnOnce(&mut Group)) -> Self {
         let mut group = Group::new(n);
-        edit(&mut group.params);
+        edit(&mut group);
         let replicas = (0..n)
             .map(|i| {
                 Some(Replica::new(
