@@ -115,7 +115,7 @@ impl Default for ConsensusSection {
     fn default() -> Self {
         Self {
             batch_size: None,
-            max_batches_in_flight: 2,
+            max_batches_in_flight: 1,
             batch_timeout_ms: 50,
             checkpoint_interval: None,
             window: None,
