@@ -454,6 +454,19 @@ fn retransmitted_request_gets_cached_reply_without_re_execution() {
     }
 }
 
+/// The size of each batch replica `id` proposed, in order.
+fn pre_prepare_batch_sizes(c: &Cluster, id: u32) -> Vec<usize> {
+    c.all_outputs(id)
+        .iter()
+        .filter_map(|o| match o {
+            Output::Broadcast {
+                message: Message::PrePrepare(_, b),
+            } => Some(b.len()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Stale timers are ignored; the primary batches up to batch_size and flushes a
 /// partial batch when the batch timer fires.
 #[test]
@@ -465,16 +478,7 @@ fn batching_by_size_and_by_timer() {
         c.client_sends(0, request(&client_key(i), 1, "k", "v"));
     }
     c.run();
-    let sizes: Vec<usize> = c
-        .all_outputs(0)
-        .iter()
-        .filter_map(|o| match o {
-            Output::Broadcast {
-                message: Message::PrePrepare(_, b),
-            } => Some(b.len()),
-            _ => None,
-        })
-        .collect();
+    let sizes = pre_prepare_batch_sizes(&c, 0);
     assert_eq!(sizes, vec![1, 4], "first alone (idle), then a full batch");
     // A timer input before its deadline (stale or early) changes nothing.
     let count_pre_prepares = |c: &Cluster| {
@@ -533,16 +537,7 @@ fn partial_batches_wait_while_the_pipeline_is_full_and_leave_together() {
         c.client_sends(0, request(&client_key(i), 1, "k", "v"));
     }
     c.run();
-    let sizes: Vec<usize> = c
-        .all_outputs(0)
-        .iter()
-        .filter_map(|o| match o {
-            Output::Broadcast {
-                message: Message::PrePrepare(_, b),
-            } => Some(b.len()),
-            _ => None,
-        })
-        .collect();
+    let sizes = pre_prepare_batch_sizes(&c, 0);
     assert_eq!(
         sizes,
         vec![1, 1, 3],
