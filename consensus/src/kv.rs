@@ -1,7 +1,7 @@
 //! A key-value store on the [`Application`] trait: put, get, delete, compare-and-swap.
 
 use crate::app::{Application, RestoreError};
-use bft_crypto::{Digest, SetHash};
+use bft_crypto::{Digest, SetElement, SetHash};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -88,12 +88,41 @@ fn entry_bytes(key: &[u8], value: &[u8]) -> usize {
     key.len() + value.len() + ENTRY_OVERHEAD
 }
 
-/// The snapshot's encoding: the map, its keys and values written as byte strings.
-struct Entries<'a>(&'a BTreeMap<Vec<u8>, Vec<u8>>);
+/// A value with its entry's hashed form, so that overwriting or deleting it takes
+/// the entry out of the state digest without hashing the old bytes again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stored {
+    value: Vec<u8>,
+    element: SetElement,
+}
+
+impl Stored {
+    fn new(key: &[u8], value: Vec<u8>) -> Self {
+        let element = SetElement::of(&[key, &value]);
+        Self { value, element }
+    }
+}
+
+/// The snapshot's encoding: the map, its keys and values written as byte strings
+/// (the same bytes as `bft_crypto::bytes::map` writes for a map of values).
+struct Entries<'a>(&'a BTreeMap<Vec<u8>, Stored>);
 
 impl Serialize for Entries<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        bft_crypto::bytes::map::serialize(self.0, s)
+        s.collect_map(
+            self.0
+                .iter()
+                .map(|(k, v)| (BytesRef(k), BytesRef(&v.value))),
+        )
+    }
+}
+
+/// A borrowed byte string that serializes in one piece.
+struct BytesRef<'a>(&'a [u8]);
+
+impl Serialize for BytesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
     }
 }
 
@@ -108,7 +137,7 @@ struct OwnedEntries(#[serde(with = "bft_crypto::bytes::map")] BTreeMap<Vec<u8>, 
 /// node shows it in `/status` many times a second.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    map: BTreeMap<Vec<u8>, Stored>,
     entries: SetHash,
     /// Sum of [`entry_bytes`] over the map, kept under [`MAX_STATE_BYTES`].
     bytes: usize,
@@ -122,7 +151,7 @@ impl KvStore {
 
     #[must_use]
     pub fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
-        self.map.get(key)
+        self.map.get(key).map(|s| &s.value)
     }
 
     #[must_use]
@@ -137,29 +166,37 @@ impl KvStore {
 
     /// Whether setting `key` to `value` keeps the store within [`MAX_STATE_BYTES`].
     fn fits(&self, key: &[u8], value: &[u8]) -> bool {
-        let freed = self.map.get(key).map_or(0, |old| entry_bytes(key, old));
+        let freed = self
+            .map
+            .get(key)
+            .map_or(0, |old| entry_bytes(key, &old.value));
         self.bytes - freed + entry_bytes(key, value) <= MAX_STATE_BYTES
     }
 
     /// Set `key` to `value`, keeping the digest and size in step; returns the old value.
     fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
-        self.entries.insert(&[&key, &value]);
-        self.bytes += entry_bytes(&key, &value);
-        let previous = self.map.insert(key.clone(), value);
-        if let Some(old) = &previous {
-            self.entries.remove(&[&key, old]);
-            self.bytes -= entry_bytes(&key, old);
+        let stored = Stored::new(&key, value);
+        self.entries.insert_element(&stored.element);
+        self.bytes += entry_bytes(&key, &stored.value);
+        match self.map.entry(key) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(stored);
+                None
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                let old = std::mem::replace(e.get_mut(), stored);
+                self.entries.remove_element(&old.element);
+                self.bytes -= entry_bytes(e.key(), &old.value);
+                Some(old.value)
+            }
         }
-        previous
     }
 
     fn remove(&mut self, key: &[u8]) -> Option<Vec<u8>> {
-        let previous = self.map.remove(key);
-        if let Some(old) = &previous {
-            self.entries.remove(&[key, old]);
-            self.bytes -= entry_bytes(key, old);
-        }
-        previous
+        let old = self.map.remove(key)?;
+        self.entries.remove_element(&old.element);
+        self.bytes -= entry_bytes(key, &old.value);
+        Some(old.value)
     }
 
     fn apply(&mut self, op: KvOp) -> KvResult {
@@ -168,12 +205,12 @@ impl KvStore {
             KvOp::Put { key, value } => KvResult::Done {
                 previous: self.insert(key, value),
             },
-            KvOp::Get { key } => KvResult::Value(self.map.get(&key).cloned()),
+            KvOp::Get { key } => KvResult::Value(self.get(&key).cloned()),
             KvOp::Delete { key } => KvResult::Done {
                 previous: self.remove(&key),
             },
             KvOp::CompareAndSwap { key, expected, new } => {
-                let current = self.map.get(&key).cloned();
+                let current = self.get(&key).cloned();
                 if current == expected && !self.fits(&key, &new) {
                     KvResult::Full
                 } else if current == expected {
@@ -209,17 +246,21 @@ impl Application for KvStore {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
         let OwnedEntries(map) =
             bft_crypto::decode(snapshot, usize::MAX).map_err(|e| RestoreError(e.to_string()))?;
-        let mut entries = SetHash::new();
-        let mut bytes = 0;
-        for (k, v) in &map {
-            entries.insert(&[k, v]);
-            bytes += entry_bytes(k, v);
-        }
+        let bytes: usize = map.iter().map(|(k, v)| entry_bytes(k, v)).sum();
         if bytes > MAX_STATE_BYTES {
             return Err(RestoreError(format!(
                 "{bytes} bytes of entries exceed the store's bound of {MAX_STATE_BYTES}"
             )));
         }
+        let mut entries = SetHash::new();
+        let map: BTreeMap<Vec<u8>, Stored> = map
+            .into_iter()
+            .map(|(k, v)| {
+                let stored = Stored::new(&k, v);
+                entries.insert_element(&stored.element);
+                (k, stored)
+            })
+            .collect();
         self.map = map;
         self.entries = entries;
         self.bytes = bytes;
@@ -399,5 +440,30 @@ mod tests {
             run(&mut kv, KvOp::Delete { key });
         }
         assert_eq!(kv.digest(), empty);
+    }
+
+    #[test]
+    fn the_snapshot_is_the_plain_map_of_keys_to_values() {
+        #[derive(Serialize)]
+        struct Plain<'a>(#[serde(with = "bft_crypto::bytes::map")] &'a BTreeMap<Vec<u8>, Vec<u8>>);
+        let mut kv = KvStore::new();
+        let mut plain = BTreeMap::new();
+        for i in 0u8..40 {
+            let (key, value) = (vec![i % 7, i], vec![i; usize::from(i) * 3]);
+            run(
+                &mut kv,
+                KvOp::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+            );
+            plain.insert(key, value);
+        }
+        run(&mut kv, KvOp::Delete { key: vec![0, 0] });
+        plain.remove(&vec![0, 0]);
+        assert_eq!(kv.snapshot(), bft_crypto::encode(&Plain(&plain)).unwrap());
+        let mut fresh = KvStore::new();
+        fresh.restore(&kv.snapshot()).unwrap();
+        assert_eq!(fresh, kv);
     }
 }

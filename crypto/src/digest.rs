@@ -39,7 +39,9 @@ pub fn sha256(bytes: &[u8]) -> Digest {
 }
 
 /// Incremental SHA-256 with a domain tag, so digests of different kinds of things
-/// (a batch, a state, a request) can never be confused with one another.
+/// (a batch, a state, a request) can never be confused with one another. Cloning
+/// one part-way lets several digests share a common prefix's work.
+#[derive(Clone)]
 pub struct Hasher(Sha256);
 
 impl Hasher {

@@ -23,7 +23,7 @@ pub use ed25519_dalek::Signature;
 pub use error::CryptoError;
 pub use keys::{KeyPair, PublicKey};
 pub use merkle::{MerkleProof, MerkleTree};
-pub use set_hash::SetHash;
+pub use set_hash::{SetElement, SetHash};
 pub use signed::{all_valid, signing_bytes, verify_batch, Signable, Signed, Verified};
 
 /// Encode a value with the one bincode configuration used everywhere a byte string
