@@ -277,7 +277,7 @@ mod tests {
                 if used + ProtocolParams::request_bytes(&r) > p.max_batch_bytes {
                     break;
                 }
-                batch.requests.push(r);
+                std::sync::Arc::make_mut(&mut batch.requests).push(r);
             }
             let pp = Signed::sign(
                 PrePrepare {

@@ -170,7 +170,9 @@ fn pre_prepare_batch_must_match_fit_and_be_signed_by_clients() {
         Rejection::BatchTooLarge { len: 5, max: 4 }
     );
     let mut forged = batch(2);
-    forged.requests[1].payload.operation = b"evil".to_vec();
+    std::sync::Arc::make_mut(&mut forged.requests)[1]
+        .payload
+        .operation = b"evil".to_vec();
     assert_eq!(
         reject(Message::PrePrepare(g.pre_prepare(0, 1, &forged), forged)),
         Rejection::BadSignature
@@ -431,7 +433,9 @@ fn view_change_bodies_are_exactly_the_named_batches() {
         bad("a body for the null request")
     );
     let mut forged = b2.clone();
-    forged.requests[0].payload.timestamp += 100;
+    std::sync::Arc::make_mut(&mut forged.requests)[0]
+        .payload
+        .timestamp += 100;
     assert_eq!(with(vec![b1, forged]), bad("a batch beside it is invalid"));
 }
 

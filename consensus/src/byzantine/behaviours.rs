@@ -105,7 +105,7 @@ impl Behaviour for Equivocate {
             };
             let mut other = batch.clone();
             if other.len() > 1 {
-                other.requests.reverse();
+                std::sync::Arc::make_mut(&mut other.requests).reverse();
             } else {
                 other = Batch::default();
             }

@@ -112,7 +112,7 @@ impl<A: Application> Replica<A> {
                 }
             }
             if !requests.is_empty() {
-                self.propose(Batch { requests });
+                self.propose(Batch::new(requests));
             }
         }
     }
@@ -155,7 +155,7 @@ impl<A: Application> Replica<A> {
     /// the pre-prepare itself) leaves, so a restart never accepts a second digest.
     pub(super) fn accept_pre_prepare(&mut self, pp: Signed<PrePrepare>, batch: Batch) {
         let seq = pp.payload.seq;
-        for r in &batch.requests {
+        for r in batch.requests.iter() {
             self.in_flight.insert(request_id(r));
         }
         self.emit(Output::Persist(PersistRecord::Accepted {
@@ -381,7 +381,7 @@ impl<A: Application> Replica<A> {
     pub(super) fn execute(&mut self, seq: Seq, view: u64, batch: &Batch) {
         let mut done = Vec::new();
         let mut replies = Vec::new();
-        for r in &batch.requests {
+        for r in batch.requests.iter() {
             let id = request_id(r);
             self.in_flight.remove(&id);
             if self.clients.freshness(&id.0, id.1) != Freshness::New {

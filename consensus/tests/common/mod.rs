@@ -195,7 +195,7 @@ pub fn request_at(
 }
 
 pub fn batch_of(reqs: Vec<Signed<Request>>) -> Batch {
-    Batch { requests: reqs }
+    Batch::new(reqs)
 }
 
 pub fn empty_snapshot() -> Vec<u8> {

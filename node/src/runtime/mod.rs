@@ -215,7 +215,7 @@ impl Runtime {
                 self.first_seen.entry(request_id(r.signed())).or_insert(now);
             }
             VerifiedMessage::PrePrepare(_, batch) => {
-                for r in &batch.requests {
+                for r in batch.requests.iter() {
                     self.first_seen.entry(request_id(r)).or_insert(now);
                 }
             }
