@@ -11,6 +11,7 @@ use crate::types::{Seq, View};
 use bft_crypto::{Digest, Signed};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A stable checkpoint: the state after `seq`, its digest, and the 2f+1 signed
 /// checkpoint messages that prove it (§4.3).
@@ -19,9 +20,11 @@ pub struct StableCheckpoint {
     pub seq: Seq,
     pub digest: Digest,
     pub proof: Vec<Signed<Checkpoint>>,
-    /// The encoded replica state (application + client table) at `seq`.
-    #[serde(with = "bft_crypto::bytes")]
-    pub snapshot: Vec<u8>,
+    /// The encoded replica state (application + client table) at `seq`: shared by
+    /// the replica, its durable records and the state it serves, never copied (a
+    /// snapshot is megabytes; issue 13 found six copies of it per checkpoint).
+    #[serde(with = "bft_crypto::bytes::shared")]
+    pub snapshot: Arc<Vec<u8>>,
 }
 
 /// One thing to make durable before the next send.

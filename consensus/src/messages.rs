@@ -267,8 +267,9 @@ signable!(FetchState, "bftnode/fetch-state/v1");
 pub struct StateSnapshot {
     pub seq: Seq,
     pub proof: Vec<Signed<Checkpoint>>,
-    #[serde(with = "bft_crypto::bytes")]
-    pub snapshot: Vec<u8>,
+    /// Shared with the stable checkpoint it was taken from (megabytes, not copied).
+    #[serde(with = "bft_crypto::bytes::shared")]
+    pub snapshot: Arc<Vec<u8>>,
     pub replica: ReplicaId,
 }
 signable!(StateSnapshot, "bftnode/state/v1");

@@ -179,7 +179,7 @@ fn a_damaged_snapshot_is_refused_at_restart() {
     let mut c = cluster_with_a_stable_checkpoint(5);
     c.crash(2);
     let stable = c.durable[2].stable.as_mut().expect("a stable checkpoint");
-    stable.snapshot[0] ^= 1;
+    std::sync::Arc::make_mut(&mut stable.snapshot)[0] ^= 1;
     let err = bft_consensus::Replica::recover(
         c.group.config(2),
         c.group.keys[2].clone(),

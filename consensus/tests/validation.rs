@@ -565,7 +565,7 @@ fn state_snapshots_must_match_their_proof() {
     let good = StateSnapshot {
         seq: 4,
         proof: g.checkpoint_proof(4, digest),
-        snapshot: snapshot.clone(),
+        snapshot: snapshot.clone().into(),
         replica: 2,
     };
     assert!(g
@@ -573,7 +573,7 @@ fn state_snapshots_must_match_their_proof() {
         .verify(Message::State(g.sign(2, good.clone())))
         .is_ok());
     let mut tampered = good.clone();
-    tampered.snapshot.push(0);
+    std::sync::Arc::make_mut(&mut tampered.snapshot).push(0);
     assert_eq!(
         reject(Message::State(g.sign(2, tampered))),
         Rejection::BadSnapshot

@@ -83,6 +83,26 @@ impl<'de> Deserialize<'de> for Buf {
     }
 }
 
+/// For `Arc<Vec<u8>>` fields: large byte strings (state snapshots) that several
+/// owners hold at once. The wire bytes are those of a plain byte string.
+pub mod shared {
+    use serde::{Deserializer, Serializer};
+    use std::sync::Arc;
+
+    /// # Errors
+    /// Whatever the serializer reports.
+    #[allow(clippy::ptr_arg)] // serde's `with` passes `&Arc<Vec<u8>>`
+    pub fn serialize<S: Serializer>(bytes: &Arc<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    /// # Errors
+    /// Whatever the deserializer reports.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Vec<u8>>, D::Error> {
+        super::deserialize(d).map(Arc::new)
+    }
+}
+
 /// For `Option<Vec<u8>>` fields.
 pub mod option {
     use super::{Buf, Ref};

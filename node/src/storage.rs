@@ -263,7 +263,7 @@ impl StableWriter {
             .map_err(|e| snapshot_error(&self.snapshots, &e))?;
 
         let record = StableCheckpoint {
-            snapshot: Vec::new(),
+            snapshot: std::sync::Arc::default(),
             ..cp.clone()
         };
         let mut batch = WriteBatch::default();
@@ -359,7 +359,9 @@ fn load(db: &DB, snapshots: &Path) -> Result<DurableState, StorageError> {
         // Stores written before snapshots had files of their own carry it inline.
         if stable.snapshot.is_empty() {
             let path = snapshots.join(stable.seq.to_string());
-            stable.snapshot = std::fs::read(&path).map_err(|e| snapshot_error(&path, &e))?;
+            stable.snapshot = std::fs::read(&path)
+                .map_err(|e| snapshot_error(&path, &e))?
+                .into();
         }
     }
     d.accepted = scan(db, ACCEPTED)?.into_iter().collect();
@@ -423,7 +425,7 @@ mod tests {
             seq: 8,
             digest: Digest([3; 32]),
             proof: vec![],
-            snapshot: vec![1, 2, 3],
+            snapshot: vec![1, 2, 3].into(),
         };
         s.persist(&[PersistRecord::Stable(cp.clone())]).unwrap();
         drop(s);
@@ -442,7 +444,7 @@ mod tests {
             seq,
             digest: Digest([byte; 32]),
             proof: vec![],
-            snapshot: vec![byte; 1000],
+            snapshot: vec![byte; 1000].into(),
         };
         let dir = tempfile::tempdir().unwrap();
         {
@@ -491,7 +493,7 @@ mod tests {
             seq,
             digest: Digest([seq as u8; 32]),
             proof: vec![],
-            snapshot: vec![seq as u8; 10],
+            snapshot: vec![seq as u8; 10].into(),
         };
         let dir = tempfile::tempdir().unwrap();
         {

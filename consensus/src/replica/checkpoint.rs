@@ -14,7 +14,8 @@ impl<A: Application> Replica<A> {
     pub(super) fn take_checkpoint(&mut self, seq: Seq) {
         let snapshot = encode_snapshot(&self.app, &self.clients);
         let digest = state_digest(&snapshot);
-        self.own_checkpoints.insert(seq, (digest, snapshot));
+        self.own_checkpoints
+            .insert(seq, (digest, std::sync::Arc::new(snapshot)));
         let cp = self.sign(Checkpoint {
             seq,
             state_digest: digest,

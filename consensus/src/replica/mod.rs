@@ -32,6 +32,7 @@ use bft_crypto::{Digest, KeyPair, Signed};
 use slot::Slot;
 use state_transfer::Fetch;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use recovery::RecoveryError;
@@ -66,7 +67,7 @@ pub struct Replica<A: Application> {
 
     checkpoint_votes: BTreeMap<Seq, BTreeMap<ReplicaId, Signed<Checkpoint>>>,
     /// Own checkpoints not yet stable: seq -> (digest, snapshot).
-    own_checkpoints: BTreeMap<Seq, (Digest, Vec<u8>)>,
+    own_checkpoints: BTreeMap<Seq, (Digest, Arc<Vec<u8>>)>,
 
     /// Requests known and not yet executed, newest per client (the paper's "waiting").
     waiting: BTreeMap<ClientId, Signed<Request>>,
@@ -125,7 +126,7 @@ impl<A: Application> Replica<A> {
             seq: 0,
             digest: state_digest(&snapshot),
             proof: Vec::new(),
-            snapshot,
+            snapshot: Arc::new(snapshot),
         };
         let vc_timeout = cfg.view_change_timeout;
         let fd = FailureDetector::new(

@@ -1209,7 +1209,7 @@ impl World {
             let r = &mut self.replicas[id as usize];
             let stable = r.durable.stable.as_mut().expect("checked above");
             let at = stable.snapshot.len() / 2;
-            stable.snapshot[at] ^= 0x40;
+            std::sync::Arc::make_mut(&mut stable.snapshot)[at] ^= 0x40;
             self.log(format!("r{id}'s snapshot file is damaged"));
             return true;
         }
