@@ -15,7 +15,7 @@ use crate::messages::Reply;
 use crate::rejection::Rejection;
 use crate::types::{ReplicaId, View};
 use bft_crypto::{
-    encode, sha256, Digest, Hasher, KeyPair, MerkleProof, MerkleTree, PublicKey, Signable, Signed,
+    encode, Digest, Hasher, KeyPair, MerkleProof, MerkleTree, PublicKey, Signable, Signed,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, VecDeque};
@@ -125,7 +125,6 @@ pub fn verify_reply(r: SignedReply, cache: Option<&RootCache>) -> Result<Verifie
     }
     let check = |root: &Signed<ReplyRoot>| root.check().map_err(|_| Rejection::BadSignature);
     match cache {
-        // The fingerprint (an encoding and a hash) is only worth it with a cache.
         Some(c) => {
             let fingerprint = RootCache::fingerprint(&r.root);
             if !c.contains(&fingerprint) {
@@ -141,9 +140,10 @@ pub fn verify_reply(r: SignedReply, cache: Option<&RootCache>) -> Result<Verifie
     })
 }
 
-/// Signed roots whose signatures were already checked, keyed by a digest of the
-/// whole signed root (payload, signer and signature), so a hit means these exact
-/// bytes verified before. Bounded: the oldest entries are forgotten first. Shared
+/// Signed roots whose signatures were already checked, keyed by the whole signed
+/// root (payload, signer and signature), so a hit means this exact signed root
+/// verified before. (Keyed once by a SHA-256 of its encoding: that encoding and
+/// hash cost the load generator ~3 us per request, issue 13.) Bounded: the oldest entries are forgotten first. Shared
 /// by the clients of one process; the lock is held only to look up or insert, never
 /// across a signature check.
 #[derive(Debug)]
@@ -152,10 +152,13 @@ pub struct RootCache {
     inner: Mutex<Known>,
 }
 
+/// A signed root, every field of it: equal fingerprints are equal signed roots.
+type Fingerprint = (View, Digest, ReplicaId, [u8; 32], [u8; 64]);
+
 #[derive(Debug, Default)]
 struct Known {
-    set: BTreeSet<Digest>,
-    order: VecDeque<Digest>,
+    set: BTreeSet<Fingerprint>,
+    order: VecDeque<Fingerprint>,
 }
 
 impl RootCache {
@@ -171,15 +174,26 @@ impl RootCache {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn fingerprint(root: &Signed<ReplyRoot>) -> Digest {
-        sha256(&encode(root).expect("signed roots always encode"))
+    fn fingerprint(root: &Signed<ReplyRoot>) -> Fingerprint {
+        let ReplyRoot {
+            view,
+            root: digest,
+            replica,
+        } = root.payload;
+        (
+            view,
+            digest,
+            replica,
+            root.signer.0,
+            root.signature.to_bytes(),
+        )
     }
 
-    fn contains(&self, d: &Digest) -> bool {
+    fn contains(&self, d: &Fingerprint) -> bool {
         self.known().set.contains(d)
     }
 
-    fn insert(&self, d: Digest) {
+    fn insert(&self, d: Fingerprint) {
         let mut k = self.known();
         if !k.set.insert(d) {
             return;
