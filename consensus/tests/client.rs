@@ -217,3 +217,82 @@ fn refused_at(g: &Group, key: &bft_crypto::KeyPair, from: u32, ts: u64) -> Verif
     let signed = sign_replies(&g.keys[from as usize], 0, from, vec![reply]).remove(0);
     verify_reply(signed, None).unwrap()
 }
+
+/// Run one request from `at` that f+1 replicas answer `rtt` later; returns the
+/// deadline the request was given.
+fn round(
+    c: &mut Client,
+    g: &Group,
+    key: &bft_crypto::KeyPair,
+    ts: u64,
+    at: Duration,
+    rtt: Duration,
+) -> Duration {
+    let out = c.submit(at, b"op".to_vec()).unwrap();
+    let deadline = out
+        .iter()
+        .find_map(|o| match o {
+            ClientOutput::SetTimer { at } => Some(*at),
+            _ => None,
+        })
+        .expect("a request sets its retransmission timer");
+    assert!(c
+        .on_reply_at(at + rtt, &reply(g, 1, key, ts, 0, b"ok"))
+        .is_empty());
+    let out = c.on_reply_at(at + rtt, &reply(g, 2, key, ts, 0, b"ok"));
+    assert!(matches!(out[..], [ClientOutput::Accepted { timestamp, .. }] if timestamp == ts));
+    deadline
+}
+
+#[test]
+fn the_retransmission_timeout_follows_the_latency_seen_and_never_drops_below_the_configured_one() {
+    let g = Group::new(4);
+    let key = client_key(1);
+    let floor = Duration::from_secs(1);
+    let mut c = Client::new(key.clone(), g.members.clone(), 1, floor);
+    // Fast answers: the configured timeout stands.
+    let mut now = Duration::ZERO;
+    for ts in 1..=5 {
+        assert_eq!(
+            round(&mut c, &g, &key, ts, now, Duration::from_millis(5)) - now,
+            floor
+        );
+        now += Duration::from_secs(1);
+    }
+    // Overload: each request takes 1.6 s, longer than the configured timeout. A fixed
+    // timer would send every one of them again to every replica; the timeout grows
+    // past the latency instead.
+    for ts in 6..=30 {
+        round(&mut c, &g, &key, ts, now, Duration::from_millis(1600));
+        now += Duration::from_secs(2);
+    }
+    let rto = c.retransmit_timeout();
+    assert!(rto > Duration::from_millis(1600), "{rto:?}");
+    assert!(rto <= floor * 32, "{rto:?}");
+    let deadline = round(&mut c, &g, &key, 31, now, Duration::from_millis(1600));
+    assert_eq!(deadline - now, rto);
+    // Back to fast answers: it comes down again, to the floor and not below.
+    for ts in 32..=120 {
+        now += Duration::from_secs(2);
+        round(&mut c, &g, &key, ts, now, Duration::from_millis(5));
+    }
+    assert_eq!(c.retransmit_timeout(), floor);
+}
+
+#[test]
+fn a_retransmitted_request_teaches_no_round_trip() {
+    let g = Group::new(4);
+    let key = client_key(1);
+    let floor = Duration::from_secs(1);
+    let mut c = Client::new(key.clone(), g.members.clone(), 1, floor);
+    c.submit(Duration::ZERO, b"op".to_vec()).unwrap();
+    let out = c.on_timeout(floor);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, ClientOutput::Broadcast { .. })));
+    // Answered 20 s after the first send: which copy was answered is unknown (Karn).
+    c.on_reply_at(Duration::from_secs(20), &reply(&g, 1, &key, 1, 0, b"ok"));
+    let out = c.on_reply_at(Duration::from_secs(20), &reply(&g, 2, &key, 1, 0, b"ok"));
+    assert!(matches!(out[..], [ClientOutput::Accepted { .. }]));
+    assert_eq!(c.retransmit_timeout(), floor);
+}

@@ -141,7 +141,7 @@ impl KvClient {
                         continue;
                     }
                     let Ok(reply) = self.validator.verify_reply(r, Some(&self.roots)) else { continue };
-                    let out = self.core.on_reply(&reply);
+                    let out = self.core.on_reply_at(self.start.elapsed(), &reply);
                     if let Some(done) = self.perform(out, &mut retransmit_at) {
                         return done;
                     }

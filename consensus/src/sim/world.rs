@@ -790,7 +790,7 @@ impl World {
             Node::Client(c) => {
                 let admitted = self.ingress.admit(origin, &frame);
                 if let Ok(VerifiedMessage::Reply(reply)) = admitted.result {
-                    let out = self.clients[c].client.on_reply(&reply);
+                    let out = self.clients[c].client.on_reply_at(self.now, &reply);
                     return self.client_outputs(c, out);
                 }
                 Ok(())
