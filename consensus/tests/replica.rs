@@ -552,6 +552,104 @@ fn partial_batches_wait_while_the_pipeline_is_full_and_leave_together() {
     assert_eq!(c.replica(0).last_executed(), 3);
 }
 
+/// Under overload a primary's heartbeats queue behind its batches and arrive late
+/// (issue 13: with 4,096 clients every replica suspected every other within
+/// seconds). A primary whose requests keep executing is ordering: the backups keep
+/// it, though their failure detectors suspect it, and requests wait all along.
+#[test]
+fn a_primary_that_keeps_ordering_keeps_its_view_though_its_heartbeats_never_arrive() {
+    let mut c = Cluster::new(4);
+    for id in 0..4u32 {
+        let mut out = Vec::new();
+        c.replicas[id as usize]
+            .as_mut()
+            .unwrap()
+            .start(c.now, &mut out);
+        c.perform(id, out);
+    }
+    // The primary's heartbeats never arrive; nor do the backups' relays of requests,
+    // so each request reaches the primary only when the test says.
+    c.drop_if = Box::new(|from, _, m| {
+        (from == 0 && matches!(m, Message::Heartbeat(_)))
+            || (from != u32::MAX && matches!(m, Message::Request(_)))
+    });
+    let step = Duration::from_millis(20);
+    let steps = 150u64; // 3 s: far past the primary's ◇P timeout (800 ms)
+    for i in 0..steps {
+        // A request every step reaches the backups first (as a client's
+        // retransmission does), so one waits at each backup whenever its timers
+        // fire; the primary gets it a step later and orders it at once.
+        let key = client_key((i % 40) as u8 + 1);
+        let req = request(&key, i / 40 + 1, "k", "v");
+        for r in 1..4 {
+            c.client_sends(r, req.clone());
+        }
+        c.run();
+        c.advance_to(c.now + step);
+        c.client_sends(0, req);
+        c.run();
+    }
+    for id in 0..4 {
+        let changes = c
+            .all_outputs(id)
+            .into_iter()
+            .filter(|o| matches!(o, Output::ViewChangeStarted { .. }))
+            .count();
+        assert_eq!(
+            changes, 0,
+            "replica {id} left the view of an ordering primary"
+        );
+    }
+    assert!(
+        c.replica(1).last_executed() >= 30,
+        "{}",
+        c.replica(1).last_executed()
+    );
+}
+
+/// The other side: a primary that stops ordering is still replaced, by the request
+/// timer if not by its failure detector.
+#[test]
+fn a_primary_that_stops_ordering_is_replaced_though_its_heartbeats_arrive() {
+    let mut c = Cluster::new(4);
+    for id in 0..4u32 {
+        let mut out = Vec::new();
+        c.replicas[id as usize]
+            .as_mut()
+            .unwrap()
+            .start(c.now, &mut out);
+        c.perform(id, out);
+    }
+    // Replica 0 orders for a while (its heartbeats arriving all along), then its
+    // pre-prepares stop arriving.
+    c.drop_if = Box::new(|from, _, m| from != u32::MAX && matches!(m, Message::Request(_)));
+    let step = Duration::from_millis(20);
+    for i in 0..100u64 {
+        if i == 30 {
+            c.drop_if = Box::new(|from, _, m| {
+                (from != u32::MAX && matches!(m, Message::Request(_)))
+                    || (from == 0 && matches!(m, Message::PrePrepare(..)))
+            });
+        }
+        let key = client_key((i % 40) as u8 + 1);
+        let req = request(&key, i / 40 + 1, "k", "v");
+        for r in 1..4 {
+            c.client_sends(r, req.clone());
+        }
+        c.run();
+        c.advance_to(c.now + step);
+        c.client_sends(0, req);
+        c.run();
+    }
+    assert!(
+        (1..4).all(|id| c
+            .all_outputs(id)
+            .iter()
+            .any(|o| matches!(o, Output::ViewChangeStarted { .. }))),
+        "a primary whose batches stopped kept its view"
+    );
+}
+
 mod hostile {
     use super::*;
     use proptest::prelude::*;

@@ -77,6 +77,8 @@ pub struct Replica<A: Application> {
     in_flight: BTreeSet<RequestId>,
     /// Set when a request executes; the request timer restarts (§4.4).
     progress: bool,
+    /// When a request ordered in the current view last executed here.
+    executed_in_view_at: Option<Duration>,
 
     /// Latest view-change from each replica, with the batches it carried.
     view_changes: BTreeMap<ReplicaId, (Signed<ViewChange>, Bodies)>,
@@ -157,6 +159,7 @@ impl<A: Application> Replica<A> {
             queue: VecDeque::new(),
             in_flight: BTreeSet::new(),
             progress: false,
+            executed_in_view_at: None,
             view_changes: BTreeMap::new(),
             early_pre_prepares: BTreeMap::new(),
             last_new_view: None,

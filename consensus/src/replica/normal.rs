@@ -409,6 +409,9 @@ impl<A: Application> Replica<A> {
         // A refused request counts as progress too: the primary ordered it.
         if !replies.is_empty() {
             self.progress = true;
+            if view == self.view && !self.changing {
+                self.executed_in_view_at = Some(self.now);
+            }
             self.vc_timeout = self.cfg.view_change_timeout;
             self.primary_made_progress(self.primary_of(view));
         }

@@ -34,6 +34,7 @@ impl<A: Application> Replica<A> {
         }
         self.view = target;
         self.changing = true;
+        self.executed_in_view_at = None;
         self.deadlines.remove(&Timer::Batch);
         self.queue.clear();
         self.emit(Output::Persist(PersistRecord::View {
@@ -226,6 +227,7 @@ impl<A: Application> Replica<A> {
         let view = nv.payload.view;
         self.view = view;
         self.changing = false;
+        self.executed_in_view_at = None;
         self.emit(Output::Persist(PersistRecord::View {
             view,
             changing: false,
