@@ -70,10 +70,13 @@ type Answer = (Vec<u8>, Option<Refusal>, Seq);
 const MAX_RTO_FACTOR: u32 = 32;
 
 /// The retransmission timeout: the smoothed round trip plus four deviations
-/// (RFC 6298 §2), between the configured timeout and [`MAX_RTO_FACTOR`] times it.
+/// (RFC 6298 §2), between the configured timeout and a ceiling ([`MAX_RTO_FACTOR`]
+/// times it unless the driver sets a lower one, see
+/// [`Client::with_retransmit_ceiling`]).
 #[derive(Clone, Debug)]
 struct RetransmitTimeout {
     floor: Duration,
+    ceiling: Duration,
     smoothed: Option<Duration>,
     deviation: Duration,
 }
@@ -82,14 +85,24 @@ impl RetransmitTimeout {
     fn new(floor: Duration) -> Self {
         Self {
             floor,
+            ceiling: floor.saturating_mul(MAX_RTO_FACTOR),
             smoothed: None,
             deviation: Duration::ZERO,
         }
     }
 
     fn current(&self) -> Duration {
-        let estimate = self.smoothed.map_or(self.floor, |s| s + self.deviation * 4);
-        estimate.clamp(self.floor, self.floor * MAX_RTO_FACTOR)
+        let estimate = self.smoothed.map_or(self.floor, |s| {
+            s.saturating_add(self.deviation.saturating_mul(4))
+        });
+        estimate.clamp(self.floor, self.ceiling.max(self.floor))
+    }
+
+    /// Forget what was learnt (RFC 6298 §5.7): a request went unanswered, so the
+    /// primary may be gone, and the next one must reach every replica soon.
+    fn reset(&mut self) {
+        self.smoothed = None;
+        self.deviation = Duration::ZERO;
     }
 
     /// A round trip of a request that was sent once (Karn: a retransmitted one
@@ -150,6 +163,16 @@ impl Client {
             retransmit_timeout: RetransmitTimeout::new(retransmit_timeout),
             outstanding: None,
         }
+    }
+
+    /// Keep the retransmission timeout at most `ceiling` (at least the configured
+    /// one). A driver that gives up on a request after some time must set it below
+    /// that time: a client that never retransmits never makes the backups wait for
+    /// its request, and then nothing replaces a crashed primary (§4.1, §4.4).
+    #[must_use]
+    pub fn with_retransmit_ceiling(mut self, ceiling: Duration) -> Self {
+        self.retransmit_timeout.ceiling = ceiling;
+        self
     }
 
     #[must_use]
@@ -324,6 +347,7 @@ impl Client {
     /// ignored.
     pub fn abandon(&mut self) {
         self.outstanding = None;
+        self.retransmit_timeout.reset();
     }
 
     /// Retransmit to all replicas (the primary may be faulty; §4.1).

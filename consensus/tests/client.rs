@@ -296,3 +296,26 @@ fn a_retransmitted_request_teaches_no_round_trip() {
     assert!(matches!(out[..], [ClientOutput::Accepted { .. }]));
     assert_eq!(c.retransmit_timeout(), floor);
 }
+
+/// A driver that gives up on a request after some time caps the timeout below it,
+/// and giving up forgets what was learnt: otherwise a client that learnt a long
+/// round trip would give up before ever sending to every replica, the backups would
+/// never wait for its requests, and nothing would replace a crashed primary.
+#[test]
+fn the_ceiling_bounds_the_timeout_and_abandoning_a_request_resets_it() {
+    let g = Group::new(4);
+    let key = client_key(1);
+    let floor = Duration::from_secs(1);
+    let mut c = Client::new(key.clone(), g.members.clone(), 1, floor)
+        .with_retransmit_ceiling(Duration::from_secs(5));
+    let mut now = Duration::ZERO;
+    for ts in 1..=30 {
+        let rtt = Duration::from_secs(if ts % 2 == 0 { 2 } else { 6 });
+        round(&mut c, &g, &key, ts, now, rtt);
+        now += Duration::from_secs(10);
+    }
+    assert_eq!(c.retransmit_timeout(), Duration::from_secs(5));
+    c.submit(now, b"op".to_vec()).unwrap();
+    c.abandon();
+    assert_eq!(c.retransmit_timeout(), floor);
+}

@@ -97,10 +97,12 @@ fn planted_state_transfer_checkpoint_written_apart_is_caught_as_a_durability_fai
 #[test]
 fn storage_family_catches_a_state_transfer_checkpoint_written_apart() {
     // Found at seed 2075 (f=1) by `bft-sim --family storage --planted-transfer-apart`
-    // when it was planted, and at seed 802 since the families' fixes changed the
-    // runs: the write apart lost in a crash after the group write, the replica
-    // restarted at seq 0 behind the checkpoint 24 it had signed.
-    hunt_in(Family::Storage, 1, 780..840, "durability", |c| {
+    // when it was planted, at seed 802 once the families' fixes changed the runs,
+    // and at seed 1060 since clients adapt their retransmission timeout and a
+    // primary that orders keeps its view (issue 13): the write apart lost in a crash
+    // after the group write, the replica restarted at seq 0 behind the checkpoint 16
+    // it had signed.
+    hunt_in(Family::Storage, 1, 1040..1100, "durability", |c| {
         c.planted_transfer_apart = true
     });
 }

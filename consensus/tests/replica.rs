@@ -607,8 +607,8 @@ fn a_primary_that_keeps_ordering_keeps_its_view_though_its_heartbeats_never_arri
     );
 }
 
-/// The other side: a primary that stops ordering is still replaced, by the request
-/// timer if not by its failure detector.
+/// The other side: a primary that stops ordering is still replaced (here by the
+/// request timer, which restarts only on executions, while its heartbeats arrive).
 #[test]
 fn a_primary_that_stops_ordering_is_replaced_though_its_heartbeats_arrive() {
     let mut c = Cluster::new(4);

@@ -73,12 +73,15 @@ impl KvClient {
     pub(crate) fn with_link(cfg: &ResolvedClient, link: Link) -> Self {
         let members = cfg.validators.membership();
         let validator = Validator::new(&ReplicaConfig::new(0, members.clone()));
+        // At most half the time the caller waits: every request that goes
+        // unanswered is sent to every replica before the caller gives up.
         let core = Client::new(
             cfg.key.clone(),
             members,
             wall_clock_micros(),
             cfg.retransmit,
-        );
+        )
+        .with_retransmit_ceiling(cfg.timeout / 2);
         Self {
             link,
             core,

@@ -125,6 +125,8 @@ impl<A: Application> Replica<A> {
             r.execute(seq, view, &batch);
             seq += 1;
         }
+        // Replaying our own log says nothing of the current primary.
+        r.executed_in_view_at = None;
         r.view = durable.view;
         r.changing = durable.changing;
         r.last_new_view = durable
