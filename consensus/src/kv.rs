@@ -109,20 +109,10 @@ struct Entries<'a>(&'a BTreeMap<Vec<u8>, Stored>);
 
 impl Serialize for Entries<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(
-            self.0
-                .iter()
-                .map(|(k, v)| (BytesRef(k), BytesRef(&v.value))),
+        bft_crypto::bytes::map::serialize_pairs(
+            self.0.iter().map(|(k, v)| (&k[..], &v.value[..])),
+            s,
         )
-    }
-}
-
-/// A borrowed byte string that serializes in one piece.
-struct BytesRef<'a>(&'a [u8]);
-
-impl Serialize for BytesRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
     }
 }
 

@@ -288,14 +288,7 @@ fn lagging_replica_catches_up_by_state_transfer() {
 #[test]
 fn lagging_replica_catches_up_from_heartbeats_without_new_requests() {
     let mut c = Cluster::new(4);
-    for id in 0..4 {
-        let mut out = Vec::new();
-        c.replicas[id as usize]
-            .as_mut()
-            .unwrap()
-            .start(c.now, &mut out);
-        c.perform(id, out);
-    }
+    c.start_all();
     c.drop_if = Box::new(|_, to, m| *to == To::Replica(3) && !matches!(m, Message::Heartbeat(_)));
     for ts in 1..=14 {
         c.client_sends(0, request(&client_key(1), ts, "k", &format!("v{ts}")));
@@ -552,6 +545,22 @@ fn partial_batches_wait_while_the_pipeline_is_full_and_leave_together() {
     assert_eq!(c.replica(0).last_executed(), 3);
 }
 
+/// One step of `step`: request `i` (from one of 40 clients) reaches the backups first,
+/// as a client's retransmission does, so one waits at each backup whenever its
+/// timers fire; the primary gets it when the step ends and orders it at once. The
+/// cluster's `drop_if` must drop the backups' relays of requests.
+fn backups_first_then_primary(c: &mut Cluster, i: u64, step: Duration) {
+    let key = client_key((i % 40) as u8 + 1);
+    let req = request(&key, i / 40 + 1, "k", "v");
+    for r in 1..4 {
+        c.client_sends(r, req.clone());
+    }
+    c.run();
+    c.advance_to(c.now + step);
+    c.client_sends(0, req);
+    c.run();
+}
+
 /// Under overload a primary's heartbeats queue behind its batches and arrive late
 /// (issue 13: with 4,096 clients every replica suspected every other within
 /// seconds). A primary whose requests keep executing is ordering: the backups keep
@@ -559,14 +568,7 @@ fn partial_batches_wait_while_the_pipeline_is_full_and_leave_together() {
 #[test]
 fn a_primary_that_keeps_ordering_keeps_its_view_though_its_heartbeats_never_arrive() {
     let mut c = Cluster::new(4);
-    for id in 0..4u32 {
-        let mut out = Vec::new();
-        c.replicas[id as usize]
-            .as_mut()
-            .unwrap()
-            .start(c.now, &mut out);
-        c.perform(id, out);
-    }
+    c.start_all();
     // The primary's heartbeats never arrive; nor do the backups' relays of requests,
     // so each request reaches the primary only when the test says.
     c.drop_if = Box::new(|from, _, m| {
@@ -576,18 +578,7 @@ fn a_primary_that_keeps_ordering_keeps_its_view_though_its_heartbeats_never_arri
     let step = Duration::from_millis(20);
     let steps = 150u64; // 3 s: far past the primary's ◇P timeout (800 ms)
     for i in 0..steps {
-        // A request every step reaches the backups first (as a client's
-        // retransmission does), so one waits at each backup whenever its timers
-        // fire; the primary gets it a step later and orders it at once.
-        let key = client_key((i % 40) as u8 + 1);
-        let req = request(&key, i / 40 + 1, "k", "v");
-        for r in 1..4 {
-            c.client_sends(r, req.clone());
-        }
-        c.run();
-        c.advance_to(c.now + step);
-        c.client_sends(0, req);
-        c.run();
+        backups_first_then_primary(&mut c, i, step);
     }
     for id in 0..4 {
         let changes = c
@@ -612,14 +603,7 @@ fn a_primary_that_keeps_ordering_keeps_its_view_though_its_heartbeats_never_arri
 #[test]
 fn a_primary_that_stops_ordering_is_replaced_though_its_heartbeats_arrive() {
     let mut c = Cluster::new(4);
-    for id in 0..4u32 {
-        let mut out = Vec::new();
-        c.replicas[id as usize]
-            .as_mut()
-            .unwrap()
-            .start(c.now, &mut out);
-        c.perform(id, out);
-    }
+    c.start_all();
     // Replica 0 orders for a while (its heartbeats arriving all along), then its
     // pre-prepares stop arriving.
     c.drop_if = Box::new(|from, _, m| from != u32::MAX && matches!(m, Message::Request(_)));
@@ -631,15 +615,7 @@ fn a_primary_that_stops_ordering_is_replaced_though_its_heartbeats_arrive() {
                     || (from == 0 && matches!(m, Message::PrePrepare(..)))
             });
         }
-        let key = client_key((i % 40) as u8 + 1);
-        let req = request(&key, i / 40 + 1, "k", "v");
-        for r in 1..4 {
-            c.client_sends(r, req.clone());
-        }
-        c.run();
-        c.advance_to(c.now + step);
-        c.client_sends(0, req);
-        c.run();
+        backups_first_then_primary(&mut c, i, step);
     }
     assert!(
         (1..4).all(|id| c

@@ -136,7 +136,19 @@ pub mod map {
         m: &BTreeMap<Vec<u8>, Vec<u8>>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        s.collect_map(m.iter().map(|(k, v)| (Ref(k), Ref(v))))
+        serialize_pairs(m.iter().map(|(k, v)| (&k[..], &v[..])), s)
+    }
+
+    /// The same bytes as [`serialize`], from key-value pairs in key order (for a
+    /// map that keeps more than the value beside each key).
+    ///
+    /// # Errors
+    /// Whatever the serializer reports.
+    pub fn serialize_pairs<'a, S: Serializer>(
+        pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(pairs.map(|(k, v)| (Ref(k), Ref(v))))
     }
 
     /// # Errors

@@ -275,6 +275,17 @@ impl Cluster {
         }
     }
 
+    /// Start every replica (its first heartbeat leaves, its heartbeat timer runs).
+    pub fn start_all(&mut self) {
+        for id in 0..self.replicas.len() as ReplicaId {
+            let mut out = Vec::new();
+            if let Some(r) = self.replicas[id as usize].as_mut() {
+                r.start(self.now, &mut out);
+            }
+            self.perform(id, out);
+        }
+    }
+
     pub fn replica(&self, id: ReplicaId) -> &Replica<KvStore> {
         self.replicas[id as usize].as_ref().expect("replica is up")
     }
