@@ -103,6 +103,80 @@ pub mod shared {
     }
 }
 
+/// For fixed-size arrays (`[u8; 32]` digests and keys, `[u8; 64]` signatures).
+///
+/// Serde sees an array as a tuple, and bincode encodes and decodes a tuple one `u8`
+/// call per byte: a reply's Merkle path alone is ~250 such calls each way, and the
+/// profile of issue 13 showed digests and keys decoded byte by byte across the load
+/// generator and every replica. As a byte string the array is one length byte and
+/// one copy. (The wire bytes gain that length byte; a length other than `N` is
+/// refused.)
+pub mod array {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::Serializer;
+    use std::fmt;
+
+    /// # Errors
+    /// Whatever the serializer reports.
+    pub fn serialize<S: Serializer, const N: usize>(a: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(a)
+    }
+
+    /// # Errors
+    /// Whatever the deserializer reports, or a length other than `N`.
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
+        d.deserialize_bytes(ArrayVisitor::<N>)
+    }
+
+    struct ArrayVisitor<const N: usize>;
+
+    impl<'de, const N: usize> Visitor<'de> for ArrayVisitor<N> {
+        type Value = [u8; N];
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a byte string of {N} bytes")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<[u8; N], E> {
+            v.try_into()
+                .map_err(|_| E::invalid_length(v.len(), &self))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {
+            let mut out = [0u8; N];
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(i, &self))?;
+            }
+            if seq.next_element::<u8>()?.is_some() {
+                return Err(A::Error::invalid_length(N + 1, &self));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// For ed25519 signatures: their 64 bytes as one byte string (see [`array`]).
+pub mod signature {
+    use ed25519_dalek::Signature;
+    use serde::{Deserializer, Serializer};
+
+    /// # Errors
+    /// Whatever the serializer reports.
+    pub fn serialize<S: Serializer>(sig: &Signature, s: S) -> Result<S::Ok, S::Error> {
+        super::array::serialize(&sig.to_bytes(), s)
+    }
+
+    /// # Errors
+    /// Whatever the deserializer reports, or a length other than 64.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Signature, D::Error> {
+        super::array::deserialize::<D, 64>(d).map(|b| Signature::from_bytes(&b))
+    }
+}
+
 /// For `Option<Vec<u8>>` fields.
 pub mod option {
     use super::{Buf, Ref};
@@ -240,5 +314,48 @@ mod tests {
             _a: Vec<u8>,
         }
         assert!(decode::<One>(&hostile, 1024).is_err());
+    }
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Arrays {
+        #[serde(with = "crate::bytes::array")]
+        digest: [u8; 32],
+        #[serde(with = "crate::bytes::array")]
+        wide: [u8; 64],
+    }
+
+    #[test]
+    fn an_array_is_one_length_and_its_bytes_and_any_other_length_is_refused() {
+        let a = Arrays {
+            digest: [7; 32],
+            wide: [9; 64],
+        };
+        let bytes = encode(&a).unwrap();
+        let mut expected = vec![32];
+        expected.extend([7; 32]);
+        expected.push(64);
+        expected.extend([9; 64]);
+        assert_eq!(bytes, expected);
+        assert_eq!(decode::<Arrays>(&bytes, usize::MAX).unwrap(), a);
+        // 31 bytes where 32 belong: refused, not padded.
+        let mut short = vec![31];
+        short.extend([7; 31]);
+        short.push(64);
+        short.extend([9; 64]);
+        assert!(decode::<Arrays>(&short, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn an_array_also_reads_from_a_sequence_of_exactly_its_length() {
+        // Human-readable formats (JSON in the HTTP routes) write byte strings as
+        // arrays of numbers.
+        let a = Arrays {
+            digest: [1; 32],
+            wide: [2; 64],
+        };
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<Arrays>(&json).unwrap(), a);
+        let long = json.replacen("[1,", "[1,1,", 1);
+        assert!(serde_json::from_str::<Arrays>(&long).is_err());
     }
 }

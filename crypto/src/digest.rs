@@ -4,7 +4,7 @@ use std::fmt;
 
 /// A SHA-256 digest: of a request, a batch, or the application state.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
-pub struct Digest(pub [u8; 32]);
+pub struct Digest(#[serde(with = "crate::bytes::array")] pub [u8; 32]);
 
 impl Digest {
     /// Lower-case hex, as shown in `/status` and logs.

@@ -26,7 +26,7 @@ const DECOMPRESSED_MAX: usize = 65_536;
 /// serialised cheaply. It doubles as the identity of a client, and of a replica
 /// (whose id is its index in the validator set).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PublicKey(pub [u8; 32]);
+pub struct PublicKey(#[serde(with = "crate::bytes::array")] pub [u8; 32]);
 
 impl PublicKey {
     #[must_use]

@@ -28,6 +28,7 @@ pub trait Signable: Serialize + DeserializeOwned + Clone {
 pub struct Signed<T> {
     pub payload: T,
     pub signer: PublicKey,
+    #[serde(with = "crate::bytes::signature")]
     pub signature: Signature,
 }
 
