@@ -211,7 +211,7 @@ impl Ingress {
 fn replicas_only(msg: &Message) -> bool {
     !matches!(
         msg,
-        Message::Request(_) | Message::Reply(_) | Message::ReplyRoute(_)
+        Message::Request(_) | Message::Reply(_) | Message::Replies(_) | Message::ReplyRoute(_)
     )
 }
 

@@ -8,8 +8,8 @@
 use crate::durable::PersistRecord;
 use crate::messages::Message;
 use crate::rejection::Rejection;
-use crate::reply::SignedReply;
-use crate::types::{ClientId, ReplicaId, RequestId, Seq, View};
+use crate::reply_bundle::SignedReplies;
+use crate::types::{ReplicaId, RequestId, Seq, View};
 use crate::validate::VerifiedMessage;
 use bft_crypto::Digest;
 use std::time::Duration;
@@ -47,11 +47,9 @@ pub enum Output {
     Send { to: ReplicaId, message: Message },
     /// Send to every other replica.
     Broadcast { message: Message },
-    /// Send a reply (under its batch's signed root) to a client.
-    Reply {
-        client: ClientId,
-        reply: SignedReply,
-    },
+    /// Send an executed batch's replies, signed once, to their clients (through
+    /// [`SignedReplies::address`], which bundles those behind one process).
+    Replies(SignedReplies),
     /// Make this durable before any later Send/Broadcast/Reply leaves.
     Persist(PersistRecord),
     /// Make this durable some time later, apart from the other records: no message

@@ -30,6 +30,7 @@ pub mod params;
 pub mod rejection;
 mod replica;
 pub mod reply;
+pub mod reply_bundle;
 pub mod types;
 pub mod validate;
 
@@ -48,5 +49,6 @@ pub use params::ProtocolParams;
 pub use rejection::Rejection;
 pub use replica::{RecoveryError, Replica};
 pub use reply::{RootCache, SignedReply, VerifiedReply};
+pub use reply_bundle::{ReplyBundle, SignedReplies};
 pub use types::{ClientId, Membership, ReplicaConfig, ReplicaId, RequestId, Seq, View};
 pub use validate::{Validator, VerifiedMessage};

@@ -319,9 +319,12 @@ pub enum Message {
     /// Signed-message generals (see [`crate::generals`]).
     Generals(crate::generals::Chain),
     GeneralsReport(Signed<crate::generals::Report>),
-    /// A client's reply route (see [`ReplyRoute`]); last, so the variants before it
-    /// keep their encoding.
+    /// A client's reply route (see [`ReplyRoute`]); after the others, so the
+    /// variants before it keep their encoding.
     ReplyRoute(Signed<ReplyRoute>),
+    /// A batch's replies to the clients behind one process (see
+    /// [`crate::reply_bundle`]).
+    Replies(crate::reply_bundle::ReplyBundle),
 }
 
 impl Message {
@@ -343,6 +346,7 @@ impl Message {
             Message::Generals(_) => "generals",
             Message::GeneralsReport(_) => "generals_report",
             Message::ReplyRoute(_) => "reply_route",
+            Message::Replies(_) => "replies",
         }
     }
 }

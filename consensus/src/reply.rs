@@ -13,6 +13,7 @@
 
 use crate::messages::Reply;
 use crate::rejection::Rejection;
+use crate::reply_bundle::SignedReplies;
 use crate::types::{ReplicaId, View};
 use bft_crypto::{
     encode, Digest, Hasher, KeyPair, MerkleProof, MerkleTree, PublicKey, Signable, Signed,
@@ -50,6 +51,11 @@ pub struct VerifiedReply {
 }
 
 impl VerifiedReply {
+    /// A reply whose root was checked (by [`verify_reply`] or a bundle's check).
+    pub(crate) fn vouched(reply: Reply, signer: PublicKey) -> Self {
+        Self { reply, signer }
+    }
+
     /// The key that signed the root this reply is under.
     #[must_use]
     pub fn signer(&self) -> PublicKey {
@@ -76,6 +82,30 @@ pub fn leaf(reply: &Reply) -> Digest {
 
 /// Sign `replies` (all from `replica` in `view`) with one signature.
 #[must_use]
+pub fn sign_reply_batch(
+    key: &KeyPair,
+    view: View,
+    replica: ReplicaId,
+    replies: Vec<Reply>,
+) -> SignedReplies {
+    let leaves: Vec<Digest> = replies.iter().map(leaf).collect();
+    let root = Signed::sign(
+        ReplyRoot {
+            view,
+            root: MerkleTree::new(leaves.clone()).root(),
+            replica,
+        },
+        key,
+    );
+    SignedReplies {
+        root,
+        replies,
+        leaves,
+    }
+}
+
+/// Sign `replies` with one signature and give each with its own path.
+#[must_use]
 pub fn sign_replies(
     key: &KeyPair,
     view: View,
@@ -85,24 +115,7 @@ pub fn sign_replies(
     if replies.is_empty() {
         return Vec::new();
     }
-    let tree = MerkleTree::new(replies.iter().map(leaf).collect());
-    let root = Signed::sign(
-        ReplyRoot {
-            view,
-            root: tree.root(),
-            replica,
-        },
-        key,
-    );
-    replies
-        .into_iter()
-        .enumerate()
-        .map(|(i, reply)| SignedReply {
-            reply,
-            proof: tree.proof(i).expect("index is in the tree"),
-            root: root.clone(),
-        })
-        .collect()
+    sign_reply_batch(key, view, replica, replies).individual()
 }
 
 /// Check the path, that the root names the same replica and view as the reply, and
@@ -123,21 +136,30 @@ pub fn verify_reply(r: SignedReply, cache: Option<&RootCache>) -> Result<Verifie
             "reply is not under its signed root".into(),
         ));
     }
-    let check = |root: &Signed<ReplyRoot>| root.check().map_err(|_| Rejection::BadSignature);
-    match cache {
-        Some(c) => {
-            let fingerprint = RootCache::fingerprint(&r.root);
-            if !c.contains(&fingerprint) {
-                check(&r.root)?;
-                c.insert(fingerprint);
-            }
-        }
-        None => check(&r.root)?,
-    }
+    check_root(&r.root, cache)?;
     Ok(VerifiedReply {
         signer: r.root.signer,
         reply: r.reply,
     })
+}
+
+/// The root's signature, unless `cache` already holds this exact signed root.
+pub(crate) fn check_root(
+    root: &Signed<ReplyRoot>,
+    cache: Option<&RootCache>,
+) -> Result<(), Rejection> {
+    let check = |root: &Signed<ReplyRoot>| root.check().map_err(|_| Rejection::BadSignature);
+    match cache {
+        Some(c) => {
+            let fingerprint = RootCache::fingerprint(root);
+            if !c.contains(&fingerprint) {
+                check(root)?;
+                c.insert(fingerprint);
+            }
+            Ok(())
+        }
+        None => check(root),
+    }
 }
 
 /// Signed roots whose signatures were already checked, keyed by the whole signed

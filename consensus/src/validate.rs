@@ -20,6 +20,7 @@ use crate::new_view::{plan, BodyIndex, NewViewPlan};
 use crate::params::ProtocolParams;
 use crate::rejection::Rejection;
 use crate::reply::{verify_reply, RootCache, SignedReply, VerifiedReply};
+use crate::reply_bundle::{verify_bundle, ReplyBundle};
 use crate::types::{Membership, ReplicaConfig, ReplicaId, Seq, View};
 use bft_crypto::{all_valid, BatchOk, Digest, Pending, Signable, SignatureBatch, Signed, Verified};
 use std::collections::BTreeSet;
@@ -40,6 +41,8 @@ pub enum VerifiedMessage {
     FetchState(Verified<FetchState>),
     State(Verified<StateSnapshot>),
     Reply(VerifiedReply),
+    /// A bundle's replies, all from the replica named.
+    Replies(ReplicaId, Vec<VerifiedReply>),
     Heartbeat(Verified<Heartbeat>),
     Generals(VerifiedChain),
     GeneralsReport(Verified<Report>),
@@ -62,6 +65,7 @@ impl VerifiedMessage {
             VerifiedMessage::FetchState(m) => m.replica,
             VerifiedMessage::State(m) => m.replica,
             VerifiedMessage::Reply(m) => m.replica,
+            VerifiedMessage::Replies(replica, _) => *replica,
             VerifiedMessage::Heartbeat(m) => m.replica,
             VerifiedMessage::Generals(c) => c.last_signer(),
             VerifiedMessage::GeneralsReport(m) => m.replica,
@@ -320,6 +324,13 @@ impl Validator {
                 Staged::State(self.by_replica(m, |m| m.replica, sigs)?)
             }
             Message::Reply(m) => Staged::Done(VerifiedMessage::Reply(self.verify_reply(m, None)?)),
+            Message::Replies(b) => {
+                let replica = b.root.payload.replica;
+                Staged::Done(VerifiedMessage::Replies(
+                    replica,
+                    self.verify_bundle(b, None)?,
+                ))
+            }
             Message::Heartbeat(m) => Staged::Heartbeat(self.by_replica(m, |m| m.replica, sigs)?),
             Message::Generals(c) => {
                 Staged::Done(VerifiedMessage::Generals(verify_chain(c, &self.members)?))
@@ -344,6 +355,21 @@ impl Validator {
     ) -> Checked<VerifiedReply> {
         self.check_signer(&reply.root, reply.root.payload.replica)?;
         verify_reply(reply, cache)
+    }
+
+    /// A reply bundle: its root signed by the replica it names, its leaves making
+    /// that root (see [`crate::reply_bundle`]). `cache` as for
+    /// [`Validator::verify_reply`].
+    ///
+    /// # Errors
+    /// The first problem found, typed.
+    pub fn verify_bundle(
+        &self,
+        bundle: ReplyBundle,
+        cache: Option<&RootCache>,
+    ) -> Checked<Vec<VerifiedReply>> {
+        self.check_signer(&bundle.root, bundle.root.payload.replica)?;
+        verify_bundle(bundle, cache)
     }
 
     /// `signed` is signed by the replica it names (`claimed` reads the name).

@@ -8,7 +8,7 @@ use bft_consensus::messages::{
     StateSnapshot,
 };
 use bft_consensus::new_view::{index, plan};
-use bft_consensus::reply::sign_replies;
+use bft_consensus::reply::{sign_replies, sign_reply_batch};
 use bft_consensus::{Message, Rejection, VerifiedMessage};
 use bft_crypto::{Digest, Signed};
 use common::*;
@@ -94,9 +94,32 @@ fn well_formed_messages_pass() {
     ));
     // Replica 2 cannot sign a root for replies that name replica 1, nor claim its
     // root is replica 1's.
-    let by_other = sign_replies(&g.keys[2], 0, 1, vec![reply]).remove(0);
+    let by_other = sign_replies(&g.keys[2], 0, 1, vec![reply.clone()]).remove(0);
     assert_eq!(
         reject(Message::Reply(by_other)),
+        Rejection::SignerMismatch { claimed: 1 }
+    );
+    // The same for a bundle of a batch's replies to one process.
+    let two = vec![
+        reply.clone(),
+        Reply {
+            timestamp: 2,
+            ..reply.clone()
+        },
+    ];
+    let bundle = |key| {
+        let batch = sign_reply_batch(key, 0, 1, two.clone());
+        match batch.address(|_| Some(())).remove(0).1 {
+            Message::Replies(b) => b,
+            other => panic!("two replies to one process travel as a bundle, not {other:?}"),
+        }
+    };
+    assert!(matches!(
+        ok(Message::Replies(bundle(&g.keys[1]))),
+        VerifiedMessage::Replies(1, ref r) if r.len() == 2
+    ));
+    assert_eq!(
+        reject(Message::Replies(bundle(&g.keys[2]))),
         Rejection::SignerMismatch { claimed: 1 }
     );
 }

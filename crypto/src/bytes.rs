@@ -140,8 +140,7 @@ pub mod array {
         }
 
         fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<[u8; N], E> {
-            v.try_into()
-                .map_err(|_| E::invalid_length(v.len(), &self))
+            v.try_into().map_err(|_| E::invalid_length(v.len(), &self))
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {

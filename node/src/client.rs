@@ -3,16 +3,16 @@
 //! submits, retransmits and waits for f+1 matching replies.
 
 use crate::config::ResolvedClient;
-use crate::link::Link;
+use crate::link::{Incoming, Link};
 use bft_consensus::client::{Client, ClientOutput};
-use bft_consensus::{KvOp, KvResult, ReplicaConfig, RootCache, Validator};
+use bft_consensus::{KvOp, KvResult, ReplicaConfig, RootCache, Validator, VerifiedReply};
 use bft_net::{NetConfig, Network, PeerId};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 /// Verified reply roots remembered per cache (a few seconds of batches at full load).
-const ROOT_CACHE: usize = 4096;
+pub(crate) const ROOT_CACHE: usize = 4096;
 /// Largest frame a client accepts (a reply carries at most one operation's result).
 pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
@@ -138,15 +138,11 @@ impl KvClient {
             tokio::select! {
                 r = self.link.next_reply() => {
                     let Some(r) = r else { return Err(ClientError::Timeout(self.timeout)) };
-                    // Late replies to earlier requests are skipped before paying for a
-                    // signature check.
-                    if Some(r.reply.timestamp) != self.core.outstanding_timestamp() {
-                        continue;
-                    }
-                    let Ok(reply) = self.validator.verify_reply(r, Some(&self.roots)) else { continue };
-                    let out = self.core.on_reply_at(self.start.elapsed(), &reply);
-                    if let Some(done) = self.perform(out, &mut retransmit_at) {
-                        return done;
+                    for reply in self.checked(r) {
+                        let out = self.core.on_reply_at(self.start.elapsed(), &reply);
+                        if let Some(done) = self.perform(out, &mut retransmit_at) {
+                            return done;
+                        }
                     }
                 }
                 () = tokio::time::sleep_until(wake.into()) => {
@@ -157,6 +153,29 @@ impl KvClient {
                     self.perform(out, &mut retransmit_at);
                 }
             }
+        }
+    }
+
+    /// The verified replies in `r` that answer the outstanding request. Late replies
+    /// to earlier requests are skipped before paying for a check; a bad one is
+    /// dropped (the core needs only f+1 good ones).
+    fn checked(&self, r: Incoming) -> Vec<VerifiedReply> {
+        let awaited = self.core.outstanding_timestamp();
+        let me = self.core.id();
+        let answers = |v: &VerifiedReply| Some(v.timestamp) == awaited && v.client == me;
+        match r {
+            Incoming::Signed(r) if Some(r.reply.timestamp) == awaited => self
+                .validator
+                .verify_reply(r, Some(&self.roots))
+                .into_iter()
+                .collect(),
+            Incoming::Signed(_) => Vec::new(),
+            Incoming::Bundle(b) => self
+                .validator
+                .verify_bundle(b, Some(&self.roots))
+                .map(|v| v.into_iter().filter(answers).collect())
+                .unwrap_or_default(),
+            Incoming::Verified(v) => answers(&v).then_some(v).into_iter().collect(),
         }
     }
 

@@ -9,11 +9,13 @@
 //! [`ReplyRoute`] naming the gateway so replicas send its replies there (a
 //! replica only accepts a route over the connection it names).
 
-use crate::client::{poll_until, wall_clock_micros, ClientError, KvClient, MAX_FRAME_BYTES};
+use crate::client::{
+    poll_until, wall_clock_micros, ClientError, KvClient, MAX_FRAME_BYTES, ROOT_CACHE,
+};
 use crate::config::{ResolvedClient, ValidatorSet};
-use crate::link::{replicas_connected, send_all, send_to, Link};
+use crate::link::{replicas_connected, send_all, send_to, Incoming, Link};
 use bft_consensus::messages::ReplyRoute;
-use bft_consensus::{ClientId, Message, ReplicaId, SignedReply};
+use bft_consensus::{ClientId, Message, ReplicaConfig, ReplicaId, RootCache, Validator};
 use bft_crypto::{KeyPair, Signed};
 use bft_net::{Inbound, NetConfig, NetHandle, Network, PeerId};
 use std::collections::HashMap;
@@ -28,19 +30,19 @@ type Sessions = Arc<Mutex<HashMap<ClientId, Arc<Inbox>>>>;
 /// sends, it cannot crowd out the honest replicas' (a shared queue could be kept
 /// full by one sender, and the client needs only f+1 of the others).
 struct Inbox {
-    slots: Mutex<Vec<Option<SignedReply>>>,
+    slots: Mutex<Vec<Option<Incoming>>>,
     ready: tokio::sync::Notify,
 }
 
 impl Inbox {
     fn new(n: usize) -> Self {
         Self {
-            slots: Mutex::new(vec![None; n]),
+            slots: Mutex::new((0..n).map(|_| None).collect()),
             ready: tokio::sync::Notify::new(),
         }
     }
 
-    fn put(&self, replica: usize, reply: SignedReply) {
+    fn put(&self, replica: usize, reply: Incoming) {
         if let Some(slot) = self.slots.lock().expect("inbox lock").get_mut(replica) {
             *slot = Some(reply);
         }
@@ -48,7 +50,7 @@ impl Inbox {
         self.ready.notify_one();
     }
 
-    async fn take(&self) -> SignedReply {
+    async fn take(&self) -> Incoming {
         loop {
             if let Some(r) = self
                 .slots
@@ -106,7 +108,13 @@ impl Gateway {
         })?;
         let sessions = Sessions::default();
         let peers: Vec<PeerId> = peers.into_iter().map(|(p, _)| p).collect();
-        tokio::spawn(dispatch(net.inbound, sessions.clone(), peers.clone()));
+        let validator = Validator::new(&ReplicaConfig::new(0, validators.membership()));
+        tokio::spawn(dispatch(
+            net.inbound,
+            sessions.clone(),
+            peers.clone(),
+            validator,
+        ));
         Ok(Self {
             shared: Arc::new(Shared {
                 net: net.handle,
@@ -160,28 +168,40 @@ impl Gateway {
 
 /// Hand each reply to the inbox of the client it is addressed to, in the slot of
 /// the replica whose connection it came over (a reply claiming another replica, or
-/// from a peer that is no replica, is dropped). Replies are only decoded here; each
-/// client verifies its own, on its own task.
-async fn dispatch(mut inbound: mpsc::Receiver<Inbound>, sessions: Sessions, peers: Vec<PeerId>) {
+/// from a peer that is no replica, is dropped). A single reply is only decoded
+/// here, and its client verifies it on its own task; a bundle (many clients'
+/// replies under one root) is verified here once, for all of them.
+async fn dispatch(
+    mut inbound: mpsc::Receiver<Inbound>,
+    sessions: Sessions,
+    peers: Vec<PeerId>,
+    validator: Validator,
+) {
+    let roots = RootCache::new(ROOT_CACHE);
     while let Some(frame) = inbound.recv().await {
         let Some(from) = peers.iter().position(|p| *p == frame.peer) else {
             continue;
         };
-        let Ok(Message::Reply(reply)) =
-            bft_crypto::decode::<Message>(&frame.bytes, MAX_FRAME_BYTES)
-        else {
-            continue;
+        let replies = match bft_crypto::decode::<Message>(&frame.bytes, MAX_FRAME_BYTES) {
+            Ok(Message::Reply(reply)) if reply.reply.replica as usize == from => {
+                vec![(reply.reply.client, Incoming::Signed(reply))]
+            }
+            Ok(Message::Replies(bundle)) if bundle.root.payload.replica as usize == from => {
+                let Ok(verified) = validator.verify_bundle(bundle, Some(&roots)) else {
+                    continue;
+                };
+                verified
+                    .into_iter()
+                    .map(|v| (v.client, Incoming::Verified(v)))
+                    .collect()
+            }
+            _ => continue,
         };
-        if reply.reply.replica as usize != from {
-            continue;
-        }
-        let inbox = sessions
-            .lock()
-            .expect("sessions lock")
-            .get(&reply.reply.client)
-            .cloned();
-        if let Some(inbox) = inbox {
-            inbox.put(from, reply);
+        let sessions = sessions.lock().expect("sessions lock");
+        for (client, reply) in replies {
+            if let Some(inbox) = sessions.get(&client) {
+                inbox.put(from, reply);
+            }
         }
     }
 }
@@ -209,7 +229,7 @@ impl Session {
         send_all(&self.shared.net, &self.shared.peers, frame);
     }
 
-    pub(crate) async fn next_reply(&mut self) -> Option<SignedReply> {
+    pub(crate) async fn next_reply(&mut self) -> Option<Incoming> {
         Some(self.inbox.take().await)
     }
 
@@ -237,7 +257,7 @@ mod tests {
     use bft_consensus::messages::Reply;
     use bft_consensus::reply::sign_replies;
 
-    fn reply(replica: u32, timestamp: u64) -> SignedReply {
+    fn reply(replica: u32, timestamp: u64) -> Incoming {
         let client = KeyPair::from_seed([9; 32]).public();
         let r = Reply {
             view: 0,
@@ -255,6 +275,7 @@ mod tests {
             vec![r],
         )
         .pop()
+        .map(Incoming::Signed)
         .unwrap()
     }
 
@@ -268,7 +289,9 @@ mod tests {
         inbox.put(3, reply(3, 7));
         let mut got: Vec<(u32, u64)> = Vec::new();
         for _ in 0..3 {
-            let r = inbox.take().await;
+            let Incoming::Signed(r) = inbox.take().await else {
+                panic!("only single replies were put");
+            };
             got.push((r.reply.replica, r.reply.timestamp));
         }
         got.sort_unstable();

@@ -4,10 +4,20 @@
 
 use crate::client::MAX_FRAME_BYTES;
 use crate::gateway::Session;
-use bft_consensus::{Message, ReplicaId, SignedReply};
+use bft_consensus::{Message, ReplicaId, ReplyBundle, SignedReply, VerifiedReply};
 use bft_net::{Inbound, NetHandle, PeerId};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// A reply as the link hands it to its client.
+pub(crate) enum Incoming {
+    /// One reply with its path, not yet checked.
+    Signed(SignedReply),
+    /// A bundle that came to this client's own connection, not yet checked.
+    Bundle(ReplyBundle),
+    /// Checked already: a gateway verifies a bundle once for all its clients.
+    Verified(VerifiedReply),
+}
 
 pub(crate) enum Link {
     Own {
@@ -37,14 +47,14 @@ impl Link {
     }
 
     /// The next reply addressed to this client (None once the transport is gone).
-    pub(crate) async fn next_reply(&mut self) -> Option<SignedReply> {
+    pub(crate) async fn next_reply(&mut self) -> Option<Incoming> {
         match self {
             Link::Own { inbound, .. } => loop {
                 let frame = inbound.recv().await?;
-                if let Ok(Message::Reply(r)) =
-                    bft_crypto::decode::<Message>(&frame.bytes, MAX_FRAME_BYTES)
-                {
-                    return Some(r);
+                match bft_crypto::decode::<Message>(&frame.bytes, MAX_FRAME_BYTES) {
+                    Ok(Message::Reply(r)) => return Some(Incoming::Signed(r)),
+                    Ok(Message::Replies(b)) => return Some(Incoming::Bundle(b)),
+                    _ => {}
                 }
             },
             Link::Session(s) => s.next_reply().await,

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 fn is_network(o: &Output) -> bool {
     matches!(
         o,
-        Output::Send { .. } | Output::Broadcast { .. } | Output::Reply { .. }
+        Output::Send { .. } | Output::Broadcast { .. } | Output::Replies(_)
     )
 }
 
@@ -131,13 +131,15 @@ impl Behaviour for Equivocate {
     }
 }
 
+/// Break a signature (one bit of its scalar half).
+fn flip(sig: &mut Signature) {
+    let mut b = sig.to_bytes();
+    b[40] ^= 0x01;
+    *sig = Signature::from_bytes(&b);
+}
+
 /// Flip a bit of the outer signature so it no longer verifies.
 fn corrupt(message: &mut Message) {
-    fn flip(sig: &mut Signature) {
-        let mut b = sig.to_bytes();
-        b[40] ^= 0x01;
-        *sig = Signature::from_bytes(&b);
-    }
     match message {
         Message::Request(s) => flip(&mut s.signature),
         Message::PrePrepare(s, _) => flip(&mut s.signature),
@@ -152,6 +154,7 @@ fn corrupt(message: &mut Message) {
         Message::Heartbeat(s) => flip(&mut s.signature),
         Message::GeneralsReport(s) => flip(&mut s.signature),
         Message::ReplyRoute(s) => flip(&mut s.signature),
+        Message::Replies(b) => flip(&mut b.root.signature),
         Message::Generals(c) => {
             if let Some(l) = c.links.last_mut() {
                 flip(&mut l.signature);
@@ -171,13 +174,7 @@ impl Behaviour for BadSignature {
         for o in &mut outputs {
             match o {
                 Output::Send { message, .. } | Output::Broadcast { message } => corrupt(message),
-                Output::Reply { reply, .. } => {
-                    let mut m = Message::Reply(reply.clone());
-                    corrupt(&mut m);
-                    if let Message::Reply(r) = m {
-                        *reply = r;
-                    }
-                }
+                Output::Replies(replies) => flip(&mut replies.root.signature),
                 _ => {}
             }
         }

@@ -138,7 +138,7 @@ impl Twin {
                 }
                 // Its store is its own and never read again: it never restarts.
                 Output::Persist(_) | Output::PersistApart(_) => {}
-                Output::Send { .. } | Output::Broadcast { .. } | Output::Reply { .. } => {
+                Output::Send { .. } | Output::Broadcast { .. } | Output::Replies(_) => {
                     kept.push(o);
                 }
                 _ => {}

@@ -202,6 +202,7 @@ impl<A: Application> Replica<A> {
             VerifiedMessage::FetchState(f) => self.on_fetch_state(&f),
             VerifiedMessage::State(s) => self.on_state(s),
             VerifiedMessage::Reply(r) => self.reject(Some(r.replica), Rejection::WrongSender),
+            VerifiedMessage::Replies(from, _) => self.reject(Some(from), Rejection::WrongSender),
             VerifiedMessage::Heartbeat(hb) => self.on_heartbeat(&hb),
             // The generals engine's, not the replica's: the driver routes them there.
             VerifiedMessage::Generals(_) | VerifiedMessage::GeneralsReport(_) => {}

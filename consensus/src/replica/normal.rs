@@ -12,7 +12,7 @@ use crate::messages::{
 };
 use crate::params::ProtocolParams;
 use crate::rejection::Rejection;
-use crate::reply::sign_replies;
+use crate::reply::sign_reply_batch;
 use crate::types::Seq;
 use bft_crypto::{Signed, Verified};
 
@@ -454,9 +454,10 @@ impl<A: Application> Replica<A> {
 
     /// One signature for all of `replies` (a batch's, or a lone repeated one).
     fn send_replies(&mut self, replies: Vec<Reply>) {
-        for reply in sign_replies(&self.key, self.view, self.me(), replies) {
-            let client = reply.reply.client;
-            self.emit(Output::Reply { client, reply });
+        if replies.is_empty() {
+            return;
         }
+        let signed = sign_reply_batch(&self.key, self.view, self.me(), replies);
+        self.emit(Output::Replies(signed));
     }
 }

@@ -788,10 +788,14 @@ impl World {
         match to {
             Node::Rogue(_) => Ok(()), // what replicas tell a rogue changes nothing
             Node::Client(c) => {
-                let admitted = self.ingress.admit(origin, &frame);
-                if let Ok(VerifiedMessage::Reply(reply)) = admitted.result {
+                let replies = match self.ingress.admit(origin, &frame).result {
+                    Ok(VerifiedMessage::Reply(reply)) => vec![reply],
+                    Ok(VerifiedMessage::Replies(_, replies)) => replies,
+                    _ => Vec::new(),
+                };
+                for reply in replies {
                     let out = self.clients[c].client.on_reply_at(self.now, &reply);
-                    return self.client_outputs(c, out);
+                    self.client_outputs(c, out)?;
                 }
                 Ok(())
             }
@@ -902,10 +906,12 @@ impl World {
                         }
                     }
                 }
-                Output::Reply { client, reply } => {
-                    if let Some(&c) = self.client_index.get(&client) {
-                        let frame = encode(&Message::Reply(reply));
-                        self.replica_send(id, Node::Client(c), frame);
+                Output::Replies(replies) => {
+                    // Each simulated client is a process of its own: a reply goes
+                    // alone, or (small batches) as a bundle of one beside the leaves.
+                    let index = &self.client_index;
+                    for (c, message) in replies.address(|client| index.get(client).copied()) {
+                        self.replica_send(id, Node::Client(c), encode(&message));
                     }
                 }
                 Output::Persist(record) => {

@@ -312,7 +312,12 @@ impl Cluster {
                         self.queue.push_back((id, To::Replica(to), message.clone()));
                     }
                 }
-                Output::Reply { client, reply } => self.replies.push((*client, reply.clone())),
+                Output::Replies(replies) => self.replies.extend(
+                    replies
+                        .individual()
+                        .into_iter()
+                        .map(|r| (r.reply.client, r)),
+                ),
                 Output::Persist(rec) | Output::PersistApart(rec) => {
                     self.durable[id as usize].apply(rec);
                 }

@@ -39,9 +39,9 @@ impl Runtime {
                     }
                 }
             }
-            Output::Reply { client, reply } => {
-                if let Some(peer) = self.routes.peer_for(&client) {
-                    let message = Message::Reply(reply);
+            Output::Replies(replies) => {
+                let routes = &self.routes;
+                for (peer, message) in replies.address(|client| routes.peer_for(client)) {
                     self.send_frame(peer, encode(&message), message.kind());
                 }
             }
