@@ -3,7 +3,12 @@
 //! Keys: `view`, `vc` (the view-change sent), `nv` (the new-view entered), `stable`
 //! (the stable checkpoint with its 2f+1 proof), and per sequence number `a/`, `p/`,
 //! `c/` + big-endian seq for the accepted pre-prepare (with batch), the prepared
-//! certificate and the commit decision. The application's data lives in the stable
+//! certificate and the commit decision, and `format` (the layout's version, so a
+//! store written by another version is refused with a clear error rather than
+//! misread). A prepared certificate is stored without its batch when the accepted
+//! entry of its seq holds the same one (nearly always: the replica accepted the
+//! pre-prepare it then prepared), so each batch is written once, not twice (issue
+//! 13); the batch is joined back in at load. The application's data lives in the stable
 //! checkpoint's snapshot plus the committed batches above it, which a restarted
 //! replica re-executes.
 //!
@@ -23,8 +28,11 @@
 //! A checkpoint installed by state transfer has no log below it on disk, so it is
 //! written the same way but in its turn, before the turn's messages leave.
 
+use bft_consensus::messages::{Batch, PrePrepare, Prepare, PreparedCert};
 use bft_consensus::{DurableState, PersistRecord, Seq, StableCheckpoint};
+use bft_crypto::Signed;
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use thiserror::Error;
@@ -39,7 +47,17 @@ pub enum StorageError {
     Corrupt { key: String, reason: String },
     #[error("snapshot file {path}: {reason}")]
     Snapshot { path: String, reason: String },
+    #[error(
+        "the store at {path} has layout {found}, this build reads layout {FORMAT_VERSION}: \
+         it was written by another version of bftnode; run the version that wrote it \
+         (starting this replica afresh would forget the votes the store holds)"
+    )]
+    Format { path: String, found: String },
 }
+
+/// The layout of the records this build writes; see [`check_format`].
+const FORMAT_VERSION: u32 = 2;
+const FORMAT: &[u8] = b"format";
 
 const VIEW: &[u8] = b"view";
 const VIEW_CHANGE: &[u8] = b"vc";
@@ -90,6 +108,7 @@ impl Storage {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
+        check_format(&db, path)?;
         let snapshots = path.join(SNAPSHOTS);
         if !snapshots.is_dir() {
             // The new directory's entry must itself be durable before a record
@@ -153,11 +172,16 @@ impl Storage {
                     let seq = pre_prepare.payload.seq;
                     if let Some(v) = d.accepted.get(&seq) {
                         batch.put(seq_key(ACCEPTED, seq), enc(v));
+                        // The stored certificate may have left its batch to the
+                        // entry just replaced: store it again against the new one.
+                        if let Some(cert) = d.prepared.get(&seq) {
+                            batch.put(seq_key(PREPARED, seq), enc_prepared(d, cert));
+                        }
                     }
                 }
                 PersistRecord::Prepared(cert) => {
                     if let Some(v) = d.prepared.get(&cert.seq()) {
-                        batch.put(seq_key(PREPARED, cert.seq()), enc(v));
+                        batch.put(seq_key(PREPARED, cert.seq()), enc_prepared(d, v));
                     }
                 }
                 PersistRecord::Committed { seq, .. } => {
@@ -346,6 +370,61 @@ fn scan<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
+/// A prepared certificate as stored: its batch only when the accepted entry of its
+/// seq does not hold the same one (see the module doc).
+#[derive(Serialize)]
+struct StoredPreparedRef<'a> {
+    pre_prepare: &'a Signed<PrePrepare>,
+    batch: Option<&'a Batch>,
+    prepares: &'a [Signed<Prepare>],
+}
+
+#[derive(Deserialize)]
+struct StoredPrepared {
+    pre_prepare: Signed<PrePrepare>,
+    batch: Option<Batch>,
+    prepares: Vec<Signed<Prepare>>,
+}
+
+fn enc_prepared(d: &DurableState, cert: &PreparedCert) -> Vec<u8> {
+    let shared = d
+        .accepted
+        .get(&cert.seq())
+        .is_some_and(|(pp, _)| pp.payload.digest == cert.pre_prepare.payload.digest);
+    enc(&StoredPreparedRef {
+        pre_prepare: &cert.pre_prepare,
+        batch: (!shared).then_some(&cert.batch),
+        prepares: &cert.prepares,
+    })
+}
+
+/// Refuse a store of another layout; mark a new, empty one with this build's.
+fn check_format(db: &DB, path: &Path) -> Result<(), StorageError> {
+    let refuse = |found: String| StorageError::Format {
+        path: path.display().to_string(),
+        found,
+    };
+    match db.get(FORMAT).map_err(|e| StorageError::Open {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })? {
+        Some(bytes) => match <[u8; 4]>::try_from(bytes.as_slice()).map(u32::from_be_bytes) {
+            Ok(FORMAT_VERSION) => Ok(()),
+            Ok(other) => Err(refuse(other.to_string())),
+            Err(_) => Err(refuse(format!("{bytes:?} (unreadable)"))),
+        },
+        None if db.iterator(rocksdb::IteratorMode::Start).next().is_none() => {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.put_opt(FORMAT, FORMAT_VERSION.to_be_bytes(), &opts)
+                .map_err(|e| StorageError::Write(e.to_string()))
+        }
+        None => Err(refuse(
+            "1 (no format record: written before layouts were versioned)".into(),
+        )),
+    }
+}
+
 fn load(db: &DB, snapshots: &Path) -> Result<DurableState, StorageError> {
     let mut d = DurableState::default();
     if let Some((view, changing)) = get(db, VIEW)? {
@@ -365,7 +444,30 @@ fn load(db: &DB, snapshots: &Path) -> Result<DurableState, StorageError> {
         }
     }
     d.accepted = scan(db, ACCEPTED)?.into_iter().collect();
-    d.prepared = scan(db, PREPARED)?.into_iter().collect();
+    for (seq, stored) in scan::<StoredPrepared>(db, PREPARED)? {
+        let batch = match stored.batch {
+            Some(batch) => batch,
+            None => match d.accepted.get(&seq) {
+                Some((pp, batch)) if pp.payload.digest == stored.pre_prepare.payload.digest => {
+                    batch.clone()
+                }
+                _ => {
+                    return Err(StorageError::Corrupt {
+                        key: format!("prepared {seq}"),
+                        reason: "stored without its batch, and no accepted entry holds it".into(),
+                    })
+                }
+            },
+        };
+        d.prepared.insert(
+            seq,
+            PreparedCert {
+                pre_prepare: stored.pre_prepare,
+                batch,
+                prepares: stored.prepares,
+            },
+        );
+    }
     d.committed = scan(db, COMMITTED)?.into_iter().collect();
     Ok(d)
 }
@@ -373,9 +475,187 @@ fn load(db: &DB, snapshots: &Path) -> Result<DurableState, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bft_consensus::messages::{Batch, PrePrepare};
-    use bft_consensus::StableCheckpoint;
-    use bft_crypto::{Digest, KeyPair, Signed};
+    use bft_consensus::messages::Request;
+    use bft_crypto::{Digest, KeyPair};
+
+    /// A batch of one request whose operation is `tag`: batches of other tags differ.
+    fn batch_of(tag: u8) -> Batch {
+        let client = KeyPair::from_seed([9; 32]);
+        Batch::new(vec![Signed::sign(
+            Request {
+                timestamp: 1,
+                operation: vec![tag],
+                horizon: 0,
+            },
+            &client,
+        )])
+    }
+
+    fn pre_prepare(seq: Seq, view: u64, batch: &Batch) -> Signed<PrePrepare> {
+        Signed::sign(
+            PrePrepare {
+                view,
+                seq,
+                digest: batch.digest(),
+                replica: 0,
+            },
+            &KeyPair::from_seed([1; 32]),
+        )
+    }
+
+    fn prepared(seq: Seq, view: u64, batch: &Batch) -> PersistRecord {
+        let pp = pre_prepare(seq, view, batch);
+        let prepares = (1..3)
+            .map(|i| {
+                Signed::sign(
+                    Prepare {
+                        view,
+                        seq,
+                        digest: batch.digest(),
+                        replica: i,
+                    },
+                    &KeyPair::from_seed([i as u8 + 1; 32]),
+                )
+            })
+            .collect();
+        PersistRecord::Prepared(PreparedCert {
+            pre_prepare: pp,
+            batch: batch.clone(),
+            prepares,
+        })
+    }
+
+    /// Random turns of accepted, prepared, committed and stable records (views and
+    /// batches that change under a seq, as view changes make them): after each turn
+    /// the store, reopened, holds exactly what the records fold to.
+    #[test]
+    fn a_reopened_store_holds_what_its_records_fold_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |below: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % below
+        };
+        let mut expected = DurableState::default();
+        let mut stable = 0;
+        let (mut shared, mut apart) = (0, 0);
+        for _turn in 0..60 {
+            let mut records = Vec::new();
+            for _ in 0..=next(4) {
+                let seq = stable + 1 + next(6);
+                let view = next(3);
+                let batch = batch_of(next(3) as u8);
+                records.push(match next(10) {
+                    0..=3 => PersistRecord::Accepted {
+                        pre_prepare: pre_prepare(seq, view, &batch),
+                        batch,
+                    },
+                    4..=7 => prepared(seq, view, &batch),
+                    8 => PersistRecord::Committed {
+                        seq,
+                        view,
+                        digest: batch.digest(),
+                    },
+                    _ => {
+                        stable = seq;
+                        PersistRecord::Stable(StableCheckpoint {
+                            seq,
+                            digest: Digest([seq as u8; 32]),
+                            proof: vec![],
+                            snapshot: vec![seq as u8; 8].into(),
+                        })
+                    }
+                });
+            }
+            let mut s = Storage::open(&path).unwrap();
+            s.persist(&records).unwrap();
+            drop(s);
+            for r in &records {
+                expected.apply(r);
+            }
+            for (seq, cert) in &expected.prepared {
+                match expected.accepted.get(seq) {
+                    Some((pp, _)) if pp.payload.digest == cert.pre_prepare.payload.digest => {
+                        shared += 1;
+                    }
+                    _ => apart += 1,
+                }
+            }
+            let reopened = Storage::open(&path).unwrap();
+            assert_eq!(*reopened.durable(), expected);
+        }
+        assert!(
+            shared > 20 && apart > 20,
+            "both kinds of stored certificate were reached ({shared} shared, {apart} apart)"
+        );
+    }
+
+    #[test]
+    fn a_prepared_certificate_is_stored_without_the_batch_its_accepted_entry_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let big = Batch::new(vec![batch_of(1).requests[0].clone(); 100]);
+        let (whole, shared) = {
+            let mut s = Storage::open(&path).unwrap();
+            s.persist(&[prepared(4, 0, &big)]).unwrap();
+            let whole = s
+                .writer
+                .db
+                .get(seq_key(PREPARED, 4))
+                .unwrap()
+                .unwrap()
+                .len();
+            s.persist(&[PersistRecord::Accepted {
+                pre_prepare: pre_prepare(4, 0, &big),
+                batch: big.clone(),
+            }])
+            .unwrap();
+            let shared = s
+                .writer
+                .db
+                .get(seq_key(PREPARED, 4))
+                .unwrap()
+                .unwrap()
+                .len();
+            (whole, shared)
+        };
+        assert_eq!(
+            whole - shared,
+            enc(&big).len(),
+            "the batch left the certificate ({whole} bytes with it, {shared} without)"
+        );
+        let s = Storage::open(&path).unwrap();
+        assert_eq!(s.durable().prepared[&4].batch, big, "joined back at load");
+    }
+
+    #[test]
+    fn a_store_of_another_format_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(Storage::open(&path).unwrap());
+        {
+            let db = DB::open_default(&path).unwrap();
+            db.put(FORMAT, 1_u32.to_be_bytes()).unwrap();
+        }
+        let refused = Storage::open(&path)
+            .err()
+            .expect("another layout is refused");
+        assert!(matches!(&refused, StorageError::Format { found, .. } if found == "1"));
+        assert!(refused.to_string().contains("another version of bftnode"));
+
+        let unversioned = dir.path().join("old");
+        {
+            let db = DB::open_default(&unversioned).unwrap();
+            db.put(VIEW, enc(&(3_u64, false))).unwrap();
+        }
+        assert!(matches!(
+            Storage::open(&unversioned),
+            Err(StorageError::Format { .. })
+        ));
+    }
 
     fn accepted(seq: Seq, view: u64) -> PersistRecord {
         let key = KeyPair::from_seed([1; 32]);
