@@ -598,28 +598,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let big = Batch::new(vec![batch_of(1).requests[0].clone(); 100]);
-        let (whole, shared) = {
-            let mut s = Storage::open(&path).unwrap();
-            s.persist(&[prepared(4, 0, &big)]).unwrap();
-            let whole = s
-                .writer
+        let stored_len = |s: &Storage| {
+            s.writer
                 .db
                 .get(seq_key(PREPARED, 4))
                 .unwrap()
                 .unwrap()
-                .len();
+                .len()
+        };
+        let (whole, shared) = {
+            let mut s = Storage::open(&path).unwrap();
+            s.persist(&[prepared(4, 0, &big)]).unwrap();
+            let whole = stored_len(&s);
             s.persist(&[PersistRecord::Accepted {
                 pre_prepare: pre_prepare(4, 0, &big),
                 batch: big.clone(),
             }])
             .unwrap();
-            let shared = s
-                .writer
-                .db
-                .get(seq_key(PREPARED, 4))
-                .unwrap()
-                .unwrap()
-                .len();
+            let shared = stored_len(&s);
             (whole, shared)
         };
         assert_eq!(
