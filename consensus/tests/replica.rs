@@ -332,6 +332,106 @@ fn lagging_replica_catches_up_from_heartbeats_without_new_requests() {
     assert_eq!(sent_to_3(&c), before);
 }
 
+/// A replica that executed every request but missed the checkpoint messages that
+/// made a checkpoint stable gets the proof from a peer whose heartbeats show it
+/// stable there while the laggard's show it is not: it must not wait for a later
+/// checkpoint that needs new requests (node test lying_checkpoint_7 lost one such
+/// message on a busy machine: with two liars among seven, one lost honest vote
+/// leaves the checkpoint short of 2f+1). Once it holds the checkpoint, the resends
+/// stop.
+#[test]
+fn a_replica_that_missed_checkpoint_votes_gets_the_proof_from_heartbeats() {
+    let mut c = Cluster::new(4);
+    c.start_all();
+    c.drop_if = Box::new(|from, to, m| {
+        *to == To::Replica(3) && from != 2 && matches!(m, Message::Checkpoint(_))
+    });
+    for ts in 1..=5 {
+        c.client_sends(0, request(&client_key(1), ts, "k", &format!("v{ts}")));
+        c.run();
+    }
+    assert_eq!(c.replica(0).stable_checkpoint().seq, 4);
+    assert_eq!(c.replica(3).last_executed(), 5);
+    assert_eq!(
+        c.replica(3).stable_checkpoint().seq,
+        0,
+        "votes from 0 and 1 were lost"
+    );
+    c.drop_if = Box::new(|_, _, _| false);
+    let beat = c.group.config(0).fd.heartbeat_interval;
+    for k in 1..=3 {
+        c.advance_to(beat * k);
+        c.run();
+    }
+    let r3 = c.replica(3);
+    assert_eq!(r3.stable_checkpoint().seq, 4);
+    assert_eq!(
+        r3.stable_checkpoint().digest,
+        c.replica(0).stable_checkpoint().digest
+    );
+    assert!(
+        !c.all_outputs(3)
+            .iter()
+            .any(|o| matches!(o, Output::StateInstalled { .. })),
+        "its own state at 4 matched the proof: nothing to fetch"
+    );
+    let checkpoints_to_3 = |c: &Cluster| {
+        (0..3)
+            .flat_map(|id| c.all_outputs(id))
+            .filter(|o| {
+                matches!(
+                    o,
+                    Output::Send {
+                        to: 3,
+                        message: Message::Checkpoint(_)
+                    }
+                )
+            })
+            .count()
+    };
+    let before = checkpoints_to_3(&c);
+    assert!(before > 0);
+    for k in 4..=7 {
+        c.advance_to(beat * k);
+        c.run();
+    }
+    assert_eq!(
+        checkpoints_to_3(&c),
+        before,
+        "helped once it is stable, no more"
+    );
+}
+
+/// The same under steady load, where the laggard is never idle (it executes a
+/// request every heartbeat, so it never reports the same position twice): the
+/// votes of replicas 0 and 1 never reach replica 3, yet its stable checkpoint
+/// follows the group's through replica 2's relayed proofs.
+#[test]
+fn under_load_a_replica_that_loses_checkpoint_votes_still_follows_the_stable_checkpoint() {
+    let mut c = Cluster::new(4);
+    c.start_all();
+    c.drop_if = Box::new(|from, to, m| {
+        *to == To::Replica(3) && from != 2 && matches!(m, Message::Checkpoint(_))
+    });
+    let beat = c.group.config(0).fd.heartbeat_interval;
+    for ts in 1..=14u32 {
+        c.advance_to(beat * ts);
+        c.client_sends(
+            0,
+            request(&client_key(1), ts.into(), "k", &format!("v{ts}")),
+        );
+        c.run();
+        assert_eq!(
+            c.replica(3).last_executed(),
+            u64::from(ts),
+            "executes every beat"
+        );
+    }
+    assert_eq!(c.replica(0).stable_checkpoint().seq, 12);
+    let r3 = c.replica(3).stable_checkpoint().seq;
+    assert!(r3 >= 8, "replica 3's stable checkpoint stayed at {r3}");
+}
+
 /// Recovery: a replica that prepared a digest, crashed and restarted, refuses a
 /// different digest for the same (view, seq): it never contradicts what it signed.
 #[test]

@@ -119,8 +119,8 @@ drills! {
     };
     wrong_digest_4: "wrong-digest", 4 => nothing_more;
     wrong_digest_7: "wrong-digest", 7 => nothing_more;
-    lying_checkpoint_4: "lying-checkpoint", 4 => |_, s, _| assert_checkpoints_honest(s);
-    lying_checkpoint_7: "lying-checkpoint", 7 => |_, s, _| assert_checkpoints_honest(s);
+    lying_checkpoint_4: "lying-checkpoint", 4 => assert_checkpoints_honest;
+    lying_checkpoint_7: "lying-checkpoint", 7 => assert_checkpoints_honest;
     forged_view_changes_4: "forge-view-change", 4 => |net, _, n| {
         assert_counted(net, n, &["invalid_view_change", "invalid_prepared_cert", "invalid_checkpoint_proof"]);
     };
@@ -141,16 +141,29 @@ drills! {
     traitor_relay_7: "traitor-relay", 7 => nothing_more;
 }
 
-/// A lying checkpoint never becomes stable: every honest replica's stable
-/// checkpoint is past genesis and proves the same digest.
-fn assert_checkpoints_honest(statuses: &[Status]) {
-    let first = &statuses[0];
-    assert!(first.last_stable_checkpoint > 0, "{first:?}");
-    for s in statuses {
-        if s.last_stable_checkpoint == first.last_stable_checkpoint {
-            assert_eq!(s.stable_checkpoint_digest, first.stable_checkpoint_digest);
-        }
-    }
+/// A lying checkpoint never becomes stable: the honest replicas come to hold the
+/// same stable checkpoint, past genesis, with the honest digest. (They need every
+/// honest vote when f lie; one lost on the way is resent from the heartbeats.)
+fn assert_checkpoints_honest(net: &Testnet, _: &[Status], n: usize) {
+    let f = (n - 1) / 3;
+    let honest: Vec<usize> = (f..n).collect();
+    net.wait_until(
+        &honest,
+        Duration::from_secs(10),
+        "one stable checkpoint",
+        |all| {
+            let Some(first) = all[0].as_ref() else {
+                return false;
+            };
+            first.last_stable_checkpoint > 0
+                && all.iter().all(|s| {
+                    s.as_ref().is_some_and(|s| {
+                        s.last_stable_checkpoint == first.last_stable_checkpoint
+                            && s.stable_checkpoint_digest == first.stable_checkpoint_digest
+                    })
+                })
+        },
+    );
 }
 
 fn run_cli(args: &[&str]) -> (bool, String, String) {

@@ -45,10 +45,13 @@ pub struct Progress {
     /// Changing into `view` (a view-change sent, its new-view not yet seen).
     pub changing: bool,
     pub last_executed: Seq,
+    /// Its stable checkpoint: a peer whose heartbeats show it stuck below ours
+    /// lost checkpoint votes, and gets the proof (see `replica::retransmit`).
+    pub stable: Seq,
 }
 
 impl Signable for Heartbeat {
-    const DOMAIN: &'static str = "bftnode/heartbeat/v2";
+    const DOMAIN: &'static str = "bftnode/heartbeat/v3";
 }
 
 /// Tunables (the node's `[failure_detector]` section).

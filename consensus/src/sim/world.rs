@@ -185,6 +185,9 @@ pub(crate) struct World {
     tail_requests: usize,
     /// When the workload finished: the highest honest executed seq, and the time.
     catch_up_target: Option<(Seq, Duration)>,
+    /// When every honest replica first stood at the catch-up target while their
+    /// stable checkpoints still differed.
+    stable_wait_since: Option<Duration>,
 }
 
 type Step = Result<(), Violation>;
@@ -305,6 +308,7 @@ impl World {
             report,
             tail_requests: 0,
             catch_up_target: None,
+            stable_wait_since: None,
         }
     }
 
@@ -470,6 +474,16 @@ impl World {
                     }
                 }
             }
+            // Their stable checkpoints converge too, without new requests: a replica
+            // that lost some checkpoint votes gets the proof from its peers'
+            // heartbeats (see `replica::retransmit`).
+            if let Some(v) = Self::stable_behind(&honest) {
+                let since = *self.stable_wait_since.get_or_insert(self.now);
+                if self.now < since + CATCH_UP_GRACE {
+                    return Ok(false);
+                }
+                return Err(v);
+            }
             // Every accepted request survives in the honest order (the tail's last ones
             // may not have reached the laggards yet; all earlier ones have: `target`).
             let upto = honest.iter().map(|r| r.last_executed()).max().unwrap_or(0);
@@ -491,6 +505,27 @@ impl World {
             self.schedule(Duration::from_millis(5), Event::ClientNext { client: 0 });
         }
         Ok(false)
+    }
+
+    /// An honest replica whose stable checkpoint is below another's, though it has
+    /// executed past that one.
+    fn stable_behind(honest: &[&Replica<KvStore>]) -> Option<Violation> {
+        let highest = honest.iter().map(|r| r.stable_checkpoint().seq).max()?;
+        let r = honest
+            .iter()
+            .find(|r| r.stable_checkpoint().seq < highest && r.last_executed() >= highest)?;
+        Some(Violation {
+            invariant: "liveness",
+            detail: format!(
+                "r{} executed to seq {} but its stable checkpoint stayed at {} for {:?} \
+                 while another replica's is {}: retransmission did not bring the proof",
+                r.id(),
+                r.last_executed(),
+                r.stable_checkpoint().seq,
+                CATCH_UP_GRACE,
+                highest
+            ),
+        })
     }
 
     /// Retransmission brings every honest laggard up without new requests, a replica

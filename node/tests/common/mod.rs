@@ -59,14 +59,30 @@ impl Testnet {
             "init: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // Small checkpoint interval so restarted replicas catch up quickly.
+        // Small checkpoint interval so restarted replicas catch up quickly, and the
+        // drills cross several checkpoints. They are the group's parameters, in the
+        // validator set every replica reads.
+        let p = dir.join("validators.toml");
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        for (from, to) in [
+            ("checkpoint_interval = 128", "checkpoint_interval = 16"),
+            ("window = 256", "window = 64"),
+        ] {
+            assert!(
+                text.contains(from),
+                "validators.toml no longer holds {from:?}"
+            );
+            text = text.replace(from, to);
+        }
+        let before = load_validators(&p).unwrap().digest();
+        std::fs::write(&p, text).unwrap();
+        // Each replica's config pins the set's digest: pin the edited one.
+        let after = load_validators(&p).unwrap().digest();
         for i in 0..n {
             let p = dir.join(format!("node{i}/config.toml"));
             let text = std::fs::read_to_string(&p).unwrap();
-            let text = text
-                .replace("checkpoint_interval = 128", "checkpoint_interval = 16")
-                .replace("window = 512", "window = 64");
-            std::fs::write(&p, text).unwrap();
+            assert!(text.contains(&before), "node{i} pins another validator set");
+            std::fs::write(&p, text.replace(&before, &after)).unwrap();
         }
         let t = Self { _tmp: tmp, dir, n };
         t.up_with(byzantine);
@@ -202,7 +218,7 @@ impl Testnet {
 
     /// Poll the statuses of `ids` until `ready` holds for them together; panics
     /// with the statuses and log tails after `within`.
-    fn wait_until(
+    pub fn wait_until(
         &self,
         ids: &[usize],
         within: Duration,
