@@ -71,6 +71,10 @@ pub struct LoadResult {
     pub committed: u64,
     /// Requests that timed out or failed.
     pub errors: u64,
+    /// Times a client sent its request again to every replica (whole run): each
+    /// costs every replica a signature check, so a run with many measured clients
+    /// whose latency exceeded their retransmission timeout, not the replicas' peak.
+    pub retransmissions: u64,
     /// Requests accepted inside the measurement window (after the warm-up).
     pub measured: u64,
     pub measured_secs: f64,
@@ -101,6 +105,7 @@ struct Counters {
     sent: AtomicU64,
     committed: AtomicU64,
     errors: AtomicU64,
+    retransmissions: AtomicU64,
 }
 
 /// Connect `count` clients with fresh keys over `connections` gateways (clients
@@ -220,6 +225,7 @@ pub async fn run(
         sent: counters.sent.load(Ordering::Relaxed),
         committed: counters.committed.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
+        retransmissions: counters.retransmissions.load(Ordering::Relaxed),
         measured,
         measured_secs: cfg.duration.as_secs_f64(),
         latency_us,
@@ -341,7 +347,12 @@ impl Worker {
             }
             let key = format!("bench-{}", (self.id as u64 + i * self.workers) % self.keys);
             self.counters.sent.fetch_add(1, Ordering::Relaxed);
-            match self.client.put(key.as_bytes(), &self.value).await {
+            let before = self.client.retransmissions();
+            let outcome = self.client.put(key.as_bytes(), &self.value).await;
+            self.counters
+                .retransmissions
+                .fetch_add(self.client.retransmissions() - before, Ordering::Relaxed);
+            match outcome {
                 Ok(KvResult::Done { .. }) => {
                     self.counters.committed.fetch_add(1, Ordering::Relaxed);
                     let done = Instant::now();
@@ -365,7 +376,8 @@ impl Worker {
     }
 }
 
-/// One line a second: elapsed time, phase, accepted requests per second, errors.
+/// One line a second: elapsed time, phase, accepted requests per second, errors,
+/// retransmissions.
 async fn report_progress(
     counters: Arc<Counters>,
     start: Instant,
@@ -387,10 +399,11 @@ async fn report_progress(
             "drain"
         };
         eprintln!(
-            "[{:>5.1}s {phase:>7}] {:>7} req/s  committed {committed:>8}  errors {}",
+            "[{:>5.1}s {phase:>7}] {:>7} req/s  committed {committed:>8}  errors {}  retransmitted {}",
             now.duration_since(start).as_secs_f64(),
             committed - last,
-            counters.errors.load(Ordering::Relaxed)
+            counters.errors.load(Ordering::Relaxed),
+            counters.retransmissions.load(Ordering::Relaxed)
         );
         last = committed;
     }

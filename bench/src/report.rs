@@ -59,6 +59,9 @@ pub struct Summary {
     pub sent: u64,
     pub committed: u64,
     pub errors: u64,
+    /// Requests a client sent again to every replica after its retransmission
+    /// timeout (whole run).
+    pub retransmissions: u64,
     /// CPU microseconds per committed request, for the machine and each process the
     /// benchmark started or targets (replicas, load generator, baseline).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,6 +93,7 @@ impl Summary {
             sent: result.sent,
             committed: result.committed,
             errors: result.errors,
+            retransmissions: result.retransmissions,
             cpu_us_per_request: result.cpu.as_ref().map(|u| u.cpu_us.clone()),
             context_switches_per_request: result.cpu.as_ref().map(|u| u.switches.clone()),
             client_wait_ms: open.then(|| Latency::of(&result.client_wait_us)),
@@ -113,7 +117,7 @@ impl Summary {
             Mode::ClosedLoop { outstanding } => format!("closed loop, {outstanding} outstanding"),
         };
         let mut text = format!(
-            "SUMMARY\n  target      {} ({} replica{})\n  load        {mode}, {}-byte writes to {} keys, {:.0}s after {:.0}s warm-up\n  throughput  {:.0} req/s\n  latency     p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  requests    sent {}  committed {}  errors {}\n",
+            "SUMMARY\n  target      {} ({} replica{})\n  load        {mode}, {}-byte writes to {} keys, {:.0}s after {:.0}s warm-up\n  throughput  {:.0} req/s\n  latency     p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  requests    sent {}  committed {}  errors {}  retransmitted {}\n",
             c.target.kind,
             c.target.replicas,
             if c.target.replicas == 1 { "" } else { "s" },
@@ -129,6 +133,7 @@ impl Summary {
             self.sent,
             self.committed,
             self.errors,
+            self.retransmissions,
         );
         if let Some(cpu) = &self.cpu_us_per_request {
             text.push_str(&format!(
@@ -268,6 +273,7 @@ mod tests {
             sent: 10,
             committed: 10,
             errors: 0,
+            retransmissions: 0,
             measured: 10,
             measured_secs: 1.0,
             latency_us: histogram_of(&[service_us; 10]),

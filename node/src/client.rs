@@ -39,6 +39,8 @@ pub struct KvClient {
     /// Reply roots already verified, possibly shared with other clients of this
     /// process (see [`KvClient::share_root_cache`]).
     roots: Arc<RootCache>,
+    /// Requests sent again to every replica after the retransmission timeout.
+    retransmissions: u64,
 }
 
 impl KvClient {
@@ -89,6 +91,7 @@ impl KvClient {
             start: Instant::now(),
             timeout: cfg.timeout,
             roots: Arc::new(RootCache::new(ROOT_CACHE)),
+            retransmissions: 0,
         }
     }
 
@@ -97,6 +100,15 @@ impl KvClient {
     /// its signature is checked once, not once per client.
     pub fn share_root_cache(&mut self, cache: Arc<RootCache>) {
         self.roots = cache;
+    }
+
+    /// How many times this client has sent a request again to every replica
+    /// because no quorum answered within its retransmission timeout. Under load a
+    /// count that grows means the replicas' latency exceeds the clients' timeout:
+    /// each retransmission costs every replica a signature check.
+    #[must_use]
+    pub fn retransmissions(&self) -> u64 {
+        self.retransmissions
     }
 
     /// Replicas currently connected.
@@ -150,6 +162,9 @@ impl KvClient {
                         return Err(ClientError::Timeout(self.timeout));
                     }
                     let out = self.core.on_timeout(self.start.elapsed());
+                    if out.iter().any(|o| matches!(o, ClientOutput::Broadcast { .. })) {
+                        self.retransmissions += 1;
+                    }
                     self.perform(out, &mut retransmit_at);
                 }
             }
