@@ -61,6 +61,7 @@ impl Unreplicated {
             max_frame_bytes: MAX_FRAME_BYTES,
             peer_queue: 4096,
             inbound_queue: 16_384,
+            others_queue: None,
         })?;
         let validators = ValidatorSet {
             validators: vec![config::Validator {

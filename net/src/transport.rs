@@ -49,8 +49,15 @@ pub struct NetConfig {
     pub max_frame_bytes: usize,
     /// Frames queued per peer before new ones are dropped.
     pub peer_queue: usize,
-    /// Frames received but not yet taken by the application, over all peers.
+    /// Frames received but not yet taken by the application, over all peers (over
+    /// the configured ones if `others_queue` is set).
     pub inbound_queue: usize,
+    /// If set, frames from peers outside `peers` (a replica's clients) get a queue
+    /// of their own of this many frames ([`Network::others`]), so the application
+    /// can take its configured peers' frames first: a flood of client requests must
+    /// not hold up the validator set's votes and heartbeats behind it. None: one
+    /// queue for all.
+    pub others_queue: Option<usize>,
 }
 
 /// A frame from a peer.
@@ -105,6 +112,8 @@ pub struct NetHandle {
 pub struct Network {
     pub handle: NetHandle,
     pub inbound: mpsc::Receiver<Inbound>,
+    /// Frames from peers outside the configured set, if `others_queue` was set.
+    pub others: Option<mpsc::Receiver<Inbound>>,
 }
 
 impl Network {
@@ -158,6 +167,17 @@ impl Network {
             shutdown,
         });
         let (inbound_tx, inbound) = mpsc::channel(cfg.inbound_queue.max(1));
+        let (others_tx, others) = match cfg.others_queue {
+            Some(size) => {
+                let (tx, rx) = mpsc::channel(size.max(1));
+                (tx, Some(rx))
+            }
+            None => (inbound_tx.clone(), None),
+        };
+        let queues = Queues {
+            peers: inbound_tx,
+            others: others_tx,
+        };
         let dial: Vec<_> = cfg
             .peers
             .iter()
@@ -168,7 +188,7 @@ impl Network {
         tokio::spawn(accept_streams(
             incoming,
             shared.clone(),
-            inbound_tx,
+            queues,
             cfg.max_frame_bytes,
             shutdown_rx,
         ));
@@ -177,7 +197,11 @@ impl Network {
         for peer in handle.shared.persistent.clone() {
             handle.ensure_writer(peer);
         }
-        Ok(Self { handle, inbound })
+        Ok(Self {
+            handle,
+            inbound,
+            others,
+        })
     }
 }
 
@@ -387,10 +411,17 @@ async fn write_to_peer(
     }
 }
 
+/// Where inbound frames go: the configured peers' queue, or the others' (the same
+/// one unless [`NetConfig::others_queue`] split them).
+struct Queues {
+    peers: mpsc::Sender<Inbound>,
+    others: mpsc::Sender<Inbound>,
+}
+
 async fn accept_streams(
     mut incoming: libp2p_stream::IncomingStreams,
     shared: Arc<Shared>,
-    inbound: mpsc::Sender<Inbound>,
+    queues: Queues,
     max_frame: usize,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -400,11 +431,16 @@ async fn accept_streams(
             s = incoming.next() => s,
         };
         let Some((peer, stream)) = next else { return };
+        let inbound = if shared.persistent.contains(&peer) {
+            queues.peers.clone()
+        } else {
+            queues.others.clone()
+        };
         tokio::spawn(read_from_peer(
             shared.clone(),
             peer,
             stream,
-            inbound.clone(),
+            inbound,
             max_frame,
             shutdown.clone(),
         ));

@@ -62,6 +62,7 @@ impl KvClient {
             max_frame_bytes: MAX_FRAME_BYTES,
             peer_queue: 1024,
             inbound_queue: 4096,
+            others_queue: None,
         })?;
         let link = Link::Own {
             net: net.handle,

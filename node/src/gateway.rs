@@ -105,6 +105,7 @@ impl Gateway {
             max_frame_bytes: MAX_FRAME_BYTES,
             peer_queue: 64 * 1024,
             inbound_queue: 64 * 1024,
+            others_queue: None,
         })?;
         let sessions = Sessions::default();
         let peers: Vec<PeerId> = peers.into_iter().map(|(p, _)| p).collect();

@@ -135,6 +135,8 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         max_frame_bytes: MAX_MESSAGE_BYTES,
         peer_queue: 16 * 1024,
         inbound_queue: 16 * 1024,
+        // Clients' frames apart, taken after the replicas' (see `verify`).
+        others_queue: Some(8 * 1024),
     })?;
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (control_tx, control_rx) = mpsc::channel(64);
@@ -161,13 +163,15 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         .iter()
         .map(|v| (v.peer, v.id))
         .collect();
-    let (verified_tx, verified_rx) = mpsc::channel(1024);
+    // Small: frames should wait before verification, where the replicas' go first.
+    let (verified_tx, verified_rx) = mpsc::channel(64);
     let threads = verify_threads();
     VerifyPool::start(
         threads,
         ingress,
         Arc::new(replica_peers),
         net.inbound,
+        net.others,
         verified_tx,
     );
     let generals = GeneralsNode::new(id, res.validators.n(), res.key.clone(), &name);

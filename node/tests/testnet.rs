@@ -180,6 +180,7 @@ fn clients_behind_one_gateway_commit_and_a_route_from_elsewhere_is_refused() {
             max_frame_bytes: 1 << 20,
             peer_queue: 64,
             inbound_queue: 64,
+            others_queue: None,
         })
         .unwrap();
         let route = bft_crypto::Signed::sign(
