@@ -45,6 +45,7 @@ pub struct Metrics {
     pub generals_decisions: IntCounterVec,
     /// Frames the transport dropped because a peer's queue was full.
     pub frames_dropped: IntGauge,
+    pub frames_lost: IntGauge,
     /// Seconds since the replica started (lets a dashboard spot restarts).
     pub uptime: Gauge,
 }
@@ -161,6 +162,10 @@ impl Metrics {
                 "bft_frames_dropped",
                 "Frames dropped because a peer's outbound queue was full",
             ),
+            frames_lost: gauge(
+                "bft_frames_lost",
+                "Frames lost in a write to a peer that failed (the stream broke)",
+            ),
             uptime: register(
                 &r,
                 Gauge::new("bft_uptime_seconds", "Seconds since the replica started")
@@ -243,6 +248,7 @@ mod tests {
             "bft_checkpoint_persist_seconds_bucket",
             "bft_state_transfers_total",
             "bft_generals_decisions_total{outcome=\"value\"} 1",
+            "bft_frames_lost",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -4,8 +4,8 @@
 //! runs), so the loop only runs the state machine and verification scales with
 //! cores.
 //!
-//! Frames from the other replicas are taken before client frames (the network
-//! queues them apart): under a flood of client requests, and of their
+//! Frames from the other replicas lead each batch, ahead of client frames (the
+//! network queues them apart; see [`next_batch`] for the share clients keep): under a flood of client requests, and of their
 //! retransmissions, votes and heartbeats must not wait behind thousands of
 //! requests, or the group stops executing and the failure detector suspects
 //! everyone (4,096 clients on a cold machine: 45,000 retransmissions, views 3 and
@@ -93,19 +93,21 @@ struct Queues {
     others: Option<mpsc::Receiver<Inbound>>,
 }
 
-/// Take what is queued, up to [`BATCH`]: the replicas' frames first, then the
-/// clients'. With nothing queued, wait for the first frame of either. None once
-/// the network is gone.
+/// Take what is queued, up to [`BATCH`]: the replicas' frames first (at most
+/// [`REPLICAS_FIRST`]), then the clients', then more of the replicas' if room is
+/// left. With nothing queued, wait for the first frame of either. None once the
+/// network is gone.
+///
+/// Not strict priority: a faulty replica flooding the replicas' queue would then
+/// starve every client. Each batch gives the clients at least half while both
+/// queues are busy, and a replica's frame waits for at most one batch of clients'.
 fn next_batch(queues: &Mutex<Queues>) -> Option<Vec<Inbound>> {
     let mut q = queues
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let Queues { replicas, others } = &mut *q;
     let mut batch = Vec::new();
-    take_queued(replicas, &mut batch);
-    if let Some(others) = others.as_mut() {
-        take_queued(others, &mut batch);
-    }
+    fill(replicas, others.as_mut(), &mut batch);
     if batch.is_empty() {
         let first = match others.as_mut() {
             None => replicas.blocking_recv()?,
@@ -118,17 +120,29 @@ fn next_batch(queues: &Mutex<Queues>) -> Option<Vec<Inbound>> {
             })?,
         };
         batch.push(first);
-        take_queued(replicas, &mut batch);
-        if let Some(others) = others.as_mut() {
-            take_queued(others, &mut batch);
-        }
+        fill(replicas, others.as_mut(), &mut batch);
     }
     Some(batch)
 }
 
-/// Move frames already waiting in `rx` into `batch` until it holds [`BATCH`].
-fn take_queued(rx: &mut mpsc::Receiver<Inbound>, batch: &mut Vec<Inbound>) {
-    while batch.len() < BATCH {
+/// Replicas' frames taken before any client's in one batch.
+const REPLICAS_FIRST: usize = BATCH / 2;
+
+fn fill(
+    replicas: &mut mpsc::Receiver<Inbound>,
+    others: Option<&mut mpsc::Receiver<Inbound>>,
+    batch: &mut Vec<Inbound>,
+) {
+    take_queued(replicas, batch, REPLICAS_FIRST);
+    if let Some(others) = others {
+        take_queued(others, batch, BATCH);
+    }
+    take_queued(replicas, batch, BATCH);
+}
+
+/// Move frames already waiting in `rx` into `batch` until it holds `upto`.
+fn take_queued(rx: &mut mpsc::Receiver<Inbound>, batch: &mut Vec<Inbound>, upto: usize) {
+    while batch.len() < upto {
         match rx.try_recv() {
             Ok(f) => batch.push(f),
             Err(_) => break,
@@ -204,5 +218,28 @@ mod tests {
         assert_eq!(next_batch(&queues).unwrap()[0].bytes, vec![4]);
         drop(rtx);
         assert!(next_batch(&queues).is_none());
+    }
+
+    /// A replica flooding its queue (a faulty one can) does not starve the
+    /// clients: while both queues are full, half of each batch is theirs.
+    #[test]
+    fn a_flood_of_replica_frames_leaves_the_clients_half_of_each_batch() {
+        let (replica, client) = (PeerId::random(), PeerId::random());
+        let (rtx, rrx) = mpsc::channel(4 * BATCH);
+        let (ctx, crx) = mpsc::channel(4 * BATCH);
+        for _ in 0..4 * BATCH {
+            rtx.try_send(frame(replica, 1)).unwrap();
+            ctx.try_send(frame(client, 0)).unwrap();
+        }
+        let queues = Mutex::new(Queues {
+            replicas: rrx,
+            others: Some(crx),
+        });
+        for _ in 0..4 {
+            let batch = next_batch(&queues).unwrap();
+            assert_eq!(batch.len(), BATCH);
+            let clients = batch.iter().filter(|f| f.peer == client).count();
+            assert_eq!(clients, BATCH - REPLICAS_FIRST);
+        }
     }
 }

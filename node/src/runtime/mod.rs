@@ -270,7 +270,9 @@ impl Runtime {
         for (peer, phi) in r.failure_detector().phi(now) {
             m.fd_phi.with_label_values(&[&peer.to_string()]).set(phi);
         }
-        m.frames_dropped.set(self.net.stats().frames_dropped as i64);
+        let net = self.net.stats();
+        m.frames_dropped.set(net.frames_dropped as i64);
+        m.frames_lost.set(net.frames_lost as i64);
         m.uptime.set(now.as_secs_f64());
         let status = Status {
             id: r.id(),
