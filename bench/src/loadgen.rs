@@ -71,9 +71,9 @@ pub struct LoadResult {
     pub committed: u64,
     /// Requests that timed out or failed.
     pub errors: u64,
-    /// Times a client sent its request again to every replica (whole run): each
-    /// costs every replica a signature check, so a run with many measured clients
-    /// whose latency exceeded their retransmission timeout, not the replicas' peak.
+    /// Times a client sent its request again to every replica (whole run). Each
+    /// costs every replica a signature check: a run with many measured the clients'
+    /// timeouts as much as the replicas' peak.
     pub retransmissions: u64,
     /// Requests accepted inside the measurement window (after the warm-up).
     pub measured: u64,

@@ -135,7 +135,7 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         max_frame_bytes: MAX_MESSAGE_BYTES,
         peer_queue: 16 * 1024,
         inbound_queue: 16 * 1024,
-        // Clients' frames apart, taken after the replicas' (see `verify`).
+        // Clients' frames apart, so the replicas' can lead each verify batch (see `verify`).
         others_queue: Some(8 * 1024),
     })?;
     let (status_tx, status_rx) = watch::channel(Status::default());
@@ -163,7 +163,7 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         .iter()
         .map(|v| (v.peer, v.id))
         .collect();
-    // Small: frames should wait before verification, where the replicas' go first.
+    // Small: frames should wait before verification, where batches are ordered.
     let (verified_tx, verified_rx) = mpsc::channel(64);
     let threads = verify_threads();
     VerifyPool::start(

@@ -147,21 +147,14 @@ drills! {
 fn assert_checkpoints_honest(net: &Testnet, _: &[Status], n: usize) {
     let f = (n - 1) / 3;
     let honest: Vec<usize> = (f..n).collect();
-    net.wait_until(
+    net.wait_like_first(
         &honest,
         Duration::from_secs(10),
         "one stable checkpoint",
-        |all| {
-            let Some(first) = all[0].as_ref() else {
-                return false;
-            };
-            first.last_stable_checkpoint > 0
-                && all.iter().all(|s| {
-                    s.as_ref().is_some_and(|s| {
-                        s.last_stable_checkpoint == first.last_stable_checkpoint
-                            && s.stable_checkpoint_digest == first.stable_checkpoint_digest
-                    })
-                })
+        |first| first.last_stable_checkpoint > 0,
+        |s, first| {
+            s.last_stable_checkpoint == first.last_stable_checkpoint
+                && s.stable_checkpoint_digest == first.stable_checkpoint_digest
         },
     );
 }

@@ -188,18 +188,37 @@ impl Testnet {
 
     /// Wait until the given replicas report the same last_executed and state digest.
     pub fn wait_agree(&self, ids: &[usize], within: Duration) -> Vec<Status> {
-        self.wait_until(ids, within, "converge", |all| {
+        self.wait_like_first(
+            ids,
+            within,
+            "converge",
+            |first| first.last_executed > 0,
+            |s, first| {
+                s.last_executed == first.last_executed
+                    && s.state_digest == first.state_digest
+                    && !s.in_view_change
+            },
+        )
+    }
+
+    /// Wait until every replica in `ids` reports, the first one's status passes
+    /// `started`, and every status is `like` the first one's.
+    pub fn wait_like_first(
+        &self,
+        ids: &[usize],
+        within: Duration,
+        what: &str,
+        started: impl Fn(&Status) -> bool,
+        like: impl Fn(&Status, &Status) -> bool,
+    ) -> Vec<Status> {
+        self.wait_until(ids, within, what, |all| {
             let Some(first) = all[0].as_ref() else {
                 return false;
             };
-            first.last_executed > 0
-                && all.iter().all(|s| {
-                    s.as_ref().is_some_and(|s| {
-                        s.last_executed == first.last_executed
-                            && s.state_digest == first.state_digest
-                            && !s.in_view_change
-                    })
-                })
+            started(first)
+                && all
+                    .iter()
+                    .all(|s| s.as_ref().is_some_and(|s| like(s, first)))
         })
     }
 
@@ -218,7 +237,7 @@ impl Testnet {
 
     /// Poll the statuses of `ids` until `ready` holds for them together; panics
     /// with the statuses and log tails after `within`.
-    pub fn wait_until(
+    fn wait_until(
         &self,
         ids: &[usize],
         within: Duration,
