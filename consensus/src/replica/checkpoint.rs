@@ -119,6 +119,7 @@ impl<A: Application> Replica<A> {
         self.checkpoint_votes.retain(|s, _| *s > seq);
         self.own_checkpoints.retain(|s, _| *s > seq);
         self.forget_left_views_upto(seq);
+        self.settled.retain(|s, _| *s > seq);
         self.next_seq = self.next_seq.max(seq + 1);
         self.try_propose(false);
     }

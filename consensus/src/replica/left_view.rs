@@ -33,8 +33,19 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Witness {
     pre_prepare: Option<(Signed<PrePrepare>, Batch)>,
-    commits: BTreeMap<ReplicaId, (View, Digest)>,
+    /// Each replica's newest commit, signed: once the slot executes they are its
+    /// proof, relayed to laggards (see `retransmit`).
+    commits: BTreeMap<ReplicaId, Signed<Commit>>,
 }
+
+/// A slot executed through its commit certificate rather than our own votes: the
+/// pre-prepare, its batch and the 2f+1 matching commits, kept until a stable
+/// checkpoint covers it so we can hand them to a replica that lacks them. We may
+/// be the only one holding all of them (the simulator's adversarial family, seed
+/// 208, f=1, with clients that back off: the other honest replicas each lacked one
+/// commit while we changed view alone; test `consensus/tests/left_view.rs`).
+/// Bounded by the window: only executed slots above the stable checkpoint.
+pub(crate) type Settled = (Signed<PrePrepare>, Batch, Vec<Signed<Commit>>);
 
 impl Witness {
     /// `quorum` matching commits for the pre-prepare held: a commit certificate.
@@ -42,8 +53,13 @@ impl Witness {
         let Some((pp, _)) = &self.pre_prepare else {
             return false;
         };
-        let key = (pp.payload.view, pp.payload.digest);
-        self.commits.values().filter(|c| **c == key).count() >= quorum
+        self.matching(pp.payload.view, pp.payload.digest).count() >= quorum
+    }
+
+    fn matching(&self, view: View, digest: Digest) -> impl Iterator<Item = &Signed<Commit>> {
+        self.commits
+            .values()
+            .filter(move |c| c.payload.view == view && c.payload.digest == digest)
     }
 }
 
@@ -67,10 +83,22 @@ impl<A: Application> Replica<A> {
         let w = self.left_views.entry(seq).or_default();
         // A newer view's pre-prepare replaces an older one, unless the older one is
         // already proven committed (a faulty primary of a view in between must not
-        // be able to swap it for one nobody committed).
+        // be able to swap it for one nobody committed). In the same view (a primary
+        // that sent several), the one more commits back replaces the other: keeping
+        // the first seen, a mutation nobody committed, left the replica without the
+        // committed batch for good (adversarial family, seed 208, f=1, once clients
+        // backed off their retransmissions). Relays repeat each heartbeat, the
+        // pre-prepare before its commits, so the committed one wins on a later relay.
+        let support = |v: View, d: Digest| w.matching(v, d).count();
         let replace = match &w.pre_prepare {
             None => true,
-            Some((old, _)) => old.payload.view < view && !w.proven(quorum),
+            Some(_) if w.proven(quorum) => false,
+            Some((old, _)) => {
+                let (old_view, old_digest) = (old.payload.view, old.payload.digest);
+                old_view < view
+                    || (old_view == view
+                        && support(view, pp.digest) > support(old_view, old_digest))
+            }
         };
         if replace {
             w.pre_prepare = Some((pp.into_signed(), batch));
@@ -85,9 +113,12 @@ impl<A: Application> Replica<A> {
             return;
         }
         let w = self.left_views.entry(seq).or_default();
-        let newer = w.commits.get(&c.replica).is_none_or(|(v, _)| *v < view);
+        let newer = w
+            .commits
+            .get(&c.replica)
+            .is_none_or(|old| old.payload.view < view);
         if newer {
-            w.commits.insert(c.replica, (view, c.digest));
+            w.commits.insert(c.replica, c.signed().clone());
         }
         self.try_execute();
     }
@@ -102,6 +133,12 @@ impl<A: Application> Replica<A> {
         }
         let (pp, batch) = w.pre_prepare.clone()?;
         let (view, digest) = (pp.payload.view, pp.payload.digest);
+        let proof: Vec<Signed<Commit>> = w
+            .matching(view, digest)
+            .take(self.cfg.commit_quorum)
+            .cloned()
+            .collect();
+        self.settled.insert(seq, (pp.clone(), batch.clone(), proof));
         self.emit(Output::Persist(PersistRecord::Accepted {
             pre_prepare: pp,
             batch: batch.clone(),

@@ -110,6 +110,8 @@ pub struct Replica<A: Application> {
     /// Slots of views we left, by seq, that we may execute once the group commits
     /// them (see [`left_view`]).
     left_views: BTreeMap<Seq, left_view::Witness>,
+    /// Slots executed through a commit certificate, until a stable checkpoint.
+    settled: BTreeMap<Seq, left_view::Settled>,
     /// Whom we last sent our state, and when (see [`rate_limit`]).
     state_served: rate_limit::PerPeer,
     /// Whom we last relayed our new-view, and when.
@@ -173,6 +175,7 @@ impl<A: Application> Replica<A> {
             peer_progress: BTreeMap::new(),
             progress_at_last_beat: None,
             left_views: BTreeMap::new(),
+            settled: BTreeMap::new(),
             state_served: rate_limit::PerPeer::default(),
             new_view_relayed: rate_limit::PerPeer::default(),
             signed_state: None,

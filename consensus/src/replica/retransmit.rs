@@ -24,6 +24,11 @@
 //!   Relaying all votes, not just our own, matters when the replicas that could
 //!   vouch again lost their votes in a crash (seed 63, f=2).
 //!
+//! Slots we executed through their commit certificates while in a later view (see
+//! `left_view`) are offered too, the pre-prepare with its batch and the 2f+1
+//! commits, whatever view we are in or changing to: the certificate proves itself,
+//! and we may be the only one left holding all of it.
+//!
 //! A peer that executed as far as we did but whose stable checkpoint stays below
 //! ours for two heartbeats in a row (its report was already below ours a beat ago)
 //! lost some of the checkpoint votes that made ours stable; with f liars among the
@@ -148,8 +153,23 @@ impl<A: Application> Replica<A> {
         if at.stable < self.stable.seq {
             self.send_stable_proof(peer);
         }
+        // Slots we executed through their commit certificates: settled whatever
+        // view we are in or changing to (the certificate proves itself).
+        let first_missing = at.last_executed.max(self.stable.seq).saturating_add(1);
+        let settled: Vec<Message> = self
+            .settled
+            .range(first_missing..)
+            .take(RESEND_SLOTS)
+            .flat_map(|(_, (pp, batch, commits))| {
+                std::iter::once(Message::PrePrepare(pp.clone(), batch.clone()))
+                    .chain(commits.iter().cloned().map(Message::Commit))
+            })
+            .collect();
+        for message in settled {
+            self.emit(Output::Send { to: peer, message });
+        }
         if self.changing {
-            return; // we are between views ourselves: nothing settled to offer
+            return; // we are between views ourselves: nothing else settled to offer
         }
         if at.view < self.view || (at.view == self.view && at.changing) {
             // It missed the new-view. That message is self-certifying (2f+1 signed

@@ -1,0 +1,184 @@
+//! A replica that changed view alone still executes what the group commits in the
+//! view it left, from the commit certificate (2f+1 signed commits and the
+//! pre-prepare they match), and can hand that certificate on (see
+//! `consensus/src/replica/left_view.rs`). Two gaps the simulator found once
+//! clients backed off their retransmissions (adversarial family, seed 208, f=1),
+//! each pinned here on its own.
+
+mod common;
+
+use bft_consensus::fd::{Heartbeat, Progress};
+use bft_consensus::messages::{Batch, Commit, Message};
+use bft_consensus::{Input, Output, Timer};
+use common::*;
+use std::time::Duration;
+
+/// Feed replica `to` a message as if it arrived from the network (checked first),
+/// whatever `drop_if` says.
+fn deliver(c: &mut Cluster, to: u32, msg: Message) {
+    let verified = c.group.validator().verify(msg).expect("a valid message");
+    c.input(to, Input::Message(verified));
+}
+
+/// Replica 1 alone: it gets a client's request, the primary never orders it for
+/// replica 1 (everything to and from replica 1 is lost), its request timer fires
+/// and it asks for view 1, which nobody else joins. Returns the request's batch.
+fn replica_1_leaves_view_0_alone(c: &mut Cluster) -> Batch {
+    c.start_all();
+    c.drop_if = Box::new(|from, to, _| from == 1 || (*to == To::Replica(1) && from != u32::MAX));
+    let req = request(&client_key(1), 1, "k", "committed");
+    c.client_sends(1, req.clone());
+    c.run();
+    c.advance_to(Duration::from_millis(150));
+    c.run();
+    let r1 = c.replica(1);
+    assert!(
+        r1.view() == 1 && r1.in_view_change(),
+        "replica 1 left view 0"
+    );
+    assert_eq!(r1.last_executed(), 0);
+    batch_of(vec![req])
+}
+
+/// Commits for (view 0, seq 1, batch) from replicas 0, 2 and 3: a commit certificate.
+fn certificate(c: &Cluster, batch: &Batch) -> Vec<Message> {
+    [0, 2, 3]
+        .into_iter()
+        .map(|id| {
+            Message::Commit(c.group.sign(
+                id,
+                Commit {
+                    view: 0,
+                    seq: 1,
+                    digest: batch.digest(),
+                    replica: id,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Replica 1 executes seq 1 with the committed batch (not the mutation).
+fn executed_committed(c: &Cluster, id: u32, batch: &Batch) -> bool {
+    c.all_outputs(id)
+        .iter()
+        .any(|o| matches!(o, Output::Executed(e) if e.seq == 1 && e.digest == batch.digest()))
+}
+
+/// A faulty primary of view 0 equivocated: replica 1, which left view 0, was
+/// first relayed a mutation nobody committed, then the pre-prepare the group
+/// committed with its commits (the relays of `retransmit` send the pre-prepare
+/// first, then the votes, and repeat each heartbeat). Keeping the first
+/// pre-prepare seen for (view 0, seq 1) left replica 1 without the committed
+/// batch for good; the one that more commits back replaces it.
+#[test]
+fn a_witnessed_mutation_gives_way_to_the_pre_prepare_the_group_committed() {
+    let mut c = Cluster::new(4);
+    let committed = replica_1_leaves_view_0_alone(&mut c);
+    let mutation = batch_of(vec![request(&client_key(1), 1, "k", "mutated")]);
+    let g = &c.group;
+    let pp_mutation = Message::PrePrepare(g.pre_prepare(0, 1, &mutation), mutation.clone());
+    let pp_committed = Message::PrePrepare(g.pre_prepare(0, 1, &committed), committed.clone());
+    let commits = certificate(&c, &committed);
+
+    deliver(&mut c, 1, pp_mutation);
+    for _relay in 0..2 {
+        deliver(&mut c, 1, pp_committed.clone());
+        for m in &commits {
+            deliver(&mut c, 1, m.clone());
+        }
+    }
+    assert_eq!(c.replica(1).last_executed(), 1);
+    assert!(executed_committed(&c, 1, &committed));
+    assert!(
+        !c.all_outputs(1)
+            .iter()
+            .any(|o| matches!(o, Output::Executed(e) if e.digest == mutation.digest())),
+        "the mutation never executes"
+    );
+}
+
+/// Replica 1 executed seq 1 through its commit certificate while changing view
+/// alone. Replica 2, in view 0, prepared and committed the slot but lost the
+/// commits of replicas 0 and 3, which then went quiet (its heartbeats say it
+/// executed nothing). Replica 1 is the only one left holding the whole
+/// certificate; it must keep it (until a stable checkpoint covers the slot) and
+/// relay it, though it is between views itself and has no log of its own for
+/// the slot.
+#[test]
+fn a_replica_changing_view_alone_relays_the_certificates_it_executed_by() {
+    let mut c = Cluster::new(4);
+    c.start_all();
+    let lost_by_2 = |from: u32, to: &To, m: &Message| {
+        *to == To::Replica(2) && matches!(m, Message::Commit(_)) && (from == 0 || from == 3)
+    };
+    c.drop_if = Box::new(move |from, to, m| {
+        from == 1 || (*to == To::Replica(1) && from != u32::MAX) || lost_by_2(from, to, m)
+    });
+    let req = request(&client_key(1), 1, "k", "committed");
+    c.client_sends(0, req.clone());
+    c.client_sends(1, req.clone());
+    c.run();
+    let committed = batch_of(vec![req]);
+    assert!(executed_committed(&c, 0, &committed) && executed_committed(&c, 3, &committed));
+    assert_eq!(
+        c.replica(2).last_executed(),
+        0,
+        "replica 2 lacks two commits"
+    );
+
+    // Only replica 1's request timer fires: it leaves view 0 alone.
+    c.now = Duration::from_millis(150);
+    c.input(1, Input::Timer(Timer::ViewChange));
+    assert!(c.replica(1).in_view_change() && c.replica(1).view() == 1);
+    let pp = Message::PrePrepare(c.group.pre_prepare(0, 1, &committed), committed.clone());
+    deliver(&mut c, 1, pp);
+    for m in certificate(&c, &committed) {
+        deliver(&mut c, 1, m);
+    }
+    assert!(executed_committed(&c, 1, &committed));
+    assert!(c.replica(1).in_view_change());
+
+    let sent_before = c.all_outputs(1).len();
+    let beat = c.group.config(2).fd.heartbeat_interval;
+    for counter in 1..=2 {
+        c.now += beat;
+        let hb = c.group.sign(
+            2,
+            Heartbeat {
+                replica: 2,
+                incarnation: 1,
+                counter,
+                progress: Progress {
+                    view: 0,
+                    changing: false,
+                    last_executed: 0,
+                    stable: 0,
+                },
+            },
+        );
+        deliver(&mut c, 1, Message::Heartbeat(hb));
+    }
+    let to_2: Vec<Message> = c.all_outputs(1)[sent_before..]
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { to: 2, message } => Some(message.clone()),
+            _ => None,
+        })
+        .collect();
+    let digest = committed.digest();
+    let commits = to_2
+        .iter()
+        .filter(|m| matches!(m, Message::Commit(cm) if cm.payload.seq == 1 && cm.payload.digest == digest))
+        .count();
+    assert!(commits >= 3, "the whole certificate, relayed: {to_2:?}");
+
+    // And that is enough for replica 2 to execute the slot.
+    c.drop_if = Box::new(|from, to, _| !(from == 1 && *to == To::Replica(2)));
+    c.queue.clear();
+    for message in to_2 {
+        c.queue.push_back((1, To::Replica(2), message));
+    }
+    c.run();
+    assert!(executed_committed(&c, 2, &committed));
+}
