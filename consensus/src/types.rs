@@ -203,7 +203,11 @@ impl ReplicaConfig {
     }
 
     /// Test-only: commit with `quorum` matching commits instead of 2f+1. Used to show
-    /// the simulator finds the agreement violation such a bug causes.
+    /// the simulator finds the agreement violation such a bug causes. It weakens
+    /// committed-local (§4.2) only: the commit certificates of views we left
+    /// (`replica::left_view`) keep 2f+1, so the plant is one bug, not two (with
+    /// both weakened, the certificates' faster convergence hid the violation in
+    /// all of the hunt's 400 seeds).
     #[cfg(feature = "sim")]
     #[must_use]
     pub fn with_planted_commit_quorum(mut self, quorum: usize) -> Self {

@@ -3,7 +3,7 @@
 //! pre-prepare they match), and can hand that certificate on (see
 //! `consensus/src/replica/left_view.rs`). Two gaps the simulator found once
 //! clients backed off their retransmissions (adversarial family, seed 208, f=1),
-//! each pinned here on its own.
+//! and two more a review of their fix found, each pinned here on its own.
 
 mod common;
 
@@ -180,5 +180,72 @@ fn a_replica_changing_view_alone_relays_the_certificates_it_executed_by() {
         c.queue.push_back((1, To::Replica(2), message));
     }
     c.run();
+    assert!(executed_committed(&c, 2, &committed));
+}
+
+/// Replica 1, alone in a view above 0, was relayed a pre-prepare for seq 1 by the
+/// faulty primary of a view between (2), which nobody committed; the group's
+/// certificate from view 0 must still win. Keeping the newer view's pre-prepare
+/// because it is newer left the slot unexecuted for good.
+#[test]
+fn a_certificate_of_an_earlier_view_beats_a_later_views_unproven_pre_prepare() {
+    let mut c = Cluster::new(4);
+    let committed = replica_1_leaves_view_0_alone(&mut c);
+    // Replicas 2 and 3 moved on to view 3; replica 1 joins them (f+1 moved).
+    for id in [2, 3] {
+        let vc = c.group.view_change_message(id, 3, vec![]);
+        deliver(&mut c, 1, vc);
+    }
+    assert_eq!(c.replica(1).view(), 3);
+    let mutation = batch_of(vec![request(&client_key(1), 1, "k", "mutated")]);
+    let pp_mutation = Message::PrePrepare(c.group.pre_prepare(2, 1, &mutation), mutation.clone());
+    let pp_committed =
+        Message::PrePrepare(c.group.pre_prepare(0, 1, &committed), committed.clone());
+    let commits = certificate(&c, &committed);
+    deliver(&mut c, 1, pp_mutation);
+    for _relay in 0..2 {
+        deliver(&mut c, 1, pp_committed.clone());
+        for m in &commits {
+            deliver(&mut c, 1, m.clone());
+        }
+    }
+    assert!(executed_committed(&c, 1, &committed));
+    assert_eq!(c.replica(1).last_executed(), 1);
+}
+
+/// A replica in the certificate's own view that accepted the pre-prepare but never
+/// saw 2f prepares (here: every prepare and commit to replica 2 is lost) is not
+/// prepared, so PBFT's committed-local never holds for it. The 2f+1 commits a
+/// peer relays (a settled certificate carries no prepares) prove the slot
+/// committed all the same, for the pre-prepare its log holds.
+#[test]
+fn relayed_commits_alone_settle_a_slot_the_log_accepted_but_never_prepared() {
+    let mut c = Cluster::new(4);
+    c.start_all();
+    c.drop_if = Box::new(|_, to, m| {
+        *to == To::Replica(2) && matches!(m, Message::Prepare(_) | Message::Commit(_))
+    });
+    let req = request(&client_key(1), 1, "k", "committed");
+    c.client_sends(0, req.clone());
+    c.run();
+    let committed = batch_of(vec![req]);
+    for id in [0, 1, 3] {
+        assert!(executed_committed(&c, id, &committed), "replica {id}");
+    }
+    assert_eq!(c.replica(2).last_executed(), 0, "replica 2 is not prepared");
+    let commits: Vec<Message> = [0, 1, 3]
+        .into_iter()
+        .flat_map(|id| c.all_outputs(id))
+        .filter_map(|o| match o {
+            Output::Broadcast {
+                message: m @ Message::Commit(_),
+            } => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(commits.len(), 3);
+    for m in commits {
+        deliver(&mut c, 2, m);
+    }
     assert!(executed_committed(&c, 2, &committed));
 }

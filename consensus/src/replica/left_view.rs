@@ -16,9 +16,13 @@
 //! The same holds in our own view when the primary equivocated and we accepted the
 //! pre-prepare the group did not commit: 2f+1 commits for the other digest, with
 //! the other pre-prepare (relayed by whoever holds it), prove that one committed.
+//! And in our own view when we accepted the committed pre-prepare but never saw
+//! 2f prepares: 2f+1 relayed commits matching the pre-prepare our log holds prove
+//! it committed as well as our own prepared certificate would.
 //!
 //! Bounded: only sequence numbers inside the window and above what was executed,
-//! one pre-prepare (the newest view's) and one commit per replica each.
+//! one pre-prepare and one commit per replica each; and the certificates of the
+//! slots executed this way (`Settled`) until a stable checkpoint covers them.
 
 use super::Replica;
 use crate::app::Application;
@@ -29,7 +33,8 @@ use crate::types::{ReplicaId, Seq, View};
 use bft_crypto::{Digest, Signed, Verified};
 use std::collections::BTreeMap;
 
-/// What was seen of one slot in views below ours.
+/// What was seen of one slot in views below ours, or in ours beside what the log
+/// accepted.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Witness {
     pre_prepare: Option<(Signed<PrePrepare>, Batch)>,
@@ -44,7 +49,9 @@ pub(crate) struct Witness {
 /// be the only one holding all of them (the simulator's adversarial family, seed
 /// 208, f=1, with clients that back off: the other honest replicas each lacked one
 /// commit while we changed view alone; test `consensus/tests/left_view.rs`).
-/// Bounded by the window: only executed slots above the stable checkpoint.
+/// Bounded by the window: only executed slots above the stable checkpoint. Kept in
+/// memory only: a restart forgets them (the executed state survives, the relay
+/// does not).
 pub(crate) type Settled = (Signed<PrePrepare>, Batch, Vec<Signed<Commit>>);
 
 impl Witness {
@@ -79,7 +86,7 @@ impl<A: Application> Replica<A> {
         if !self.witnessable(view, seq) || pp.replica != self.primary_of(view) {
             return;
         }
-        let quorum = self.cfg.commit_quorum;
+        let quorum = self.cfg.members.quorum();
         let w = self.left_views.entry(seq).or_default();
         // A newer view's pre-prepare replaces an older one, unless the older one is
         // already proven committed (a faulty primary of a view in between must not
@@ -89,10 +96,15 @@ impl<A: Application> Replica<A> {
         // committed batch for good (adversarial family, seed 208, f=1, once clients
         // backed off their retransmissions). Relays repeat each heartbeat, the
         // pre-prepare before its commits, so the committed one wins on a later relay.
+        // And one whose commits already form a certificate replaces whatever is held
+        // that is not proven, of any view: a faulty primary of a later view (one we
+        // reached alone) must not keep us from the certificate of an earlier one
+        // (two certificates for one seq always carry the same digest).
         let support = |v: View, d: Digest| w.matching(v, d).count();
         let replace = match &w.pre_prepare {
             None => true,
             Some(_) if w.proven(quorum) => false,
+            Some(_) if support(view, pp.digest) >= quorum => true,
             Some((old, _)) => {
                 let (old_view, old_digest) = (old.payload.view, old.payload.digest);
                 old_view < view
@@ -124,18 +136,23 @@ impl<A: Application> Replica<A> {
     }
 
     /// The batch at `seq` if 2f+1 replicas committed its pre-prepare in a view we
-    /// left. Persisted (the batch, then the decision) before it is executed, so a
-    /// restart re-executes it like any committed slot.
+    /// left (or in ours, see the module doc). Persisted (the batch, then the
+    /// decision) before it is executed, so a restart re-executes it like any
+    /// committed slot.
     pub(super) fn committed_in_a_left_view(&mut self, seq: Seq) -> Option<(View, Batch)> {
         let w = self.left_views.get(&seq)?;
-        if !w.proven(self.cfg.commit_quorum) {
-            return None;
-        }
-        let (pp, batch) = w.pre_prepare.clone()?;
+        let quorum = self.cfg.members.quorum();
+        let logged = self.log.get(&seq).and_then(|s| s.pre_prepare.as_ref());
+        let (pp, batch) = w
+            .pre_prepare
+            .iter()
+            .chain(logged)
+            .find(|(pp, _)| w.matching(pp.payload.view, pp.payload.digest).count() >= quorum)
+            .cloned()?;
         let (view, digest) = (pp.payload.view, pp.payload.digest);
         let proof: Vec<Signed<Commit>> = w
             .matching(view, digest)
-            .take(self.cfg.commit_quorum)
+            .take(self.cfg.members.quorum())
             .cloned()
             .collect();
         self.settled.insert(seq, (pp.clone(), batch.clone(), proof));

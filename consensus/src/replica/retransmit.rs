@@ -44,7 +44,8 @@
 //! votes to commit them again before they can vouch for them (seed 487, f=2).
 //!
 //! A faulty peer can claim to be behind forever; what it gets is bounded by
-//! [`RESEND_SLOTS`] slots per heartbeat interval.
+//! [`RESEND_SLOTS`] settled slots and as many from the log per heartbeat interval
+//! (a slot is sent once: the log's copy of a settled slot is skipped).
 
 use super::slot::{matching, Slot};
 use super::Replica;
@@ -188,7 +189,9 @@ impl<A: Application> Replica<A> {
             return;
         };
         let mut resend = Vec::new();
-        for (slot, pp, batch) in accepted_in(&self.log, first, self.view) {
+        let not_settled = accepted_in(&self.log, first, self.view)
+            .filter(|(_, pp, _)| !self.settled.contains_key(&pp.payload.seq));
+        for (slot, pp, batch) in not_settled {
             resend.push(Message::PrePrepare(pp.clone(), batch.clone()));
             votes_for(slot, self.view, pp.payload.digest, &mut resend);
         }
