@@ -58,6 +58,29 @@ fn certificate(c: &Cluster, batch: &Batch) -> Vec<Message> {
         .collect()
 }
 
+/// Relay to replica 1 what a peer holding the certificate sends: the pre-prepare
+/// of (view 0, seq 1) with its batch, then the commits.
+fn relay_certificate(c: &mut Cluster, committed: &Batch) {
+    let pp = Message::PrePrepare(c.group.pre_prepare(0, 1, committed), committed.clone());
+    deliver(c, 1, pp);
+    for m in certificate(c, committed) {
+        deliver(c, 1, m);
+    }
+}
+
+/// A faulty primary of `view` relays its mutation for seq 1 to replica 1 first;
+/// then the certificate comes, twice (relays repeat each heartbeat). Returns the
+/// mutation.
+fn mutation_then_certificate_twice(c: &mut Cluster, view: u64, committed: &Batch) -> Batch {
+    let mutation = batch_of(vec![request(&client_key(1), 1, "k", "mutated")]);
+    let pp = Message::PrePrepare(c.group.pre_prepare(view, 1, &mutation), mutation.clone());
+    deliver(c, 1, pp);
+    for _relay in 0..2 {
+        relay_certificate(c, committed);
+    }
+    mutation
+}
+
 /// Replica 1 executes seq 1 with the committed batch (not the mutation).
 fn executed_committed(c: &Cluster, id: u32, batch: &Batch) -> bool {
     c.all_outputs(id)
@@ -75,19 +98,7 @@ fn executed_committed(c: &Cluster, id: u32, batch: &Batch) -> bool {
 fn a_witnessed_mutation_gives_way_to_the_pre_prepare_the_group_committed() {
     let mut c = Cluster::new(4);
     let committed = replica_1_leaves_view_0_alone(&mut c);
-    let mutation = batch_of(vec![request(&client_key(1), 1, "k", "mutated")]);
-    let g = &c.group;
-    let pp_mutation = Message::PrePrepare(g.pre_prepare(0, 1, &mutation), mutation.clone());
-    let pp_committed = Message::PrePrepare(g.pre_prepare(0, 1, &committed), committed.clone());
-    let commits = certificate(&c, &committed);
-
-    deliver(&mut c, 1, pp_mutation);
-    for _relay in 0..2 {
-        deliver(&mut c, 1, pp_committed.clone());
-        for m in &commits {
-            deliver(&mut c, 1, m.clone());
-        }
-    }
+    let mutation = mutation_then_certificate_twice(&mut c, 0, &committed);
     assert_eq!(c.replica(1).last_executed(), 1);
     assert!(executed_committed(&c, 1, &committed));
     assert!(
@@ -131,11 +142,7 @@ fn a_replica_changing_view_alone_relays_the_certificates_it_executed_by() {
     c.now = Duration::from_millis(150);
     c.input(1, Input::Timer(Timer::ViewChange));
     assert!(c.replica(1).in_view_change() && c.replica(1).view() == 1);
-    let pp = Message::PrePrepare(c.group.pre_prepare(0, 1, &committed), committed.clone());
-    deliver(&mut c, 1, pp);
-    for m in certificate(&c, &committed) {
-        deliver(&mut c, 1, m);
-    }
+    relay_certificate(&mut c, &committed);
     assert!(executed_committed(&c, 1, &committed));
     assert!(c.replica(1).in_view_change());
 
@@ -197,18 +204,7 @@ fn a_certificate_of_an_earlier_view_beats_a_later_views_unproven_pre_prepare() {
         deliver(&mut c, 1, vc);
     }
     assert_eq!(c.replica(1).view(), 3);
-    let mutation = batch_of(vec![request(&client_key(1), 1, "k", "mutated")]);
-    let pp_mutation = Message::PrePrepare(c.group.pre_prepare(2, 1, &mutation), mutation.clone());
-    let pp_committed =
-        Message::PrePrepare(c.group.pre_prepare(0, 1, &committed), committed.clone());
-    let commits = certificate(&c, &committed);
-    deliver(&mut c, 1, pp_mutation);
-    for _relay in 0..2 {
-        deliver(&mut c, 1, pp_committed.clone());
-        for m in &commits {
-            deliver(&mut c, 1, m.clone());
-        }
-    }
+    mutation_then_certificate_twice(&mut c, 2, &committed);
     assert!(executed_committed(&c, 1, &committed));
     assert_eq!(c.replica(1).last_executed(), 1);
 }

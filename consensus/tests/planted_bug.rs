@@ -14,11 +14,10 @@
 use bft_consensus::sim::{run, Family, SimConfig};
 
 fn hunt_config(seed: u64) -> SimConfig {
-    let mut cfg = SimConfig::randomized(seed, 1);
+    let mut cfg = pinned(Family::Basic, seed, 1);
     cfg.byzantine = vec![(3, "eager-vote".to_string())];
     cfg.faults.drop = cfg.faults.drop.max(0.2);
     cfg.faults.crash = 0.0;
-    cfg.max_batches_in_flight = 1;
     cfg
 }
 

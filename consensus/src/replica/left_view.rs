@@ -60,7 +60,12 @@ impl Witness {
         let Some((pp, _)) = &self.pre_prepare else {
             return false;
         };
-        self.matching(pp.payload.view, pp.payload.digest).count() >= quorum
+        self.support(pp.payload.view, pp.payload.digest) >= quorum
+    }
+
+    /// How many replicas' commits match (view, digest).
+    fn support(&self, view: View, digest: Digest) -> usize {
+        self.matching(view, digest).count()
     }
 
     fn matching(&self, view: View, digest: Digest) -> impl Iterator<Item = &Signed<Commit>> {
@@ -100,16 +105,15 @@ impl<A: Application> Replica<A> {
         // that is not proven, of any view: a faulty primary of a later view (one we
         // reached alone) must not keep us from the certificate of an earlier one
         // (two certificates for one seq always carry the same digest).
-        let support = |v: View, d: Digest| w.matching(v, d).count();
         let replace = match &w.pre_prepare {
             None => true,
             Some(_) if w.proven(quorum) => false,
-            Some(_) if support(view, pp.digest) >= quorum => true,
+            Some(_) if w.support(view, pp.digest) >= quorum => true,
             Some((old, _)) => {
                 let (old_view, old_digest) = (old.payload.view, old.payload.digest);
                 old_view < view
                     || (old_view == view
-                        && support(view, pp.digest) > support(old_view, old_digest))
+                        && w.support(view, pp.digest) > w.support(old_view, old_digest))
             }
         };
         if replace {
@@ -147,14 +151,10 @@ impl<A: Application> Replica<A> {
             .pre_prepare
             .iter()
             .chain(logged)
-            .find(|(pp, _)| w.matching(pp.payload.view, pp.payload.digest).count() >= quorum)
+            .find(|(pp, _)| w.support(pp.payload.view, pp.payload.digest) >= quorum)
             .cloned()?;
         let (view, digest) = (pp.payload.view, pp.payload.digest);
-        let proof: Vec<Signed<Commit>> = w
-            .matching(view, digest)
-            .take(self.cfg.members.quorum())
-            .cloned()
-            .collect();
+        let proof: Vec<Signed<Commit>> = w.matching(view, digest).take(quorum).cloned().collect();
         self.settled.insert(seq, (pp.clone(), batch.clone(), proof));
         self.emit(Output::Persist(PersistRecord::Accepted {
             pre_prepare: pp,
