@@ -1,6 +1,7 @@
 //! Commands from the HTTP admin routes to the event loop, which alone owns the
 //! replica: each carries a oneshot for the answer.
 
+use crate::committed_log::CommittedPage;
 use bft_consensus::byzantine::Params;
 use bft_consensus::generals::InstanceId;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,12 @@ pub enum Control {
     GetGeneral {
         id: InstanceId,
         reply: oneshot::Sender<Option<GeneralsView>>,
+    },
+    /// A page of the batches executed since start (`GET /committed`).
+    Committed {
+        from: u64,
+        limit: usize,
+        reply: oneshot::Sender<CommittedPage>,
     },
 }
 

@@ -1,18 +1,21 @@
-//! The replica's HTTP interface (INTERFACE.md): probes, status and metrics here;
+//! The replica's HTTP interface (INTERFACE.md): probes, status, metrics and the
+//! committed log here;
 //! the admin routes (behaviours, generals) in [`crate::http_admin`].
 
+use crate::committed_log::CommittedPage;
 use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::status::Status;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// The event loop ticks every 100 ms; this much silence means it is stuck.
 const HEALTH_STALE: Duration = Duration::from_secs(3);
@@ -37,6 +40,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/ready", get(ready))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/committed", get(committed))
         .route("/byzantine", get(get_behaviour).put(put_behaviour))
         .route("/generals", post(propose_general))
         .route("/generals/{id}", get(get_general))
@@ -71,6 +75,46 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
 
 async fn status(State(s): State<HttpState>) -> Json<Status> {
     Json(s.status.borrow().clone())
+}
+
+/// `GET /committed?from=S&limit=N` (defaults 0 and 1,000; at most
+/// [`crate::committed_log::MAX_PAGE`]).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommittedQuery {
+    #[serde(default)]
+    from: u64,
+    #[serde(default = "default_committed_limit")]
+    limit: usize,
+}
+
+fn default_committed_limit() -> usize {
+    1_000
+}
+
+/// The batches executed since start (see [`crate::committed_log`]); 503 if the
+/// event loop is gone, 400 for a malformed query.
+async fn committed(
+    State(s): State<HttpState>,
+    query: Result<Query<CommittedQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "query must be ?from=SEQ&limit=N (both optional, non-negative integers)",
+        )
+            .into_response();
+    };
+    let (reply, answer) = oneshot::channel();
+    let asked = s.control.send(Control::Committed {
+        from: q.from,
+        limit: q.limit,
+        reply,
+    });
+    match (asked.await, answer.await) {
+        (Ok(()), Ok(page)) => Json::<CommittedPage>(page).into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "event loop not running").into_response(),
+    }
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {

@@ -4,6 +4,7 @@
 
 pub mod admin_client;
 pub mod client;
+pub mod committed_log;
 pub mod config;
 pub mod control;
 pub mod gateway;

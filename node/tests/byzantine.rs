@@ -30,6 +30,7 @@ fn drill(behaviour: &str, n: usize) -> (Testnet, Vec<Status>) {
     for s in &statuses {
         assert_eq!(s.behaviour, "none");
     }
+    net.assert_committed_prefixes(&honest, 1);
     println!(
         "{behaviour} x{f} of {n}: honest replicas at seq {} view {}",
         statuses[0].last_executed, statuses[0].view

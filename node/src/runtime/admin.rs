@@ -1,4 +1,5 @@
-//! Admin commands: switch the behaviour in force, start and query generals rounds.
+//! Admin commands: switch the behaviour in force, start and query generals rounds;
+//! and read-only queries of what only the loop holds (the committed log).
 
 use super::Runtime;
 use crate::control::Control;
@@ -36,6 +37,9 @@ impl Runtime {
             }
             Control::GetGeneral { id, reply } => {
                 let _ = reply.send(self.generals.view(&id));
+            }
+            Control::Committed { from, limit, reply } => {
+                let _ = reply.send(self.committed.page(from, limit));
             }
         }
     }

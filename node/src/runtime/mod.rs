@@ -8,6 +8,7 @@ mod outputs;
 mod persister;
 mod routes;
 
+use crate::committed_log::CommittedLog;
 use crate::control::Control;
 use crate::generals_node::GeneralsNode;
 use crate::metrics::Metrics;
@@ -76,6 +77,8 @@ pub struct Runtime {
     committed_requests: u64,
     digest_cache: (u64, String),
     validators_digest: String,
+    /// The batches executed since start, for `GET /committed`.
+    committed: CommittedLog,
 }
 
 impl Runtime {
@@ -104,6 +107,7 @@ impl Runtime {
             committed_requests: 0,
             digest_cache: (u64::MAX, String::new()),
             validators_digest: p.validators_digest,
+            committed: CommittedLog::default(),
         }
     }
 

@@ -66,6 +66,7 @@ impl Runtime {
                     }
                 }
                 self.committed_requests += e.requests.len() as u64;
+                self.committed.record(e.seq, e.digest);
                 tracing::debug!(
                     replica = me,
                     view = e.view,

@@ -4,6 +4,7 @@
 
 use bft_consensus::KvResult;
 use bftnode::client::{ClientError, KvClient};
+use bftnode::committed_log::{first_divergence, CommittedEntry, CommittedPage, MAX_PAGE};
 use bftnode::config::{load_validators, NodeConfig, ResolvedClient};
 use bftnode::status::Status;
 use bftnode::testnet::{alive, fetch_status, http_url, signal};
@@ -165,6 +166,48 @@ impl Testnet {
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Every page of replica `i`'s `/committed` log, oldest first.
+    pub fn committed(&self, i: usize) -> Vec<CommittedEntry> {
+        let mut out: Vec<CommittedEntry> = Vec::new();
+        loop {
+            let from = out.last().map_or(0, |e| e.seq + 1);
+            let path = format!("/committed?from={from}&limit={MAX_PAGE}");
+            let (code, body) =
+                bftnode::httpget::get(&self.url(i), &path, Duration::from_secs(5)).unwrap();
+            assert_eq!(code, 200, "replica {i} {path}: {body}");
+            let page: CommittedPage = serde_json::from_str(&body).unwrap();
+            if page.entries.is_empty() {
+                return out;
+            }
+            out.extend(page.entries);
+        }
+    }
+
+    /// The committed logs of `ids` agree wherever two list the same sequence
+    /// number, and every pair shares at least `overlap` numbers (so the check
+    /// compared something). Returns the number of entries compared in all.
+    pub fn assert_committed_prefixes(&self, ids: &[usize], overlap: usize) -> usize {
+        let logs: Vec<Vec<CommittedEntry>> = ids.iter().map(|i| self.committed(*i)).collect();
+        let mut compared = 0;
+        for (a, la) in ids.iter().zip(&logs) {
+            for (b, lb) in ids.iter().zip(&logs).filter(|(b, _)| *b > a) {
+                assert_eq!(
+                    first_divergence(la, lb),
+                    None,
+                    "replicas {a} and {b} committed different batches"
+                );
+                let seqs: std::collections::HashSet<u64> = la.iter().map(|e| e.seq).collect();
+                let shared = lb.iter().filter(|e| seqs.contains(&e.seq)).count();
+                assert!(
+                    shared >= overlap,
+                    "replicas {a} and {b} share only {shared} committed seqs (want {overlap})"
+                );
+                compared += shared;
+            }
+        }
+        compared
     }
 
     pub fn logs(&self) -> String {
