@@ -135,6 +135,11 @@ impl Network {
             .map_err(|e| NetError::Setup(e.to_string()))?
             // QUIC (TLS 1.3, its own multiplexing) for `/udp/P/quic-v1` addresses.
             .with_quic()
+            // `/dns4/NAME/...` addresses, resolved at every dial (the system's
+            // resolver and hosts file): a peer that comes back under its name with
+            // another address (a rescheduled Kubernetes pod) is found again.
+            .with_dns()
+            .map_err(|e| NetError::Setup(format!("DNS resolver: {e}")))?
             .with_behaviour(|_| libp2p_stream::Behaviour::new())
             .map_err(|e| NetError::Setup(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))

@@ -42,6 +42,14 @@ impl Testnet {
     /// A testnet whose `testnet init` gets `init_extra` arguments too, started with
     /// `byzantine` replicas running those behaviours.
     pub fn start_with(n: usize, init_extra: &[&str], byzantine: &[(u32, &str)]) -> Self {
+        let t = Self::init(n, init_extra);
+        t.up_with(byzantine);
+        t
+    }
+
+    /// `testnet init` with `init_extra` arguments and the tests' small checkpoint
+    /// interval and window; nothing started.
+    pub fn init(n: usize, init_extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("net");
         let n_arg = n.to_string();
@@ -85,9 +93,7 @@ impl Testnet {
             assert!(text.contains(&before), "node{i} pins another validator set");
             std::fs::write(&p, text.replace(&before, &after)).unwrap();
         }
-        let t = Self { _tmp: tmp, dir, n };
-        t.up_with(byzantine);
-        t
+        Self { _tmp: tmp, dir, n }
     }
 
     /// Start every replica that is not running.
