@@ -124,12 +124,18 @@ enum TestnetCmd {
         replicas: usize,
         #[arg(long, default_value = "testnet")]
         dir: PathBuf,
-        /// libp2p ports BASE.., HTTP ports BASE+100..; free ports if omitted.
+        /// libp2p ports BASE.., HTTP ports BASE+100..; free ports if omitted (with
+        /// --netns: every replica on BASE and BASE+100, default 7000).
         #[arg(long)]
         base_port: Option<u16>,
         /// libp2p transport between replicas and clients.
         #[arg(long, value_enum, default_value_t = testnet::Transport::Tcp)]
         transport: testnet::Transport,
+        /// Each replica in its own network namespace with its own address on a
+        /// bridge (10.213.T.0/24), created by `up` and removed by `down`; the plan
+        /// is written to DIR/netns.toml. Needs root.
+        #[arg(long)]
+        netns: bool,
     },
     /// Start every replica that is not running; return once all are ready.
     Up {
@@ -220,7 +226,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 base_port,
                 transport,
-            } => testnet::init(&dir, replicas, base_port, transport)?,
+                netns,
+            } => {
+                let hosts = if netns {
+                    testnet::Hosts::Namespaces
+                } else {
+                    testnet::Hosts::Loopback
+                };
+                testnet::init(&dir, replicas, base_port, transport, hosts)?;
+            }
             TestnetCmd::Up { dir, byzantine } => {
                 testnet::up(&dir, &testnet::parse_byzantine(&byzantine)?)?;
             }

@@ -5,10 +5,12 @@ use crate::config::{
     NetworkSection, NodeConfig, NodeSection, ValidatorEntry, ValidatorSet, ValidatorsFile,
 };
 use crate::httpget;
+use crate::netns::{free_tag, NetnsPlan, PLAN_FILE};
 use crate::replica_node::VERIFY_THREADS_ENV;
 use crate::status::Status;
 use anyhow::{bail, Context as _};
 use bft_crypto::KeyPair;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,13 +33,28 @@ pub enum Transport {
 }
 
 impl Transport {
-    fn multiaddr(self, port: u16) -> String {
+    fn multiaddr(self, ip: Ipv4Addr, port: u16) -> String {
         match self {
-            Transport::Tcp => format!("/ip4/127.0.0.1/tcp/{port}"),
-            Transport::Quic => format!("/ip4/127.0.0.1/udp/{port}/quic-v1"),
+            Transport::Tcp => format!("/ip4/{ip}/tcp/{port}"),
+            Transport::Quic => format!("/ip4/{ip}/udp/{port}/quic-v1"),
         }
     }
 }
+
+/// Where the replicas of a testnet live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Hosts {
+    /// Every replica on 127.0.0.1, each on its own ports.
+    #[default]
+    Loopback,
+    /// Each replica in its own network namespace with its own address, all on the
+    /// same ports (see [`crate::netns`]).
+    Namespaces,
+}
+
+/// The libp2p port of every replica of a namespace testnet (unless `--base-port`);
+/// HTTP is 100 above it.
+const NETNS_P2P_PORT: u16 = 7000;
 
 /// Ports: `base..base+n` for libp2p and `base+100..` for HTTP, or free ones.
 /// (A free TCP port is checked for UDP too, so either transport can use it.)
@@ -81,6 +98,7 @@ pub fn init(
     n: usize,
     base_port: Option<u16>,
     transport: Transport,
+    hosts: Hosts,
 ) -> anyhow::Result<()> {
     if n < 4 {
         bail!("a testnet needs at least 4 replicas (n = 3f+1 with f >= 1); got {n}");
@@ -91,11 +109,33 @@ pub fn init(
             dir.display()
         );
     }
+    // (replica IP, libp2p port, HTTP port) of each replica.
+    let (endpoints, plan) = match hosts {
+        Hosts::Loopback => {
+            let ports = pick_ports(n, base_port)?;
+            let loopback = Ipv4Addr::LOCALHOST;
+            let e: Vec<_> = ports.iter().map(|(p, h)| (loopback, *p, *h)).collect();
+            (e, None)
+        }
+        Hosts::Namespaces => {
+            let plan = NetnsPlan::new(free_tag()?, n)?;
+            let p2p = base_port.unwrap_or(NETNS_P2P_PORT);
+            let http = p2p.checked_add(100).context("--base-port too high")?;
+            let e: Vec<_> = plan
+                .replica
+                .iter()
+                .map(|h| (h.address, p2p, http))
+                .collect();
+            (e, Some(plan))
+        }
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let ports = pick_ports(n, base_port)?;
+    if let Some(plan) = &plan {
+        plan.save(dir)?;
+    }
     let token = hex::encode(rand::random::<[u8; 16]>());
     let mut validators = Vec::new();
-    for (i, (p2p, _)) in ports.iter().enumerate() {
+    for (i, (ip, p2p, _)) in endpoints.iter().enumerate() {
         let node_dir = dir.join(format!("node{i}"));
         std::fs::create_dir_all(&node_dir)?;
         let key = KeyPair::generate();
@@ -103,7 +143,7 @@ pub fn init(
         validators.push(ValidatorEntry {
             id: i as u32,
             public_key: key.public().to_hex(),
-            address: transport.multiaddr(*p2p),
+            address: transport.multiaddr(*ip, *p2p),
         });
     }
     let file = ValidatorsFile {
@@ -112,7 +152,7 @@ pub fn init(
     };
     let digest = ValidatorSet::resolve(file.validator.clone(), file.consensus.clone())?.digest();
     write(&dir.join("validators.toml"), &toml::to_string(&file)?)?;
-    for (i, (p2p, http)) in ports.iter().enumerate() {
+    for (i, (ip, p2p, http)) in endpoints.iter().enumerate() {
         let cfg = NodeConfig {
             node: NodeSection {
                 id: i as u32,
@@ -120,7 +160,7 @@ pub fn init(
                 key_file: "replica.key".into(),
             },
             network: NetworkSection {
-                listen: transport.multiaddr(*p2p),
+                listen: transport.multiaddr(*ip, *p2p),
                 validators: Vec::new(),
                 validators_file: Some("../validators.toml".into()),
                 validators_digest: Some(digest.clone()),
@@ -128,7 +168,7 @@ pub fn init(
             consensus: ConsensusSection::default(),
             failure_detector: FailureDetectorSection::default(),
             http: HttpSection {
-                listen: format!("127.0.0.1:{http}"),
+                listen: format!("{ip}:{http}"),
                 admin_token: Some(token.clone()),
             },
             byzantine: ByzantineSection::default(),
@@ -146,11 +186,23 @@ pub fn init(
         retransmit_ms: 1_000,
     };
     write(&dir.join("client.toml"), &toml::to_string(&client)?)?;
-    write(&dir.join("prometheus.yml"), &prometheus_config(&ports))?;
+    write(&dir.join("prometheus.yml"), &prometheus_config(&endpoints))?;
     println!("testnet of {n} replicas written to {}", dir.display());
-    for (i, (p2p, http)) in ports.iter().enumerate() {
-        let addr = transport.multiaddr(*p2p);
-        println!("  replica {i}: libp2p {addr}  http http://127.0.0.1:{http}");
+    for (i, (ip, p2p, http)) in endpoints.iter().enumerate() {
+        let addr = transport.multiaddr(*ip, *p2p);
+        let ns = plan
+            .as_ref()
+            .map(|p| format!("  namespace {}", p.replica[i].namespace))
+            .unwrap_or_default();
+        println!("  replica {i}: libp2p {addr}  http http://{ip}:{http}{ns}");
+    }
+    if let Some(plan) = &plan {
+        println!(
+            "  bridge {} (host {}), created by `testnet up`, removed by `testnet down`; plan in {}",
+            plan.bridge,
+            plan.host_address,
+            dir.join(PLAN_FILE).display()
+        );
     }
     println!("  client config: {}", dir.join("client.toml").display());
     Ok(())
@@ -158,13 +210,13 @@ pub fn init(
 
 /// A Prometheus config scraping every replica's `/metrics` each second, each target
 /// labelled with its replica id (the Grafana dashboard groups by `replica`).
-fn prometheus_config(ports: &[(u16, u16)]) -> String {
+fn prometheus_config(endpoints: &[(Ipv4Addr, u16, u16)]) -> String {
     let mut out = String::from(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: bftnode\n    static_configs:\n",
     );
-    for (i, (_, http)) in ports.iter().enumerate() {
+    for (i, (ip, _, http)) in endpoints.iter().enumerate() {
         out.push_str(&format!(
-            "      - targets: ['127.0.0.1:{http}']\n        labels: {{replica: '{i}'}}\n"
+            "      - targets: ['{ip}:{http}']\n        labels: {{replica: '{i}'}}\n"
         ));
     }
     out
@@ -274,6 +326,10 @@ pub fn up_with(exe: &Path, dir: &Path, byzantine: &[(u32, String)]) -> anyhow::R
             nodes.len()
         );
     }
+    let plan = NetnsPlan::load(dir)?;
+    if let Some(plan) = &plan {
+        plan.create()?;
+    }
     for (i, node) in nodes.iter().enumerate() {
         if pid_of(node).is_some_and(alive) {
             continue;
@@ -282,7 +338,12 @@ pub fn up_with(exe: &Path, dir: &Path, byzantine: &[(u32, String)]) -> anyhow::R
             .create(true)
             .append(true)
             .open(node.join("node.log"))?;
-        let mut cmd = Command::new(exe);
+        // In its namespace, if it has one (`ip netns exec` execs the program, so the
+        // pid written below is the replica's).
+        let mut cmd = match &plan {
+            Some(plan) => plan.exec(i, exe),
+            None => Command::new(exe),
+        };
         cmd.arg("start")
             .arg("--config")
             .arg(node.join("config.toml"));
@@ -364,6 +425,10 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(node.join("pid"));
     }
     println!("{} replicas stopped", running.len());
+    if let Some(plan) = NetnsPlan::load(dir)? {
+        plan.destroy()?;
+        println!("namespaces and bridge {} removed", plan.bridge);
+    }
     Ok(())
 }
 

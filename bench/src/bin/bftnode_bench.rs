@@ -268,7 +268,13 @@ impl Testnet {
         }
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("testnet");
-        bftnode::testnet::init(&dir, args.replicas, None, bftnode::testnet::Transport::Tcp)?;
+        bftnode::testnet::init(
+            &dir,
+            args.replicas,
+            None,
+            bftnode::testnet::Transport::Tcp,
+            bftnode::testnet::Hosts::Loopback,
+        )?;
         let net = Self {
             validators: bftnode::config::load_validators(&dir.join("validators.toml"))?,
             dir: dir.clone(),
