@@ -14,6 +14,7 @@ pub mod http_admin;
 pub mod httpget;
 mod link;
 pub mod metrics;
+pub mod netfault;
 pub mod netns;
 pub mod replica_node;
 pub mod runtime;

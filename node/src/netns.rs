@@ -175,6 +175,9 @@ impl NetnsPlan {
                 continue;
             }
             let peer = format!("{}p", h.host_veth);
+            if Path::new("/sys/class/net").join(&h.host_veth).exists() {
+                ip(&["link", "del", &h.host_veth])?; // a lingering earlier pair
+            }
             ip(&["netns", "add", &h.namespace])?;
             ip(&[
                 "link",
@@ -206,6 +209,12 @@ impl NetnsPlan {
         require_root()?;
         let existing = namespaces()?;
         for h in &self.replica {
+            // The veth pair goes first: a deleted namespace lingers (and keeps its
+            // end of the pair, with the address on it) while the kernel still holds
+            // references to it, such as sockets closing.
+            if Path::new("/sys/class/net").join(&h.host_veth).exists() {
+                ip(&["link", "del", &h.host_veth])?;
+            }
             if existing.contains(&h.namespace) {
                 ip(&["netns", "del", &h.namespace])?;
             }
@@ -237,8 +246,11 @@ pub fn free_tag() -> Result<u8, NetnsError> {
     let addresses = run_ip(&["-4", "-o", "addr", "show"])?;
     let (a, b) = NET_OCTETS;
     for tag in 1..=MAX_TAG {
-        let plan = NetnsPlan::new(tag, 0)?;
-        if plan.is_up() || addresses.contains(&format!(" {a}.{b}.{tag}.")) {
+        let plan = NetnsPlan::new(tag, 1)?;
+        let leftover = Path::new("/sys/class/net")
+            .join(&plan.replica[0].host_veth)
+            .exists();
+        if plan.is_up() || leftover || addresses.contains(&format!(" {a}.{b}.{tag}.")) {
             continue;
         }
         let claim = Path::new(CLAIMS).join(tag.to_string());

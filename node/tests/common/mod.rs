@@ -2,6 +2,8 @@
 //! real `bftnode start` process; load comes from the client library over libp2p.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod delay_proxy;
+
 use bft_consensus::KvResult;
 use bftnode::client::{ClientError, KvClient};
 use bftnode::committed_log::{first_divergence, CommittedEntry, CommittedPage, MAX_PAGE};
