@@ -7,6 +7,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +24,8 @@ const TRANSIENT_IDLE: Duration = Duration::from_secs(120);
 const TRANSIENT_ATTEMPTS: u32 = 3;
 /// Frames written per flush.
 const WRITE_BATCH: usize = 512;
+/// The system resolver's configuration, which the DNS transport reads.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 #[derive(Debug, Error)]
 pub enum NetError {
@@ -125,7 +128,17 @@ impl Network {
     pub fn start(cfg: NetConfig) -> Result<Self, NetError> {
         let keypair = keypair_of(&cfg.key);
         let local = keypair.public().to_peer_id();
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        // The same behaviour and settings on either transport stack below.
+        macro_rules! finish {
+            ($builder:expr) => {
+                $builder
+                    .with_behaviour(|_| libp2p_stream::Behaviour::new())
+                    .map_err(|e| NetError::Setup(e.to_string()))?
+                    .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+                    .build()
+            };
+        }
+        let transports = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
@@ -134,16 +147,20 @@ impl Network {
             )
             .map_err(|e| NetError::Setup(e.to_string()))?
             // QUIC (TLS 1.3, its own multiplexing) for `/udp/P/quic-v1` addresses.
-            .with_quic()
-            // `/dns4/NAME/...` addresses, resolved at every dial (the system's
-            // resolver and hosts file): a peer that comes back under its name with
-            // another address (a rescheduled Kubernetes pod) is found again.
-            .with_dns()
-            .map_err(|e| NetError::Setup(format!("DNS resolver: {e}")))?
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .map_err(|e| NetError::Setup(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-            .build();
+            .with_quic();
+        // `/dns4/NAME/...` addresses, resolved at every dial (the system's resolver
+        // and hosts file): a peer that comes back under its name with another
+        // address (a rescheduled Kubernetes pod) is found again. Without a resolver
+        // configuration (a minimal container) only IP addresses can be dialled,
+        // which is no reason to refuse to start.
+        let mut swarm = if Path::new(RESOLV_CONF).exists() {
+            finish!(transports
+                .with_dns()
+                .map_err(|e| NetError::Setup(format!("DNS resolver ({RESOLV_CONF}): {e}")))?)
+        } else {
+            tracing::warn!("no {RESOLV_CONF}: DNS addresses cannot be dialled, IP addresses can");
+            finish!(transports)
+        };
         if let Some(addr) = &cfg.listen {
             swarm
                 .listen_on(addr.clone())

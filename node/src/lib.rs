@@ -12,6 +12,7 @@ pub mod generals_node;
 pub mod http;
 pub mod http_admin;
 pub mod httpget;
+pub mod k8s;
 mod link;
 pub mod metrics;
 pub mod netfault;

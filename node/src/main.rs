@@ -134,8 +134,17 @@ enum TestnetCmd {
         /// Each replica in its own network namespace with its own address on a
         /// bridge (10.213.T.0/24), created by `up` and removed by `down`; the plan
         /// is written to DIR/netns.toml. Needs root.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["hostnames", "k8s"])]
         netns: bool,
+        /// Each replica on a host of its own named by PATTERN, `{i}` the replica
+        /// id (e.g. `replica{i}` for the compose file of deploy/compose): replicas
+        /// listen on every interface on the same ports, data in /var/lib/bftnode/data.
+        #[arg(long, value_name = "PATTERN", conflicts_with = "k8s")]
+        hostnames: Option<String>,
+        /// As --hostnames 'bft-{i}.bft' (StatefulSet bft behind headless Service
+        /// bft), plus Kubernetes manifests in DIR/k8s (kubectl apply -k DIR/k8s).
+        #[arg(long)]
+        k8s: bool,
     },
     /// Start every replica that is not running; return once all are ready.
     Up {
@@ -227,13 +236,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 base_port,
                 transport,
                 netns,
+                hostnames,
+                k8s,
             } => {
-                let hosts = if netns {
-                    testnet::Hosts::Namespaces
-                } else {
-                    testnet::Hosts::Loopback
+                let hosts = match (netns, hostnames, k8s) {
+                    (true, _, _) => testnet::Hosts::Namespaces,
+                    (_, _, true) => testnet::Hosts::Named(bftnode::k8s::HOSTNAMES.into()),
+                    (_, Some(pattern), _) => testnet::Hosts::Named(pattern),
+                    _ => testnet::Hosts::Loopback,
                 };
                 testnet::init(&dir, replicas, base_port, transport, hosts)?;
+                if k8s {
+                    bftnode::k8s::write(&dir, replicas)?;
+                }
             }
             TestnetCmd::Up { dir, byzantine } => {
                 testnet::up(&dir, &testnet::parse_byzantine(&byzantine)?)?;

@@ -3,8 +3,10 @@
 //! inside the replicas' namespaces with `iptables` and `tc`, so the host is never
 //! touched and `testnet down` removes them with the namespaces.
 //!
-//! Only traffic between replicas is affected: the host (clients, HTTP, Prometheus)
-//! still reaches every replica, as a drill's observer must. This kernel has no
+//! Partitions and loss affect only traffic between replicas: the host (clients,
+//! HTTP, Prometheus) still reaches every replica, as a drill's observer must. A
+//! slow link ([`NetnsPlan::slow`]) shapes everything the replica sends, replies to
+//! the host included. This kernel has no
 //! `netem`, so delay is not a queueing discipline here: [`NetnsPlan::redirect`]
 //! sends one replica's connections to another through a proxy of the caller's
 //! (the fault drills run one that holds every chunk for a random delay).
@@ -20,7 +22,7 @@ impl NetnsPlan {
     /// An `iptables` command that fails.
     pub fn cut(&self, a: usize, b: usize) -> Result<(), NetnsError> {
         for (from, to) in [(a, b), (b, a)] {
-            let peer = self.replica[to].address.to_string();
+            let peer = self.host(to)?.address.to_string();
             self.iptables(from, &["-A", "OUTPUT", "-d", &peer, "-j", "DROP"])?;
             self.iptables(from, &["-A", "INPUT", "-s", &peer, "-j", "DROP"])?;
         }
@@ -60,11 +62,9 @@ impl NetnsPlan {
     /// A probability outside 0..=1, or an `iptables` command that fails.
     pub fn lose(&self, i: usize, probability: f64) -> Result<(), NetnsError> {
         if !(0.0..=1.0).contains(&probability) {
-            return Err(NetnsError::IpFailed {
-                args: format!("loss probability {probability}"),
-                stderr: "must be within 0..=1".into(),
-            });
+            return Err(NetnsError::BadProbability(probability));
         }
+        self.host(i)?;
         let p = format!("{probability:.4}");
         for (j, h) in self.replica.iter().enumerate() {
             if j != i {
@@ -110,8 +110,10 @@ impl NetnsPlan {
 
     /// Send the TCP connections replica `i` opens to `port` of replica `to` to
     /// `via` instead (a proxy on the host's bridge address that forwards them).
-    /// Connections already open keep their path: set this up before the replicas
-    /// start.
+    /// Connections already open keep their path, both ways: set this up before
+    /// the replicas start; and [`Self::heal`] only stops new connections from
+    /// taking the proxy (the kernel's connection tracking keeps the open ones on
+    /// it until they close).
     ///
     /// # Errors
     /// An `iptables` command that fails.
@@ -122,7 +124,7 @@ impl NetnsPlan {
         port: u16,
         via: SocketAddrV4,
     ) -> Result<(), NetnsError> {
-        let dest = self.replica[to].address.to_string();
+        let dest = self.host(to)?.address.to_string();
         self.iptables(
             i,
             &[
@@ -172,7 +174,7 @@ impl NetnsPlan {
     }
 
     fn in_namespace(&self, i: usize, program: &str, args: &[&str]) -> Result<(), NetnsError> {
-        let ns = &self.replica[i].namespace;
+        let ns = &self.host(i)?.namespace;
         let line = format!("netns exec {ns} {program} {}", args.join(" "));
         let out = Command::new("ip")
             .args(["netns", "exec", ns, program])

@@ -44,6 +44,10 @@ pub enum NetnsError {
     TooMany { n: usize, max: usize },
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
+    #[error("no replica {0} in this testnet")]
+    NoReplica(usize),
+    #[error("a loss probability must be within 0..=1; got {0}")]
+    BadProbability(f64),
 }
 
 /// One replica's host.
@@ -144,12 +148,20 @@ impl NetnsPlan {
         Path::new("/sys/class/net").join(&self.bridge).exists()
     }
 
-    /// Create the bridge and every namespace that does not exist yet.
+    /// Create the bridge and every namespace that does not exist yet (or lacks
+    /// its interface: the leftover of a set-up that failed half way). On failure
+    /// what was made is removed again.
     ///
     /// # Errors
     /// Not root, or an `ip` command that fails.
     pub fn create(&self) -> Result<(), NetnsError> {
         require_root()?;
+        self.try_create().inspect_err(|_| {
+            let _ = self.destroy();
+        })
+    }
+
+    fn try_create(&self) -> Result<(), NetnsError> {
         let cidr = |a: Ipv4Addr| format!("{a}/{}", self.prefix_len);
         if !self.is_up() {
             ip(&["link", "add", &self.bridge, "type", "bridge"])?;
@@ -168,11 +180,17 @@ impl NetnsPlan {
             ])?;
             ip(&["addr", "add", &cidr(self.host_address), "dev", &self.bridge])?;
             ip(&["link", "set", &self.bridge, "up"])?;
+            self.accept_bridged(true)?;
         }
         let existing = namespaces()?;
         for h in &self.replica {
             if existing.contains(&h.namespace) {
-                continue;
+                let ready = run_ip(&["-n", &h.namespace, "-4", "addr", "show", "dev", "eth0"])
+                    .is_ok_and(|out| out.contains(&format!("inet {}/", h.address)));
+                if ready {
+                    continue;
+                }
+                ip(&["netns", "del", &h.namespace])?;
             }
             let peer = format!("{}p", h.host_veth);
             if Path::new("/sys/class/net").join(&h.host_veth).exists() {
@@ -220,18 +238,77 @@ impl NetnsPlan {
             }
         }
         if self.is_up() {
+            self.accept_bridged(false)?;
             ip(&["link", "del", &self.bridge])?;
         }
         Ok(())
     }
 
+    /// Where bridged frames pass the host's iptables anyway (`br_netfilter` loaded
+    /// with `bridge-nf-call-iptables` = 1, which overrides the bridge's own
+    /// setting, as on Docker and Kubernetes hosts), a host whose FORWARD policy is
+    /// DROP would cut the replicas apart: accept forwarding within our bridge
+    /// (`add`), or remove that rule again. Nothing to do elsewhere.
+    fn accept_bridged(&self, add: bool) -> Result<(), NetnsError> {
+        let global = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+            .is_ok_and(|v| v.trim() == "1");
+        if !global {
+            return Ok(());
+        }
+        let rule = [
+            "FORWARD",
+            "-i",
+            &self.bridge,
+            "-o",
+            &self.bridge,
+            "-j",
+            "ACCEPT",
+        ];
+        let present = Command::new("iptables")
+            .args(["-w", "-C"])
+            .args(rule)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let action = match (add, present) {
+            (true, false) => "-I",
+            (false, true) => "-D",
+            _ => return Ok(()),
+        };
+        let out = Command::new("iptables")
+            .args(["-w", action])
+            .args(rule)
+            .output()
+            .map_err(|e| NetnsError::Ip {
+                args: format!("iptables {action} {}", rule.join(" ")),
+                reason: e.to_string(),
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(NetnsError::IpFailed {
+                args: format!("iptables {action} {}", rule.join(" ")),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+
+    /// Replica `id`'s host.
+    ///
+    /// # Errors
+    /// No such replica.
+    pub fn host(&self, id: usize) -> Result<&NetnsHost, NetnsError> {
+        self.replica.get(id).ok_or(NetnsError::NoReplica(id))
+    }
+
     /// The command line that runs `program` inside replica `id`'s namespace.
-    #[must_use]
-    pub fn exec(&self, id: usize, program: &Path) -> Command {
+    ///
+    /// # Errors
+    /// No such replica.
+    pub fn exec(&self, id: usize, program: &Path) -> Result<Command, NetnsError> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.replica[id].namespace])
+        cmd.args(["netns", "exec", &self.host(id)?.namespace])
             .arg(program);
-        cmd
+        Ok(cmd)
     }
 }
 
@@ -244,12 +321,15 @@ impl NetnsPlan {
 pub fn free_tag() -> Result<u8, NetnsError> {
     require_root()?;
     let addresses = run_ip(&["-4", "-o", "addr", "show"])?;
+    let existing = namespaces()?;
     let (a, b) = NET_OCTETS;
     for tag in 1..=MAX_TAG {
         let plan = NetnsPlan::new(tag, 1)?;
         let leftover = Path::new("/sys/class/net")
             .join(&plan.replica[0].host_veth)
             .exists();
+        let prefix = format!("bft{tag}-");
+        let leftover = leftover || existing.iter().any(|ns| ns.starts_with(&prefix));
         if plan.is_up() || leftover || addresses.contains(&format!(" {a}.{b}.{tag}.")) {
             continue;
         }

@@ -33,16 +33,20 @@ pub enum Transport {
 }
 
 impl Transport {
-    fn multiaddr(self, ip: Ipv4Addr, port: u16) -> String {
+    fn multiaddr(self, host: &HostAddr, port: u16) -> String {
+        let (proto, h) = match host {
+            HostAddr::Ip(ip) => ("ip4", ip.to_string()),
+            HostAddr::Name(name) => ("dns4", name.clone()),
+        };
         match self {
-            Transport::Tcp => format!("/ip4/{ip}/tcp/{port}"),
-            Transport::Quic => format!("/ip4/{ip}/udp/{port}/quic-v1"),
+            Transport::Tcp => format!("/{proto}/{h}/tcp/{port}"),
+            Transport::Quic => format!("/{proto}/{h}/udp/{port}/quic-v1"),
         }
     }
 }
 
 /// Where the replicas of a testnet live.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Hosts {
     /// Every replica on 127.0.0.1, each on its own ports.
     #[default]
@@ -50,11 +54,76 @@ pub enum Hosts {
     /// Each replica in its own network namespace with its own address, all on the
     /// same ports (see [`crate::netns`]).
     Namespaces,
+    /// Each replica on a host of its own reached by name: `{i}` in the pattern is
+    /// the replica id (`replica{i}` for compose, `bft-{i}.bft` for a Kubernetes
+    /// StatefulSet). Replicas listen on every interface, all on the same ports, and
+    /// keep their data in [`CONTAINER_DATA_DIR`]; nothing is started here.
+    Named(String),
 }
 
-/// The libp2p port of every replica of a namespace testnet (unless `--base-port`);
-/// HTTP is 100 above it.
-const NETNS_P2P_PORT: u16 = 7000;
+/// A replica's address as the others dial it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HostAddr {
+    Ip(Ipv4Addr),
+    Name(String),
+}
+
+impl std::fmt::Display for HostAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostAddr::Ip(ip) => ip.fmt(f),
+            HostAddr::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// One replica's addresses: how the others reach it, what it binds, its ports.
+struct Endpoint {
+    host: HostAddr,
+    bind: Ipv4Addr,
+    p2p: u16,
+    http: u16,
+}
+
+/// The data directory of a replica on a named host (a container's volume).
+pub const CONTAINER_DATA_DIR: &str = "/var/lib/bftnode/data";
+
+/// The host names a pattern gives `n` replicas.
+///
+/// # Errors
+/// A pattern without `{i}`, or one whose names are not DNS names.
+pub fn host_names(pattern: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    if !pattern.contains("{i}") {
+        bail!("--hostnames {pattern:?} must contain {{i}} (the replica id)");
+    }
+    let names: Vec<String> = (0..n)
+        .map(|i| pattern.replace("{i}", &i.to_string()))
+        .collect();
+    for name in &names {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if name.len() > 253 || !name.split('.').all(label_ok) {
+            bail!("--hostnames {pattern:?} gives {name:?}, which is not a DNS name");
+        }
+    }
+    Ok(names)
+}
+
+/// The libp2p port of every replica of a testnet whose replicas have hosts of
+/// their own (unless `--base-port`); HTTP is 100 above it.
+const SHARED_P2P_PORT: u16 = 7000;
+
+/// (libp2p, HTTP) ports shared by every replica on hosts of their own.
+fn shared_ports(base_port: Option<u16>) -> anyhow::Result<(u16, u16)> {
+    let p2p = base_port.unwrap_or(SHARED_P2P_PORT);
+    let http = p2p.checked_add(100).context("--base-port too high")?;
+    Ok((p2p, http))
+}
 
 /// Ports: `base..base+n` for libp2p and `base+100..` for HTTP, or free ones.
 /// (A free TCP port is checked for UDP too, so either transport can use it.)
@@ -109,25 +178,53 @@ pub fn init(
             dir.display()
         );
     }
-    // (replica IP, libp2p port, HTTP port) of each replica.
-    let (endpoints, plan) = match hosts {
+    let (endpoints, plan) = match &hosts {
         Hosts::Loopback => {
             let ports = pick_ports(n, base_port)?;
             let loopback = Ipv4Addr::LOCALHOST;
-            let e: Vec<_> = ports.iter().map(|(p, h)| (loopback, *p, *h)).collect();
+            let e: Vec<_> = ports
+                .iter()
+                .map(|(p2p, http)| Endpoint {
+                    host: HostAddr::Ip(loopback),
+                    bind: loopback,
+                    p2p: *p2p,
+                    http: *http,
+                })
+                .collect();
             (e, None)
         }
         Hosts::Namespaces => {
             let plan = NetnsPlan::new(free_tag()?, n)?;
-            let p2p = base_port.unwrap_or(NETNS_P2P_PORT);
-            let http = p2p.checked_add(100).context("--base-port too high")?;
+            let (p2p, http) = shared_ports(base_port)?;
             let e: Vec<_> = plan
                 .replica
                 .iter()
-                .map(|h| (h.address, p2p, http))
+                .map(|h| Endpoint {
+                    host: HostAddr::Ip(h.address),
+                    bind: h.address,
+                    p2p,
+                    http,
+                })
                 .collect();
             (e, Some(plan))
         }
+        Hosts::Named(pattern) => {
+            let (p2p, http) = shared_ports(base_port)?;
+            let e: Vec<_> = host_names(pattern, n)?
+                .into_iter()
+                .map(|name| Endpoint {
+                    host: HostAddr::Name(name),
+                    bind: Ipv4Addr::UNSPECIFIED,
+                    p2p,
+                    http,
+                })
+                .collect();
+            (e, None)
+        }
+    };
+    let data_dir: PathBuf = match hosts {
+        Hosts::Named(_) => CONTAINER_DATA_DIR.into(),
+        _ => "data".into(),
     };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     if let Some(plan) = &plan {
@@ -135,7 +232,7 @@ pub fn init(
     }
     let token = hex::encode(rand::random::<[u8; 16]>());
     let mut validators = Vec::new();
-    for (i, (ip, p2p, _)) in endpoints.iter().enumerate() {
+    for (i, e) in endpoints.iter().enumerate() {
         let node_dir = dir.join(format!("node{i}"));
         std::fs::create_dir_all(&node_dir)?;
         let key = KeyPair::generate();
@@ -143,7 +240,7 @@ pub fn init(
         validators.push(ValidatorEntry {
             id: i as u32,
             public_key: key.public().to_hex(),
-            address: transport.multiaddr(*ip, *p2p),
+            address: transport.multiaddr(&e.host, e.p2p),
         });
     }
     let file = ValidatorsFile {
@@ -152,15 +249,15 @@ pub fn init(
     };
     let digest = ValidatorSet::resolve(file.validator.clone(), file.consensus.clone())?.digest();
     write(&dir.join("validators.toml"), &toml::to_string(&file)?)?;
-    for (i, (ip, p2p, http)) in endpoints.iter().enumerate() {
+    for (i, e) in endpoints.iter().enumerate() {
         let cfg = NodeConfig {
             node: NodeSection {
                 id: i as u32,
-                data_dir: "data".into(),
+                data_dir: data_dir.clone(),
                 key_file: "replica.key".into(),
             },
             network: NetworkSection {
-                listen: transport.multiaddr(*ip, *p2p),
+                listen: transport.multiaddr(&HostAddr::Ip(e.bind), e.p2p),
                 validators: Vec::new(),
                 validators_file: Some("../validators.toml".into()),
                 validators_digest: Some(digest.clone()),
@@ -168,7 +265,7 @@ pub fn init(
             consensus: ConsensusSection::default(),
             failure_detector: FailureDetectorSection::default(),
             http: HttpSection {
-                listen: format!("{ip}:{http}"),
+                listen: format!("{}:{}", e.bind, e.http),
                 admin_token: Some(token.clone()),
             },
             byzantine: ByzantineSection::default(),
@@ -188,13 +285,16 @@ pub fn init(
     write(&dir.join("client.toml"), &toml::to_string(&client)?)?;
     write(&dir.join("prometheus.yml"), &prometheus_config(&endpoints))?;
     println!("testnet of {n} replicas written to {}", dir.display());
-    for (i, (ip, p2p, http)) in endpoints.iter().enumerate() {
-        let addr = transport.multiaddr(*ip, *p2p);
+    for (i, e) in endpoints.iter().enumerate() {
+        let addr = transport.multiaddr(&e.host, e.p2p);
         let ns = plan
             .as_ref()
             .map(|p| format!("  namespace {}", p.replica[i].namespace))
             .unwrap_or_default();
-        println!("  replica {i}: libp2p {addr}  http http://{ip}:{http}{ns}");
+        println!(
+            "  replica {i}: libp2p {addr}  http http://{}:{}{ns}",
+            e.host, e.http
+        );
     }
     if let Some(plan) = &plan {
         println!(
@@ -210,13 +310,14 @@ pub fn init(
 
 /// A Prometheus config scraping every replica's `/metrics` each second, each target
 /// labelled with its replica id (the Grafana dashboard groups by `replica`).
-fn prometheus_config(endpoints: &[(Ipv4Addr, u16, u16)]) -> String {
+fn prometheus_config(endpoints: &[Endpoint]) -> String {
     let mut out = String::from(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: bftnode\n    static_configs:\n",
     );
-    for (i, (ip, _, http)) in endpoints.iter().enumerate() {
+    for (i, e) in endpoints.iter().enumerate() {
         out.push_str(&format!(
-            "      - targets: ['{ip}:{http}']\n        labels: {{replica: '{i}'}}\n"
+            "      - targets: ['{}:{}']\n        labels: {{replica: '{i}'}}\n",
+            e.host, e.http
         ));
     }
     out
@@ -326,6 +427,17 @@ pub fn up_with(exe: &Path, dir: &Path, byzantine: &[(u32, String)]) -> anyhow::R
             nodes.len()
         );
     }
+    for node in &nodes {
+        let text = std::fs::read_to_string(node.join("config.toml"))?;
+        let cfg: NodeConfig =
+            toml::from_str(&text).with_context(|| format!("bad config in {}", node.display()))?;
+        if cfg.node.data_dir == Path::new(CONTAINER_DATA_DIR) {
+            bail!(
+                "{} is a testnet for hosts of their own (init --hostnames or --k8s): start each replica on its host (deploy/compose, deploy/k8s)",
+                dir.display()
+            );
+        }
+    }
     let plan = NetnsPlan::load(dir)?;
     if let Some(plan) = &plan {
         plan.create()?;
@@ -341,7 +453,7 @@ pub fn up_with(exe: &Path, dir: &Path, byzantine: &[(u32, String)]) -> anyhow::R
         // In its namespace, if it has one (`ip netns exec` execs the program, so the
         // pid written below is the replica's).
         let mut cmd = match &plan {
-            Some(plan) => plan.exec(i, exe),
+            Some(plan) => plan.exec(i, exe)?,
             None => Command::new(exe),
         };
         cmd.arg("start")

@@ -247,3 +247,28 @@ fn unreachable_nodes_are_reported() {
         "holds no testnet",
     );
 }
+
+#[test]
+fn host_name_patterns_are_checked_and_such_a_testnet_is_not_started_here() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("named");
+    let d = dir.to_str().unwrap();
+    fails_with(
+        &bftnode(&["testnet", "init", "--dir", d, "--hostnames", "replica"]),
+        "must contain {i}",
+    );
+    fails_with(
+        &bftnode(&["testnet", "init", "--dir", d, "--hostnames", "replica_{i}"]),
+        "not a DNS name",
+    );
+    let out = bftnode(&["testnet", "init", "--dir", d, "--hostnames", "r{i}.bft"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fails_with(
+        &bftnode(&["testnet", "up", "--dir", d]),
+        "is a testnet for hosts of their own",
+    );
+}

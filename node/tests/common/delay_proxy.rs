@@ -64,7 +64,8 @@ impl Drop for DelayProxy {
 /// before the previous chunk's), a writer delivers it then.
 fn pump(from: &TcpStream, to: &TcpStream, mean: Duration, jitter: Duration, bytes: Arc<AtomicU64>) {
     let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
-    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    // Bounded: a writer that falls behind holds the reader back, as TCP would.
+    let (tx, rx) = mpsc::sync_channel::<(Instant, Vec<u8>)>(1024);
     std::thread::spawn(move || {
         let mut rng = rand::thread_rng();
         let mut last = Instant::now();

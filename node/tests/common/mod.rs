@@ -27,6 +27,9 @@ pub struct Testnet {
     _tmp: tempfile::TempDir,
     pub dir: PathBuf,
     pub n: usize,
+    /// How long the harness's clients wait for a request (beyond it the load
+    /// tasks fail): above the longest stall a test allows.
+    pub client_timeout: Duration,
 }
 
 pub fn bftnode(args: &[&str]) -> std::process::Output {
@@ -95,7 +98,12 @@ impl Testnet {
             assert!(text.contains(&before), "node{i} pins another validator set");
             std::fs::write(&p, text.replace(&before, &after)).unwrap();
         }
-        Self { _tmp: tmp, dir, n }
+        Self {
+            _tmp: tmp,
+            dir,
+            n,
+            client_timeout: Duration::from_secs(30),
+        }
     }
 
     /// Start every replica that is not running.
@@ -237,19 +245,26 @@ impl Testnet {
             .join("\n")
     }
 
-    /// Wait until the given replicas report the same last_executed and state digest.
+    /// Wait until the given replicas report the same last_executed and state
+    /// digest, all of them out of view change but at most one. (One may be left
+    /// alone in a view change: a replica cut off or starved long enough to leave
+    /// the view by itself, which PBFT never takes back since its view-change
+    /// message may still be used. It executes what the group commits meanwhile,
+    /// from relayed certificates, and rejoins at the group's next view change:
+    /// seen once in CI, flood_7, a replica alone in view 21 beside the group's 20.)
     pub fn wait_agree(&self, ids: &[usize], within: Duration) -> Vec<Status> {
-        self.wait_like_first(
-            ids,
-            within,
-            "converge",
-            |first| first.last_executed > 0,
-            |s, first| {
-                s.last_executed == first.last_executed
-                    && s.state_digest == first.state_digest
-                    && !s.in_view_change
-            },
-        )
+        self.wait_until(ids, within, "converge", |all| {
+            let Some(first) = all[0].as_ref() else {
+                return false;
+            };
+            let one_state = all.iter().all(|s| {
+                s.as_ref().is_some_and(|s| {
+                    s.last_executed == first.last_executed && s.state_digest == first.state_digest
+                })
+            });
+            let changing = all.iter().flatten().filter(|s| s.in_view_change).count();
+            first.last_executed > 0 && one_state && changing <= 1
+        })
     }
 
     /// Wait until every replica in `ids` reports, the first one's status passes
@@ -314,7 +329,7 @@ impl Testnet {
         ResolvedClient {
             key: bft_crypto::KeyPair::from_seed([seed; 32]),
             validators: load_validators(&self.dir.join("validators.toml")).unwrap(),
-            timeout: Duration::from_secs(30),
+            timeout: self.client_timeout,
             retransmit: Duration::from_millis(800),
         }
     }
