@@ -21,13 +21,20 @@ project=bftnode-local
 # This machine's kind: runc, and explicit limits.
 run=(podman run --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1000:1000)
 
+# Everything of the project, by podman-compose's labels and names: containers,
+# volumes, network (podman-compose 1.0.3's `down` leaves the network, and an
+# interrupted run leaves everything, which its `up` would silently restart).
+remove_project() {
+    podman ps -aq --filter "label=io.podman.compose.project=$project" | xargs -r podman rm -f >/dev/null
+    podman volume ls -q --filter "label=io.podman.compose.project=$project" | xargs -r podman volume rm -f >/dev/null
+    podman network rm -f "${project}_default" >/dev/null 2>&1 || true
+}
 cleanup() {
-    if [ -f "$work/compose/compose.yaml" ]; then
-        podman-compose -p "$project" -f "$work/compose/compose.yaml" down -v >/dev/null 2>&1 || true
-    fi
+    remove_project
     rm -rf "$work"
 }
 trap cleanup EXIT
+remove_project
 
 if ! podman image exists localhost/debian:bookworm-slim; then
     echo "== debootstrap bookworm (stands in for debian:bookworm-slim)"
@@ -56,9 +63,14 @@ chown -R 10001:10001 "$work/compose/testnet"
 compose=(podman-compose -p "$project" -f "$work/compose/compose.yaml"
     --podman-run-args "--runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1000:1000 --read-only")
 # Prometheus and Grafana come from registries this machine cannot reach.
-"${compose[@]}" up -d replica0 replica1 replica2 replica3 >/dev/null 2>&1
-network="$(podman network ls --format '{{.Name}}' | grep "^${project}_" | head -1)"
-[ -n "$network" ] || { echo "compose made no network"; exit 1; }
+# (podman-compose 1.0.3 exits 0 when a container fails to start: the readiness
+# wait below is what checks.)
+"${compose[@]}" up -d replica0 replica1 replica2 replica3 >"$work/up.log" 2>&1 || {
+    cat "$work/up.log"
+    exit 1
+}
+network="${project}_default"
+podman network exists "$network" || { cat "$work/up.log"; echo "compose made no network $network"; exit 1; }
 
 client() {
     "${run[@]}" --rm --network "$network" -v "$work/compose/testnet:/etc/bftnode:ro" \
@@ -70,15 +82,20 @@ ready=0
 for _ in $(seq 60); do
     ready=0
     for i in 0 1 2 3; do
-        if podman exec "$first" bftnode status --node "http://replica$i:7100" --json 2>/dev/null |
-            grep -q '"peers_connected": 3'; then
-            ready=$((ready + 1))
-        fi
+        status="$(podman exec "$first" bftnode status --node "http://replica$i:7100" --json 2>/dev/null || true)"
+        case "$status" in
+            *'"peers_connected": 3'*) ready=$((ready + 1)) ;;
+        esac
     done
     [ "$ready" = 4 ] && break
     sleep 1
 done
-[ "$ready" = 4 ] || { podman logs "$first" 2>&1 | tail -20; echo "not every replica connected"; exit 1; }
+if [ "$ready" != 4 ]; then
+    cat "$work/up.log"
+    podman logs "$first" 2>&1 | tail -20 || true
+    echo "not every replica connected"
+    exit 1
+fi
 echo "   replica0 runs as: $(podman exec "$first" id)"
 
 echo "== a client container writes and reads through the replicas"

@@ -143,7 +143,8 @@ enum TestnetCmd {
         hostnames: Option<String>,
         /// As --hostnames 'bft-{i}.bft' (StatefulSet bft behind headless Service
         /// bft), plus Kubernetes manifests in DIR/k8s (kubectl apply -k DIR/k8s).
-        #[arg(long)]
+        /// The manifests use TCP ports 7000 and 7100.
+        #[arg(long, conflicts_with_all = ["base_port", "transport"])]
         k8s: bool,
     },
     /// Start every replica that is not running; return once all are ready.

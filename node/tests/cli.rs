@@ -271,4 +271,18 @@ fn host_name_patterns_are_checked_and_such_a_testnet_is_not_started_here() {
         &bftnode(&["testnet", "up", "--dir", d]),
         "is a testnet for hosts of their own",
     );
+    // The Kubernetes manifests use fixed TCP ports.
+    let other = tmp.path().join("k8s");
+    let o = other.to_str().unwrap();
+    for extra in [["--base-port", "8000"], ["--transport", "quic"]] {
+        let mut args = vec!["testnet", "init", "--dir", o, "--k8s"];
+        args.extend_from_slice(&extra);
+        // (clap's own usage error: several lines.)
+        let out = bftnode(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("cannot be used with"),
+            "{stderr}"
+        );
+    }
 }

@@ -107,6 +107,16 @@ fn k8s_group(n: usize) {
     assert_eq!(sts["spec"]["replicas"], n);
     assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
     assert_eq!(sts["spec"]["serviceName"], "bft");
+    let pod = &sts["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["startupProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "data"
+    );
     assert_eq!(yaml(&k8s.join("pdb.yaml"))["spec"]["maxUnavailable"], f);
     let svc = yaml(&k8s.join("service.yaml"));
     assert_eq!(svc["spec"]["clusterIP"], "None");

@@ -246,7 +246,8 @@ impl Testnet {
     }
 
     /// Wait until the given replicas report the same last_executed and state
-    /// digest, all of them out of view change but at most one. (One may be left
+    /// digest, all of them out of view change but at most one, in a view above
+    /// all the others'. (One may be left
     /// alone in a view change: a replica cut off or starved long enough to leave
     /// the view by itself, which PBFT never takes back since its view-change
     /// message may still be used. It executes what the group commits meanwhile,
@@ -262,8 +263,13 @@ impl Testnet {
                     s.last_executed == first.last_executed && s.state_digest == first.state_digest
                 })
             });
-            let changing = all.iter().flatten().filter(|s| s.in_view_change).count();
-            first.last_executed > 0 && one_state && changing <= 1
+            // At most one changing view, and only to a view above every other's.
+            let statuses: Vec<&Status> = all.iter().flatten().collect();
+            let settled = statuses.iter().filter(|s| !s.in_view_change);
+            let highest_settled = settled.map(|s| s.view).max().unwrap_or(0);
+            let changing: Vec<&&Status> = statuses.iter().filter(|s| s.in_view_change).collect();
+            let stranded_above = changing.iter().all(|s| s.view > highest_settled);
+            first.last_executed > 0 && one_state && changing.len() <= 1 && stranded_above
         })
     }
 
