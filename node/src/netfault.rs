@@ -11,9 +11,8 @@
 //! sends one replica's connections to another through a proxy of the caller's
 //! (the fault drills run one that holds every chunk for a random delay).
 
-use crate::netns::{NetnsError, NetnsPlan};
+use crate::netns::{run, NetnsError, NetnsPlan};
 use std::net::SocketAddrV4;
-use std::process::Command;
 
 impl NetnsPlan {
     /// Cut the link between replicas `a` and `b`, both ways.
@@ -175,22 +174,7 @@ impl NetnsPlan {
 
     fn in_namespace(&self, i: usize, program: &str, args: &[&str]) -> Result<(), NetnsError> {
         let ns = &self.host(i)?.namespace;
-        let line = format!("netns exec {ns} {program} {}", args.join(" "));
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, program])
-            .args(args)
-            .output()
-            .map_err(|e| NetnsError::Ip {
-                args: line.clone(),
-                reason: e.to_string(),
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(NetnsError::IpFailed {
-                args: line,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            })
-        }
+        let line = [&["netns", "exec", ns.as_str(), program], args].concat();
+        run("ip", &line).map(drop)
     }
 }

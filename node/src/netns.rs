@@ -264,32 +264,13 @@ impl NetnsPlan {
             "-j",
             "ACCEPT",
         ];
-        let present = Command::new("iptables")
-            .args(["-w", "-C"])
-            .args(rule)
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let present = run("iptables", &[&["-w", "-C"], &rule[..]].concat()).is_ok();
         let action = match (add, present) {
             (true, false) => "-I",
             (false, true) => "-D",
             _ => return Ok(()),
         };
-        let out = Command::new("iptables")
-            .args(["-w", action])
-            .args(rule)
-            .output()
-            .map_err(|e| NetnsError::Ip {
-                args: format!("iptables {action} {}", rule.join(" ")),
-                reason: e.to_string(),
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(NetnsError::IpFailed {
-                args: format!("iptables {action} {}", rule.join(" ")),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            })
-        }
+        run("iptables", &[&["-w", action], &rule[..]].concat()).map(drop)
     }
 
     /// Replica `id`'s host.
@@ -376,19 +357,26 @@ fn ip(args: &[&str]) -> Result<(), NetnsError> {
 
 /// Run `ip ARGS`; its standard output.
 fn run_ip(args: &[&str]) -> Result<String, NetnsError> {
-    let joined = args.join(" ");
-    let out = Command::new("ip")
+    run("ip", args)
+}
+
+/// Run `program ARGS`; its standard output, or the command line and its
+/// standard error as the error (`ip`, and `iptables` and `tc` in or beside the
+/// namespaces).
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<String, NetnsError> {
+    let line = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
         .args(args)
         .output()
         .map_err(|e| NetnsError::Ip {
-            args: joined.clone(),
+            args: line.clone(),
             reason: e.to_string(),
         })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(NetnsError::IpFailed {
-            args: joined,
+            args: line,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         })
     }

@@ -133,25 +133,24 @@ impl Drill {
     /// Poll until all four replicas report one state and a quorum works in one
     /// view (see [`Self::finish`]); fails the drill after `bound`.
     fn converged(&self, bound: Duration) -> Vec<bftnode::status::Status> {
-        let end = Instant::now() + bound;
-        loop {
-            let all: Vec<_> = (0..4).filter_map(|i| self.net.status(i)).collect();
-            let one_state = all.len() == 4
-                && all[0].last_executed > 0
-                && all.iter().all(|s| {
-                    s.last_executed == all[0].last_executed && s.state_digest == all[0].state_digest
-                });
-            if one_state && quorum_view(&all).1 >= 3 {
-                return all;
-            }
-            assert!(
-                Instant::now() < end,
-                "{}: no common state with a working quorum {bound:?} after the heal: {all:#?}\n{}",
-                self.name,
-                self.net.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.net.wait_until(
+            &[0, 1, 2, 3],
+            bound,
+            "one state with a working quorum",
+            |all| {
+                let Some(first) = all[0].as_ref() else {
+                    return false;
+                };
+                let statuses: Vec<_> = all.iter().flatten().cloned().collect();
+                statuses.len() == 4
+                    && first.last_executed > 0
+                    && statuses.iter().all(|s| {
+                        s.last_executed == first.last_executed
+                            && s.state_digest == first.state_digest
+                    })
+                    && quorum_view(&statuses).1 >= 3
+            },
+        )
     }
 
     /// Heal every link, stop the load, and check the outcome: all replicas

@@ -309,7 +309,7 @@ impl Testnet {
 
     /// Poll the statuses of `ids` until `ready` holds for them together; panics
     /// with the statuses and log tails after `within`.
-    fn wait_until(
+    pub fn wait_until(
         &self,
         ids: &[usize],
         within: Duration,
