@@ -13,7 +13,7 @@ use bft_consensus::{
     Application, KvStore, Membership, Message, ReplicaConfig, Validator, VerifiedMessage,
 };
 use bft_crypto::{KeyPair, PublicKey};
-use bft_net::{Inbound, NetConfig, NetHandle, Network, PeerId};
+use bft_net::{Inbound, IngressLimits, NetConfig, NetHandle, Network, PeerId};
 use bftnode::config::{self, ValidatorSet};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,6 +62,7 @@ impl Unreplicated {
             peer_queue: 4096,
             inbound_queue: 16_384,
             others_queue: None,
+            limits: IngressLimits::default(),
         })?;
         let validators = ValidatorSet {
             validators: vec![config::Validator {

@@ -31,10 +31,23 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
+    // The buffer grows with the bytes that actually arrive: a peer that claims a
+    // large frame and sends a few bytes holds a few bytes of ours, not `len`.
+    let mut buf = Vec::with_capacity(len.min(INITIAL_FRAME_CAPACITY));
+    let got = r.take(len as u64).read_to_end(&mut buf).await?;
+    if got < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame cut short: {got} of {len} bytes"),
+        )
+        .into());
+    }
     Ok(buf)
 }
+
+/// What a frame's buffer starts with before its bytes arrive (most consensus
+/// messages fit; larger ones grow as they are read).
+pub const INITIAL_FRAME_CAPACITY: usize = 64 * 1024;
 
 /// Write several frames with one flush.
 ///
@@ -88,5 +101,38 @@ mod tests {
             read_frame(&mut r, 100).await,
             Err(FrameError::Io(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_arriving_in_pieces_is_read_whole() {
+        // Larger than the initial capacity, delivered a few bytes per read: the
+        // buffer grows as bytes come and the frame is returned intact.
+        let payload: Vec<u8> = (0..3 * INITIAL_FRAME_CAPACITY + 7)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut wire = Vec::new();
+        write_frames(&mut wire, &[Arc::new(payload.clone())])
+            .await
+            .unwrap();
+        let mut r = Trickle {
+            bytes: futures::io::Cursor::new(wire),
+        };
+        assert_eq!(read_frame(&mut r, payload.len()).await.unwrap(), payload);
+    }
+
+    /// A reader that hands out at most 1,000 bytes per read, like a slow peer.
+    struct Trickle {
+        bytes: futures::io::Cursor<Vec<u8>>,
+    }
+
+    impl futures::AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(1000);
+            std::pin::Pin::new(&mut self.bytes).poll_read(cx, &mut buf[..n])
+        }
     }
 }

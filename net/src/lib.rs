@@ -11,12 +11,17 @@
 
 mod frame;
 mod identity;
+mod reader;
 mod transport;
+mod writer;
 
-pub use frame::{read_frame, write_frames, FrameError};
+pub use frame::{read_frame, write_frames, FrameError, INITIAL_FRAME_CAPACITY};
 pub use identity::{keypair_of, peer_id_of, public_key_of};
 pub use libp2p::{Multiaddr, PeerId};
-pub use transport::{Inbound, NetConfig, NetError, NetHandle, NetStats, Network, SendError};
+pub use transport::{
+    Inbound, IngressLimits, NetConfig, NetError, NetHandle, NetStats, Network, SendError,
+};
 
-/// The consensus wire protocol's name, versioned.
-pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/bftnode/consensus/1");
+/// The consensus wire protocol's name, versioned. Version 2: the reader confirms
+/// each stream with one byte before the writer sends frames (see `writer`).
+pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/bftnode/consensus/2");

@@ -1,29 +1,27 @@
-//! The swarm task, per-peer writers and inbound readers.
+//! The transport's handle and the swarm task: connections (admitted against
+//! [`IngressLimits`]) and dialling. Writers and readers live in `writer` and
+//! `reader`.
 
-use crate::frame::{read_frame, write_frames, FrameError};
+use crate::reader::{accept_streams, Queues};
+use crate::writer::write_to_peer;
 use crate::{keypair_of, PROTOCOL};
 use futures::StreamExt as _;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId};
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// How often disconnected validators are redialled.
 const REDIAL: Duration = Duration::from_millis(500);
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// A writer to a peer outside the validator set (a client) ends after this long idle.
-const TRANSIENT_IDLE: Duration = Duration::from_secs(120);
-/// ...or after this many failed attempts to open a stream to it.
-const TRANSIENT_ATTEMPTS: u32 = 3;
-/// Frames written per flush.
-const WRITE_BATCH: usize = 512;
+/// Writers kept for peers outside the validator set before closed ones are swept.
+const WRITER_SWEEP: usize = 4096;
 /// The system resolver's configuration, which the DNS transport reads.
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
@@ -61,6 +59,34 @@ pub struct NetConfig {
     /// not hold up the validator set's votes and heartbeats behind it. None: one
     /// queue for all.
     pub others_queue: Option<usize>,
+    /// What peers may hold open here.
+    pub limits: IngressLimits,
+}
+
+/// Bounds on what other peers may hold open at this node. A connection or stream
+/// over a bound is closed at once and counted ([`NetStats::connections_refused`],
+/// [`NetStats::streams_refused`]); the configured peers (the validator set) never
+/// count against `max_other_connections`, so a crowd of clients cannot lock a
+/// replica out of its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngressLimits {
+    /// Connections from peers outside the configured set, all together.
+    pub max_other_connections: usize,
+    /// Connections per peer: a pair has one, or two when both dial at once.
+    pub max_connections_per_peer: usize,
+    /// Inbound streams of our protocol per peer: its writer keeps one open, and
+    /// one more while it replaces a broken one.
+    pub max_streams_per_peer: usize,
+}
+
+impl Default for IngressLimits {
+    fn default() -> Self {
+        Self {
+            max_other_connections: 1024,
+            max_connections_per_peer: 4,
+            max_streams_per_peer: 4,
+        }
+    }
 }
 
 /// A frame from a peer.
@@ -82,26 +108,70 @@ pub struct NetStats {
     /// Oversized or truncated frames received.
     pub frames_malformed: u64,
     pub stream_opens: u64,
+    /// Connections closed at once for being over an [`IngressLimits`] bound.
+    pub connections_refused: u64,
+    /// Inbound streams refused for being over the per-peer bound.
+    pub streams_refused: u64,
 }
 
 #[derive(Default)]
-struct Counters {
-    sent: AtomicU64,
-    received: AtomicU64,
-    dropped: AtomicU64,
-    lost: AtomicU64,
-    malformed: AtomicU64,
-    opens: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) lost: AtomicU64,
+    pub(crate) malformed: AtomicU64,
+    pub(crate) opens: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) streams_refused: AtomicU64,
 }
 
-struct Shared {
-    control: libp2p_stream::Control,
+/// State the swarm task, writers and readers share. Locks are held for one map
+/// or set operation and never across an await; they do not poison (a panic
+/// elsewhere cannot leave these half-updated).
+pub(crate) struct Shared {
+    pub(crate) control: libp2p_stream::Control,
     writers: Mutex<HashMap<PeerId, mpsc::Sender<Arc<Vec<u8>>>>>,
-    persistent: HashSet<PeerId>,
+    pub(crate) persistent: HashSet<PeerId>,
     connected: Mutex<HashSet<PeerId>>,
-    counters: Counters,
+    /// Ticks whenever `connected` changes, for writers waiting on a peer.
+    connection_changes: watch::Sender<()>,
+    /// Inbound streams held per peer.
+    pub(crate) streams: Mutex<HashMap<PeerId, usize>>,
+    pub(crate) limits: IngressLimits,
+    pub(crate) counters: Counters,
     peer_queue: usize,
-    shutdown: tokio::sync::watch::Sender<bool>,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn is_connected(&self, peer: &PeerId) -> bool {
+        self.connected.lock().contains(peer)
+    }
+
+    /// Return once `peer` has a connection.
+    pub(crate) async fn wait_connected(&self, peer: PeerId) {
+        let mut changes = self.connection_changes.subscribe();
+        while !self.is_connected(&peer) {
+            if changes.changed().await.is_err() {
+                // The sender lives in `self`; it cannot be gone while we run.
+                return;
+            }
+        }
+    }
+
+    fn set_connected(&self, peer: PeerId, up: bool) {
+        let mut connected = self.connected.lock();
+        let changed = if up {
+            connected.insert(peer)
+        } else {
+            connected.remove(&peer)
+        };
+        drop(connected);
+        if changed {
+            self.connection_changes.send_replace(());
+        }
+    }
 }
 
 /// A cloneable handle to send frames and read transport state.
@@ -173,7 +243,7 @@ impl Network {
         let incoming = control
             .accept(PROTOCOL)
             .map_err(|e| NetError::Setup(e.to_string()))?;
-        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             control,
             writers: Mutex::new(HashMap::new()),
@@ -184,6 +254,9 @@ impl Network {
                 .filter(|p| *p != local)
                 .collect(),
             connected: Mutex::new(HashSet::new()),
+            connection_changes: watch::Sender::new(()),
+            streams: Mutex::new(HashMap::new()),
+            limits: cfg.limits,
             counters: Counters::default(),
             peer_queue: cfg.peer_queue.max(1),
             shutdown,
@@ -249,11 +322,7 @@ impl NetHandle {
             }
             Err(mpsc::error::TrySendError::Closed(frame)) => {
                 // The writer gave up on a transient peer; start a fresh one.
-                self.shared
-                    .writers
-                    .lock()
-                    .expect("writers lock")
-                    .remove(&peer);
+                self.shared.writers.lock().remove(&peer);
                 let tx = self.ensure_writer(peer);
                 tx.try_send(frame).map_err(|_| {
                     self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -264,8 +333,8 @@ impl NetHandle {
     }
 
     fn ensure_writer(&self, peer: PeerId) -> mpsc::Sender<Arc<Vec<u8>>> {
-        let mut writers = self.shared.writers.lock().expect("writers lock");
-        if writers.len() > 4096 {
+        let mut writers = self.shared.writers.lock();
+        if writers.len() > WRITER_SWEEP {
             writers.retain(|_, tx| !tx.is_closed());
         }
         writers
@@ -282,22 +351,12 @@ impl NetHandle {
     /// Peers with at least one open connection.
     #[must_use]
     pub fn connected_peers(&self) -> Vec<PeerId> {
-        self.shared
-            .connected
-            .lock()
-            .expect("connected lock")
-            .iter()
-            .copied()
-            .collect()
+        self.shared.connected.lock().iter().copied().collect()
     }
 
     #[must_use]
     pub fn is_connected(&self, peer: &PeerId) -> bool {
-        self.shared
-            .connected
-            .lock()
-            .expect("connected lock")
-            .contains(peer)
+        self.shared.is_connected(peer)
     }
 
     #[must_use]
@@ -310,13 +369,15 @@ impl NetHandle {
             frames_lost: c.lost.load(Ordering::Relaxed),
             frames_malformed: c.malformed.load(Ordering::Relaxed),
             stream_opens: c.opens.load(Ordering::Relaxed),
+            connections_refused: c.connections_refused.load(Ordering::Relaxed),
+            streams_refused: c.streams_refused.load(Ordering::Relaxed),
         }
     }
 
     /// Stop the swarm and every task; connections close.
     pub fn shutdown(&self) {
         let _ = self.shared.shutdown.send(true);
-        self.shared.writers.lock().expect("writers lock").clear();
+        self.shared.writers.lock().clear();
     }
 }
 
@@ -330,6 +391,7 @@ async fn run_swarm(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut redial = tokio::time::interval(REDIAL);
+    let mut admitted = Admitted::new(shared.limits);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -347,13 +409,22 @@ async fn run_swarm(
                 }
             }
             event = swarm.select_next_some() => match event {
-                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                    tracing::debug!(%peer_id, "connected");
-                    shared.connected.lock().expect("connected lock").insert(peer_id);
+                SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
+                    if admitted.admit(peer_id, connection_id, shared.persistent.contains(&peer_id)) {
+                        tracing::debug!(%peer_id, "connected");
+                        shared.set_connected(peer_id, true);
+                    } else {
+                        shared.counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer_id, "connection over the ingress limits; closed");
+                        swarm.close_connection(connection_id);
+                    }
                 }
-                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
-                    tracing::debug!(%peer_id, ?cause, "disconnected");
-                    shared.connected.lock().expect("connected lock").remove(&peer_id);
+                SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
+                    let was_last = admitted.close(peer_id, connection_id);
+                    if was_last {
+                        tracing::debug!(%peer_id, ?cause, "disconnected");
+                        shared.set_connected(peer_id, false);
+                    }
                 }
                 SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
                 SwarmEvent::ListenerError { error, .. } => tracing::error!(%error, "listener error"),
@@ -366,138 +437,120 @@ async fn run_swarm(
     }
 }
 
-/// One writer per peer: open a stream (dialing if needed, with back-off), then
-/// write whatever is queued, many frames per flush. A broken stream is reopened.
-async fn write_to_peer(
-    shared: Arc<Shared>,
-    peer: PeerId,
-    mut rx: mpsc::Receiver<Arc<Vec<u8>>>,
-    persistent: bool,
-) {
-    let mut control = shared.control.clone();
-    let mut backoff = BACKOFF_MIN;
-    let mut failures = 0u32;
-    let mut shutdown = shared.shutdown.subscribe();
-    loop {
-        let opened = tokio::select! {
-            _ = shutdown.changed() => return,
-            r = control.open_stream(peer, PROTOCOL) => r,
-        };
-        let mut stream = match opened {
-            Ok(s) => s,
-            Err(e) => {
-                failures += 1;
-                tracing::debug!(%peer, error = %e, "cannot open stream");
-                if !persistent && failures >= TRANSIENT_ATTEMPTS {
-                    return;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        shared.counters.opens.fetch_add(1, Ordering::Relaxed);
-        backoff = BACKOFF_MIN;
-        failures = 0;
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.changed() => return,
-                f = rx.recv() => f,
-                () = tokio::time::sleep(TRANSIENT_IDLE), if !persistent => return,
-            };
-            let Some(first) = next else { return };
-            let mut frames = vec![first];
-            while frames.len() < WRITE_BATCH {
-                match rx.try_recv() {
-                    Ok(f) => frames.push(f),
-                    Err(_) => break,
-                }
-            }
-            match write_frames(&mut stream, &frames).await {
-                Ok(()) => {
-                    shared
-                        .counters
-                        .sent
-                        .fetch_add(frames.len() as u64, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    shared
-                        .counters
-                        .lost
-                        .fetch_add(frames.len() as u64, Ordering::Relaxed);
-                    tracing::debug!(%peer, error = %e, "write failed; reopening");
-                    break;
-                }
-            }
+/// The connections the swarm task admitted, per peer, checked against the
+/// [`IngressLimits`] as each is established.
+struct Admitted {
+    limits: IngressLimits,
+    by_peer: HashMap<PeerId, (bool, HashSet<ConnectionId>)>,
+    /// Connections of peers outside the configured set.
+    others: usize,
+}
+
+impl Admitted {
+    fn new(limits: IngressLimits) -> Self {
+        Self {
+            limits,
+            by_peer: HashMap::new(),
+            others: 0,
         }
+    }
+
+    /// Whether `conn` of `peer` (`configured`: one of the validator set) fits the
+    /// limits; if so it is counted until [`Admitted::close`].
+    fn admit(&mut self, peer: PeerId, conn: ConnectionId, configured: bool) -> bool {
+        let held = self.by_peer.get(&peer).map_or(0, |(_, c)| c.len());
+        if held >= self.limits.max_connections_per_peer
+            || (!configured && self.others >= self.limits.max_other_connections)
+        {
+            return false;
+        }
+        let (_, conns) = self
+            .by_peer
+            .entry(peer)
+            .or_insert_with(|| (configured, HashSet::new()));
+        conns.insert(conn);
+        if !configured {
+            self.others += 1;
+        }
+        true
+    }
+
+    /// Forget `conn`; true if it was admitted and was `peer`'s last connection.
+    fn close(&mut self, peer: PeerId, conn: ConnectionId) -> bool {
+        let Some((configured, conns)) = self.by_peer.get_mut(&peer) else {
+            return false;
+        };
+        if !conns.remove(&conn) {
+            return false;
+        }
+        if !*configured {
+            self.others -= 1;
+        }
+        if conns.is_empty() {
+            self.by_peer.remove(&peer);
+            return true;
+        }
+        false
     }
 }
 
-/// Where inbound frames go: the configured peers' queue, or the others' (the same
-/// one unless [`NetConfig::others_queue`] split them).
-struct Queues {
-    peers: mpsc::Sender<Inbound>,
-    others: mpsc::Sender<Inbound>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn accept_streams(
-    mut incoming: libp2p_stream::IncomingStreams,
-    shared: Arc<Shared>,
-    queues: Queues,
-    max_frame: usize,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.changed() => return,
-            s = incoming.next() => s,
-        };
-        let Some((peer, stream)) = next else { return };
-        let inbound = if shared.persistent.contains(&peer) {
-            queues.peers.clone()
-        } else {
-            queues.others.clone()
-        };
-        tokio::spawn(read_from_peer(
-            shared.clone(),
-            peer,
-            stream,
-            inbound,
-            max_frame,
-            shutdown.clone(),
-        ));
+    fn peer() -> PeerId {
+        PeerId::random()
     }
-}
 
-/// Read frames from one inbound stream. An oversized frame ends the stream (the
-/// peer is misbehaving or broken); the connection's other streams are unaffected.
-async fn read_from_peer(
-    shared: Arc<Shared>,
-    peer: PeerId,
-    stream: libp2p::Stream,
-    inbound: mpsc::Sender<Inbound>,
-    max_frame: usize,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut reader = futures::io::BufReader::with_capacity(64 * 1024, stream);
-    loop {
-        let frame = tokio::select! {
-            _ = shutdown.changed() => return,
-            f = read_frame(&mut reader, max_frame) => f,
-        };
-        match frame {
-            Ok(bytes) => {
-                shared.counters.received.fetch_add(1, Ordering::Relaxed);
-                if inbound.send(Inbound { peer, bytes }).await.is_err() {
-                    return;
-                }
-            }
-            Err(FrameError::Closed) => return,
-            Err(e) => {
-                shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, error = %e, "dropping stream after a bad frame");
-                return;
-            }
-        }
+    #[test]
+    fn connections_over_a_peers_bound_are_refused_and_closing_frees_a_place() {
+        let mut a = Admitted::new(IngressLimits {
+            max_other_connections: 100,
+            max_connections_per_peer: 2,
+            max_streams_per_peer: 4,
+        });
+        let p = peer();
+        let (c1, c2, c3) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+            ConnectionId::new_unchecked(3),
+        );
+        assert!(a.admit(p, c1, false));
+        assert!(a.admit(p, c2, false));
+        assert!(
+            !a.admit(p, c3, false),
+            "a third connection is over the bound"
+        );
+        // A refused connection's close is not the peer's last.
+        assert!(!a.close(p, c3));
+        assert!(!a.close(p, c1), "one connection is left");
+        assert!(a.admit(p, c3, false));
+        assert!(!a.close(p, c2));
+        assert!(a.close(p, c3), "the last connection went");
+        assert_eq!(a.others, 0);
+    }
+
+    #[test]
+    fn other_peers_share_one_bound_that_configured_peers_never_meet() {
+        let mut a = Admitted::new(IngressLimits {
+            max_other_connections: 2,
+            max_connections_per_peer: 4,
+            max_streams_per_peer: 4,
+        });
+        let ids: Vec<ConnectionId> = (0..5).map(ConnectionId::new_unchecked).collect();
+        let (x, y, z) = (peer(), peer(), peer());
+        assert!(a.admit(x, ids[0], false));
+        assert!(a.admit(y, ids[1], false));
+        assert!(!a.admit(z, ids[2], false), "the others' bound is reached");
+        let validator = peer();
+        assert!(
+            a.admit(validator, ids[3], true),
+            "a configured peer is admitted however many others there are"
+        );
+        assert!(a.close(x, ids[0]));
+        assert!(
+            a.admit(z, ids[4], false),
+            "a place freed by a close is reused"
+        );
     }
 }

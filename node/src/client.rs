@@ -6,7 +6,7 @@ use crate::config::ResolvedClient;
 use crate::link::{Incoming, Link};
 use bft_consensus::client::{Client, ClientOutput};
 use bft_consensus::{KvOp, KvResult, ReplicaConfig, RootCache, Validator, VerifiedReply};
-use bft_net::{NetConfig, Network, PeerId};
+use bft_net::{IngressLimits, NetConfig, Network, PeerId};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -63,6 +63,7 @@ impl KvClient {
             peer_queue: 1024,
             inbound_queue: 4096,
             others_queue: None,
+            limits: IngressLimits::default(),
         })?;
         let link = Link::Own {
             net: net.handle,

@@ -17,7 +17,7 @@ use crate::link::{replicas_connected, send_all, send_to, Incoming, Link};
 use bft_consensus::messages::ReplyRoute;
 use bft_consensus::{ClientId, Message, ReplicaConfig, ReplicaId, RootCache, Validator};
 use bft_crypto::{KeyPair, Signed};
-use bft_net::{Inbound, NetConfig, NetHandle, Network, PeerId};
+use bft_net::{Inbound, IngressLimits, NetConfig, NetHandle, Network, PeerId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -106,6 +106,7 @@ impl Gateway {
             peer_queue: 64 * 1024,
             inbound_queue: 64 * 1024,
             others_queue: None,
+            limits: IngressLimits::default(),
         })?;
         let sessions = Sessions::default();
         let peers: Vec<PeerId> = peers.into_iter().map(|(p, _)| p).collect();

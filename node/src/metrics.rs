@@ -46,6 +46,9 @@ pub struct Metrics {
     /// Frames the transport dropped because a peer's queue was full.
     pub frames_dropped: IntGauge,
     pub frames_lost: IntGauge,
+    /// Connections and inbound streams closed for being over the ingress bounds.
+    pub connections_refused: IntGauge,
+    pub streams_refused: IntGauge,
     /// Seconds since the replica started (lets a dashboard spot restarts).
     pub uptime: Gauge,
 }
@@ -166,6 +169,14 @@ impl Metrics {
                 "bft_frames_lost",
                 "Frames lost in a write to a peer that failed (the stream broke)",
             ),
+            connections_refused: gauge(
+                "bft_connections_refused",
+                "Connections closed at once for being over the ingress bounds",
+            ),
+            streams_refused: gauge(
+                "bft_streams_refused",
+                "Inbound streams refused for being over a peer's bound",
+            ),
             uptime: register(
                 &r,
                 Gauge::new("bft_uptime_seconds", "Seconds since the replica started")
@@ -249,6 +260,8 @@ mod tests {
             "bft_state_transfers_total",
             "bft_generals_decisions_total{outcome=\"value\"} 1",
             "bft_frames_lost",
+            "bft_connections_refused",
+            "bft_streams_refused",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

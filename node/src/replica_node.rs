@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use bft_consensus::byzantine::{build, Params, Wrapped};
 use bft_consensus::messages::MAX_MESSAGE_BYTES;
 use bft_consensus::{DurableState, Ingress, KvStore, Replica, Validator};
-use bft_net::{NetConfig, Network};
+use bft_net::{IngressLimits, NetConfig, Network};
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use std::collections::HashMap;
@@ -137,6 +137,7 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         inbound_queue: 16 * 1024,
         // Clients' frames apart, so the replicas' can lead each verify batch (see `verify`).
         others_queue: Some(8 * 1024),
+        limits: IngressLimits::default(),
     })?;
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (control_tx, control_rx) = mpsc::channel(64);

@@ -36,6 +36,47 @@ fn four_processes_commit_1000_writes_and_agree() {
     );
 }
 
+/// Issue 16: every `bftnode client put` took the retransmission timer (~1 s): a
+/// reconnecting client's replies went into streams of its previous connection.
+/// Counted, not timed: each call's request must reach the primary once and no
+/// backup at all (a retransmission goes to every replica). The retransmission
+/// timer is raised to 5 s so that a slow machine cannot fake one.
+#[test]
+fn each_cli_call_sends_its_request_once_and_never_retransmits() {
+    let _serial = serial();
+    let net = Testnet::start(4);
+    let client_toml = net.dir.join("client.toml");
+    let text = std::fs::read_to_string(&client_toml).unwrap();
+    let raised = text.replace("retransmit_ms = 1000", "retransmit_ms = 5000");
+    assert_ne!(raised, text, "client.toml has no retransmit_ms = 1000");
+    std::fs::write(&client_toml, raised).unwrap();
+    let calls = 6;
+    for i in 0..calls {
+        let out = common::bftnode(&[
+            "client",
+            "--config",
+            client_toml.to_str().unwrap(),
+            "put",
+            &format!("k{i}"),
+            "v",
+        ]);
+        assert!(
+            out.status.success(),
+            "put {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let requests = |i| net.metric_sum(i, "bft_messages_received_total", &["type=\"request\""]);
+    assert_eq!(requests(0), f64::from(calls), "the primary's requests");
+    for backup in 1..4 {
+        assert_eq!(
+            requests(backup),
+            0.0,
+            "replica {backup} got a retransmission"
+        );
+    }
+}
+
 #[test]
 fn validators_named_by_dns_names_commit_and_agree() {
     let _serial = serial();
@@ -218,6 +259,7 @@ fn clients_behind_one_gateway_commit_and_a_route_from_elsewhere_is_refused() {
             peer_queue: 64,
             inbound_queue: 64,
             others_queue: None,
+            limits: bft_net::IngressLimits::default(),
         })
         .unwrap();
         let route = bft_crypto::Signed::sign(

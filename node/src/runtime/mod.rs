@@ -277,6 +277,8 @@ impl Runtime {
         let net = self.net.stats();
         m.frames_dropped.set(net.frames_dropped as i64);
         m.frames_lost.set(net.frames_lost as i64);
+        m.connections_refused.set(net.connections_refused as i64);
+        m.streams_refused.set(net.streams_refused as i64);
         m.uptime.set(now.as_secs_f64());
         let status = Status {
             id: r.id(),
