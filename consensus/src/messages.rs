@@ -331,6 +331,7 @@ impl Message {
     /// A short stable name, used as the `type` label of message metrics.
     #[must_use]
     pub fn kind(&self) -> &'static str {
+        // Keep `Message::KINDS` in step with this list.
         match self {
             Message::Request(_) => "request",
             Message::PrePrepare(..) => "pre_prepare",
@@ -349,6 +350,29 @@ impl Message {
             Message::Replies(_) => "replies",
         }
     }
+}
+
+impl Message {
+    /// Every value [`Message::kind`] returns, plus `malformed` (a frame that did not
+    /// decode), so that metrics labelled by type exist at zero from start-up.
+    pub const KINDS: &'static [&'static str] = &[
+        "request",
+        "pre_prepare",
+        "prepare",
+        "commit",
+        "checkpoint",
+        "view_change",
+        "new_view",
+        "fetch_state",
+        "state",
+        "reply",
+        "heartbeat",
+        "generals",
+        "generals_report",
+        "reply_route",
+        "replies",
+        "malformed",
+    ];
 }
 
 /// Largest encoded message accepted from the network (a bound on hostile input).

@@ -60,6 +60,33 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every label [`Rejection::label`] can return, so that metrics can show each
+    /// at zero from start-up (a `rate()` alert needs a series before the first).
+    pub const LABELS: &'static [&'static str] = &[
+        "bad_signature",
+        "unknown_signer",
+        "signer_mismatch",
+        "not_primary",
+        "digest_mismatch",
+        "out_of_window",
+        "conflicting_pre_prepare",
+        "equivocation",
+        "batch_too_large",
+        "request_too_large",
+        "misaligned_checkpoint",
+        "invalid_checkpoint_proof",
+        "invalid_prepared_cert",
+        "invalid_view_change",
+        "invalid_new_view",
+        "bad_snapshot",
+        "wrong_sender",
+        "overloaded",
+        "oversized",
+        "relay_refused",
+        "malformed",
+        "invalid_generals_chain",
+    ];
+
     /// The metric label: short, stable, low cardinality.
     #[must_use]
     pub fn label(&self) -> &'static str {
@@ -89,5 +116,56 @@ impl Rejection {
             Rejection::Malformed(_) => "malformed",
             Rejection::InvalidGeneralsChain(_) => "invalid_generals_chain",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_label_is_listed_once() {
+        let all = [
+            Rejection::BadSignature,
+            Rejection::UnknownSigner,
+            Rejection::SignerMismatch { claimed: 0 },
+            Rejection::NotPrimary {
+                replica: 0,
+                view: 0,
+            },
+            Rejection::DigestMismatch,
+            Rejection::OutOfWindow {
+                seq: 0,
+                low: 0,
+                high: 0,
+            },
+            Rejection::ConflictingPrePrepare { view: 0, seq: 0 },
+            Rejection::Equivocation {
+                replica: 0,
+                view: 0,
+                seq: 0,
+            },
+            Rejection::BatchTooLarge { len: 0, max: 0 },
+            Rejection::BatchTooManyBytes { bytes: 0, max: 0 },
+            Rejection::RequestTooLarge { bytes: 0, max: 0 },
+            Rejection::MisalignedCheckpoint { seq: 0 },
+            Rejection::InvalidCheckpointProof(""),
+            Rejection::InvalidPreparedCert(""),
+            Rejection::InvalidViewChange(""),
+            Rejection::InvalidNewView(""),
+            Rejection::BadSnapshot,
+            Rejection::WrongSender,
+            Rejection::Overloaded,
+            Rejection::Oversized { len: 0, max: 0 },
+            Rejection::RelayRefused { signer: 0, via: 0 },
+            Rejection::Malformed(String::new()),
+            Rejection::InvalidGeneralsChain(""),
+        ];
+        let mut seen: Vec<&str> = all.iter().map(Rejection::label).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let mut listed = Rejection::LABELS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(seen, listed);
     }
 }

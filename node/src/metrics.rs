@@ -5,6 +5,7 @@
 //! about a millisecond, a view change takes seconds.
 
 use bft_consensus::byzantine::ALL_BEHAVIOURS;
+use bft_consensus::{Message, Rejection, ReplicaId};
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry,
@@ -15,6 +16,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+/// The refusal reason of a bad reply route (`runtime::routes`), besides the
+/// core's [`Rejection`] labels.
+pub const ROUTE_REFUSED: &str = "bad_route";
 /// Requests per batch.
 const BATCH_BUCKETS: &[f64] = &[
     0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -192,6 +196,29 @@ impl Metrics {
         m
     }
 
+    /// Every metric registered, with each labelled series a replica `me` of a group
+    /// of `n` can have at zero: message types, refusal reasons for each peer (and
+    /// `none`, a client), and each peer's phi. A dashboard panel or a `rate()`
+    /// alert then has a series from start-up, not from the first event.
+    #[must_use]
+    pub fn for_group(n: u32, me: ReplicaId) -> Self {
+        let m = Self::new();
+        for kind in Message::KINDS {
+            m.messages_sent.with_label_values(&[*kind]);
+            m.messages_received.with_label_values(&[*kind]);
+        }
+        let others: Vec<String> = (0..n).filter(|p| *p != me).map(|p| p.to_string()).collect();
+        for peer in others.iter().map(String::as_str).chain(["none"]) {
+            for reason in Rejection::LABELS.iter().chain(&[ROUTE_REFUSED]) {
+                m.invalid_messages.with_label_values(&[*reason, peer]);
+            }
+        }
+        for peer in &others {
+            m.fd_phi.with_label_values(&[peer.as_str()]).set(0.0);
+        }
+        m
+    }
+
     /// Mark `name` as the behaviour in force (every other at 0).
     pub fn set_behaviour(&self, name: &str) {
         for b in std::iter::once(&"none").chain(ALL_BEHAVIOURS) {
@@ -265,6 +292,23 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn a_replicas_labelled_counters_exist_at_zero_from_the_start() {
+        let text = Metrics::for_group(4, 1).render();
+        for series in [
+            "bft_invalid_messages_total{peer=\"0\",reason=\"bad_signature\"} 0",
+            "bft_invalid_messages_total{peer=\"3\",reason=\"bad_route\"} 0",
+            "bft_invalid_messages_total{peer=\"none\",reason=\"malformed\"} 0",
+            "bft_messages_received_total{type=\"commit\"} 0",
+            "bft_messages_sent_total{type=\"pre_prepare\"} 0",
+            "bft_fd_phi{peer=\"2\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing");
+        }
+        // Never blamed on itself, and no phi of its own.
+        assert!(!text.contains("peer=\"1\""));
     }
 
     #[test]

@@ -142,7 +142,7 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (control_tx, control_rx) = mpsc::channel(64);
     let heartbeat = Arc::new(AtomicU64::new(0));
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_group(res.replica.members.n() as u32, id));
     let http = HttpState {
         status: status_rx,
         heartbeat: heartbeat.clone(),

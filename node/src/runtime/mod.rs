@@ -31,6 +31,9 @@ use tokio::sync::{mpsc, watch};
 const TICK: Duration = Duration::from_millis(100);
 /// Requests whose arrival time is remembered for the latency histogram.
 const MAX_TRACKED_REQUESTS: usize = 1 << 20;
+/// Frames the `delay` behaviour holds back at most; past it new ones are dropped
+/// (a faulty replica may drop what it likes, but it must not eat the memory).
+const MAX_DELAYED_FRAMES: usize = 1 << 16;
 
 /// Everything the loop needs that is wired up before it starts.
 pub struct RuntimeParts {
@@ -131,7 +134,7 @@ impl Runtime {
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
-        self.flush()?;
+        self.flush().await?;
         loop {
             let next_timer = self.timers.values().min().copied();
             let next_delayed = self.delayed.keys().next().map(|(at, _)| *at);
@@ -152,9 +155,9 @@ impl Runtime {
                 }
                 _ = tick.tick() => self.refresh_status(),
             }
-            self.flush()?;
+            self.flush().await?;
         }
-        self.flush()?;
+        self.flush().await?;
         self.persister.finish()?;
         self.refresh_status();
         tracing::info!(replica = self.me(), "event loop stopped");

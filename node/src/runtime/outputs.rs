@@ -12,7 +12,7 @@ use std::time::Instant;
 impl Runtime {
     /// Hand this turn's records and frames to the persister: the frames leave once
     /// the records (and every earlier turn's) are durable.
-    pub(super) fn flush(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn flush(&mut self) -> anyhow::Result<()> {
         let out = std::mem::take(&mut self.pending);
         let mut records = Vec::new();
         let mut apart = Vec::new();
@@ -24,7 +24,7 @@ impl Runtime {
             }
         }
         let frames = std::mem::take(&mut self.outbox);
-        self.persister.submit(records, apart, frames)
+        self.persister.submit(records, apart, frames).await
     }
 
     fn perform(&mut self, o: Output) {
@@ -136,6 +136,11 @@ impl Runtime {
         let delay = self.replica.send_delay();
         if delay.is_zero() {
             self.outbox.push((peer, frame));
+        } else if self.delayed.len() >= super::MAX_DELAYED_FRAMES {
+            tracing::debug!(
+                kind,
+                "delay behaviour holds too many frames; this one dropped"
+            );
         } else {
             self.delayed_tie += 1;
             self.delayed

@@ -24,10 +24,19 @@ use crate::metrics::Metrics;
 use crate::storage::{StableWriter, Storage};
 use bft_consensus::{PersistRecord, StableCheckpoint};
 use bft_net::{NetHandle, PeerId};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self as std_mpsc, Receiver as StdReceiver, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Turns queued for the persist thread at most. Every fsync takes all that wait,
+/// so the queue fills only when storage stalls; the event loop then waits for room
+/// (nothing it sends could leave before the stalled write anyway).
+pub const TURNS_QUEUED: usize = 4096;
+/// Own stable checkpoints queued for their thread at most (it writes only the
+/// newest of those waiting, so a few are plenty).
+const CHECKPOINTS_QUEUED: usize = 16;
 
 /// A frame and the peer it goes to.
 pub type Frame = (PeerId, Arc<Vec<u8>>);
@@ -41,7 +50,7 @@ struct Turn {
 }
 
 pub struct Persister {
-    tx: Option<Sender<Turn>>,
+    tx: Option<mpsc::Sender<Turn>>,
     thread: Option<JoinHandle<()>>,
     failure: Arc<Mutex<Option<String>>>,
 }
@@ -54,7 +63,7 @@ impl Persister {
     /// If the thread cannot be spawned.
     #[must_use]
     pub fn start(storage: Storage, net: NetHandle, metrics: Arc<Metrics>) -> Self {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel(TURNS_QUEUED);
         let failure = Arc::new(Mutex::new(None));
         let runtime = tokio::runtime::Handle::current();
         let thread = {
@@ -63,7 +72,7 @@ impl Persister {
                 .name("persist".into())
                 .spawn(move || {
                     let _enter = runtime.enter();
-                    if let Err(e) = run(storage, &net, &metrics, &rx, &failure) {
+                    if let Err(e) = run(storage, &net, &metrics, rx, &failure) {
                         tracing::error!(error = %e, "cannot persist; stopping");
                         *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
                     }
@@ -77,11 +86,12 @@ impl Persister {
         }
     }
 
-    /// Queue a turn. Nothing to do for an empty one.
+    /// Queue a turn, waiting for room if [`TURNS_QUEUED`] turns wait already.
+    /// Nothing to do for an empty one.
     ///
     /// # Errors
     /// The storage failed earlier (the node must stop: it cannot promise durability).
-    pub fn submit(
+    pub async fn submit(
         &self,
         records: Vec<PersistRecord>,
         apart: Vec<PersistRecord>,
@@ -93,15 +103,15 @@ impl Persister {
         if self.failure().is_some() {
             return Err(self.error());
         }
-        let sent = self.tx.as_ref().is_some_and(|tx| {
-            tx.send(Turn {
-                records,
-                apart,
-                frames,
-            })
-            .is_ok()
-        });
-        if sent {
+        let Some(tx) = &self.tx else {
+            return Err(self.error());
+        };
+        let turn = Turn {
+            records,
+            apart,
+            frames,
+        };
+        if tx.send(turn).await.is_ok() {
             Ok(())
         } else {
             Err(self.error())
@@ -149,12 +159,12 @@ fn run(
     mut storage: Storage,
     net: &NetHandle,
     metrics: &Arc<Metrics>,
-    rx: &Receiver<Turn>,
+    mut rx: mpsc::Receiver<Turn>,
     failure: &Arc<Mutex<Option<String>>>,
 ) -> Result<(), String> {
     let (checkpoints, checkpoint_thread) =
         start_checkpoint_writer(storage.stable_writer(), metrics.clone(), failure.clone());
-    let result = persist_turns(&mut storage, net, metrics, rx, &checkpoints);
+    let result = persist_turns(&mut storage, net, metrics, &mut rx, &checkpoints);
     // Stopping (or failed): the checkpoint thread finishes what it has and lets go
     // of the store before this thread does.
     drop(checkpoints);
@@ -166,12 +176,14 @@ fn persist_turns(
     storage: &mut Storage,
     net: &NetHandle,
     metrics: &Metrics,
-    rx: &Receiver<Turn>,
-    checkpoints: &Sender<StableCheckpoint>,
+    rx: &mut mpsc::Receiver<Turn>,
+    checkpoints: &SyncSender<StableCheckpoint>,
 ) -> Result<(), String> {
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         let mut turns = vec![first];
-        turns.extend(rx.try_iter());
+        while let Ok(t) = rx.try_recv() {
+            turns.push(t);
+        }
         let records: Vec<PersistRecord> = turns
             .iter_mut()
             .flat_map(|t| std::mem::take(&mut t.records))
@@ -200,8 +212,8 @@ fn start_checkpoint_writer(
     writer: StableWriter,
     metrics: Arc<Metrics>,
     failure: Arc<Mutex<Option<String>>>,
-) -> (Sender<StableCheckpoint>, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel::<StableCheckpoint>();
+) -> (SyncSender<StableCheckpoint>, JoinHandle<()>) {
+    let (tx, rx): (_, StdReceiver<StableCheckpoint>) = std_mpsc::sync_channel(CHECKPOINTS_QUEUED);
     let thread = std::thread::Builder::new()
         .name("checkpoint".into())
         .spawn(move || {

@@ -34,7 +34,7 @@ impl RouteError {
     /// The `reason` label of `bft_invalid_messages_total`.
     #[must_use]
     pub fn label(&self) -> &'static str {
-        "bad_route"
+        crate::metrics::ROUTE_REFUSED
     }
 }
 
