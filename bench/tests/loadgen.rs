@@ -57,6 +57,28 @@ fn closed_and_open_loop_against_the_baseline() {
     });
 }
 
+/// `bftnode bench --help` is the load generator's own help (issue 16: it showed
+/// only `[ARGS]...`). The replicas' binary sits beside the bench's, as in a build.
+#[test]
+fn bftnode_bench_help_lists_the_load_generators_options() {
+    let bench = std::path::PathBuf::from(env!("CARGO_BIN_EXE_bftnode-bench"));
+    let out = Command::new(bench.with_file_name("bftnode"))
+        .args(["bench", "--help"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for option in [
+        "--outstanding",
+        "--rate",
+        "--testnet",
+        "--clients",
+        "--json",
+    ] {
+        assert!(stdout.contains(option), "{option} not in:\n{stdout}");
+    }
+}
+
 #[test]
 fn the_binary_reports_json_csv_and_a_plot() {
     let dir = tempfile::tempdir().unwrap();

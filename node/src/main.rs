@@ -62,6 +62,8 @@ enum Command {
     },
     /// The load generator: runs `bftnode-bench` (built beside this binary) with
     /// these arguments; `bftnode bench --help` lists them.
+    // `--help` too goes to bftnode-bench, whose help lists its options.
+    #[command(disable_help_flag = true)]
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

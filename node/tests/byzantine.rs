@@ -1,4 +1,4 @@
-//! Issue 4's multi-process drills: every INTERFACE.md behaviour run by f replicas
+//! Issue 4's multi-process drills: the behaviours of docs/INTERFACE.md run by f replicas
 //! (the view-0 primary among them) of a 4- and a 7-replica testnet; switching a
 //! behaviour at runtime under load; generals rounds with traitors; and more than f
 //! replicas down.
