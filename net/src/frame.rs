@@ -31,23 +31,23 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    // The buffer grows with the bytes that actually arrive: a peer that claims a
-    // large frame and sends a few bytes holds a few bytes of ours, not `len`.
-    let mut buf = Vec::with_capacity(len.min(INITIAL_FRAME_CAPACITY));
-    let got = r.take(len as u64).read_to_end(&mut buf).await?;
-    if got < len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("frame cut short: {got} of {len} bytes"),
-        )
-        .into());
+    // The buffer grows with the bytes that actually arrive, a chunk at a time: a
+    // peer that claims a large frame and sends a few bytes holds one chunk of ours,
+    // not `len`. (Reserving exactly each chunk keeps the capacity at `len`.)
+    let mut buf = Vec::new();
+    while buf.len() < len {
+        let from = buf.len();
+        let chunk = (len - from).min(FRAME_CHUNK);
+        buf.reserve_exact(chunk);
+        buf.resize(from + chunk, 0);
+        r.read_exact(&mut buf[from..]).await?;
     }
     Ok(buf)
 }
 
-/// What a frame's buffer starts with before its bytes arrive (most consensus
-/// messages fit; larger ones grow as they are read).
-pub const INITIAL_FRAME_CAPACITY: usize = 64 * 1024;
+/// How much of a frame's buffer is allocated ahead of its bytes (most consensus
+/// messages fit in one chunk).
+pub const FRAME_CHUNK: usize = 64 * 1024;
 
 /// Write several frames with one flush.
 ///
@@ -107,9 +107,7 @@ mod tests {
     async fn a_large_frame_arriving_in_pieces_is_read_whole() {
         // Larger than the initial capacity, delivered a few bytes per read: the
         // buffer grows as bytes come and the frame is returned intact.
-        let payload: Vec<u8> = (0..3 * INITIAL_FRAME_CAPACITY + 7)
-            .map(|i| (i % 251) as u8)
-            .collect();
+        let payload: Vec<u8> = (0..3 * FRAME_CHUNK + 7).map(|i| (i % 251) as u8).collect();
         let mut wire = Vec::new();
         write_frames(&mut wire, &[Arc::new(payload.clone())])
             .await

@@ -15,7 +15,7 @@ mod reader;
 mod transport;
 mod writer;
 
-pub use frame::{read_frame, write_frames, FrameError, INITIAL_FRAME_CAPACITY};
+pub use frame::{read_frame, write_frames, FrameError, FRAME_CHUNK};
 pub use identity::{keypair_of, peer_id_of, public_key_of};
 pub use libp2p::{Multiaddr, PeerId};
 pub use transport::{

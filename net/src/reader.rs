@@ -27,7 +27,7 @@ pub(crate) async fn accept_streams(
 ) {
     loop {
         let next = tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.wait_for(|stop| *stop) => return,
             s = incoming.next() => s,
         };
         let Some((peer, stream)) = next else { return };
@@ -114,7 +114,7 @@ async fn read_from_peer(
     let mut reader = futures::io::BufReader::with_capacity(64 * 1024, stream);
     loop {
         let frame = tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.wait_for(|stop| *stop) => return,
             f = read_frame(&mut reader, max_frame) => f,
         };
         match frame {

@@ -63,11 +63,15 @@ pub struct NetConfig {
     pub limits: IngressLimits,
 }
 
-/// Bounds on what other peers may hold open at this node. A connection or stream
-/// over a bound is closed at once and counted ([`NetStats::connections_refused`],
-/// [`NetStats::streams_refused`]); the configured peers (the validator set) never
+/// Bounds on what other peers may hold open at this node. A connection over a
+/// bound is closed as soon as the swarm reports it established (streams it carries
+/// meanwhile are read until it goes), a stream over a bound is dropped unread;
+/// both are counted ([`NetStats::connections_refused`],
+/// [`NetStats::streams_refused`]). The configured peers (the validator set) never
 /// count against `max_other_connections`, so a crowd of clients cannot lock a
-/// replica out of its group.
+/// replica out of its group; and a configured peer over its own bound replaces its
+/// oldest connection rather than being refused (old ones may be half-open after
+/// the peer moved).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IngressLimits {
     /// Connections from peers outside the configured set, all together.
@@ -103,7 +107,8 @@ pub struct NetStats {
     pub frames_received: u64,
     /// Dropped because a peer's queue was full.
     pub frames_dropped: u64,
-    /// Lost in a write that failed (the stream broke).
+    /// Lost in a write that failed (the stream broke), or held by a writer that
+    /// gave up on a peer outside the configured set (a client that did not return).
     pub frames_lost: u64,
     /// Oversized or truncated frames received.
     pub frames_malformed: u64,
@@ -321,8 +326,14 @@ impl NetHandle {
                 Err(SendError::QueueFull(peer))
             }
             Err(mpsc::error::TrySendError::Closed(frame)) => {
-                // The writer gave up on a transient peer; start a fresh one.
-                self.shared.writers.lock().remove(&peer);
+                // The writer gave up on a transient peer; start a fresh one (unless
+                // another sender just did: only a closed writer is removed).
+                {
+                    let mut writers = self.shared.writers.lock();
+                    if writers.get(&peer).is_some_and(mpsc::Sender::is_closed) {
+                        writers.remove(&peer);
+                    }
+                }
                 let tx = self.ensure_writer(peer);
                 tx.try_send(frame).map_err(|_| {
                     self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -410,13 +421,22 @@ async fn run_swarm(
             }
             event = swarm.select_next_some() => match event {
                 SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
-                    if admitted.admit(peer_id, connection_id, shared.persistent.contains(&peer_id)) {
-                        tracing::debug!(%peer_id, "connected");
-                        shared.set_connected(peer_id, true);
-                    } else {
-                        shared.counters.connections_refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%peer_id, "connection over the ingress limits; closed");
-                        swarm.close_connection(connection_id);
+                    let configured = shared.persistent.contains(&peer_id);
+                    match admitted.admit(peer_id, connection_id, configured) {
+                        Admission::Admit => {
+                            tracing::debug!(%peer_id, "connected");
+                            shared.set_connected(peer_id, true);
+                        }
+                        Admission::Replace(oldest) => {
+                            tracing::debug!(%peer_id, "connected; its oldest connection closed");
+                            swarm.close_connection(oldest);
+                            shared.set_connected(peer_id, true);
+                        }
+                        Admission::Refuse => {
+                            shared.counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer_id, "connection over the ingress limits; closed");
+                            swarm.close_connection(connection_id);
+                        }
                     }
                 }
                 SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
@@ -437,13 +457,23 @@ async fn run_swarm(
     }
 }
 
-/// The connections the swarm task admitted, per peer, checked against the
-/// [`IngressLimits`] as each is established.
+/// The connections the swarm task admitted, per peer (oldest first), checked
+/// against the [`IngressLimits`] as each is established.
 struct Admitted {
     limits: IngressLimits,
-    by_peer: HashMap<PeerId, (bool, HashSet<ConnectionId>)>,
+    by_peer: HashMap<PeerId, (bool, Vec<ConnectionId>)>,
     /// Connections of peers outside the configured set.
     others: usize,
+}
+
+/// What to do with a connection just established.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    Admit,
+    /// Over a bound: close it.
+    Refuse,
+    /// A configured peer at its bound: admit it and close its oldest one.
+    Replace(ConnectionId),
 }
 
 impl Admitted {
@@ -456,23 +486,27 @@ impl Admitted {
     }
 
     /// Whether `conn` of `peer` (`configured`: one of the validator set) fits the
-    /// limits; if so it is counted until [`Admitted::close`].
-    fn admit(&mut self, peer: PeerId, conn: ConnectionId, configured: bool) -> bool {
+    /// limits; an admitted one is counted until [`Admitted::close`].
+    fn admit(&mut self, peer: PeerId, conn: ConnectionId, configured: bool) -> Admission {
         let held = self.by_peer.get(&peer).map_or(0, |(_, c)| c.len());
-        if held >= self.limits.max_connections_per_peer
-            || (!configured && self.others >= self.limits.max_other_connections)
-        {
-            return false;
+        let full = held >= self.limits.max_connections_per_peer.max(1);
+        if !configured && (full || self.others >= self.limits.max_other_connections) {
+            return Admission::Refuse;
         }
         let (_, conns) = self
             .by_peer
             .entry(peer)
-            .or_insert_with(|| (configured, HashSet::new()));
-        conns.insert(conn);
+            .or_insert_with(|| (configured, Vec::new()));
+        conns.push(conn);
         if !configured {
             self.others += 1;
+            return Admission::Admit;
         }
-        true
+        if full {
+            // Forgotten now; its close event then finds nothing to remove.
+            return Admission::Replace(conns.remove(0));
+        }
+        Admission::Admit
     }
 
     /// Forget `conn`; true if it was admitted and was `peer`'s last connection.
@@ -480,9 +514,10 @@ impl Admitted {
         let Some((configured, conns)) = self.by_peer.get_mut(&peer) else {
             return false;
         };
-        if !conns.remove(&conn) {
+        let Some(i) = conns.iter().position(|c| *c == conn) else {
             return false;
-        }
+        };
+        conns.remove(i);
         if !*configured {
             self.others -= 1;
         }
@@ -502,55 +537,64 @@ mod tests {
         PeerId::random()
     }
 
+    fn limits(others: usize, per_peer: usize) -> IngressLimits {
+        IngressLimits {
+            max_other_connections: others,
+            max_connections_per_peer: per_peer,
+            max_streams_per_peer: 4,
+        }
+    }
+
+    fn ids(n: usize) -> Vec<ConnectionId> {
+        (0..n).map(ConnectionId::new_unchecked).collect()
+    }
+
     #[test]
     fn connections_over_a_peers_bound_are_refused_and_closing_frees_a_place() {
-        let mut a = Admitted::new(IngressLimits {
-            max_other_connections: 100,
-            max_connections_per_peer: 2,
-            max_streams_per_peer: 4,
-        });
+        let mut a = Admitted::new(limits(100, 2));
         let p = peer();
-        let (c1, c2, c3) = (
-            ConnectionId::new_unchecked(1),
-            ConnectionId::new_unchecked(2),
-            ConnectionId::new_unchecked(3),
-        );
-        assert!(a.admit(p, c1, false));
-        assert!(a.admit(p, c2, false));
-        assert!(
-            !a.admit(p, c3, false),
-            "a third connection is over the bound"
-        );
+        let c = ids(3);
+        assert_eq!(a.admit(p, c[0], false), Admission::Admit);
+        assert_eq!(a.admit(p, c[1], false), Admission::Admit);
+        assert_eq!(a.admit(p, c[2], false), Admission::Refuse, "over the bound");
         // A refused connection's close is not the peer's last.
-        assert!(!a.close(p, c3));
-        assert!(!a.close(p, c1), "one connection is left");
-        assert!(a.admit(p, c3, false));
-        assert!(!a.close(p, c2));
-        assert!(a.close(p, c3), "the last connection went");
+        assert!(!a.close(p, c[2]));
+        assert!(!a.close(p, c[0]), "one connection is left");
+        assert_eq!(a.admit(p, c[2], false), Admission::Admit);
+        assert!(!a.close(p, c[1]));
+        assert!(a.close(p, c[2]), "the last connection went");
         assert_eq!(a.others, 0);
     }
 
     #[test]
     fn other_peers_share_one_bound_that_configured_peers_never_meet() {
-        let mut a = Admitted::new(IngressLimits {
-            max_other_connections: 2,
-            max_connections_per_peer: 4,
-            max_streams_per_peer: 4,
-        });
-        let ids: Vec<ConnectionId> = (0..5).map(ConnectionId::new_unchecked).collect();
+        let mut a = Admitted::new(limits(2, 4));
+        let c = ids(5);
         let (x, y, z) = (peer(), peer(), peer());
-        assert!(a.admit(x, ids[0], false));
-        assert!(a.admit(y, ids[1], false));
-        assert!(!a.admit(z, ids[2], false), "the others' bound is reached");
-        let validator = peer();
-        assert!(
-            a.admit(validator, ids[3], true),
+        assert_eq!(a.admit(x, c[0], false), Admission::Admit);
+        assert_eq!(a.admit(y, c[1], false), Admission::Admit);
+        assert_eq!(a.admit(z, c[2], false), Admission::Refuse, "others' bound");
+        assert_eq!(
+            a.admit(peer(), c[3], true),
+            Admission::Admit,
             "a configured peer is admitted however many others there are"
         );
-        assert!(a.close(x, ids[0]));
-        assert!(
-            a.admit(z, ids[4], false),
-            "a place freed by a close is reused"
-        );
+        assert!(a.close(x, c[0]));
+        assert_eq!(a.admit(z, c[4], false), Admission::Admit, "a freed place");
+    }
+
+    #[test]
+    fn a_configured_peer_at_its_bound_replaces_its_oldest_connection() {
+        let mut a = Admitted::new(limits(0, 2));
+        let v = peer();
+        let c = ids(4);
+        assert_eq!(a.admit(v, c[0], true), Admission::Admit);
+        assert_eq!(a.admit(v, c[1], true), Admission::Admit);
+        // Old connections may be half-open after the peer moved: the new one wins.
+        assert_eq!(a.admit(v, c[2], true), Admission::Replace(c[0]));
+        assert!(!a.close(v, c[0]), "the replaced one was forgotten already");
+        assert_eq!(a.admit(v, c[3], true), Admission::Replace(c[1]));
+        assert!(!a.close(v, c[2]));
+        assert!(a.close(v, c[3]), "the last connection went");
     }
 }

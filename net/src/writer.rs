@@ -10,7 +10,9 @@
 //! - A stream outlived its connection unnoticed until the next write failed and
 //!   took the frames with it (a client that reconnected lost its first replies).
 //!   Now the writer also waits on the stream's read side, which ends when the
-//!   connection or the peer's reader goes, and reopens before any frame is lost.
+//!   connection or the peer's reader goes, and reopens before it takes more frames.
+//!   Frames written before the end is seen (a connection that dies mid-write, or
+//!   goes half-open) are still lost and counted; PBFT retransmits.
 
 use crate::frame::write_frames;
 use crate::transport::Shared;
@@ -24,10 +26,18 @@ use tokio::sync::mpsc;
 
 /// The byte a reader writes back once it has taken a stream.
 pub(crate) const STREAM_ACCEPTED: u8 = 1;
-/// How long a writer waits for that byte before it opens another stream.
-const ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening a stream and getting its confirmation may take before the
+/// writer tries again (a request parked inside libp2p-stream for a connection
+/// that just went is never answered otherwise).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A stream the peer's side dropped unread (its accept slot was taken) is tried
+/// again after a random pause up to this long: the writers that collided must not
+/// collide again in step.
+const COLLISION_JITTER_MS: u64 = 20;
+/// Collisions in a row a writer retries before it counts one failure.
+const COLLISIONS_PER_FAILURE: u32 = 16;
 /// A writer to a peer outside the validator set (a client) ends after this long
 /// idle...
 const TRANSIENT_IDLE: Duration = Duration::from_secs(120);
@@ -43,8 +53,13 @@ const WRITE_BATCH: usize = 512;
 enum OpenError {
     #[error("cannot open a stream: {0}")]
     Open(String),
-    #[error("the peer did not take the stream: {0}")]
-    NotAccepted(String),
+    /// The peer's side dropped the stream without confirming it.
+    #[error("the peer dropped the stream unread: {0}")]
+    Dropped(String),
+    #[error("the peer sent {0} instead of the confirmation")]
+    BadConfirmation(u8),
+    #[error("no stream and confirmation within {OPEN_TIMEOUT:?}")]
+    TimedOut,
 }
 
 /// The writer task for `peer`. `persistent`: a configured peer, which the swarm
@@ -57,24 +72,38 @@ pub(crate) async fn write_to_peer(
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
+    let mut collisions = 0u32;
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let connect_wait = (!persistent).then_some(TRANSIENT_CONNECT_WAIT);
         let opened = tokio::select! {
-            _ = shutdown.changed() => return,
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return,
             r = open_accepted(&shared, peer, connect_wait) => r,
         };
         let mut stream = match opened {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
-                failures += 1;
                 tracing::debug!(%peer, error = %e, "cannot open stream");
-                if !persistent && failures >= TRANSIENT_ATTEMPTS {
-                    return give_up(&shared, &mut rx);
+                let pause =
+                    if matches!(e, OpenError::Dropped(_)) && collisions < COLLISIONS_PER_FAILURE {
+                        collisions += 1;
+                        Duration::from_millis(rand::random::<u64>() % COLLISION_JITTER_MS + 1)
+                    } else {
+                        collisions = 0;
+                        failures += 1;
+                        if !persistent && failures >= TRANSIENT_ATTEMPTS {
+                            return give_up(&shared, &mut rx);
+                        }
+                        let b = backoff;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        b
+                    };
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    () = tokio::time::sleep(pause) => continue,
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
             }
             // A client that did not come back: its frames are no use to anyone.
             None => return give_up(&shared, &mut rx),
@@ -82,17 +111,21 @@ pub(crate) async fn write_to_peer(
         shared.counters.opens.fetch_add(1, Ordering::Relaxed);
         backoff = BACKOFF_MIN;
         failures = 0;
+        collisions = 0;
         let mut probe = [0u8; 1];
         loop {
+            // Biased: a stream found dead is replaced before queued frames are
+            // taken, so they go out on the new stream rather than into the old.
             let next = tokio::select! {
-                _ = shutdown.changed() => return,
-                f = rx.recv() => f,
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return,
                 // The reader never writes after its confirmation: anything here
                 // (end of stream, reset, a stray byte) means the stream is gone.
                 r = stream.read(&mut probe) => {
                     tracing::debug!(%peer, result = ?r, "stream ended by the peer; reopening");
                     break;
                 }
+                f = rx.recv() => f,
                 () = tokio::time::sleep(TRANSIENT_IDLE), if !persistent => return,
             };
             let Some(first) = next else { return };
@@ -125,7 +158,7 @@ pub(crate) async fn write_to_peer(
 
 /// Wait until `peer` is connected (at most `wait`, if given: None when it is not
 /// by then), open a stream on the connection and wait for the peer's reader to
-/// confirm it.
+/// confirm it, all of that but the wait within [`OPEN_TIMEOUT`].
 async fn open_accepted(
     shared: &Shared,
     peer: PeerId,
@@ -136,27 +169,28 @@ async fn open_accepted(
         Some(limit) => tokio::time::timeout(limit, connected).await.ok()?,
         None => connected.await,
     }
-    let mut control = shared.control.clone();
-    let mut stream = match control.open_stream(peer, PROTOCOL).await {
-        Ok(s) => s,
-        Err(e) => return Some(Err(OpenError::Open(e.to_string()))),
+    let open = async {
+        let mut control = shared.control.clone();
+        let mut stream = control
+            .open_stream(peer, PROTOCOL)
+            .await
+            .map_err(|e| OpenError::Open(e.to_string()))?;
+        let mut confirmation = [0u8; 1];
+        match stream.read_exact(&mut confirmation).await {
+            Ok(()) if confirmation[0] == STREAM_ACCEPTED => Ok(stream),
+            Ok(()) => Err(OpenError::BadConfirmation(confirmation[0])),
+            Err(e) => Err(OpenError::Dropped(e.to_string())),
+        }
     };
-    let mut confirmation = [0u8; 1];
-    let confirmed = tokio::time::timeout(ACCEPT_TIMEOUT, stream.read_exact(&mut confirmation));
-    Some(match confirmed.await {
-        Ok(Ok(())) if confirmation[0] == STREAM_ACCEPTED => Ok(stream),
-        Ok(Ok(())) => Err(OpenError::NotAccepted(format!(
-            "unexpected confirmation byte {}",
-            confirmation[0]
-        ))),
-        Ok(Err(e)) => Err(OpenError::NotAccepted(e.to_string())),
-        Err(_) => Err(OpenError::NotAccepted(format!(
-            "no confirmation within {ACCEPT_TIMEOUT:?}"
-        ))),
-    })
+    Some(
+        tokio::time::timeout(OPEN_TIMEOUT, open)
+            .await
+            .unwrap_or(Err(OpenError::TimedOut)),
+    )
 }
 
-/// End a writer that gave up on a transient peer: what it still held is lost.
+/// End a writer that gave up on a transient peer: what it still held is lost
+/// (counted with the frames lost in failed writes).
 fn give_up(shared: &Shared, rx: &mut mpsc::Receiver<Arc<Vec<u8>>>) {
     rx.close();
     let mut held = 0u64;

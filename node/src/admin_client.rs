@@ -2,7 +2,7 @@
 //! `bftnode generals propose`, over the node's HTTP port.
 
 use crate::control::{BehaviourView, GeneralsView};
-use crate::httpget;
+use crate::http_client;
 use anyhow::{bail, Context as _};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ fn call(
         .as_deref()
         .map(|a| vec![("Authorization", a)])
         .unwrap_or_default();
-    let (code, text) = httpget::request(method, node, path, body, &headers, HTTP_TIMEOUT)?;
+    let (code, text) = http_client::request(method, node, path, body, &headers, HTTP_TIMEOUT)?;
     match code {
         200..=299 => Ok(text),
         401 => bail!("{node}: unauthorized: {}", reason(&text)),

@@ -128,7 +128,13 @@ impl KvClient {
         KvResult::decode(&bytes).map_err(|_| ClientError::BadResult)
     }
 
+    /// Cancel-safe: if an earlier call's future was dropped mid-request, that
+    /// request is abandoned here (it may still execute; this one gets a new
+    /// timestamp), so the next call never finds the core busy.
     async fn run(&mut self, operation: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        if self.core.outstanding_timestamp().is_some() {
+            self.core.abandon();
+        }
         let result = self.wait_for_quorum(operation).await;
         if result.is_err() {
             // Free the client for the next operation (which gets a new timestamp).
@@ -142,7 +148,7 @@ impl KvClient {
         let out = self
             .core
             .submit(self.start.elapsed(), operation)
-            .expect("one request at a time");
+            .expect("nothing is outstanding: run abandoned it");
         let mut retransmit_at = None;
         if let Some(done) = self.perform(out, &mut retransmit_at) {
             return done;

@@ -11,7 +11,7 @@ pub mod gateway;
 pub mod generals_node;
 pub mod http;
 pub mod http_admin;
-pub mod httpget;
+pub mod http_client;
 pub mod k8s;
 mod link;
 pub mod metrics;

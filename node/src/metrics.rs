@@ -171,7 +171,7 @@ impl Metrics {
             ),
             frames_lost: gauge(
                 "bft_frames_lost",
-                "Frames lost in a write to a peer that failed (the stream broke)",
+                "Frames lost in a write to a peer that failed (the stream broke), or held for a client that never came back",
             ),
             connections_refused: gauge(
                 "bft_connections_refused",

@@ -4,7 +4,7 @@ use crate::config::{
     ByzantineSection, ClientConfig, ConsensusSection, FailureDetectorSection, HttpSection,
     NetworkSection, NodeConfig, NodeSection, ValidatorEntry, ValidatorSet, ValidatorsFile,
 };
-use crate::httpget;
+use crate::http_client;
 use crate::netns::{free_tag, NetnsPlan, PLAN_FILE};
 use crate::replica_node::VERIFY_THREADS_ENV;
 use crate::status::Status;
@@ -501,7 +501,7 @@ pub fn up_with(exe: &Path, dir: &Path, byzantine: &[(u32, String)]) -> anyhow::R
                 bail!("{} exited: {last}", node.display());
             }
             let url = http_url(node)?;
-            match httpget::get(&url, "/ready", Duration::from_millis(500)) {
+            match http_client::get(&url, "/ready", Duration::from_millis(500)) {
                 Ok((200, _)) => {}
                 _ => still.push(node),
             }
@@ -558,7 +558,7 @@ pub fn signal(pid: u32, sig: &str) {
 /// # Errors
 /// Unreachable node or a malformed answer.
 pub fn fetch_status(url: &str) -> anyhow::Result<Status> {
-    let (code, body) = httpget::get(url, "/status", Duration::from_secs(2))?;
+    let (code, body) = http_client::get(url, "/status", Duration::from_secs(2))?;
     if code != 200 {
         bail!("{url}/status answered {code}");
     }

@@ -193,7 +193,7 @@ fn behaviour_switched_at_runtime_under_load_and_back() {
         "equivocate",
     ]);
     assert!(!ok && err.contains("unauthorized"), "{err}");
-    let (code, _) = bftnode::httpget::request(
+    let (code, _) = bftnode::http_client::request(
         "PUT",
         &url0,
         "/byzantine",
@@ -289,7 +289,7 @@ fn propose(net: &Testnet, commander: usize, value: &str) -> (String, Vec<String>
 
 /// Replica `i`'s own decision for instance `id` (from `GET /generals/{id}`).
 fn decision(net: &Testnet, i: usize, id: &str) -> Option<String> {
-    let (code, body) = bftnode::httpget::get(
+    let (code, body) = bftnode::http_client::get(
         &net.url(i),
         &format!("/generals/{id}"),
         Duration::from_secs(5),

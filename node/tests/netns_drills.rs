@@ -243,7 +243,7 @@ fn a_two_two_split_stalls_without_a_quorum_and_resumes_on_heal() {
     assert_eq!(executed(&d.net), seqs, "a batch executed without a quorum");
     for i in 0..4 {
         let (code, _) =
-            bftnode::httpget::get(&d.net.url(i), "/health", Duration::from_secs(2)).unwrap();
+            bftnode::http_client::get(&d.net.url(i), "/health", Duration::from_secs(2)).unwrap();
         assert_eq!(code, 200, "replica {i} unhealthy during the split");
     }
     d.plan.heal_all().unwrap();

@@ -68,7 +68,7 @@ impl Prometheus {
         };
         let end = Instant::now() + Duration::from_secs(30);
         while !matches!(
-            bftnode::httpget::get(&p.url, "/-/ready", Duration::from_secs(2)),
+            bftnode::http_client::get(&p.url, "/-/ready", Duration::from_secs(2)),
             Ok((200, _))
         ) {
             assert!(Instant::now() < end, "prometheus did not become ready");
@@ -80,7 +80,7 @@ impl Prometheus {
     /// The result vector of an instant query, or the API's error.
     fn query(&self, expr: &str) -> Result<Vec<serde_json::Value>, String> {
         let path = format!("/api/v1/query?query={}", percent_encode(expr));
-        let (code, body) = bftnode::httpget::get(&self.url, &path, Duration::from_secs(10))
+        let (code, body) = bftnode::http_client::get(&self.url, &path, Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
         let v: serde_json::Value =
             serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;

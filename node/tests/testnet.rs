@@ -77,6 +77,31 @@ fn each_cli_call_sends_its_request_once_and_never_retransmits() {
     }
 }
 
+/// Issue 16: a `KvClient::execute` future dropped mid-request (a caller's own
+/// timeout) left the core busy, and the next call panicked.
+#[test]
+fn a_client_whose_call_was_dropped_midway_serves_the_next_one() {
+    let _serial = serial();
+    let net = Testnet::start(4);
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let mut client = bftnode::client::KvClient::connect(&net.client(7)).unwrap();
+        assert!(client.wait_connected(4, Duration::from_secs(10)).await);
+        // Dropped before any reply can arrive: the request stays outstanding.
+        let dropped = tokio::time::timeout(Duration::ZERO, client.put(b"k", b"first")).await;
+        assert!(dropped.is_err(), "the call was not dropped midway");
+        let r = client.put(b"k", b"second").await.unwrap();
+        assert!(
+            matches!(r, bft_consensus::KvResult::Done { .. }),
+            "second put: {r:?}"
+        );
+        assert_eq!(
+            client.get(b"k").await.unwrap(),
+            bft_consensus::KvResult::Value(Some(b"second".to_vec()))
+        );
+    });
+}
+
 #[test]
 fn validators_named_by_dns_names_commit_and_agree() {
     let _serial = serial();

@@ -132,7 +132,6 @@ impl Runtime {
     /// Queue a frame for `peer` (it leaves at the end of the turn, once the turn is
     /// durable), or hold it back while `delay` is in force.
     fn send_frame(&mut self, peer: PeerId, frame: Arc<Vec<u8>>, kind: &'static str) {
-        self.metrics.messages_sent.with_label_values(&[kind]).inc();
         let delay = self.replica.send_delay();
         if delay.is_zero() {
             self.outbox.push((peer, frame));
@@ -141,11 +140,13 @@ impl Runtime {
                 kind,
                 "delay behaviour holds too many frames; this one dropped"
             );
+            return;
         } else {
             self.delayed_tie += 1;
             self.delayed
                 .insert((Instant::now() + delay, self.delayed_tie), (peer, frame));
         }
+        self.metrics.messages_sent.with_label_values(&[kind]).inc();
     }
 
     /// Queue the held-back frames that are due (they leave with this turn).

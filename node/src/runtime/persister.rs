@@ -3,7 +3,8 @@
 //! The rule is unchanged: a message leaves only after everything persisted before it
 //! is durable. What changes is who waits. The event loop used to block on every
 //! turn's synced RocksDB write (a fifth of its time in `fdatasync`); now it hands
-//! each turn's records and frames to this thread and goes on with the next input.
+//! each turn's records and frames to this thread and goes on with the next input
+//! (it waits only when [`TURNS_QUEUED`] turns are queued, i.e. storage stalls).
 //! The thread takes every turn queued so far, writes all of their records in one
 //! synced batch, and only then sends their frames, in turn order. So while one
 //! fsync is in progress the next turns pile up and share the next one.
@@ -24,8 +25,7 @@ use crate::metrics::Metrics;
 use crate::storage::{StableWriter, Storage};
 use bft_consensus::{PersistRecord, StableCheckpoint};
 use bft_net::{NetHandle, PeerId};
-use std::sync::mpsc::{self as std_mpsc, Receiver as StdReceiver, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -34,9 +34,6 @@ use tokio::sync::mpsc;
 /// so the queue fills only when storage stalls; the event loop then waits for room
 /// (nothing it sends could leave before the stalled write anyway).
 pub const TURNS_QUEUED: usize = 4096;
-/// Own stable checkpoints queued for their thread at most (it writes only the
-/// newest of those waiting, so a few are plenty).
-const CHECKPOINTS_QUEUED: usize = 16;
 
 /// A frame and the peer it goes to.
 pub type Frame = (PeerId, Arc<Vec<u8>>);
@@ -74,7 +71,6 @@ impl Persister {
                     let _enter = runtime.enter();
                     if let Err(e) = run(storage, &net, &metrics, rx, &failure) {
                         tracing::error!(error = %e, "cannot persist; stopping");
-                        *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
                     }
                 })
                 .expect("spawn persist thread")
@@ -165,6 +161,11 @@ fn run(
     let (checkpoints, checkpoint_thread) =
         start_checkpoint_writer(storage.stable_writer(), metrics.clone(), failure.clone());
     let result = persist_turns(&mut storage, net, metrics, &mut rx, &checkpoints);
+    if let Err(e) = &result {
+        // Recorded while the queue is still open: a turn refused from now on
+        // reports this reason, not just that the thread stopped.
+        *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
+    }
     // Stopping (or failed): the checkpoint thread finishes what it has and lets go
     // of the store before this thread does.
     drop(checkpoints);
@@ -177,7 +178,7 @@ fn persist_turns(
     net: &NetHandle,
     metrics: &Metrics,
     rx: &mut mpsc::Receiver<Turn>,
-    checkpoints: &SyncSender<StableCheckpoint>,
+    checkpoints: &CheckpointSender,
 ) -> Result<(), String> {
     while let Some(first) = rx.blocking_recv() {
         let mut turns = vec![first];
@@ -197,8 +198,7 @@ fn persist_turns(
             .flat_map(|t| std::mem::take(&mut t.apart))
             .collect();
         for cp in storage.note_apart(apart) {
-            // Only fails once the writer stopped, and then it recorded why.
-            let _ = checkpoints.send(cp);
+            checkpoints.send(cp);
         }
         for (peer, frame) in turns.into_iter().flat_map(|t| t.frames) {
             let _ = net.send(peer, frame);
@@ -207,18 +207,75 @@ fn persist_turns(
     Ok(())
 }
 
-/// The thread that writes stable checkpoints, newest first when several wait.
+/// The newest own stable checkpoint not yet written: the persist thread replaces
+/// it, the checkpoint thread takes it. One slot, never full, so the persist thread
+/// (and every frame behind it) never waits for a snapshot write.
+struct LatestCheckpoint {
+    slot: Mutex<(Option<StableCheckpoint>, bool)>,
+    ready: Condvar,
+}
+
+impl LatestCheckpoint {
+    fn put(&self, cp: StableCheckpoint) {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner).0 = Some(cp);
+        self.ready.notify_one();
+    }
+
+    /// No more checkpoints: the thread writes what the slot holds and stops.
+    fn close(&self) {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.ready.notify_one();
+    }
+
+    /// The next checkpoint to write, or None once closed and empty.
+    fn take(&self) -> Option<StableCheckpoint> {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(cp) = slot.0.take() {
+                return Some(cp);
+            }
+            if slot.1 {
+                return None;
+            }
+            slot = self
+                .ready
+                .wait(slot)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Hands the persist thread's own checkpoints to the checkpoint thread; closes
+/// the slot when dropped.
+struct CheckpointSender(Arc<LatestCheckpoint>);
+
+impl CheckpointSender {
+    fn send(&self, cp: StableCheckpoint) {
+        self.0.put(cp);
+    }
+}
+
+impl Drop for CheckpointSender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The thread that writes stable checkpoints, the newest when several came.
 fn start_checkpoint_writer(
     writer: StableWriter,
     metrics: Arc<Metrics>,
     failure: Arc<Mutex<Option<String>>>,
-) -> (SyncSender<StableCheckpoint>, JoinHandle<()>) {
-    let (tx, rx): (_, StdReceiver<StableCheckpoint>) = std_mpsc::sync_channel(CHECKPOINTS_QUEUED);
+) -> (CheckpointSender, JoinHandle<()>) {
+    let latest = Arc::new(LatestCheckpoint {
+        slot: Mutex::new((None, false)),
+        ready: Condvar::new(),
+    });
+    let slot = latest.clone();
     let thread = std::thread::Builder::new()
         .name("checkpoint".into())
         .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let newest = rx.try_iter().last().unwrap_or(first);
+            while let Some(newest) = slot.take() {
                 let started = Instant::now();
                 if let Err(e) = writer.write(&newest) {
                     tracing::error!(error = %e, "cannot write the stable checkpoint; stopping");
@@ -231,5 +288,5 @@ fn start_checkpoint_writer(
             }
         })
         .expect("spawn checkpoint thread");
-    (tx, thread)
+    (CheckpointSender(latest), thread)
 }

@@ -166,7 +166,7 @@ impl Testnet {
     /// `/metrics` of replica `i`.
     pub fn metrics(&self, i: usize) -> String {
         let (code, body) =
-            bftnode::httpget::get(&self.url(i), "/metrics", Duration::from_secs(5)).unwrap();
+            bftnode::http_client::get(&self.url(i), "/metrics", Duration::from_secs(5)).unwrap();
         assert_eq!(code, 200);
         body
     }
@@ -191,7 +191,7 @@ impl Testnet {
             let from = out.last().map_or(0, |e| e.seq + 1);
             let path = format!("/committed?from={from}&limit={MAX_PAGE}");
             let (code, body) =
-                bftnode::httpget::get(&self.url(i), &path, Duration::from_secs(5)).unwrap();
+                bftnode::http_client::get(&self.url(i), &path, Duration::from_secs(5)).unwrap();
             assert_eq!(code, 200, "replica {i} {path}: {body}");
             let page: CommittedPage = serde_json::from_str(&body).unwrap();
             if page.entries.is_empty() {
