@@ -63,6 +63,7 @@ impl InProcessCluster {
             c.params.batch_size = batch_size;
             c.params.checkpoint_interval = 128;
             c.params.window = 256;
+            c.batch_timeout = std::time::Duration::from_millis(1);
             c
         };
         let validator = Validator::new(&config(0));

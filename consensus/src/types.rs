@@ -145,25 +145,27 @@ pub struct ReplicaConfig {
 }
 
 impl ReplicaConfig {
-    /// Defaults sized for a LAN testnet.
+    /// The one set of defaults: the node's config file falls back to these too.
+    pub const DEFAULT_MAX_BATCHES_IN_FLIGHT: u64 = 1;
+    pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_millis(50);
+    pub const DEFAULT_VIEW_CHANGE_TIMEOUT: Duration = Duration::from_millis(1000);
+    pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+
+    /// Defaults sized for a LAN testnet: [`ProtocolParams::default`] and the
+    /// `DEFAULT_*` constants.
     #[must_use]
     pub fn new(id: ReplicaId, members: Membership) -> Self {
         let commit_quorum = members.quorum();
         Self {
             id,
             members,
-            params: ProtocolParams {
-                batch_size: 64,
-                checkpoint_interval: 64,
-                window: 256,
-                ..ProtocolParams::default()
-            },
-            max_batches_in_flight: 1,
-            batch_timeout: Duration::from_millis(1),
-            view_change_timeout: Duration::from_millis(1000),
+            params: ProtocolParams::default(),
+            max_batches_in_flight: Self::DEFAULT_MAX_BATCHES_IN_FLIGHT,
+            batch_timeout: Self::DEFAULT_BATCH_TIMEOUT,
+            view_change_timeout: Self::DEFAULT_VIEW_CHANGE_TIMEOUT,
             state_fetch_timeout: Duration::from_millis(500),
             max_pending: 100_000,
-            fd: FdConfig::with_interval(Duration::from_millis(200)),
+            fd: FdConfig::with_interval(Self::DEFAULT_HEARTBEAT_INTERVAL),
             incarnation: 0,
             commit_quorum,
             transfer_written_apart: false,

@@ -115,13 +115,18 @@ impl Default for ConsensusSection {
     fn default() -> Self {
         Self {
             batch_size: None,
-            max_batches_in_flight: 1,
-            batch_timeout_ms: 50,
+            max_batches_in_flight: ReplicaConfig::DEFAULT_MAX_BATCHES_IN_FLIGHT,
+            batch_timeout_ms: millis(ReplicaConfig::DEFAULT_BATCH_TIMEOUT),
             checkpoint_interval: None,
             window: None,
-            view_change_timeout_ms: 1000,
+            view_change_timeout_ms: millis(ReplicaConfig::DEFAULT_VIEW_CHANGE_TIMEOUT),
         }
     }
+}
+
+/// A default duration as the config file writes it.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl ConsensusSection {
@@ -147,9 +152,10 @@ pub struct FailureDetectorSection {
 
 impl Default for FailureDetectorSection {
     fn default() -> Self {
+        let core = FdConfig::with_interval(ReplicaConfig::DEFAULT_HEARTBEAT_INTERVAL);
         Self {
-            heartbeat_ms: 200,
-            phi_threshold: 8.0,
+            heartbeat_ms: millis(core.heartbeat_interval),
+            phi_threshold: core.phi_threshold,
         }
     }
 }

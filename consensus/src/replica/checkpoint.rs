@@ -107,6 +107,18 @@ impl<A: Application> Replica<A> {
     /// below it and move the window.
     pub(super) fn install_stable(&mut self, cp: StableCheckpoint, written: Written) {
         let (seq, digest) = (cp.seq, cp.digest);
+        // Invariants: the stable checkpoint only moves forward, and our state is at
+        // least there (we executed up to it, or just installed its snapshot).
+        assert!(
+            seq > self.stable.seq,
+            "stable checkpoint {seq} does not move past {}",
+            self.stable.seq
+        );
+        assert!(
+            self.last_executed >= seq,
+            "stable checkpoint {seq} above our execution at {}",
+            self.last_executed
+        );
         let record = PersistRecord::Stable(cp.clone());
         self.emit(match written {
             Written::Apart => Output::PersistApart(record),

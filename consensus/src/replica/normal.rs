@@ -155,6 +155,19 @@ impl<A: Application> Replica<A> {
     /// the pre-prepare itself) leaves, so a restart never accepts a second digest.
     pub(super) fn accept_pre_prepare(&mut self, pp: Signed<PrePrepare>, batch: Batch) {
         let seq = pp.payload.seq;
+        // Invariants (a breach is a bug in the caller, not bad input): the slot is
+        // in our window, and we never accept a second digest for one (view, seq).
+        assert!(
+            seq > self.low_watermark(),
+            "accepting seq {seq} at or below the low water mark {}",
+            self.low_watermark()
+        );
+        if let Some((v, d)) = self.log.get(&seq).and_then(|s| s.accepted()) {
+            assert!(
+                v != pp.payload.view || d == pp.payload.digest,
+                "accepting a second digest for view {v} seq {seq}"
+            );
+        }
         for r in batch.requests.iter() {
             self.in_flight.insert(request_id(r));
         }
@@ -379,6 +392,11 @@ impl<A: Application> Replica<A> {
     /// Apply one batch; report it; reply to each client; take a checkpoint every K.
     /// `Executed` precedes the replies: what a client hears was executed first.
     pub(super) fn execute(&mut self, seq: Seq, view: u64, batch: &Batch) {
+        assert_eq!(
+            seq,
+            self.last_executed + 1,
+            "execution must go one sequence number at a time"
+        );
         let mut done = Vec::new();
         let mut replies = Vec::new();
         for r in batch.requests.iter() {

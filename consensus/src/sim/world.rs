@@ -24,6 +24,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The batch timeout of every simulated replica.
+const SIM_BATCH_TIMEOUT: Duration = Duration::from_millis(1);
 const TRACE_TAIL: usize = 300;
 const CLIENT_RETRANSMIT: Duration = Duration::from_millis(600);
 const VIEW_CHANGE_TIMEOUT: Duration = Duration::from_millis(400);
@@ -204,6 +206,9 @@ impl World {
             .map(|(i, key)| {
                 let id = i as ReplicaId;
                 let mut rc = ReplicaConfig::new(id, members.clone());
+                // The simulator's runs (and the seeds its planted-bug hunts pin)
+                // were found with a 1 ms batch timeout.
+                rc.batch_timeout = SIM_BATCH_TIMEOUT;
                 rc.params.batch_size = cfg.batch_size;
                 rc.max_batches_in_flight = cfg.max_batches_in_flight;
                 rc.params.checkpoint_interval = cfg.checkpoint_interval;

@@ -47,6 +47,9 @@ impl Group {
         let mut c = ReplicaConfig::new(id, self.members.clone());
         c.params = self.params.clone();
         c.max_batches_in_flight = self.max_batches_in_flight;
+        // The directed tests step time in small increments: a partial batch goes
+        // out within a millisecond, as these tests were written for.
+        c.batch_timeout = Duration::from_millis(1);
         c.view_change_timeout = Duration::from_millis(100);
         c
     }

@@ -173,9 +173,41 @@ fn run(
     result
 }
 
+/// What the persist loop needs of storage: the synced write of a group of turns'
+/// records, and the bookkeeping of records written apart. A seam for the ordering
+/// test; the node's is [`Storage`].
+trait TurnStore {
+    fn persist(&mut self, records: &[PersistRecord]) -> Result<(), String>;
+    fn note_apart(&mut self, apart: Vec<PersistRecord>) -> Vec<StableCheckpoint>;
+}
+
+impl TurnStore for Storage {
+    fn persist(&mut self, records: &[PersistRecord]) -> Result<(), String> {
+        Storage::persist(self, records).map_err(|e| e.to_string())
+    }
+
+    fn note_apart(&mut self, apart: Vec<PersistRecord>) -> Vec<StableCheckpoint> {
+        Storage::note_apart(self, apart)
+    }
+}
+
+/// Where the persist loop sends frames once they may leave.
+trait FrameSink {
+    fn send(&self, peer: PeerId, frame: Arc<Vec<u8>>);
+}
+
+impl FrameSink for NetHandle {
+    fn send(&self, peer: PeerId, frame: Arc<Vec<u8>>) {
+        // A full queue drops the frame, as the network may (counted by the transport).
+        let _ = NetHandle::send(self, peer, frame);
+    }
+}
+
+/// The persist loop: every turn queued so far made durable in one write, then
+/// their frames sent in turn order; until the queue closes or storage fails.
 fn persist_turns(
-    storage: &mut Storage,
-    net: &NetHandle,
+    storage: &mut impl TurnStore,
+    net: &impl FrameSink,
     metrics: &Metrics,
     rx: &mut mpsc::Receiver<Turn>,
     checkpoints: &CheckpointSender,
@@ -190,7 +222,7 @@ fn persist_turns(
             .flat_map(|t| std::mem::take(&mut t.records))
             .collect();
         if !records.is_empty() {
-            storage.persist(&records).map_err(|e| e.to_string())?;
+            storage.persist(&records)?;
             metrics.persist_turns.observe(turns.len() as f64);
         }
         let apart = turns
@@ -201,7 +233,7 @@ fn persist_turns(
             checkpoints.send(cp);
         }
         for (peer, frame) in turns.into_iter().flat_map(|t| t.frames) {
-            let _ = net.send(peer, frame);
+            net.send(peer, frame);
         }
     }
     Ok(())
@@ -289,4 +321,133 @@ fn start_checkpoint_writer(
         })
         .expect("spawn checkpoint thread");
     (CheckpointSender(latest), thread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What happened, in order: records made durable, or a frame sent.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Event {
+        Durable(Vec<u64>),
+        Sent(u64),
+    }
+
+    /// A store and a sink that write one log, so the test sees their order. The
+    /// store's writes are slow, so turns pile up behind them (group commit) and
+    /// frames of turns without records wait behind earlier turns' writes.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<Event>>>);
+
+    impl Log {
+        fn push(&self, e: Event) {
+            self.0.lock().unwrap().push(e);
+        }
+    }
+
+    impl TurnStore for Log {
+        fn persist(&mut self, records: &[PersistRecord]) -> Result<(), String> {
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            self.push(Event::Durable(records.iter().map(turn_of).collect()));
+            Ok(())
+        }
+
+        fn note_apart(&mut self, _: Vec<PersistRecord>) -> Vec<StableCheckpoint> {
+            Vec::new()
+        }
+    }
+
+    impl FrameSink for Log {
+        fn send(&self, _: PeerId, frame: Arc<Vec<u8>>) {
+            self.push(Event::Sent(u64::from_le_bytes(
+                frame[..8].try_into().unwrap(),
+            )));
+        }
+    }
+
+    /// A record that names turn `t` (as its view).
+    fn record(t: u64) -> PersistRecord {
+        PersistRecord::View {
+            view: t,
+            changing: false,
+        }
+    }
+
+    fn turn_of(r: &PersistRecord) -> u64 {
+        match r {
+            PersistRecord::View { view, .. } => *view,
+            other => panic!("unexpected record {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_frame_leaves_before_its_turn_and_every_earlier_turn_are_durable() {
+        let peer = PeerId::random();
+        let (tx, mut rx) = mpsc::channel(TURNS_QUEUED);
+        let log = Log::default();
+        let (mut store, sink) = (log.clone(), log.clone());
+        let worker = std::thread::spawn(move || {
+            let metrics = Metrics::new();
+            let latest = Arc::new(LatestCheckpoint {
+                slot: Mutex::new((None, false)),
+                ready: Condvar::new(),
+            });
+            let checkpoints = CheckpointSender(latest);
+            persist_turns(&mut store, &sink, &metrics, &mut rx, &checkpoints)
+        });
+        // 200 turns, some with records and frames, some with frames only (their
+        // frames must still wait for the earlier turns' records).
+        for t in 0..200u64 {
+            let records = if t % 3 == 2 {
+                Vec::new()
+            } else {
+                vec![record(t)]
+            };
+            let frames = (0..2)
+                .map(|_| (peer, Arc::new(t.to_le_bytes().to_vec())))
+                .collect();
+            tx.blocking_send(Turn {
+                records,
+                apart: Vec::new(),
+                frames,
+            })
+            .unwrap();
+            if t % 17 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        drop(tx);
+        worker.join().unwrap().unwrap();
+
+        let events = log.0.lock().unwrap().clone();
+        let mut durable_through: Option<u64> = None;
+        let mut last_sent = 0u64;
+        let mut sent = 0;
+        let mut groups = 0;
+        for e in &events {
+            match e {
+                Event::Durable(turns) => {
+                    groups += 1;
+                    durable_through = turns.iter().copied().max().max(durable_through);
+                }
+                Event::Sent(t) => {
+                    sent += 1;
+                    assert!(
+                        *t >= last_sent,
+                        "frames out of turn order: {t} after {last_sent}"
+                    );
+                    last_sent = *t;
+                    // Every turn up to t that had records is durable already.
+                    let newest_with_records = (0..=*t).rev().find(|x| x % 3 != 2);
+                    assert!(
+                        newest_with_records <= durable_through,
+                        "turn {t}'s frame left before turn {newest_with_records:?} was durable"
+                    );
+                }
+            }
+        }
+        assert_eq!(sent, 400, "every frame left");
+        assert!(groups >= 1);
+    }
 }
