@@ -65,7 +65,7 @@ impl Unreplicated {
             limits: IngressLimits::default(),
         })?;
         let validators = ValidatorSet {
-            validators: vec![config::Validator {
+            validators: vec![config::ValidatorPeer {
                 id: 0,
                 public_key: key.public(),
                 peer: bft_net::peer_id_of(&key.public())

@@ -224,9 +224,10 @@ fn default_retransmit() -> u64 {
     1_000
 }
 
-/// One validator, resolved.
+/// One validator as a node reaches it: its id, key, libp2p peer id and address.
+/// (Not [`bft_consensus::Validator`], which checks messages.)
 #[derive(Clone, Debug)]
-pub struct Validator {
+pub struct ValidatorPeer {
     pub id: ReplicaId,
     pub public_key: PublicKey,
     pub peer: PeerId,
@@ -237,7 +238,7 @@ pub struct Validator {
 /// and none of small order; with the group's protocol parameters.
 #[derive(Clone, Debug)]
 pub struct ValidatorSet {
-    pub validators: Vec<Validator>,
+    pub validators: Vec<ValidatorPeer>,
     pub params: ProtocolParams,
 }
 
@@ -279,7 +280,7 @@ impl ValidatorSet {
                     e.id, e.address
                 ))
             })?;
-            validators.push(Validator {
+            validators.push(ValidatorPeer {
                 id: e.id,
                 public_key,
                 peer,

@@ -50,6 +50,8 @@ pub fn request(
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
+        // Our nodes are reached directly, never through a proxy from the environment.
+        .proxy(None)
         .build()
         .into();
     let unreachable = |e: ureq::Error| HttpError::Unreachable {

@@ -349,12 +349,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Status { node, json } => {
-            let s = testnet::fetch_status(&node)?;
+            let s = bftnode::status::fetch_status(&node)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
-                println!("{}", testnet::table_header());
-                println!("{}", testnet::table_row(&s));
+                println!("{}", bftnode::status::table_header());
+                println!("{}", bftnode::status::table_row(&s));
             }
         }
     }

@@ -256,7 +256,11 @@ impl<A: Application> Replica<A> {
                 self.send_prepare(seq);
             }
         }
-        self.next_seq = max_seq.max(self.last_executed).max(self.stable.seq) + 1;
+        // Never at or below the low water mark, which a floor set by an earlier
+        // new-view may hold above our stable checkpoint while we fetch its state:
+        // backups refuse such proposals (review of the accept_pre_prepare assert,
+        // which they would now trip; recovery.rs has the same rule).
+        self.next_seq = max_seq.max(self.last_executed).max(self.low_watermark()) + 1;
         self.view_changes
             .retain(|_, (vc, _)| vc.payload.new_view > view);
         self.last_new_view = Some((nv, bodies));
