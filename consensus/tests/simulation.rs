@@ -186,7 +186,7 @@ fn calm_network_commits_everything_without_view_changes() {
 
 #[test]
 fn every_core_behaviour_at_f_replicas_keeps_safety_and_liveness() {
-    for behaviour in bft_consensus::byzantine::CORE_BEHAVIOURS {
+    for behaviour in bft_consensus::byzantine::CORE_BEHAVIOURS.iter() {
         for f in [1, 2] {
             for seed in 0..6 {
                 let mut cfg = SimConfig::randomized(10_000 + seed, f);

@@ -221,7 +221,7 @@ impl Metrics {
 
     /// Mark `name` as the behaviour in force (every other at 0).
     pub fn set_behaviour(&self, name: &str) {
-        for b in std::iter::once(&"none").chain(ALL_BEHAVIOURS) {
+        for b in std::iter::once(&"none").chain(ALL_BEHAVIOURS.iter()) {
             self.byzantine_behaviour
                 .with_label_values(&[*b])
                 .set(i64::from(*b == name));

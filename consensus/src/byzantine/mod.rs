@@ -6,6 +6,7 @@
 mod adversarial;
 mod behaviours;
 mod rng;
+mod table;
 mod twins;
 
 pub use adversarial::{BelowMinS, HideCertificates, Mutate, SplitNewView};
@@ -14,6 +15,10 @@ pub use behaviours::{
     LyingCheckpoint, OtherModule, Replay, Silent, WrongDigest,
 };
 pub use rng::SplitMix64;
+pub use table::{
+    build, by_name, Family, ADVERSARIAL_BEHAVIOURS, ALL_BEHAVIOURS, CORE_BEHAVIOURS,
+    DEFAULT_DELAY_MS,
+};
 pub use twins::{Twin, TwinsSchedule};
 
 use crate::app::Application;
@@ -109,108 +114,6 @@ pub enum BehaviourError {
     #[error("behaviour {behaviour} takes no parameter {param:?}")]
     UnknownParam { behaviour: String, param: String },
 }
-
-/// Every behaviour name of INTERFACE.md but `none`.
-pub const ALL_BEHAVIOURS: &[&str] = &[
-    "silent",
-    "crash",
-    "delay",
-    "equivocate",
-    "bad-signature",
-    "wrong-digest",
-    "lying-checkpoint",
-    "forge-view-change",
-    "replay",
-    "censor",
-    "flood",
-    "traitor-relay",
-    "eager-vote",
-    "hide-certificates",
-    "below-min-s",
-    "split-new-view",
-    "mutate",
-];
-
-/// `delay`'s default when no `ms` is given.
-pub const DEFAULT_DELAY_MS: u64 = 100;
-
-/// Build a behaviour from its INTERFACE.md name and parameters. `seed` drives its
-/// choices.
-///
-/// # Errors
-/// An unknown name, or a parameter the behaviour does not take.
-pub fn build(name: &str, seed: u64, params: &Params) -> Result<Box<dyn Behaviour>, BehaviourError> {
-    let allowed: &[&str] = if name == "delay" { &["ms"] } else { &[] };
-    if let Some(p) = params.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(BehaviourError::UnknownParam {
-            behaviour: name.to_string(),
-            param: p.clone(),
-        });
-    }
-    if name == "delay" {
-        let ms = params.get("ms").copied().unwrap_or(DEFAULT_DELAY_MS);
-        return Ok(Box::new(Delay {
-            delay: Duration::from_millis(ms),
-        }));
-    }
-    by_name(name, seed).ok_or_else(|| BehaviourError::Unknown(name.to_string()))
-}
-
-/// Build a behaviour with default parameters from its INTERFACE.md name. `seed`
-/// drives its choices.
-#[must_use]
-pub fn by_name(name: &str, seed: u64) -> Option<Box<dyn Behaviour>> {
-    Some(match name {
-        "none" => Box::new(Honest),
-        "silent" => Box::new(Silent),
-        "crash" => Box::new(Crash),
-        "delay" => Box::new(Delay {
-            delay: Duration::from_millis(DEFAULT_DELAY_MS),
-        }),
-        "traitor-relay" => Box::new(OtherModule("traitor-relay")),
-        "equivocate" => Box::new(Equivocate),
-        "bad-signature" => Box::new(BadSignature),
-        "wrong-digest" => Box::new(WrongDigest::new(seed)),
-        "lying-checkpoint" => Box::new(LyingCheckpoint::new(seed)),
-        "forge-view-change" => Box::new(ForgeViewChange::new(seed)),
-        "replay" => Box::new(Replay::new(seed)),
-        "censor" => Box::new(Censor),
-        "flood" => Box::new(Flood::new(seed)),
-        "eager-vote" => Box::new(EagerVote),
-        "hide-certificates" => Box::new(HideCertificates::new(seed)),
-        "below-min-s" => Box::new(BelowMinS::new(seed)),
-        "split-new-view" => Box::new(SplitNewView::new(seed)),
-        "mutate" => Box::new(Mutate::new(seed)),
-        _ => return None,
-    })
-}
-
-/// The behaviours that change PBFT traffic (`traitor-relay` only changes the
-/// generals protocol), the ones the simulator draws from.
-pub const CORE_BEHAVIOURS: &[&str] = &[
-    "silent",
-    "crash",
-    "delay",
-    "equivocate",
-    "bad-signature",
-    "wrong-digest",
-    "lying-checkpoint",
-    "forge-view-change",
-    "replay",
-    "censor",
-    "flood",
-    "eager-vote",
-];
-
-/// Adversarial-but-valid behaviours (see `adversarial`): every message they send
-/// passes the stateless checks; the adversarial simulator family draws from these
-/// and the core ones.
-pub const ADVERSARIAL_BEHAVIOURS: &[&str] = &[
-    "hide-certificates",
-    "below-min-s",
-    "split-new-view",
-    "mutate",
-];
 
 /// An honest replica with a behaviour around it.
 pub struct Wrapped<A: Application> {

@@ -233,10 +233,10 @@ impl SimConfig {
         cfg.byzantine = ids[..f]
             .iter()
             .map(|&id| {
-                let pool = if rng.gen_bool(0.75) {
-                    ADVERSARIAL_BEHAVIOURS
+                let pool: &[&str] = if rng.gen_bool(0.75) {
+                    &ADVERSARIAL_BEHAVIOURS
                 } else {
-                    CORE_BEHAVIOURS
+                    &CORE_BEHAVIOURS
                 };
                 (id, pool[rng.gen_range(0..pool.len())].to_string())
             })
