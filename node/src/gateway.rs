@@ -19,7 +19,7 @@ use bft_consensus::{ClientId, Message, ReplicaConfig, ReplicaId, RootCache, Vali
 use bft_crypto::{KeyPair, Signed};
 use bft_net::{Inbound, IngressLimits, NetConfig, NetHandle, Network, PeerId};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -43,7 +43,12 @@ impl Inbox {
     }
 
     fn put(&self, replica: usize, reply: Incoming) {
-        if let Some(slot) = self.slots.lock().expect("inbox lock").get_mut(replica) {
+        if let Some(slot) = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(replica)
+        {
             *slot = Some(reply);
         }
         // Stores a permit if the client is not waiting: no wake-up is lost.
@@ -55,7 +60,7 @@ impl Inbox {
             if let Some(r) = self
                 .slots
                 .lock()
-                .expect("inbox lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .iter_mut()
                 .find_map(Option::take)
             {
@@ -136,7 +141,7 @@ impl Gateway {
         self.shared
             .sessions
             .lock()
-            .expect("sessions lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(id, inbox.clone());
         let route = Signed::sign(
             ReplyRoute {
@@ -199,7 +204,7 @@ async fn dispatch(
             }
             _ => continue,
         };
-        let sessions = sessions.lock().expect("sessions lock");
+        let sessions = sessions.lock().unwrap_or_else(PoisonError::into_inner);
         for (client, reply) in replies {
             if let Some(inbox) = sessions.get(&client) {
                 inbox.put(from, reply);
@@ -242,7 +247,11 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let mut sessions = self.shared.sessions.lock().expect("sessions lock");
+        let mut sessions = self
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         // Only our own entry: a later session with the same key may have replaced it.
         if sessions
             .get(&self.id)
