@@ -113,7 +113,7 @@ pub struct NetStats {
     /// Oversized or truncated frames received.
     pub frames_malformed: u64,
     pub stream_opens: u64,
-    /// Connections closed at once for being over an [`IngressLimits`] bound.
+    /// Connections closed for being over an [`IngressLimits`] bound.
     pub connections_refused: u64,
     /// Inbound streams refused for being over the per-peer bound.
     pub streams_refused: u64,
@@ -440,7 +440,8 @@ async fn run_swarm(
                     }
                 }
                 SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
-                    let was_last = admitted.close(peer_id, connection_id);
+                    let configured = shared.persistent.contains(&peer_id);
+                    let was_last = admitted.close(peer_id, connection_id, configured);
                     if was_last {
                         tracing::debug!(%peer_id, ?cause, "disconnected");
                         shared.set_connected(peer_id, false);
@@ -461,7 +462,7 @@ async fn run_swarm(
 /// against the [`IngressLimits`] as each is established.
 struct Admitted {
     limits: IngressLimits,
-    by_peer: HashMap<PeerId, (bool, Vec<ConnectionId>)>,
+    by_peer: HashMap<PeerId, Vec<ConnectionId>>,
     /// Connections of peers outside the configured set.
     others: usize,
 }
@@ -488,15 +489,12 @@ impl Admitted {
     /// Whether `conn` of `peer` (`configured`: one of the validator set) fits the
     /// limits; an admitted one is counted until [`Admitted::close`].
     fn admit(&mut self, peer: PeerId, conn: ConnectionId, configured: bool) -> Admission {
-        let held = self.by_peer.get(&peer).map_or(0, |(_, c)| c.len());
+        let held = self.by_peer.get(&peer).map_or(0, Vec::len);
         let full = held >= self.limits.max_connections_per_peer.max(1);
         if !configured && (full || self.others >= self.limits.max_other_connections) {
             return Admission::Refuse;
         }
-        let (_, conns) = self
-            .by_peer
-            .entry(peer)
-            .or_insert_with(|| (configured, Vec::new()));
+        let conns = self.by_peer.entry(peer).or_default();
         conns.push(conn);
         if !configured {
             self.others += 1;
@@ -509,16 +507,17 @@ impl Admitted {
         Admission::Admit
     }
 
-    /// Forget `conn`; true if it was admitted and was `peer`'s last connection.
-    fn close(&mut self, peer: PeerId, conn: ConnectionId) -> bool {
-        let Some((configured, conns)) = self.by_peer.get_mut(&peer) else {
+    /// Forget `conn` (of a `configured` peer or not, as when admitted); true if it
+    /// was admitted and was `peer`'s last connection.
+    fn close(&mut self, peer: PeerId, conn: ConnectionId, configured: bool) -> bool {
+        let Some(conns) = self.by_peer.get_mut(&peer) else {
             return false;
         };
         let Some(i) = conns.iter().position(|c| *c == conn) else {
             return false;
         };
         conns.remove(i);
-        if !*configured {
+        if !configured {
             self.others -= 1;
         }
         if conns.is_empty() {
@@ -558,11 +557,11 @@ mod tests {
         assert_eq!(a.admit(p, c[1], false), Admission::Admit);
         assert_eq!(a.admit(p, c[2], false), Admission::Refuse, "over the bound");
         // A refused connection's close is not the peer's last.
-        assert!(!a.close(p, c[2]));
-        assert!(!a.close(p, c[0]), "one connection is left");
+        assert!(!a.close(p, c[2], false));
+        assert!(!a.close(p, c[0], false), "one connection is left");
         assert_eq!(a.admit(p, c[2], false), Admission::Admit);
-        assert!(!a.close(p, c[1]));
-        assert!(a.close(p, c[2]), "the last connection went");
+        assert!(!a.close(p, c[1], false));
+        assert!(a.close(p, c[2], false), "the last connection went");
         assert_eq!(a.others, 0);
     }
 
@@ -579,7 +578,7 @@ mod tests {
             Admission::Admit,
             "a configured peer is admitted however many others there are"
         );
-        assert!(a.close(x, c[0]));
+        assert!(a.close(x, c[0], false));
         assert_eq!(a.admit(z, c[4], false), Admission::Admit, "a freed place");
     }
 
@@ -592,9 +591,12 @@ mod tests {
         assert_eq!(a.admit(v, c[1], true), Admission::Admit);
         // Old connections may be half-open after the peer moved: the new one wins.
         assert_eq!(a.admit(v, c[2], true), Admission::Replace(c[0]));
-        assert!(!a.close(v, c[0]), "the replaced one was forgotten already");
+        assert!(
+            !a.close(v, c[0], true),
+            "the replaced one was forgotten already"
+        );
         assert_eq!(a.admit(v, c[3], true), Admission::Replace(c[1]));
-        assert!(!a.close(v, c[2]));
-        assert!(a.close(v, c[3]), "the last connection went");
+        assert!(!a.close(v, c[2], true));
+        assert!(a.close(v, c[3], true), "the last connection went");
     }
 }

@@ -70,9 +70,7 @@ pub(crate) async fn write_to_peer(
     mut rx: mpsc::Receiver<Arc<Vec<u8>>>,
     persistent: bool,
 ) {
-    let mut backoff = BACKOFF_MIN;
-    let mut failures = 0u32;
-    let mut collisions = 0u32;
+    let mut retry = Retry::default();
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let connect_wait = (!persistent).then_some(TRANSIENT_CONNECT_WAIT);
@@ -85,20 +83,9 @@ pub(crate) async fn write_to_peer(
             Some(Ok(s)) => s,
             Some(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "cannot open stream");
-                let pause =
-                    if matches!(e, OpenError::Dropped(_)) && collisions < COLLISIONS_PER_FAILURE {
-                        collisions += 1;
-                        Duration::from_millis(rand::random::<u64>() % COLLISION_JITTER_MS + 1)
-                    } else {
-                        collisions = 0;
-                        failures += 1;
-                        if !persistent && failures >= TRANSIENT_ATTEMPTS {
-                            return give_up(&shared, &mut rx);
-                        }
-                        let b = backoff;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                        b
-                    };
+                let Some(pause) = retry.after(&e, persistent) else {
+                    return give_up(&shared, &mut rx);
+                };
                 tokio::select! {
                     biased;
                     _ = shutdown.wait_for(|stop| *stop) => return,
@@ -109,9 +96,7 @@ pub(crate) async fn write_to_peer(
             None => return give_up(&shared, &mut rx),
         };
         shared.counters.opens.fetch_add(1, Ordering::Relaxed);
-        backoff = BACKOFF_MIN;
-        failures = 0;
-        collisions = 0;
+        retry = Retry::default();
         let mut probe = [0u8; 1];
         loop {
             // Biased: a stream found dead is replaced before queued frames are
@@ -153,6 +138,47 @@ pub(crate) async fn write_to_peer(
                 }
             }
         }
+    }
+}
+
+/// How a writer waits between attempts to open a stream: a stream the peer
+/// dropped unread (a collision) is retried soon, at random, up to
+/// [`COLLISIONS_PER_FAILURE`] times in a row; anything else is a failure, retried
+/// with doubling back-off, and a transient peer is given up after
+/// [`TRANSIENT_ATTEMPTS`] failures.
+struct Retry {
+    backoff: Duration,
+    failures: u32,
+    collisions: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            backoff: BACKOFF_MIN,
+            failures: 0,
+            collisions: 0,
+        }
+    }
+}
+
+impl Retry {
+    /// The pause before the next attempt after `e`, or None: give up.
+    fn after(&mut self, e: &OpenError, persistent: bool) -> Option<Duration> {
+        if matches!(e, OpenError::Dropped(_)) && self.collisions < COLLISIONS_PER_FAILURE {
+            self.collisions += 1;
+            return Some(Duration::from_millis(
+                rand::random::<u64>() % COLLISION_JITTER_MS + 1,
+            ));
+        }
+        self.collisions = 0;
+        self.failures += 1;
+        if !persistent && self.failures >= TRANSIENT_ATTEMPTS {
+            return None;
+        }
+        let pause = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        Some(pause)
     }
 }
 
@@ -198,4 +224,31 @@ fn give_up(shared: &Shared, rx: &mut mpsc::Receiver<Arc<Vec<u8>>>) {
         held += 1;
     }
     shared.counters.lost.fetch_add(held, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collisions_retry_soon_failures_back_off_and_a_client_is_given_up() {
+        let mut r = Retry::default();
+        let dropped = OpenError::Dropped("reset".into());
+        for _ in 0..COLLISIONS_PER_FAILURE {
+            let pause = r.after(&dropped, false).unwrap();
+            assert!(pause <= Duration::from_millis(COLLISION_JITTER_MS));
+        }
+        // One collision too many counts as a failure, with the back-off.
+        assert_eq!(r.after(&dropped, false), Some(BACKOFF_MIN));
+        assert_eq!(r.after(&OpenError::TimedOut, false), Some(BACKOFF_MIN * 2));
+        assert_eq!(
+            r.after(&OpenError::TimedOut, false),
+            None,
+            "a client is given up"
+        );
+        let mut v = Retry::default();
+        for _ in 0..20 {
+            assert!(v.after(&OpenError::TimedOut, true).unwrap() <= BACKOFF_MAX);
+        }
+    }
 }

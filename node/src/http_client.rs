@@ -59,23 +59,15 @@ pub fn request(
         reason: e.to_string(),
     };
     let sent = match method {
-        "GET" => {
-            let mut req = agent.get(&url);
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            req.call()
-        }
+        "GET" => with_headers(agent.get(&url), headers).call(),
         "PUT" | "POST" => {
-            let mut req = if method == "PUT" {
+            let req = if method == "PUT" {
                 agent.put(&url)
             } else {
                 agent.post(&url)
             };
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            req.content_type("application/json")
+            with_headers(req, headers)
+                .content_type("application/json")
                 .send(body.unwrap_or(""))
         }
         other => return Err(HttpError::Method(other.to_string())),
@@ -92,6 +84,16 @@ pub fn request(
             reason: e.to_string(),
         })?;
     Ok((code, text))
+}
+
+fn with_headers<B>(
+    mut req: ureq::RequestBuilder<B>,
+    headers: &[(&str, &str)],
+) -> ureq::RequestBuilder<B> {
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req
 }
 
 /// GET with a timeout.

@@ -175,7 +175,7 @@ impl Metrics {
             ),
             connections_refused: gauge(
                 "bft_connections_refused",
-                "Connections closed at once for being over the ingress bounds",
+                "Connections closed for being over the ingress bounds",
             ),
             streams_refused: gauge(
                 "bft_streams_refused",

@@ -116,19 +116,14 @@ pub static ADVERSARIAL_BEHAVIOURS: LazyLock<Vec<&'static str>> =
 /// # Errors
 /// An unknown name, or a parameter the behaviour does not take.
 pub fn build(name: &str, seed: u64, params: &Params) -> Result<Box<dyn Behaviour>, BehaviourError> {
-    if name == "none" {
-        if let Some(p) = params.keys().next() {
-            return Err(BehaviourError::UnknownParam {
-                behaviour: name.to_string(),
-                param: p.clone(),
-            });
-        }
-        return Ok(Box::new(Honest));
-    }
-    let e = TABLE
-        .iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| BehaviourError::Unknown(name.to_string()))?;
+    let e = if name == NONE.name {
+        &NONE
+    } else {
+        TABLE
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| BehaviourError::Unknown(name.to_string()))?
+    };
     if let Some(p) = params.keys().find(|k| !e.params.contains(&k.as_str())) {
         return Err(BehaviourError::UnknownParam {
             behaviour: name.to_string(),
@@ -137,6 +132,9 @@ pub fn build(name: &str, seed: u64, params: &Params) -> Result<Box<dyn Behaviour
     }
     Ok((e.make)(seed, params))
 }
+
+/// The honest replica: buildable by name, but no behaviour of the lists above.
+const NONE: Entry = entry("none", Family::Core, |_, _| Box::new(Honest));
 
 /// Build a behaviour with default parameters from its name (`none` included).
 /// `seed` drives its choices.
