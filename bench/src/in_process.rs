@@ -80,7 +80,7 @@ impl InProcessCluster {
     }
 
     fn enqueue(&mut self, to: u32, msg: &Message) {
-        let bytes = bft_crypto::encode(msg).expect("messages encode");
+        let bytes = bft_consensus::frame::encode_pbft(msg);
         self.bytes_moved += bytes.len() as u64;
         self.queue.push_back((to, bytes));
     }
@@ -91,7 +91,7 @@ impl InProcessCluster {
             match o {
                 Output::Send { to, message } => self.enqueue(to, &message),
                 Output::Broadcast { message } => {
-                    let bytes = bft_crypto::encode(&message).expect("messages encode");
+                    let bytes = bft_consensus::frame::encode_pbft(&message);
                     for to in (0..n).filter(|t| *t != from) {
                         self.bytes_moved += bytes.len() as u64;
                         self.queue.push_back((to, bytes.clone()));
@@ -113,9 +113,11 @@ impl InProcessCluster {
         }
         loop {
             while let Some((to, bytes)) = self.queue.pop_front() {
-                let msg: Message =
+                let Ok(bft_consensus::Frame::Pbft(msg)) =
                     bft_crypto::decode(&bytes, bft_consensus::messages::MAX_MESSAGE_BYTES)
-                        .expect("decodes");
+                else {
+                    panic!("the benchmark's frames are PBFT")
+                };
                 let Ok(verified) = self.validator.verify(msg) else {
                     panic!("invalid message in the benchmark")
                 };
@@ -156,9 +158,9 @@ mod tests {
         let mut c = InProcessCluster::new(4, 16);
         let seqs = c.order_all(signed_requests(200, 50, 512));
         assert!(seqs >= 200 / 16, "executed {seqs} batches");
-        let d = c.replica(0).state_digest();
+        let d = c.replica(0).app_digest();
         for i in 1..4 {
-            assert_eq!(c.replica(i).state_digest(), d);
+            assert_eq!(c.replica(i).app_digest(), d);
             assert_eq!(c.replica(i).last_executed(), c.replica(0).last_executed());
         }
         assert_eq!(c.replica(0).app().len(), 200);

@@ -1,5 +1,5 @@
-//! The load generator: many PBFT clients (each its own key and libp2p node, one
-//! request outstanding at a time, as PBFT clients are) writing `payload`-byte
+//! The load generator: many PBFT clients (each its own key, behind gateways that
+//! share connections, one request outstanding at a time, as PBFT clients are) writing `payload`-byte
 //! values, either closed-loop (K clients, each sends its next request when the last
 //! is accepted) or open-loop (requests due at a fixed rate, handed to whichever
 //! client is free).
@@ -9,11 +9,10 @@
 //! (no coordinated omission).
 
 use crate::cpu::{Probe, Usage};
+use bft_client::config::{ResolvedClient, ValidatorSet};
+use bft_client::{ClientError, Gateway, KvClient};
 use bft_consensus::{KvResult, RootCache};
 use bft_crypto::KeyPair;
-use bftnode::client::{ClientError, KvClient};
-use bftnode::config::{ResolvedClient, ValidatorSet};
-use bftnode::gateway::Gateway;
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -143,7 +142,7 @@ pub async fn connect_clients(
                 timeout,
                 retransmit: timeout.min(Duration::from_secs(1)),
             };
-            let mut client = gateways[i % gateways.len()].client(&cfg);
+            let mut client = KvClient::via(&gateways[i % gateways.len()], &cfg);
             client.share_root_cache(roots.clone());
             client
         })

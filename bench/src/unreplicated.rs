@@ -7,14 +7,14 @@
 //! throughput ratio is then the cost of PBFT itself.
 
 use crate::cpu::BASELINE_THREAD_PREFIX;
+use bft_client::config::{self, ValidatorSet};
 use bft_consensus::messages::Reply;
 use bft_consensus::reply::sign_replies;
 use bft_consensus::{
-    Application, KvStore, Membership, Message, ReplicaConfig, Validator, VerifiedMessage,
+    Application, Frame, KvStore, Membership, Message, ReplicaConfig, Validator, VerifiedMessage,
 };
 use bft_crypto::{KeyPair, PublicKey};
 use bft_net::{Inbound, IngressLimits, NetConfig, NetHandle, Network, PeerId};
-use bftnode::config::{self, ValidatorSet};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -114,7 +114,10 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
         // or the gateway's that hosts it (what a replica learns from a reply route).
         let (senders, messages): (Vec<PeerId>, Vec<Message>) = frames
             .iter()
-            .filter_map(|f| Some((f.peer, bft_crypto::decode(&f.bytes, MAX_FRAME_BYTES).ok()?)))
+            .filter_map(|f| match bft_crypto::decode(&f.bytes, MAX_FRAME_BYTES) {
+                Ok(Frame::Pbft(m)) => Some((f.peer, m)),
+                _ => None, // reply routes: replies go back over the request's connection
+            })
             .unzip();
         // Execute everything this batch holds, then sign its replies once, as a
         // replica signs the replies of one executed batch.
@@ -148,10 +151,7 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
         let replies = fresh.into_iter().map(|(_, r)| r).collect();
         for (peer, signed) in peers.into_iter().zip(sign_replies(&key, 0, 0, replies)) {
             let (client, ts) = (signed.reply.client, signed.reply.timestamp);
-            let Ok(bytes) = bft_crypto::encode(&Message::Reply(signed)) else {
-                continue;
-            };
-            let bytes = Arc::new(bytes);
+            let bytes = Arc::new(bft_consensus::frame::encode_pbft(&Message::Reply(signed)));
             last_reply.insert(client, (ts, bytes.clone()));
             let _ = net.send(peer, bytes);
         }

@@ -9,6 +9,10 @@
 //! on its own was a place where the two could disagree, and each such place hid a
 //! bug the simulator could not see (issue 11).
 //!
+//! A frame is a PBFT message or one of the node's own (generals, reply routes; see
+//! [`crate::frame`]): PBFT goes to the [`Validator`], the node's frames to their
+//! own checks, and each kind's signatures are verified in one batch.
+//!
 //! The sender rule: a signature authenticates its author; the connection only says
 //! who relayed it. A replica message (pre-prepare, vote, checkpoint, view-change,
 //! new-view, state, heartbeat, generals) is therefore accepted over any replica's
@@ -18,6 +22,7 @@
 //! replicas do the work of checking certificates it replays. Client requests
 //! are accepted from anyone (a backup relays them to the primary).
 
+use crate::frame::{verify_node_frames, Frame, VerifiedFrame};
 use crate::messages::{Message, MAX_MESSAGE_BYTES};
 use crate::rejection::Rejection;
 use crate::types::ReplicaId;
@@ -44,13 +49,13 @@ impl Origin {
     }
 }
 
-/// A frame after the ingress: the message, or why it was refused.
+/// A frame after the ingress: its content checked, or why it was refused.
 #[derive(Clone, Debug)]
 pub struct Admitted {
     pub origin: Origin,
-    /// The message type (its `type` metric label), or `malformed`.
+    /// The frame's type (its `type` metric label, see [`Frame::kinds`]).
     pub kind: &'static str,
-    pub result: Result<VerifiedMessage, Rejection>,
+    pub result: Result<VerifiedFrame, Rejection>,
 }
 
 impl Admitted {
@@ -128,16 +133,22 @@ impl Ingress {
     }
 
     /// Admit frames received together: decode each, apply the sender rule, and check
-    /// every signature, batched over all of them (see [`Validator::verify_many`]).
-    /// Results are in input order.
+    /// every signature, batched over all of them (PBFT messages with
+    /// [`Validator::verify_many`], the node's frames apart). Results are in input
+    /// order.
     #[must_use]
     pub fn admit_many(&self, frames: Vec<(Origin, &[u8])>) -> Vec<Admitted> {
         let mut results: Vec<Option<Admitted>> = Vec::with_capacity(frames.len());
-        let mut decoded = Vec::with_capacity(frames.len());
+        let mut pbft = Vec::with_capacity(frames.len());
+        let mut node = Vec::new();
         for (origin, bytes) in frames {
             match self.decode(origin, bytes) {
-                Ok(msg) => {
-                    decoded.push((results.len(), origin, msg.kind(), msg));
+                Ok(frame) => {
+                    let meta = (results.len(), origin, frame.kind());
+                    match frame {
+                        Frame::Pbft(m) => pbft.push((meta, m)),
+                        other => node.push((meta, other)),
+                    }
                     results.push(None);
                 }
                 Err((kind, reason)) => results.push(Some(Admitted {
@@ -147,12 +158,21 @@ impl Ingress {
                 })),
             }
         }
-        let meta: Vec<_> = decoded.iter().map(|(i, o, k, _)| (*i, *o, *k)).collect();
-        let verified = self
-            .validator
-            .verify_many(decoded.into_iter().map(|(.., m)| m).collect());
+        let (meta, msgs): (Vec<_>, Vec<_>) = pbft.into_iter().unzip();
+        let verified = self.validator.verify_many(msgs);
         for ((slot, origin, kind), result) in meta.into_iter().zip(verified) {
-            let result = result.and_then(|m| self.relay_allowed(origin, m));
+            let result = result
+                .and_then(|m| self.relay_allowed(origin, m))
+                .map(VerifiedFrame::Pbft);
+            results[slot] = Some(Admitted {
+                origin,
+                kind,
+                result,
+            });
+        }
+        let (meta, others): (Vec<_>, Vec<_>) = node.into_iter().unzip();
+        let verified = verify_node_frames(self.validator.members(), others);
+        for ((slot, origin, kind), result) in meta.into_iter().zip(verified) {
             results[slot] = Some(Admitted {
                 origin,
                 kind,
@@ -186,7 +206,7 @@ impl Ingress {
     }
 
     /// The frame bound, the decoding and the sender rule, before any signature work.
-    fn decode(&self, origin: Origin, bytes: &[u8]) -> Result<Message, (&'static str, Rejection)> {
+    fn decode(&self, origin: Origin, bytes: &[u8]) -> Result<Frame, (&'static str, Rejection)> {
         if bytes.len() > self.max_frame_bytes {
             return Err((
                 "oversized",
@@ -196,22 +216,23 @@ impl Ingress {
                 },
             ));
         }
-        let msg: Message = bft_crypto::decode(bytes, self.max_frame_bytes)
+        let frame: Frame = bft_crypto::decode(bytes, self.max_frame_bytes)
             .map_err(|e| ("malformed", Rejection::Malformed(e.to_string())))?;
-        if origin == Origin::Other && replicas_only(&msg) {
-            return Err((msg.kind(), Rejection::WrongSender));
+        if origin == Origin::Other && replicas_only(&frame) {
+            return Err((frame.kind(), Rejection::WrongSender));
         }
-        Ok(msg)
+        Ok(frame)
     }
 }
 
-/// Messages only replicas send (and relay). Requests come from clients (and from
+/// Frames only replicas send (and relay). Requests come from clients (and from
 /// backups relaying them); replies and reply routes are for clients and their
 /// gateways.
-fn replicas_only(msg: &Message) -> bool {
+fn replicas_only(frame: &Frame) -> bool {
     !matches!(
-        msg,
-        Message::Request(_) | Message::Reply(_) | Message::Replies(_) | Message::ReplyRoute(_)
+        frame,
+        Frame::Pbft(Message::Request(_) | Message::Reply(_) | Message::Replies(_))
+            | Frame::ReplyRoute(_)
     )
 }
 
@@ -241,7 +262,7 @@ mod tests {
             },
             &keys[replica as usize],
         );
-        bft_crypto::encode(&Message::Prepare(p)).unwrap()
+        crate::frame::encode_pbft(&Message::Prepare(p))
     }
 
     /// A signature authenticates its author; the connection only says who relayed it.
@@ -252,7 +273,10 @@ mod tests {
         for origin in [Origin::Replica(2), Origin::Replica(1)] {
             let a = ingress.admit(origin, &frame);
             assert!(a.result.is_ok(), "{origin:?}: {:?}", a.result);
-            assert_eq!(a.result.unwrap().sender(), Some(2));
+            let Ok(VerifiedFrame::Pbft(m)) = a.result else {
+                panic!("{origin:?}: not a PBFT message");
+            };
+            assert_eq!(m.sender(), Some(2));
         }
     }
 
@@ -270,8 +294,63 @@ mod tests {
             },
             &KeyPair::from_seed([9; 32]),
         );
-        let frame = bft_crypto::encode(&Message::Request(req)).unwrap();
+        let frame = crate::frame::encode_pbft(&Message::Request(req));
         assert!(ingress.admit(Origin::Other, &frame).result.is_ok());
+    }
+
+    fn route(issued: u64) -> Vec<u8> {
+        let r = Signed::sign(
+            crate::frame::ReplyRoute {
+                via: vec![1; 38],
+                issued,
+            },
+            &KeyPair::from_seed([9; 32]),
+        );
+        crate::frame::encode(&Frame::ReplyRoute(r))
+    }
+
+    /// The node's frames pass the same door: a generals order only from a
+    /// replica's connection, a reply route from anyone, in input order with PBFT.
+    #[test]
+    fn node_frames_follow_the_sender_rule_and_keep_their_place() {
+        let (ingress, keys) = setup();
+        let order = crate::generals::Chain::order(
+            crate::generals::Instance {
+                id: crate::generals::InstanceId {
+                    commander: 0,
+                    nonce: 1,
+                },
+                m: 1,
+                start_ms: 0,
+                round_ms: 100,
+            },
+            "attack".into(),
+            &keys[0],
+        );
+        let order = crate::frame::encode(&Frame::Generals(order));
+        let refused = ingress.admit(Origin::Other, &order);
+        assert_eq!(refused.kind, "generals");
+        assert_eq!(refused.result.unwrap_err(), Rejection::WrongSender);
+        let good = prepare(&keys, 1);
+        let route = route(5);
+        let mut bad_route = route.clone();
+        let last = bad_route.len() - 1;
+        bad_route[last] ^= 1;
+        let out = ingress.admit_many(vec![
+            (Origin::Other, &route[..]),
+            (Origin::Replica(1), &good[..]),
+            (Origin::Replica(2), &order[..]),
+            (Origin::Other, &bad_route[..]),
+        ]);
+        assert!(matches!(out[0].result, Ok(VerifiedFrame::ReplyRoute(_))));
+        assert!(matches!(out[1].result, Ok(VerifiedFrame::Pbft(_))));
+        assert!(matches!(out[2].result, Ok(VerifiedFrame::Generals(_))));
+        assert_eq!(
+            out[3].result.as_ref().unwrap_err(),
+            &Rejection::BadSignature
+        );
+        let kinds: Vec<_> = out.iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, ["reply_route", "prepare", "generals", "reply_route"]);
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! machine, with its client, application trait, and a deterministic simulator.
 //!
 //! # The contract (read this before driving a [`Replica`])
-//! 1. Check signatures with a [`Validator`] (any thread, batched); feed the
-//!    resulting [`VerifiedMessage`]s and fired timers to [`Replica::handle`] together
-//!    with the current time. The replica never reads a clock.
+//! 1. Admit frames with an [`Ingress`] (any thread, batched: it checks PBFT
+//!    messages with a [`Validator`]); feed the [`VerifiedMessage`]s of its
+//!    [`VerifiedFrame::Pbft`] frames and fired timers to [`Replica::handle`]
+//!    together with the current time. The replica never reads a clock. Messages it
+//!    sends leave framed by [`frame::encode_pbft`].
 //! 2. Perform the returned [`Output`]s **in order**. A [`Output::Persist`] must be
 //!    durable before any later `Send`/`Broadcast`/`Reply` leaves the process (one
 //!    sync may cover all records of one `handle` call or loop turn).
@@ -20,6 +22,7 @@ pub mod client;
 pub mod client_table;
 pub mod durable;
 pub mod fd;
+pub mod frame;
 pub mod generals;
 pub mod ingress;
 pub mod io;
@@ -41,6 +44,7 @@ pub mod sim;
 pub use app::Application;
 pub use client::{Client, ClientOutput};
 pub use durable::{DurableState, PersistRecord, StableCheckpoint};
+pub use frame::{Frame, VerifiedFrame};
 pub use ingress::{Admitted, Ingress, Origin};
 pub use io::{Executed, Input, Output, Timer};
 pub use kv::{KvOp, KvResult, KvStore};

@@ -153,11 +153,12 @@ pub enum Refusal {
     ReplyNotKept,
 }
 
-/// <CHECKPOINT, n, d, i>σi: replica `i`'s state after executing `n` has digest `d` (§4.3).
+/// <CHECKPOINT, n, d, i>σi: replica `i`'s state snapshot after executing `n` has
+/// [`snapshot_digest`] `d` (§4.3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub seq: Seq,
-    pub state_digest: Digest,
+    pub snapshot_digest: Digest,
     pub replica: ReplicaId,
 }
 signable!(Checkpoint, "bftnode/checkpoint/v1");
@@ -274,32 +275,19 @@ pub struct StateSnapshot {
 }
 signable!(StateSnapshot, "bftnode/state/v1");
 
-/// The digest of a replica's state snapshot, as carried in checkpoints.
+/// The snapshot digest: SHA-256 (domain-separated) of a state snapshot's bytes, as
+/// carried in checkpoints and checked against a fetched snapshot. Not the same
+/// value as the application's own digest ([`crate::Replica::app_digest`]), which is
+/// kept incrementally over the live state and never leaves the replica.
 #[must_use]
-pub fn state_digest(snapshot: &[u8]) -> Digest {
+pub fn snapshot_digest(snapshot: &[u8]) -> Digest {
     let mut h = Hasher::new("bftnode/state/v1");
     h.update(snapshot);
     h.finish()
 }
 
-/// <ROUTE, via, issued>σc: client `c` asks the replicas to send its replies over
-/// the connection of transport peer `via` (raw libp2p PeerId bytes) instead of
-/// dialling `c` itself. A gateway process that hosts many clients uses this to
-/// multiplex them over one connection per replica, so a reply costs one frame on a
-/// shared stream instead of a frame on a connection of its own.
-///
-/// Routing is a transport matter: the core never sees a route. It is signed by the
-/// client so that nobody else can divert the client's replies, and `issued` (the
-/// client's clock) orders its routes so a replayed older one cannot undo a newer one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplyRoute {
-    #[serde(with = "bft_crypto::bytes")]
-    pub via: Vec<u8>,
-    pub issued: u64,
-}
-signable!(ReplyRoute, "bftnode/reply-route/v1");
-
-/// What travels between replicas and clients, signatures not yet checked.
+/// A PBFT message between replicas and clients, signatures not yet checked. It
+/// travels inside a [`crate::frame::Frame`], beside the node's own frames.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Request(Signed<Request>),
@@ -316,12 +304,6 @@ pub enum Message {
     Reply(crate::reply::SignedReply),
     /// Failure detection (see [`crate::fd`]).
     Heartbeat(Signed<crate::fd::Heartbeat>),
-    /// Signed-message generals (see [`crate::generals`]).
-    Generals(crate::generals::Chain),
-    GeneralsReport(Signed<crate::generals::Report>),
-    /// A client's reply route (see [`ReplyRoute`]); after the others, so the
-    /// variants before it keep their encoding.
-    ReplyRoute(Signed<ReplyRoute>),
     /// A batch's replies to the clients behind one process (see
     /// [`crate::reply_bundle`]).
     Replies(crate::reply_bundle::ReplyBundle),
@@ -344,17 +326,14 @@ impl Message {
             Message::State(_) => "state",
             Message::Reply(_) => "reply",
             Message::Heartbeat(_) => "heartbeat",
-            Message::Generals(_) => "generals",
-            Message::GeneralsReport(_) => "generals_report",
-            Message::ReplyRoute(_) => "reply_route",
             Message::Replies(_) => "replies",
         }
     }
 }
 
 impl Message {
-    /// Every value [`Message::kind`] returns, plus `malformed` (a frame that did not
-    /// decode), so that metrics labelled by type exist at zero from start-up.
+    /// Every value [`Message::kind`] returns (see [`crate::frame::Frame::kinds`]
+    /// for every label of a frame).
     pub const KINDS: &'static [&'static str] = &[
         "request",
         "pre_prepare",
@@ -367,11 +346,7 @@ impl Message {
         "state",
         "reply",
         "heartbeat",
-        "generals",
-        "generals_report",
-        "reply_route",
         "replies",
-        "malformed",
     ];
 }
 

@@ -86,7 +86,7 @@ pub fn plan(
     let checkpoint = best_stable
         .filter(|vc| vc.payload.stable_seq > 0)
         .and_then(|vc| {
-            let digest = vc.payload.checkpoint_proof.first()?.payload.state_digest;
+            let digest = vc.payload.checkpoint_proof.first()?.payload.snapshot_digest;
             Some((digest, vc.payload.checkpoint_proof.clone()))
         });
     let (min_s, chosen) = choices(view_changes);

@@ -123,13 +123,13 @@ impl ProtocolParams {
         // The signed view-change: view, stable seq, 2f+1 checkpoints, L proofs.
         let vc_signed = (SIGNED + 3 * VARINT + VEC_LEN + q * worst::<Checkpoint>() + VEC_LEN)
             .saturating_add(window.saturating_mul(proof));
-        let view_change = TAG.saturating_add(vc_signed).saturating_add(bodies);
+        let view_change = FRAME_TAGS.saturating_add(vc_signed).saturating_add(bodies);
         let nv_signed = (SIGNED + 2 * VARINT + VEC_LEN + VEC_LEN)
             .saturating_add(q.saturating_mul(vc_signed))
             .saturating_add(window.saturating_mul(pp));
-        let new_view = TAG.saturating_add(nv_signed).saturating_add(bodies);
+        let new_view = FRAME_TAGS.saturating_add(nv_signed).saturating_add(bodies);
         LargestFrames {
-            pre_prepare: (TAG + pp).saturating_add(body),
+            pre_prepare: (FRAME_TAGS + pp).saturating_add(body),
             view_change,
             new_view,
         }
@@ -149,6 +149,8 @@ const MIN_BATCH_BYTES: usize = 1024;
 const VARINT: usize = 10;
 const VEC_LEN: usize = VARINT;
 const TAG: usize = VARINT;
+/// A frame's tag and its message's (see [`crate::frame`]).
+const FRAME_TAGS: usize = 2 * TAG;
 const SIGNED: usize = 32 + 64;
 
 /// The encoded size of a signed `T` with every number at its largest.
@@ -199,7 +201,7 @@ impl Largest for Checkpoint {
     fn largest() -> Self {
         Checkpoint {
             seq: u64::MAX,
-            state_digest: Digest([0xff; 32]),
+            snapshot_digest: Digest([0xff; 32]),
             replica: u32::MAX,
         }
     }
@@ -208,6 +210,7 @@ impl Largest for Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::Frame;
     use crate::messages::{Batch, Message, NewView, PreparedProof, ViewChange};
 
     fn group(n: usize) -> (Membership, Vec<KeyPair>) {
@@ -322,7 +325,10 @@ mod tests {
             })
             .collect();
         let largest = p.largest_frames(&m);
-        let vc_len = bft_crypto::encoded_len(&Message::ViewChange(vcs[0].clone(), bodies.clone()));
+        let vc_len = bft_crypto::encoded_len(&Frame::Pbft(Message::ViewChange(
+            vcs[0].clone(),
+            bodies.clone(),
+        )));
         assert!(
             vc_len <= largest.view_change,
             "{vc_len} > {}",
@@ -337,7 +343,7 @@ mod tests {
             },
             &keys[1],
         );
-        let nv_len = bft_crypto::encoded_len(&Message::NewView(nv, bodies));
+        let nv_len = bft_crypto::encoded_len(&Frame::Pbft(Message::NewView(nv, bodies)));
         assert!(
             nv_len <= largest.new_view,
             "{nv_len} > {}",

@@ -10,11 +10,10 @@
 //! verification follow the same rule, so the two agree on every message.
 
 use crate::fd::Heartbeat;
-use crate::generals::{verify_chain, Report, VerifiedChain};
-use crate::messages::{state_digest, Commit};
+use crate::messages::{snapshot_digest, Commit};
 use crate::messages::{
     Batch, Bodies, Checkpoint, FetchState, Message, NewView, PrePrepare, Prepare, PreparedProof,
-    ReplyRoute, Request, StateSnapshot, ViewChange,
+    Request, StateSnapshot, ViewChange,
 };
 use crate::new_view::{plan, BodyIndex, NewViewPlan};
 use crate::params::ProtocolParams;
@@ -44,10 +43,6 @@ pub enum VerifiedMessage {
     /// A bundle's replies, all from the replica named.
     Replies(ReplicaId, Vec<VerifiedReply>),
     Heartbeat(Verified<Heartbeat>),
-    Generals(VerifiedChain),
-    GeneralsReport(Verified<Report>),
-    /// A client's reply route: for the node's transport, never for the core.
-    ReplyRoute(Verified<ReplyRoute>),
 }
 
 impl VerifiedMessage {
@@ -55,7 +50,7 @@ impl VerifiedMessage {
     #[must_use]
     pub fn sender(&self) -> Option<ReplicaId> {
         Some(match self {
-            VerifiedMessage::Request(_) | VerifiedMessage::ReplyRoute(_) => return None,
+            VerifiedMessage::Request(_) => return None,
             VerifiedMessage::PrePrepare(m, _) => m.replica,
             VerifiedMessage::Prepare(m) => m.replica,
             VerifiedMessage::Commit(m) => m.replica,
@@ -67,8 +62,6 @@ impl VerifiedMessage {
             VerifiedMessage::Reply(m) => m.replica,
             VerifiedMessage::Replies(replica, _) => *replica,
             VerifiedMessage::Heartbeat(m) => m.replica,
-            VerifiedMessage::Generals(c) => c.last_signer(),
-            VerifiedMessage::GeneralsReport(m) => m.replica,
         })
     }
 }
@@ -157,9 +150,7 @@ enum Staged {
     FetchState(Outer<FetchState>),
     State(Outer<StateSnapshot>),
     Heartbeat(Outer<Heartbeat>),
-    GeneralsReport(Outer<Report>),
-    ReplyRoute(Outer<ReplyRoute>),
-    /// Checked in full by code of its own (generals chains, replies).
+    /// Checked in full by code of its own (replies).
     Done(VerifiedMessage),
 }
 
@@ -177,8 +168,6 @@ impl Staged {
             Staged::FetchState(m) => V::FetchState(m.finish(ok)),
             Staged::State(m) => V::State(m.finish(ok)),
             Staged::Heartbeat(m) => V::Heartbeat(m.finish(ok)),
-            Staged::GeneralsReport(m) => V::GeneralsReport(m.finish(ok)),
-            Staged::ReplyRoute(m) => V::ReplyRoute(m.finish(ok)),
             Staged::Done(v) => v,
         }
     }
@@ -196,8 +185,6 @@ impl Staged {
             Staged::FetchState(m) => Message::FetchState(m.into_signed()),
             Staged::State(m) => Message::State(m.into_signed()),
             Staged::Heartbeat(m) => Message::Heartbeat(m.into_signed()),
-            Staged::GeneralsReport(m) => Message::GeneralsReport(m.into_signed()),
-            Staged::ReplyRoute(m) => Message::ReplyRoute(m.into_signed()),
             Staged::Done(v) => return Recheck::Done(v),
         })
     }
@@ -318,7 +305,7 @@ impl Validator {
             }
             Message::State(m) => {
                 let digest = self.check_checkpoint_proof(m.payload.seq, &m.payload.proof, sigs)?;
-                if digest != Some(state_digest(&m.payload.snapshot)) {
+                if digest != Some(snapshot_digest(&m.payload.snapshot)) {
                     return Err(Rejection::BadSnapshot);
                 }
                 Staged::State(self.by_replica(m, |m| m.replica, sigs)?)
@@ -332,13 +319,6 @@ impl Validator {
                 ))
             }
             Message::Heartbeat(m) => Staged::Heartbeat(self.by_replica(m, |m| m.replica, sigs)?),
-            Message::Generals(c) => {
-                Staged::Done(VerifiedMessage::Generals(verify_chain(c, &self.members)?))
-            }
-            Message::GeneralsReport(m) => {
-                Staged::GeneralsReport(self.by_replica(m, |m| m.replica, sigs)?)
-            }
-            Message::ReplyRoute(m) => Staged::ReplyRoute(sigs.outer(m)?),
         })
     }
 
@@ -496,10 +476,10 @@ impl Validator {
         let first = proof
             .first()
             .ok_or(Rejection::InvalidCheckpointProof("empty proof"))?;
-        let digest = first.payload.state_digest;
+        let digest = first.payload.snapshot_digest;
         let mut seen = BTreeSet::new();
         for c in proof {
-            if c.payload.seq != seq || c.payload.state_digest != digest {
+            if c.payload.seq != seq || c.payload.snapshot_digest != digest {
                 return Err(Rejection::InvalidCheckpointProof("checkpoints disagree"));
             }
             if !seen.insert(c.payload.replica) {

@@ -32,7 +32,7 @@ fn normal_case_executes_everywhere_and_replies() {
         assert_eq!(c.replica(id).last_executed(), 1, "replica {id}");
         assert_eq!(executed_seqs(&c, id), vec![1]);
     }
-    let digests: Vec<_> = (0..4).map(|i| c.replica(i).state_digest()).collect();
+    let digests: Vec<_> = (0..4).map(|i| c.replica(i).app_digest()).collect();
     assert!(digests.windows(2).all(|w| w[0] == w[1]));
     assert_eq!(c.replies.len(), 4);
     for (to, reply) in &c.replies {
@@ -275,7 +275,7 @@ fn lagging_replica_catches_up_by_state_transfer() {
     let r3 = c.replica(3);
     assert_eq!(r3.stable_checkpoint().seq, 12);
     assert_eq!(r3.last_executed(), 12);
-    assert_eq!(r3.state_digest(), c.replica(0).state_digest());
+    assert_eq!(r3.app_digest(), c.replica(0).app_digest());
     assert!(c
         .all_outputs(3)
         .iter()
@@ -307,7 +307,7 @@ fn lagging_replica_catches_up_from_heartbeats_without_new_requests() {
     }
     let r3 = c.replica(3);
     assert_eq!(r3.last_executed(), 14);
-    assert_eq!(r3.state_digest(), c.replica(0).state_digest());
+    assert_eq!(r3.app_digest(), c.replica(0).app_digest());
     let out = c.all_outputs(3);
     assert!(out
         .iter()
@@ -489,7 +489,7 @@ fn whole_group_restart_keeps_every_executed_write() {
         c.client_sends(0, request(&client_key(1), ts, &format!("k{ts}"), "v"));
         c.run();
     }
-    let before = c.replica(0).state_digest();
+    let before = c.replica(0).app_digest();
     for id in 0..4 {
         c.crash(id);
     }
@@ -499,7 +499,7 @@ fn whole_group_restart_keeps_every_executed_write() {
     c.run();
     for id in 0..4 {
         assert_eq!(c.replica(id).last_executed(), 10, "replica {id}");
-        assert_eq!(c.replica(id).state_digest(), before, "replica {id}");
+        assert_eq!(c.replica(id).app_digest(), before, "replica {id}");
         assert_eq!(
             c.replica(id).app().get(b"k7").map(Vec::as_slice),
             Some(&b"v"[..])
@@ -746,7 +746,7 @@ mod hostile {
                 let m = match kind {
                     0 => Message::Prepare(g.sign(from, Prepare { view, seq, digest, replica: from })),
                     1 => Message::Commit(g.sign(from, Commit { view, seq, digest, replica: from })),
-                    2 => Message::Checkpoint(g.sign(from, bft_consensus::messages::Checkpoint { seq: seq - seq % 4, state_digest: digest, replica: from })),
+                    2 => Message::Checkpoint(g.sign(from, bft_consensus::messages::Checkpoint { seq: seq - seq % 4, snapshot_digest: digest, replica: from })),
                     _ => Message::PrePrepare(g.sign(from, PrePrepare { view, seq, digest: Batch::default().digest(), replica: from }), Batch::default()),
                 };
                 if let Ok(m) = v.verify(m) {

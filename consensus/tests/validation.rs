@@ -4,7 +4,7 @@
 mod common;
 
 use bft_consensus::messages::{
-    state_digest, Batch, Checkpoint, Commit, FetchState, NewView, PrePrepare, Prepare, Reply,
+    snapshot_digest, Batch, Checkpoint, Commit, FetchState, NewView, PrePrepare, Prepare, Reply,
     StateSnapshot,
 };
 use bft_consensus::new_view::{index, plan};
@@ -63,7 +63,7 @@ fn well_formed_messages_pass() {
         3,
         Checkpoint {
             seq: 4,
-            state_digest: Digest([1; 32]),
+            snapshot_digest: Digest([1; 32]),
             replica: 3,
         },
     );
@@ -209,7 +209,7 @@ fn checkpoints_must_be_aligned() {
         1,
         Checkpoint {
             seq: 5,
-            state_digest: Digest([1; 32]),
+            snapshot_digest: Digest([1; 32]),
             replica: 1,
         },
     );
@@ -221,7 +221,7 @@ fn checkpoints_must_be_aligned() {
         1,
         Checkpoint {
             seq: 0,
-            state_digest: Digest([1; 32]),
+            snapshot_digest: Digest([1; 32]),
             replica: 1,
         },
     );
@@ -262,7 +262,7 @@ fn view_change_checkpoint_proofs_are_checked() {
             1,
             Checkpoint {
                 seq: 4,
-                state_digest: Digest([8; 32]),
+                snapshot_digest: Digest([8; 32]),
                 replica: 1,
             },
         );
@@ -279,7 +279,7 @@ fn view_change_checkpoint_proofs_are_checked() {
             3,
             Checkpoint {
                 seq: 4,
-                state_digest: d,
+                snapshot_digest: d,
                 replica: 3,
             },
         ));
@@ -306,7 +306,7 @@ fn view_change_checkpoint_proofs_are_checked() {
             1,
             Checkpoint {
                 seq: 4,
-                state_digest: d,
+                snapshot_digest: d,
                 replica: 2,
             },
         );
@@ -584,7 +584,7 @@ fn new_view_is_recomputed_and_checked() {
 fn state_snapshots_must_match_their_proof() {
     let g = Group::new(4);
     let snapshot = empty_snapshot();
-    let digest = state_digest(&snapshot);
+    let digest = snapshot_digest(&snapshot);
     let good = StateSnapshot {
         seq: 4,
         proof: g.checkpoint_proof(4, digest),
@@ -613,10 +613,9 @@ fn state_snapshots_must_match_their_proof() {
 fn garbage_bytes_never_decode_into_a_message() {
     for len in [0usize, 1, 7, 64, 300] {
         let bytes: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();
-        assert!(
-            bft_crypto::decode::<Message>(&bytes, bft_consensus::messages::MAX_MESSAGE_BYTES)
-                .is_err()
-        );
+        let max = bft_consensus::messages::MAX_MESSAGE_BYTES;
+        assert!(bft_crypto::decode::<Message>(&bytes, max).is_err());
+        assert!(bft_crypto::decode::<bft_consensus::Frame>(&bytes, max).is_err());
     }
 }
 

@@ -9,6 +9,15 @@
 //! `u8` and a byte string alike, as a varint length followed by the raw bytes (a
 //! test below holds it to that), so old records and peers still decode.
 //!
+//! Why not the `serde_bytes` crate, which writes the same bytes: its `Vec<u8>` and
+//! `ByteBuf` read through `deserialize_byte_buf`, and bincode 2 answers that by
+//! allocating the length the input claims before reading a byte of it (with no
+//! limit configured, as ours has none: the limit is the frame's). A few hostile
+//! bytes claiming 2^32 would allocate 4 GiB; claiming more than `isize::MAX`, they
+//! panic. These helpers ask for `deserialize_bytes`, which bincode answers with a
+//! slice of the input, so a claim beyond the input is an error. The test
+//! `bincodes_owned_byte_path_trusts_the_claimed_length` keeps that reason checked.
+//!
 //! Use with `#[serde(with = "bft_crypto::bytes")]` on a `Vec<u8>`,
 //! `bft_crypto::bytes::option` on an `Option<Vec<u8>>` and `bft_crypto::bytes::map`
 //! on a `BTreeMap<Vec<u8>, Vec<u8>>`.
@@ -313,6 +322,30 @@ mod tests {
             _a: Vec<u8>,
         }
         assert!(decode::<One>(&hostile, 1024).is_err());
+    }
+
+    /// The path `serde_bytes` takes (see the module docs): bincode allocates what
+    /// the input claims. If this ever stops panicking, `serde_bytes` could replace
+    /// this module; until then ours refuses the same input with an error.
+    #[test]
+    fn bincodes_owned_byte_path_trusts_the_claimed_length() {
+        struct OwnedPath;
+        impl<'de> Deserialize<'de> for OwnedPath {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_byte_buf(BufVisitor).map(|_| OwnedPath)
+            }
+        }
+        #[derive(Deserialize, Debug)]
+        struct Ours {
+            #[serde(with = "crate::bytes")]
+            _a: Vec<u8>,
+        }
+        // A varint length of u64::MAX (0xFD and eight bytes), then nothing.
+        let mut hostile = vec![0xFD];
+        hostile.extend([0xFF; 8]);
+        let owned = std::panic::catch_unwind(|| decode::<OwnedPath>(&hostile, 1024));
+        assert!(owned.is_err(), "bincode's owned path no longer panics");
+        assert!(decode::<Ours>(&hostile, 1024).is_err());
     }
 
     #[derive(Serialize, Deserialize, PartialEq, Debug)]

@@ -24,4 +24,7 @@ pub use transport::{
 
 /// The consensus wire protocol's name, versioned. Version 2: the reader confirms
 /// each stream with one byte before the writer sends frames (see `writer`).
-pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/bftnode/consensus/2");
+/// Version 3: each frame is a `bft_consensus::Frame` (a PBFT message, or the
+/// node's generals and reply-route frames beside it), one tag byte before what
+/// version 2 carried.
+pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/bftnode/consensus/3");

@@ -2,8 +2,9 @@
 //! and a non-zero exit code.
 
 use anyhow::{bail, Context as _};
+use bft_client::KvClient;
 use bftnode::config::{ClientConfig, NodeConfig};
-use bftnode::{admin_client, client::KvClient, testnet};
+use bftnode::{admin_client, testnet};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;

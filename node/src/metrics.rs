@@ -5,7 +5,7 @@
 //! about a millisecond, a view change takes seconds.
 
 use bft_consensus::byzantine::ALL_BEHAVIOURS;
-use bft_consensus::{Message, Rejection, ReplicaId};
+use bft_consensus::{Frame, Rejection, ReplicaId};
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry,
@@ -203,9 +203,9 @@ impl Metrics {
     #[must_use]
     pub fn for_group(n: u32, me: ReplicaId) -> Self {
         let m = Self::new();
-        for kind in Message::KINDS {
-            m.messages_sent.with_label_values(&[*kind]);
-            m.messages_received.with_label_values(&[*kind]);
+        for kind in Frame::kinds() {
+            m.messages_sent.with_label_values(&[kind]);
+            m.messages_received.with_label_values(&[kind]);
         }
         let others: Vec<String> = (0..n).filter(|p| *p != me).map(|p| p.to_string()).collect();
         for peer in others.iter().map(String::as_str).chain(["none"]) {

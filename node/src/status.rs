@@ -16,13 +16,15 @@ pub struct Status {
     pub in_view_change: bool,
     pub last_executed: u64,
     pub last_stable_checkpoint: u64,
-    /// Hex state digest the last stable checkpoint proves (2f+1 signed).
+    /// Hex snapshot digest the last stable checkpoint proves (2f+1 signed).
     #[serde(default)]
     pub stable_checkpoint_digest: String,
     pub low_watermark: u64,
     pub high_watermark: u64,
-    /// Hex SHA-256 of the application state.
-    pub state_digest: String,
+    /// Hex application digest of the live state (`Replica::app_digest`); the
+    /// contract's name for it is `state_digest`.
+    #[serde(rename = "state_digest")]
+    pub app_digest: String,
     pub peers_connected: usize,
     pub suspected: Vec<u32>,
     pub behaviour: String,
@@ -88,6 +90,6 @@ pub fn table_row(s: &Status) -> String {
             suspected.join(",")
         },
         s.behaviour,
-        &s.state_digest.get(..16).unwrap_or(&s.state_digest)
+        &s.app_digest.get(..16).unwrap_or(&s.app_digest)
     )
 }

@@ -11,7 +11,7 @@
 //! everyone (4,096 clients on a cold machine: 45,000 retransmissions, views 3 and
 //! 4, nothing committed after the fourth second).
 
-use bft_consensus::{Admitted, Ingress, Origin, Rejection, ReplicaId, VerifiedMessage};
+use bft_consensus::{Admitted, Ingress, Origin, Rejection, ReplicaId, VerifiedFrame};
 use bft_net::{Inbound, PeerId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ pub struct Checked {
     pub peer: PeerId,
     pub origin: Origin,
     pub kind: &'static str,
-    pub result: Result<VerifiedMessage, Rejection>,
+    pub result: Result<VerifiedFrame, Rejection>,
 }
 
 impl Checked {

@@ -5,8 +5,8 @@
 
 mod common;
 
+use bft_client::{ClientError, KvClient};
 use bft_consensus::KvResult;
-use bftnode::client::{ClientError, KvClient};
 use bftnode::status::Status;
 use common::{
     bftnode, load, load_to_end, read_back, serial, tokio_rt, wait_for_writes, Accepted, Testnet,
@@ -368,9 +368,9 @@ fn more_than_f_down_stops_commits_and_loses_nothing_on_return() {
             now.last_executed, b.last_executed,
             "replica {i} executed without a quorum"
         );
-        assert_eq!(now.state_digest, b.state_digest);
+        assert_eq!(now.app_digest, b.app_digest);
     }
-    assert_eq!(before[0].state_digest, before[1].state_digest);
+    assert_eq!(before[0].app_digest, before[1].app_digest);
     // They come back: writes resume and nothing accepted is lost.
     net.up();
     let after = rt.block_on(async {

@@ -145,8 +145,7 @@ impl Drill {
                 statuses.len() == 4
                     && first.last_executed > 0
                     && statuses.iter().all(|s| {
-                        s.last_executed == first.last_executed
-                            && s.state_digest == first.state_digest
+                        s.last_executed == first.last_executed && s.app_digest == first.app_digest
                     })
                     && quorum_view(&statuses).1 >= 3
             },

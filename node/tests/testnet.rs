@@ -32,7 +32,7 @@ fn four_processes_commit_1000_writes_and_agree() {
     net.assert_committed_prefixes(&[0, 1, 2, 3], 1);
     println!(
         "1000 writes; replicas at seq {} digest {}",
-        statuses[0].last_executed, statuses[0].state_digest
+        statuses[0].last_executed, statuses[0].app_digest
     );
 }
 
@@ -75,6 +75,15 @@ fn each_cli_call_sends_its_request_once_and_never_retransmits() {
             "replica {backup} got a retransmission"
         );
     }
+    // The CLI's client is a gateway of one whose transport key is its own: the
+    // replicas reach it without a reply route, so it sends none.
+    for i in 0..4 {
+        let routes = net.metric_sum(i, "bft_messages_received_total", &["type=\"reply_route\""]);
+        assert_eq!(
+            routes, 0.0,
+            "replica {i} got a reply route from a lone client"
+        );
+    }
 }
 
 /// Issue 16: a `KvClient::execute` future dropped mid-request (a caller's own
@@ -85,7 +94,7 @@ fn a_client_whose_call_was_dropped_midway_serves_the_next_one() {
     let net = Testnet::start(4);
     let rt = tokio_rt();
     rt.block_on(async {
-        let mut client = bftnode::client::KvClient::connect(&net.client(7)).unwrap();
+        let mut client = bft_client::KvClient::connect(&net.client(7)).unwrap();
         assert!(client.wait_connected(4, Duration::from_secs(10)).await);
         // Dropped before any reply can arrive: the request stays outstanding.
         let dropped = tokio::time::timeout(Duration::ZERO, client.put(b"k", b"first")).await;
@@ -237,9 +246,9 @@ fn quic_testnet_commits_writes_and_agrees() {
 /// and counted, and the client keeps its replies.
 #[test]
 fn clients_behind_one_gateway_commit_and_a_route_from_elsewhere_is_refused() {
-    use bft_consensus::messages::ReplyRoute;
-    use bft_consensus::{KvResult, Message};
-    use bftnode::gateway::Gateway;
+    use bft_client::{Gateway, KvClient};
+    use bft_consensus::frame::{Frame, ReplyRoute};
+    use bft_consensus::KvResult;
 
     let _serial = serial();
     let net = Testnet::start(4);
@@ -253,7 +262,7 @@ fn clients_behind_one_gateway_commit_and_a_route_from_elsewhere_is_refused() {
             .iter()
             .enumerate()
             .map(|(c, cfg)| {
-                let mut client = gateway.client(cfg);
+                let mut client = KvClient::via(&gateway, cfg);
                 tokio::spawn(async move {
                     for i in 0..50 {
                         let (k, v) = (format!("g{c}-k{i}"), format!("v{i}"));
@@ -296,7 +305,7 @@ fn clients_behind_one_gateway_commit_and_a_route_from_elsewhere_is_refused() {
             },
             &cfgs[0].key,
         );
-        let frame = std::sync::Arc::new(bft_crypto::encode(&Message::ReplyRoute(route)).unwrap());
+        let frame = std::sync::Arc::new(bft_consensus::frame::encode(&Frame::ReplyRoute(route)));
         for v in &validators.validators {
             while !thief.handle.is_connected(&v.peer) {
                 tokio::time::sleep(Duration::from_millis(20)).await;

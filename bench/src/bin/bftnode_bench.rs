@@ -8,7 +8,7 @@ use bft_bench::cpu::{Probe, Source, BASELINE_THREAD_PREFIX};
 use bft_bench::loadgen::{self, LoadConfig, Mode};
 use bft_bench::report::{self, Summary, Target};
 use bft_bench::{plot, unreplicated::Unreplicated};
-use bftnode::config::ValidatorSet;
+use bft_client::config::{load_validators, ValidatorSet};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -244,14 +244,15 @@ async fn run_all(
 struct Testnet {
     validators: ValidatorSet,
     dir: PathBuf,
-    /// The temporary directory of a testnet this run started (and stops).
-    owned: Option<tempfile::TempDir>,
+    /// The temporary directory of a testnet this run started (and stops), and the
+    /// `bftnode` binary that started it.
+    owned: Option<(tempfile::TempDir, PathBuf)>,
 }
 
 impl Testnet {
     fn open(args: &Args) -> anyhow::Result<Self> {
         if let Some(dir) = &args.testnet {
-            let validators = bftnode::config::load_validators(&dir.join("validators.toml"))
+            let validators = load_validators(&dir.join("validators.toml"))
                 .with_context(|| format!("{} holds no testnet", dir.display()))?;
             return Ok(Self {
                 validators,
@@ -268,32 +269,56 @@ impl Testnet {
         }
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("testnet");
-        bftnode::testnet::init(
-            &dir,
-            args.replicas,
-            None,
-            bftnode::testnet::Transport::Tcp,
-            bftnode::testnet::Hosts::Loopback,
-        )?;
+        let replicas = args.replicas.to_string();
+        testnet(&exe, &dir, &["init", "--replicas", &replicas])?;
         let net = Self {
-            validators: bftnode::config::load_validators(&dir.join("validators.toml"))?,
+            validators: load_validators(&dir.join("validators.toml"))?,
             dir: dir.clone(),
-            owned: Some(tmp),
+            owned: Some((tmp, exe.clone())),
         };
-        bftnode::testnet::up_with(&exe, &dir, &[])?;
+        testnet(&exe, &dir, &["up"])?;
         Ok(net)
     }
 
-    /// Each replica's process id (from the pid files `testnet up` writes).
+    /// Each replica's process id (from the pid file `testnet up` writes in each
+    /// replica's directory, `node{i}/pid`).
     fn replica_pids(&self) -> anyhow::Result<Vec<Option<u32>>> {
-        bftnode::testnet::replica_pids(&self.dir)
+        let mut pids = Vec::new();
+        for i in 0..self.validators.n() {
+            let pid = std::fs::read_to_string(self.dir.join(format!("node{i}/pid")))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            pids.push(pid);
+        }
+        Ok(pids)
     }
+}
+
+/// Run `bftnode testnet ACTION --dir DIR ...`: the testnet is the node's business
+/// (its library builds RocksDB; the load generator does not link it).
+fn testnet(exe: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    let (action, rest) = args.split_first().context("an action")?;
+    let out = std::process::Command::new(exe)
+        .args(["testnet", action, "--dir"])
+        .arg(dir)
+        .args(rest)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    if !out.status.success() {
+        bail!(
+            "bftnode testnet {action} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 impl Drop for Testnet {
     fn drop(&mut self) {
-        if self.owned.is_some() {
-            let _ = bftnode::testnet::down(&self.dir);
+        if let Some((_, exe)) = &self.owned {
+            let _ = testnet(exe, &self.dir, &["down"]);
         }
     }
 }

@@ -152,14 +152,7 @@ fn corrupt(message: &mut Message) {
         Message::State(s) => flip(&mut s.signature),
         Message::Reply(s) => flip(&mut s.root.signature),
         Message::Heartbeat(s) => flip(&mut s.signature),
-        Message::GeneralsReport(s) => flip(&mut s.signature),
-        Message::ReplyRoute(s) => flip(&mut s.signature),
         Message::Replies(b) => flip(&mut b.root.signature),
-        Message::Generals(c) => {
-            if let Some(l) = c.links.last_mut() {
-                flip(&mut l.signature);
-            }
-        }
     }
 }
 
@@ -228,7 +221,7 @@ impl Behaviour for WrongDigest {
     }
 }
 
-/// `lying-checkpoint`: signs checkpoints with a wrong state digest.
+/// `lying-checkpoint`: signs checkpoints with a wrong snapshot digest.
 pub struct LyingCheckpoint(SplitMix64);
 
 impl LyingCheckpoint {
@@ -248,10 +241,10 @@ impl Behaviour for LyingCheckpoint {
                 message: Message::Checkpoint(c),
             } = o
             {
-                let state_digest = Digest(self.0.bytes32());
+                let snapshot_digest = Digest(self.0.bytes32());
                 *c = Signed::sign(
                     Checkpoint {
-                        state_digest,
+                        snapshot_digest,
                         ..c.payload.clone()
                     },
                     ctx.key,

@@ -4,7 +4,7 @@ use super::{encode_snapshot, Replica};
 use crate::app::Application;
 use crate::durable::{PersistRecord, StableCheckpoint};
 use crate::io::Output;
-use crate::messages::{state_digest, Checkpoint, Message};
+use crate::messages::{snapshot_digest, Checkpoint, Message};
 use crate::types::Seq;
 use bft_crypto::{Digest, Signed, Verified};
 use std::collections::BTreeMap;
@@ -13,12 +13,12 @@ impl<A: Application> Replica<A> {
     /// After executing a multiple of K: snapshot the state, multicast its digest.
     pub(super) fn take_checkpoint(&mut self, seq: Seq) {
         let snapshot = encode_snapshot(&self.app, &self.clients);
-        let digest = state_digest(&snapshot);
+        let digest = snapshot_digest(&snapshot);
         self.own_checkpoints
             .insert(seq, (digest, std::sync::Arc::new(snapshot)));
         let cp = self.sign(Checkpoint {
             seq,
-            state_digest: digest,
+            snapshot_digest: digest,
             replica: self.me(),
         });
         self.record_checkpoint_vote(cp.clone());
@@ -67,7 +67,7 @@ impl<A: Application> Replica<A> {
         let mut by_digest: BTreeMap<Digest, Vec<Signed<Checkpoint>>> = BTreeMap::new();
         for v in votes.values() {
             by_digest
-                .entry(v.payload.state_digest)
+                .entry(v.payload.snapshot_digest)
                 .or_default()
                 .push(v.clone());
         }

@@ -23,7 +23,7 @@ use crate::durable::StableCheckpoint;
 use crate::fd::FailureDetector;
 use crate::io::{Input, Output, Timer};
 use crate::messages::{
-    state_digest, Bodies, Checkpoint, Message, NewView, PreparedCert, Request, ViewChange,
+    snapshot_digest, Bodies, Checkpoint, Message, NewView, PreparedCert, Request, ViewChange,
 };
 use crate::rejection::Rejection;
 use crate::types::{ClientId, ReplicaConfig, ReplicaId, RequestId, Seq, View};
@@ -128,7 +128,7 @@ impl<A: Application> Replica<A> {
         let snapshot = encode_snapshot(&app, &clients);
         let stable = StableCheckpoint {
             seq: 0,
-            digest: state_digest(&snapshot),
+            digest: snapshot_digest(&snapshot),
             proof: Vec::new(),
             snapshot: Arc::new(snapshot),
         };
@@ -207,10 +207,6 @@ impl<A: Application> Replica<A> {
             VerifiedMessage::Reply(r) => self.reject(Some(r.replica), Rejection::WrongSender),
             VerifiedMessage::Replies(from, _) => self.reject(Some(from), Rejection::WrongSender),
             VerifiedMessage::Heartbeat(hb) => self.on_heartbeat(&hb),
-            // The generals engine's, not the replica's: the driver routes them there.
-            VerifiedMessage::Generals(_) | VerifiedMessage::GeneralsReport(_) => {}
-            // The transport's (where to send a client's replies), not the protocol's.
-            VerifiedMessage::ReplyRoute(_) => {}
         }
     }
 
@@ -333,9 +329,11 @@ impl<A: Application> Replica<A> {
             .as_ref()
             .is_some_and(|f| f.is_proven() && f.min_seq > self.last_executed)
     }
-    /// Digest of the application state (equal on replicas with equal `last_executed`).
+    /// The application's digest of its live state (equal on replicas with equal
+    /// `last_executed`; `/status` shows it as `state_digest`). Checkpoints carry a
+    /// different value, the [`crate::messages::snapshot_digest`] of the snapshot.
     #[must_use]
-    pub fn state_digest(&self) -> Digest {
+    pub fn app_digest(&self) -> Digest {
         self.app.digest()
     }
     #[must_use]

@@ -8,7 +8,7 @@ use crate::app::Application;
 use crate::client_table::ReplicaSnapshot;
 use crate::durable::{DurableState, PersistRecord};
 use crate::io::{Output, Timer};
-use crate::messages::{request_id, state_digest, Batch, Commit, Message, PrePrepare};
+use crate::messages::{request_id, snapshot_digest, Batch, Commit, Message, PrePrepare};
 use crate::new_view::{index, plan};
 use crate::types::{ReplicaConfig, Seq};
 use bft_crypto::{KeyPair, Signed};
@@ -107,7 +107,7 @@ impl<A: Application> Replica<A> {
             };
             // The snapshot (a file of its own on the node) must be the state the
             // checkpoint's 2f+1 proof vouches for; a damaged one is never installed.
-            if state_digest(&stable.snapshot) != stable.digest {
+            if snapshot_digest(&stable.snapshot) != stable.digest {
                 return Err(err(
                     "it does not match the stable checkpoint's digest".into()
                 ));

@@ -135,7 +135,7 @@ impl<A: Application> Replica<A> {
         }
         self.clients = decoded.clients;
         let seq = s.seq;
-        let digest = s.proof[0].payload.state_digest;
+        let digest = s.proof[0].payload.snapshot_digest;
         self.last_executed = seq;
         let clients = &self.clients;
         self.waiting

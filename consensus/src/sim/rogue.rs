@@ -66,7 +66,7 @@ impl Rogue {
         rng: &mut impl Rng,
         max_batch_bytes: usize,
     ) -> (RogueKind, Vec<u8>, Option<RequestId>) {
-        let encode = |m: &Message| bft_crypto::encode(m).expect("messages encode");
+        let encode = crate::frame::encode_pbft;
         let ts = self.next_timestamp;
         self.next_timestamp += 1;
         match rng.gen_range(0..7) {

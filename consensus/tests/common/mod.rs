@@ -118,7 +118,7 @@ impl Group {
                     r,
                     Checkpoint {
                         seq,
-                        state_digest: digest,
+                        snapshot_digest: digest,
                         replica: r,
                     },
                 )
@@ -356,14 +356,15 @@ impl Cluster {
             } else {
                 bft_consensus::Origin::Other
             };
-            let frame = bft_crypto::encode(&msg).expect("messages encode");
+            let frame = bft_consensus::frame::encode_pbft(&msg);
             let admitted = ingress.admit(origin, &frame);
             let verified = match admitted.result {
                 Err(reason @ bft_consensus::Rejection::Oversized { .. }) => {
                     self.refused.push((from, r, admitted.kind, reason));
                     continue;
                 }
-                other => other.expect("cluster messages are valid"),
+                Ok(bft_consensus::VerifiedFrame::Pbft(m)) => m,
+                other => panic!("cluster messages are valid PBFT: {other:?}"),
             };
             delivered += 1;
             self.input(r, Input::Message(verified));

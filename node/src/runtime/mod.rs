@@ -17,7 +17,9 @@ use crate::storage::Storage;
 use crate::verify::Checked;
 use bft_consensus::byzantine::{Params, Wrapped};
 use bft_consensus::messages::request_id;
-use bft_consensus::{Input, KvStore, Output, ReplicaId, RequestId, Timer, VerifiedMessage};
+use bft_consensus::{
+    Input, KvStore, Output, ReplicaId, RequestId, Timer, VerifiedFrame, VerifiedMessage,
+};
 use bft_net::{NetHandle, PeerId};
 use persister::{Frame, Persister};
 use routes::ReplyRoutes;
@@ -186,24 +188,21 @@ impl Runtime {
             .inc();
         let from = c.origin.replica();
         match c.result {
-            Ok(msg) => {
-                if let VerifiedMessage::ReplyRoute(route) = &msg {
-                    if let Err(e) = self.routes.learn(route.signer(), route, c.peer) {
-                        tracing::debug!(peer = %c.peer, %e, "reply route refused");
-                        self.count_invalid(from, e.label());
-                    }
-                    return;
-                }
+            Ok(VerifiedFrame::Pbft(msg)) => {
                 self.note_first_seen(&msg);
-                match msg {
-                    VerifiedMessage::Generals(chain) => {
-                        let out = self.generals.on_chain(chain);
-                        self.generals_outputs(out);
-                    }
-                    VerifiedMessage::GeneralsReport(report) => self.generals.on_report(&report),
-                    other => self.handle(Input::Message(other)),
+                self.handle(Input::Message(msg));
+            }
+            Ok(VerifiedFrame::ReplyRoute(route)) => {
+                if let Err(e) = self.routes.learn(route.signer(), &route, c.peer) {
+                    tracing::debug!(peer = %c.peer, %e, "reply route refused");
+                    self.count_invalid(from, e.label());
                 }
             }
+            Ok(VerifiedFrame::Generals(chain)) => {
+                let out = self.generals.on_chain(chain);
+                self.generals_outputs(out);
+            }
+            Ok(VerifiedFrame::GeneralsReport(report)) => self.generals.on_report(&report),
             Err(reason) => {
                 tracing::debug!(peer = %c.peer, kind = c.kind, %reason, "invalid message");
                 self.count_invalid(from, reason.label());
@@ -255,7 +254,7 @@ impl Runtime {
         let now = self.now();
         let r = self.replica.replica();
         if self.digest_cache.0 != r.last_executed() {
-            self.digest_cache = (r.last_executed(), r.state_digest().to_hex());
+            self.digest_cache = (r.last_executed(), r.app_digest().to_hex());
         }
         let (low, high) = r.watermarks();
         let members = &r.config().members;
@@ -295,7 +294,7 @@ impl Runtime {
             stable_checkpoint_digest: r.stable_checkpoint().digest.to_hex(),
             low_watermark: low,
             high_watermark: high,
-            state_digest: self.digest_cache.1.clone(),
+            app_digest: self.digest_cache.1.clone(),
             peers_connected: connected,
             suspected,
             behaviour: self.behaviour.0.clone(),

@@ -4,7 +4,7 @@
 
 use super::Runtime;
 use bft_consensus::generals::GeneralsOutput;
-use bft_consensus::{Message, Output, ReplicaId};
+use bft_consensus::{Frame, Message, Output, ReplicaId};
 use bft_net::PeerId;
 use std::sync::Arc;
 use std::time::Instant;
@@ -100,12 +100,14 @@ impl Runtime {
         let me = self.me();
         for o in out {
             match o {
-                GeneralsOutput::Send { to, chain } => self.send(to, &Message::Generals(chain)),
+                GeneralsOutput::Send { to, chain } => {
+                    self.send_node_frame(to, &Frame::Generals(chain))
+                }
                 GeneralsOutput::Report { to, report } if to == me => {
                     self.generals.on_report(&report.payload);
                 }
                 GeneralsOutput::Report { to, report } => {
-                    self.send(to, &Message::GeneralsReport(report));
+                    self.send_node_frame(to, &Frame::GeneralsReport(report));
                 }
                 GeneralsOutput::SetTimer { .. } => {} // the loop asks for the next deadline
                 GeneralsOutput::Decided { id, value } => {
@@ -126,6 +128,14 @@ impl Runtime {
     fn send(&mut self, to: ReplicaId, message: &Message) {
         if let Some(peer) = self.peers.get(to as usize).copied() {
             self.send_frame(peer, encode(message), message.kind());
+        }
+    }
+
+    /// One of the node's own frames (generals), through the same outbox as PBFT.
+    fn send_node_frame(&mut self, to: ReplicaId, frame: &Frame) {
+        if let Some(peer) = self.peers.get(to as usize).copied() {
+            let bytes = Arc::new(bft_consensus::frame::encode(frame));
+            self.send_frame(peer, bytes, frame.kind());
         }
     }
 
@@ -162,5 +172,5 @@ impl Runtime {
 }
 
 fn encode(message: &Message) -> Arc<Vec<u8>> {
-    Arc::new(bft_crypto::encode(message).expect("messages encode"))
+    Arc::new(bft_consensus::frame::encode_pbft(message))
 }

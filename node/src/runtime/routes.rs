@@ -3,7 +3,7 @@
 //! gateway instead signs a [`ReplyRoute`] naming the gateway's connection; replies
 //! then go there, many clients' replies sharing one stream.
 
-use bft_consensus::messages::ReplyRoute;
+use bft_consensus::frame::ReplyRoute;
 use bft_consensus::ClientId;
 use bft_net::PeerId;
 use std::collections::HashMap;

@@ -4,8 +4,8 @@
 
 pub mod delay_proxy;
 
+use bft_client::{ClientError, KvClient};
 use bft_consensus::KvResult;
-use bftnode::client::{ClientError, KvClient};
 use bftnode::committed_log::{first_divergence, CommittedEntry, CommittedPage, MAX_PAGE};
 use bftnode::config::{load_validators, NodeConfig, ResolvedClient};
 use bftnode::status::fetch_status;
@@ -261,7 +261,7 @@ impl Testnet {
             };
             let one_state = all.iter().all(|s| {
                 s.as_ref().is_some_and(|s| {
-                    s.last_executed == first.last_executed && s.state_digest == first.state_digest
+                    s.last_executed == first.last_executed && s.app_digest == first.app_digest
                 })
             });
             // At most one changing view, and only to a view above every other's.

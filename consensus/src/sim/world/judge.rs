@@ -71,8 +71,8 @@ impl World {
         if honest.iter().all(|r| r.last_executed() >= target) {
             let mut digests: BTreeMap<Seq, bft_crypto::Digest> = BTreeMap::new();
             for r in &honest {
-                if let Some(d) = digests.insert(r.last_executed(), r.state_digest()) {
-                    if d != r.state_digest() {
+                if let Some(d) = digests.insert(r.last_executed(), r.app_digest()) {
+                    if d != r.app_digest() {
                         return Err(Violation {
                             invariant: "agreement",
                             detail: format!(

@@ -19,6 +19,7 @@ use crate::byzantine::{by_name, Behaviour, Honest, Twin, Wrapped};
 use crate::client::{Client, ClientOutput};
 use crate::durable::{DurableState, PersistRecord};
 use crate::fd::FdConfig;
+use crate::frame::VerifiedFrame;
 use crate::ingress::{Ingress, Origin};
 use crate::io::{Input, Output, Timer};
 use crate::kv::{KvOp, KvStore};
@@ -770,5 +771,5 @@ impl World {
 
 /// A message as the node puts it on the wire.
 fn encode(message: &Message) -> Arc<Vec<u8>> {
-    Arc::new(bft_crypto::encode(message).expect("messages encode"))
+    Arc::new(crate::frame::encode_pbft(message))
 }

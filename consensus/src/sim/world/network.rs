@@ -79,8 +79,8 @@ impl World {
             Node::Rogue(_) => Ok(()), // what replicas tell a rogue changes nothing
             Node::Client(c) => {
                 let replies = match self.ingress.admit(origin, &frame).result {
-                    Ok(VerifiedMessage::Reply(reply)) => vec![reply],
-                    Ok(VerifiedMessage::Replies(_, replies)) => replies,
+                    Ok(VerifiedFrame::Pbft(VerifiedMessage::Reply(reply))) => vec![reply],
+                    Ok(VerifiedFrame::Pbft(VerifiedMessage::Replies(_, replies))) => replies,
                     _ => Vec::new(),
                 };
                 for reply in replies {
@@ -137,10 +137,13 @@ impl World {
                         }
                     }
                 }
-                Ok(m) => {
+                Ok(VerifiedFrame::Pbft(m)) => {
                     self.log(format!("r{r} <- {from:?} {}", a.kind));
                     self.handle(r, Input::Message(m))?;
                 }
+                // Nothing in the simulator sends the node's own frames (generals,
+                // reply routes): the world has no gateways and runs generals apart.
+                Ok(_) => self.log(format!("r{r} ignores {} from {from:?}", a.kind)),
             }
         }
         Ok(())

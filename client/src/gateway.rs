@@ -1,5 +1,6 @@
 //! A gateway: one libp2p node hosting many clients, each with its own key,
 //! timestamps and signed requests, multiplexed over one connection per replica.
+//! It is the only transport clients have: a lone client is a gateway of one.
 //!
 //! A client on its own connection costs every replica a connection, a noise
 //! session and a stream write per reply. Behind a gateway, a batch's replies to
@@ -9,21 +10,31 @@
 //! [`ReplyRoute`] naming the gateway so replicas send its replies there (a
 //! replica only accepts a route over the connection it names).
 
-use crate::client::{
-    poll_until, wall_clock_micros, ClientError, KvClient, MAX_FRAME_BYTES, ROOT_CACHE,
+use crate::config::ValidatorSet;
+use crate::{poll_until, wall_clock_micros, MAX_FRAME_BYTES, ROOT_CACHE};
+use bft_consensus::frame::ReplyRoute;
+use bft_consensus::{
+    ClientId, Frame, Message, ReplicaConfig, ReplicaId, RootCache, SignedReply, Validator,
+    VerifiedReply,
 };
-use crate::config::{ResolvedClient, ValidatorSet};
-use crate::link::{replicas_connected, send_all, send_to, Incoming, Link};
-use bft_consensus::messages::ReplyRoute;
-use bft_consensus::{ClientId, Message, ReplicaConfig, ReplicaId, RootCache, Validator};
-use bft_crypto::{KeyPair, Signed};
-use bft_net::{Inbound, IngressLimits, NetConfig, NetHandle, Network, PeerId};
+use bft_crypto::{KeyPair, PublicKey, Signed};
+use bft_net::{Inbound, IngressLimits, NetConfig, NetError, NetHandle, Network, PeerId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 type Sessions = Arc<Mutex<HashMap<ClientId, Arc<Inbox>>>>;
+
+/// A reply as the gateway hands it to its client.
+pub(crate) enum Incoming {
+    /// One reply with its path, not yet checked (its client checks it, on its own
+    /// task, only if it answers the request outstanding).
+    Signed(SignedReply),
+    /// From a bundle, checked already: the gateway verifies a bundle once for all
+    /// the clients it holds replies for.
+    Verified(VerifiedReply),
+}
 
 /// A client's undelivered replies: the newest from each replica, one slot each.
 /// A faulty replica can overwrite only its own slot, so however many replies it
@@ -73,6 +84,9 @@ impl Inbox {
 
 struct Shared {
     net: NetHandle,
+    /// The transport's identity: replicas send a client with this key its replies
+    /// without being told (a lone client's gateway).
+    identity: PublicKey,
     /// Replica id -> PeerId.
     peers: Vec<PeerId>,
     sessions: Sessions,
@@ -97,14 +111,24 @@ impl Gateway {
     ///
     /// # Errors
     /// If the transport cannot start.
-    pub fn connect(validators: &ValidatorSet) -> Result<Self, ClientError> {
+    pub fn connect(validators: &ValidatorSet) -> Result<Self, NetError> {
+        Self::connect_as(validators, KeyPair::generate())
+    }
+
+    /// As [`Gateway::connect`], with `key` as the transport's identity (a lone
+    /// client's own key, so replicas reach it even before its route arrives).
+    ///
+    /// # Errors
+    /// If the transport cannot start.
+    pub fn connect_as(validators: &ValidatorSet, key: KeyPair) -> Result<Self, NetError> {
         let peers: Vec<(PeerId, bft_net::Multiaddr)> = validators
             .validators
             .iter()
             .map(|v| (v.peer, v.address.clone()))
             .collect();
+        let identity = key.public();
         let net = Network::start(NetConfig {
-            key: KeyPair::generate(),
+            key,
             listen: None,
             peers: peers.clone(),
             max_frame_bytes: MAX_FRAME_BYTES,
@@ -124,6 +148,7 @@ impl Gateway {
         ));
         Ok(Self {
             shared: Arc::new(Shared {
+                identity,
                 net: net.handle,
                 peers,
                 sessions,
@@ -131,26 +156,29 @@ impl Gateway {
         })
     }
 
-    /// A client with key `cfg.key` behind this gateway. Its reply route is sent to
-    /// every replica now, ahead of its first request. One client per key: a second
-    /// with the same key takes the replies over from the first.
-    #[must_use]
-    pub fn client(&self, cfg: &ResolvedClient) -> KvClient {
-        let id = cfg.key.public();
+    /// A session for the client with key `key`. Its reply route is sent to every
+    /// replica now, ahead of its first request (unless the transport's identity is
+    /// the client's own key: replicas send a client's replies to its own identity
+    /// unless a route says otherwise, so a lone client needs none). One session per
+    /// key: a second with the same key takes the replies over from the first.
+    pub(crate) fn session(&self, key: &KeyPair) -> Session {
+        let id = key.public();
         let inbox = Arc::new(Inbox::new(self.shared.peers.len()));
         self.shared
             .sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, inbox.clone());
-        let route = Signed::sign(
-            ReplyRoute {
-                via: self.shared.net.local_peer_id().to_bytes(),
-                issued: wall_clock_micros(),
-            },
-            &cfg.key,
-        );
-        let route = Arc::new(bft_crypto::encode(&Message::ReplyRoute(route)).expect("encodes"));
+        let route = (id != self.shared.identity).then(|| {
+            let route = Signed::sign(
+                ReplyRoute {
+                    via: self.shared.net.local_peer_id().to_bytes(),
+                    issued: wall_clock_micros(),
+                },
+                key,
+            );
+            Arc::new(bft_consensus::frame::encode(&Frame::ReplyRoute(route)))
+        });
         let session = Session {
             shared: self.shared.clone(),
             id,
@@ -158,7 +186,7 @@ impl Gateway {
             route,
         };
         session.send_route();
-        KvClient::with_link(cfg, Link::Session(session))
+        session
     }
 
     /// Replicas currently connected.
@@ -184,16 +212,19 @@ async fn dispatch(
     peers: Vec<PeerId>,
     validator: Validator,
 ) {
+    // The gateway's own cache, apart from its clients' (they check single replies).
     let roots = RootCache::new(ROOT_CACHE);
     while let Some(frame) = inbound.recv().await {
         let Some(from) = peers.iter().position(|p| *p == frame.peer) else {
             continue;
         };
-        let replies = match bft_crypto::decode::<Message>(&frame.bytes, MAX_FRAME_BYTES) {
-            Ok(Message::Reply(reply)) if reply.reply.replica as usize == from => {
+        let replies = match bft_crypto::decode::<Frame>(&frame.bytes, MAX_FRAME_BYTES) {
+            Ok(Frame::Pbft(Message::Reply(reply))) if reply.reply.replica as usize == from => {
                 vec![(reply.reply.client, Incoming::Signed(reply))]
             }
-            Ok(Message::Replies(bundle)) if bundle.root.payload.replica as usize == from => {
+            Ok(Frame::Pbft(Message::Replies(bundle)))
+                if bundle.root.payload.replica as usize == from =>
+            {
                 let Ok(verified) = validator.verify_bundle(bundle, Some(&roots)) else {
                     continue;
                 };
@@ -218,13 +249,15 @@ pub(crate) struct Session {
     shared: Arc<Shared>,
     id: ClientId,
     inbox: Arc<Inbox>,
-    /// The client's encoded, signed reply route.
-    route: Arc<Vec<u8>>,
+    /// The client's encoded, signed reply route (None: the transport is its own).
+    route: Option<Arc<Vec<u8>>>,
 }
 
 impl Session {
     fn send_route(&self) {
-        send_all(&self.shared.net, &self.shared.peers, &self.route);
+        if let Some(route) = &self.route {
+            send_all(&self.shared.net, &self.shared.peers, route);
+        }
     }
 
     pub(crate) fn send(&self, to: ReplicaId, frame: Arc<Vec<u8>>) {
@@ -236,8 +269,9 @@ impl Session {
         send_all(&self.shared.net, &self.shared.peers, frame);
     }
 
-    pub(crate) async fn next_reply(&mut self) -> Option<Incoming> {
-        Some(self.inbox.take().await)
+    /// The next reply for this client (waits until one arrives).
+    pub(crate) async fn next_reply(&self) -> Incoming {
+        self.inbox.take().await
     }
 
     pub(crate) fn connected(&self) -> usize {
@@ -260,6 +294,26 @@ impl Drop for Session {
             sessions.remove(&self.id);
         }
     }
+}
+
+/// Send `frame` to replica `to` (dropped, as the network may drop it, if the queue
+/// is full or there is no such replica).
+fn send_to(net: &NetHandle, peers: &[PeerId], to: ReplicaId, frame: Arc<Vec<u8>>) {
+    if let Some(peer) = peers.get(to as usize) {
+        let _ = net.send(*peer, frame);
+    }
+}
+
+/// Send `frame` to every replica.
+fn send_all(net: &NetHandle, peers: &[PeerId], frame: &Arc<Vec<u8>>) {
+    for p in peers {
+        let _ = net.send(*p, frame.clone());
+    }
+}
+
+/// How many of `peers` (the replicas) `net` has a connection to.
+fn replicas_connected(net: &NetHandle, peers: &[PeerId]) -> usize {
+    peers.iter().filter(|p| net.is_connected(p)).count()
 }
 
 #[cfg(test)]

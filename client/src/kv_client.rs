@@ -1,20 +1,15 @@
-//! The client library (used by `bftnode client` and the benchmark): a libp2p node
-//! with the client's own key, the sans-IO PBFT [`Client`] inside, and a loop that
+//! A key-value client (used by `bftnode client` and the benchmark): the sans-IO
+//! PBFT [`Client`] inside, a session of a [`Gateway`] outside, and a loop that
 //! submits, retransmits and waits for f+1 matching replies.
 
 use crate::config::ResolvedClient;
-use crate::link::{Incoming, Link};
+use crate::gateway::{Gateway, Incoming, Session};
+use crate::{poll_until, wall_clock_micros, ROOT_CACHE};
 use bft_consensus::client::{Client, ClientOutput};
 use bft_consensus::{KvOp, KvResult, ReplicaConfig, RootCache, Validator, VerifiedReply};
-use bft_net::{IngressLimits, NetConfig, Network, PeerId};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use thiserror::Error;
-
-/// Verified reply roots remembered per cache (a few seconds of batches at full load).
-pub(crate) const ROOT_CACHE: usize = 4096;
-/// Largest frame a client accepts (a reply carries at most one operation's result).
-pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -31,7 +26,7 @@ pub enum ClientError {
 }
 
 pub struct KvClient {
-    link: Link,
+    session: Session,
     core: Client,
     validator: Validator,
     start: Instant,
@@ -44,37 +39,21 @@ pub struct KvClient {
 }
 
 impl KvClient {
-    /// Start the client's transport and dial the replicas. Must run inside tokio.
+    /// Start a gateway of the client's own (its transport identity is the
+    /// client's key) and dial the replicas. Must run inside tokio.
     ///
     /// # Errors
     /// If the transport cannot start.
     pub fn connect(cfg: &ResolvedClient) -> Result<Self, ClientError> {
-        let peers: Vec<(PeerId, libp2p::Multiaddr)> = cfg
-            .validators
-            .validators
-            .iter()
-            .map(|v| (v.peer, v.address.clone()))
-            .collect();
-        let net = Network::start(NetConfig {
-            key: cfg.key.clone(),
-            listen: None,
-            peers: peers.clone(),
-            max_frame_bytes: MAX_FRAME_BYTES,
-            peer_queue: 1024,
-            inbound_queue: 4096,
-            others_queue: None,
-            limits: IngressLimits::default(),
-        })?;
-        let link = Link::Own {
-            net: net.handle,
-            inbound: net.inbound,
-            peers: peers.into_iter().map(|(p, _)| p).collect(),
-        };
-        Ok(Self::with_link(cfg, link))
+        let gateway = Gateway::connect_as(&cfg.validators, cfg.key.clone())?;
+        Ok(Self::via(&gateway, cfg))
     }
 
-    /// A client whose messages travel over `link`.
-    pub(crate) fn with_link(cfg: &ResolvedClient, link: Link) -> Self {
+    /// A client with key `cfg.key` behind `gateway`, shared with other clients.
+    /// One client per key: a second with the same key takes the replies over from
+    /// the first.
+    #[must_use]
+    pub fn via(gateway: &Gateway, cfg: &ResolvedClient) -> Self {
         let members = cfg.validators.membership();
         let validator = Validator::new(&ReplicaConfig::new(0, members.clone()));
         // At most half the time the caller waits: every request that goes
@@ -87,7 +66,7 @@ impl KvClient {
         )
         .with_retransmit_ceiling(cfg.timeout / 2);
         Self {
-            link,
+            session: gateway.session(&cfg.key),
             core,
             validator,
             start: Instant::now(),
@@ -116,7 +95,7 @@ impl KvClient {
     /// Replicas currently connected.
     #[must_use]
     pub fn connected(&self) -> usize {
-        self.link.connected()
+        self.session.connected()
     }
 
     /// Run one operation to completion: the result f+1 replicas agree on.
@@ -156,8 +135,7 @@ impl KvClient {
         loop {
             let wake = retransmit_at.map_or(deadline, |r: Instant| r.min(deadline));
             tokio::select! {
-                r = self.link.next_reply() => {
-                    let Some(r) = r else { return Err(ClientError::Timeout(self.timeout)) };
+                r = self.session.next_reply() => {
                     for reply in self.checked(r) {
                         let out = self.core.on_reply_at(self.start.elapsed(), &reply);
                         if let Some(done) = self.perform(out, &mut retransmit_at) {
@@ -193,11 +171,6 @@ impl KvClient {
                 .into_iter()
                 .collect(),
             Incoming::Signed(_) => Vec::new(),
-            Incoming::Bundle(b) => self
-                .validator
-                .verify_bundle(b, Some(&self.roots))
-                .map(|v| v.into_iter().filter(answers).collect())
-                .unwrap_or_default(),
             Incoming::Verified(v) => answers(&v).then_some(v).into_iter().collect(),
         }
     }
@@ -212,12 +185,12 @@ impl KvClient {
         for o in out {
             match o {
                 ClientOutput::Send { to, message } => {
-                    let frame = Arc::new(bft_crypto::encode(&message).expect("encodes"));
-                    self.link.send(to, frame);
+                    let frame = Arc::new(bft_consensus::frame::encode_pbft(&message));
+                    self.session.send(to, frame);
                 }
                 ClientOutput::Broadcast { message } => {
-                    let frame = Arc::new(bft_crypto::encode(&message).expect("encodes"));
-                    self.link.broadcast(&frame);
+                    let frame = Arc::new(bft_consensus::frame::encode_pbft(&message));
+                    self.session.broadcast(&frame);
                 }
                 ClientOutput::SetTimer { at } => *retransmit_at = Some(self.start + at),
                 ClientOutput::Accepted { result, .. } => accepted = Some(Ok(result)),
@@ -251,24 +224,4 @@ impl KvClient {
     pub async fn wait_connected(&self, n: usize, within: Duration) -> bool {
         poll_until(within, || self.connected() >= n).await
     }
-}
-
-/// Check `ready` every 20 ms until it holds (true) or `within` passes (false).
-pub(crate) async fn poll_until(within: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + within;
-    while Instant::now() < end {
-        if ready() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
-/// Microseconds of wall-clock time: client timestamps and route issue times come
-/// from it, so a restarted client never reuses one.
-pub(crate) fn wall_clock_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64)
 }
