@@ -60,9 +60,26 @@ impl KvOp {
     pub fn encode(&self) -> Vec<u8> {
         bft_crypto::encode(self).expect("KvOp always encodes")
     }
+
+    /// The key the operation reads or writes.
+    #[must_use]
+    pub fn key(&self) -> &[u8] {
+        match self {
+            KvOp::Put { key, .. }
+            | KvOp::Get { key }
+            | KvOp::Delete { key }
+            | KvOp::CompareAndSwap { key, .. } => key,
+        }
+    }
 }
 
 impl KvResult {
+    /// The bytes a replica returns for this result.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        bft_crypto::encode(self).expect("KvResult always encodes")
+    }
+
     /// Decode a result returned by a replica.
     ///
     /// # Errors

@@ -1,11 +1,14 @@
 //! The invariants of DESIGN.md, checked as events happen. Only honest replicas are
 //! judged; Byzantine ones may do anything.
 
+use super::linearizability::Linearizability;
 use crate::io::Executed;
+use crate::kv::KvOp;
 use crate::rejection::Rejection;
 use crate::types::{ClientId, ReplicaId, RequestId, Seq};
 use bft_crypto::Digest;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
@@ -27,11 +30,19 @@ pub(crate) struct Checker {
     issued: BTreeMap<ClientId, BTreeSet<u64>>,
     /// Client-accepted results.
     pub accepted: BTreeMap<RequestId, Vec<u8>>,
+    /// What clients read, against the common order replayed.
+    linearizability: Linearizability,
 }
 
 impl Checker {
     pub fn issued(&mut self, client: ClientId, timestamp: u64) {
         self.issued.entry(client).or_default().insert(timestamp);
+    }
+
+    /// What request `id` asks, and when its client first invoked it (a re-signed
+    /// request keeps its first invocation), for the linearizability check.
+    pub fn invoked(&mut self, id: RequestId, op: KvOp, at: Duration) {
+        self.linearizability.invoked(id, op, at);
     }
 
     /// Agreement, validity (signed by its client, issued, at most once) and determinism.
@@ -74,11 +85,17 @@ impl Checker {
                 }
             }
         }
-        Ok(())
+        self.linearizability.executed(e.seq, &e.requests)
     }
 
-    /// Client safety: an accepted result is the result in the common order.
-    pub fn on_accept(&mut self, id: RequestId, result: &[u8]) -> Result<(), Violation> {
+    /// Client safety: an accepted result is the result in the common order; and
+    /// linearizability (see [`Linearizability`]).
+    pub fn on_accept(
+        &mut self,
+        id: RequestId,
+        result: &[u8],
+        at: Duration,
+    ) -> Result<(), Violation> {
         match self.executed.get(&id) {
             None => violation(
                 "client-safety",
@@ -90,7 +107,7 @@ impl Checker {
             ),
             Some(_) => {
                 self.accepted.insert(id, result.to_vec());
-                Ok(())
+                self.linearizability.completed(id, result, at)
             }
         }
     }

@@ -15,6 +15,7 @@ mod checker;
 mod config;
 mod family;
 pub mod generals;
+mod linearizability;
 mod rogue;
 mod world;
 

@@ -171,6 +171,8 @@ struct SimClient {
     client: Client,
     remaining: usize,
     timer_at: Option<Duration>,
+    /// The operation outstanding and when it was invoked (kept across re-signing).
+    invocation: Option<(KvOp, Duration)>,
 }
 
 pub(crate) struct World {
@@ -289,6 +291,7 @@ impl World {
                 ),
                 remaining: cfg.requests_per_client,
                 timer_at: None,
+                invocation: None,
             })
             .collect();
         let client_index = clients
@@ -558,7 +561,10 @@ impl World {
             .client
             .outstanding_timestamp()
             .expect("just submitted");
-        self.checker.issued(self.clients[client].client.id(), ts);
+        let id = self.clients[client].client.id();
+        self.checker.issued(id, ts);
+        self.checker.invoked((id, ts), op.clone(), self.now);
+        self.clients[client].invocation = Some((op, self.now));
         self.log(format!("c{client} submits ts {ts}"));
         self.client_outputs(client, out)
     }
@@ -582,6 +588,9 @@ impl World {
                 ClientOutput::Reissued { timestamp } => {
                     let id = self.clients[client].client.id();
                     self.checker.issued(id, timestamp);
+                    if let Some((op, at)) = self.clients[client].invocation.clone() {
+                        self.checker.invoked((id, timestamp), op, at);
+                    }
                     self.log(format!("c{client} reissues as ts {timestamp}"));
                 }
                 ClientOutput::Lost { timestamp } | ClientOutput::Unknown { timestamp } => {
@@ -593,7 +602,7 @@ impl World {
                 ClientOutput::Accepted { timestamp, result } => {
                     let id = (self.clients[client].client.id(), timestamp);
                     self.log(format!("c{client} accepted ts {timestamp}"));
-                    self.checker.on_accept(id, &result)?;
+                    self.checker.on_accept(id, &result, self.now)?;
                     self.clients[client].timer_at = None;
                     let think = Duration::from_millis(self.rng.gen_range(0..30));
                     self.schedule(think, Event::ClientNext { client });
