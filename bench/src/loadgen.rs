@@ -41,6 +41,12 @@ pub struct LoadConfig {
     /// Distinct keys written (round robin): the replicated state stays bounded, as
     /// it does for a real workload, however long the run.
     pub keys: u64,
+    /// The share of requests that are read-only gets of those keys (the rest are
+    /// writes), each client alternating so that its own share is exact.
+    pub read_ratio: f64,
+    /// Send those gets through the order like writes instead of read-only (for
+    /// comparing the two paths).
+    pub ordered_reads: bool,
     #[serde(with = "secs")]
     pub duration: Duration,
     #[serde(with = "secs")]
@@ -83,6 +89,10 @@ pub struct LoadResult {
     pub service_us: Histogram<u64>,
     /// Open loop: from when a request was due to when a client sent it.
     pub client_wait_us: Histogram<u64>,
+    /// `latency_us` of the reads alone, and of the writes alone (with reads mixed
+    /// in, see [`LoadConfig::read_ratio`]).
+    pub read_latency_us: Histogram<u64>,
+    pub write_latency_us: Histogram<u64>,
     /// CPU and context switches per request accepted inside the window, if a
     /// [`Probe`] was given.
     pub cpu: Option<Usage>,
@@ -194,6 +204,8 @@ pub async fn run(
                 id: w,
                 workers: workers as u64,
                 keys: cfg.keys.max(1),
+                read_ratio: cfg.read_ratio.clamp(0.0, 1.0),
+                ordered_reads: cfg.ordered_reads,
                 client,
                 counters: counters.clone(),
                 value: value.clone(),
@@ -211,6 +223,8 @@ pub async fn run(
         latency_us,
         service_us,
         client_wait_us,
+        read_latency_us,
+        write_latency_us,
         count: measured,
     } = total;
     if let Some(p) = progress {
@@ -230,6 +244,8 @@ pub async fn run(
         latency_us,
         service_us,
         client_wait_us,
+        read_latency_us,
+        write_latency_us,
         cpu,
     })
 }
@@ -283,6 +299,8 @@ struct Measured {
     latency_us: Histogram<u64>,
     service_us: Histogram<u64>,
     client_wait_us: Histogram<u64>,
+    read_latency_us: Histogram<u64>,
+    write_latency_us: Histogram<u64>,
     count: u64,
 }
 
@@ -292,6 +310,8 @@ impl Measured {
             latency_us: new_histogram(),
             service_us: new_histogram(),
             client_wait_us: new_histogram(),
+            read_latency_us: new_histogram(),
+            write_latency_us: new_histogram(),
             count: 0,
         }
     }
@@ -302,13 +322,25 @@ impl Measured {
         self.client_wait_us
             .add(other.client_wait_us)
             .expect("same bounds");
+        self.read_latency_us
+            .add(other.read_latency_us)
+            .expect("same bounds");
+        self.write_latency_us
+            .add(other.write_latency_us)
+            .expect("same bounds");
         self.count += other.count;
     }
 
-    fn record(&mut self, due: Instant, sent: Instant, done: Instant) {
+    fn record(&mut self, read: bool, due: Instant, sent: Instant, done: Instant) {
         let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
-        self.latency_us
-            .saturating_record(us(done.duration_since(due)));
+        let latency = us(done.duration_since(due));
+        self.latency_us.saturating_record(latency);
+        let by_kind = if read {
+            &mut self.read_latency_us
+        } else {
+            &mut self.write_latency_us
+        };
+        by_kind.saturating_record(latency);
         self.service_us
             .saturating_record(us(done.duration_since(sent)));
         self.client_wait_us
@@ -321,6 +353,8 @@ struct Worker {
     id: usize,
     workers: u64,
     keys: u64,
+    read_ratio: f64,
+    ordered_reads: bool,
     client: KvClient,
     counters: Arc<Counters>,
     value: Arc<Vec<u8>>,
@@ -332,6 +366,8 @@ impl Worker {
     /// Returns what this worker measured of the requests accepted inside the window.
     async fn run(mut self, due: Option<Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>>) -> Measured {
         let mut measured = Measured::new();
+        // Reads owed: each request adds the ratio, a read pays one off.
+        let mut reads_owed = 0.0;
         for i in 0u64.. {
             let sent_at = match &due {
                 Some(rx) => match rx.lock().await.recv().await {
@@ -347,16 +383,34 @@ impl Worker {
             let key = format!("bench-{}", (self.id as u64 + i * self.workers) % self.keys);
             self.counters.sent.fetch_add(1, Ordering::Relaxed);
             let before = self.client.retransmissions();
-            let outcome = self.client.put(key.as_bytes(), &self.value).await;
+            reads_owed += self.read_ratio;
+            let read = reads_owed >= 1.0;
+            let outcome = if read {
+                reads_owed -= 1.0;
+                if self.ordered_reads {
+                    self.client.get_ordered(key.as_bytes()).await
+                } else {
+                    self.client.get(key.as_bytes()).await
+                }
+            } else {
+                self.client.put(key.as_bytes(), &self.value).await
+            };
             self.counters
                 .retransmissions
                 .fetch_add(self.client.retransmissions() - before, Ordering::Relaxed);
+            let expected = |r: &KvResult| {
+                if read {
+                    matches!(r, KvResult::Value(_))
+                } else {
+                    matches!(r, KvResult::Done { .. })
+                }
+            };
             match outcome {
-                Ok(KvResult::Done { .. }) => {
+                Ok(r) if expected(&r) => {
                     self.counters.committed.fetch_add(1, Ordering::Relaxed);
                     let done = Instant::now();
                     if done >= self.measure_from && done <= self.end {
-                        measured.record(sent_at, now, done);
+                        measured.record(read, sent_at, now, done);
                     }
                 }
                 Ok(other) => {

@@ -79,6 +79,12 @@ pub struct Summary {
     /// measured the load generator's queue, not the replicas: add clients.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_capacity_rps: Option<f64>,
+    /// With reads mixed in (`--read-ratio`): the latency of the read-only gets and
+    /// of the writes, each alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_latency_ms: Option<Latency>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_latency_ms: Option<Latency>,
     pub config: RunConfig,
 }
 
@@ -99,6 +105,9 @@ impl Summary {
             client_wait_ms: open.then(|| Latency::of(&result.client_wait_us)),
             client_capacity_rps: (open && mean_service_s > 0.0)
                 .then(|| load.clients as f64 / mean_service_s),
+            read_latency_ms: (load.read_ratio > 0.0).then(|| Latency::of(&result.read_latency_us)),
+            write_latency_ms: (load.read_ratio > 0.0)
+                .then(|| Latency::of(&result.write_latency_us)),
             config: RunConfig {
                 load: load.clone(),
                 target: target.clone(),
@@ -135,6 +144,16 @@ impl Summary {
             self.errors,
             self.retransmissions,
         );
+        if let (Some(r), Some(w)) = (&self.read_latency_ms, &self.write_latency_ms) {
+            text.push_str(&format!(
+                "  reads       {:.0} % read-only gets: p50 {:.2} ms  p99 {:.2} ms; writes p50 {:.2} ms  p99 {:.2} ms\n",
+                c.load.read_ratio * 100.0,
+                r.p50,
+                r.p99,
+                w.p50,
+                w.p99
+            ));
+        }
         if let Some(cpu) = &self.cpu_us_per_request {
             text.push_str(&format!(
                 "  cpu         {:.1} us/request on the machine; {}\n",
@@ -264,6 +283,8 @@ mod tests {
             connections: 1,
             payload: 512,
             keys: 10,
+            read_ratio: 0.0,
+            ordered_reads: false,
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
             timeout: Duration::from_secs(1),
@@ -279,6 +300,8 @@ mod tests {
             latency_us: histogram_of(&[service_us; 10]),
             service_us: histogram_of(&[service_us; 10]),
             client_wait_us: histogram_of(&[1; 10]),
+            read_latency_us: histogram_of(&[]),
+            write_latency_us: histogram_of(&[service_us; 10]),
             cpu: None,
         };
         let target = Target {

@@ -8,7 +8,7 @@
 
 use crate::cpu::BASELINE_THREAD_PREFIX;
 use bft_client::config::{self, ValidatorSet};
-use bft_consensus::messages::Reply;
+use bft_consensus::messages::{Refusal, Reply};
 use bft_consensus::reply::sign_replies;
 use bft_consensus::{
     Application, Frame, KvStore, Membership, Message, ReplicaConfig, Validator, VerifiedMessage,
@@ -123,8 +123,25 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
         // replica signs the replies of one executed batch.
         let mut fresh: Vec<(PeerId, Reply)> = Vec::new();
         for (peer, checked) in senders.into_iter().zip(validator.verify_many(messages)) {
-            let Ok(VerifiedMessage::Request(request)) = checked else {
-                continue;
+            let request = match checked {
+                Ok(VerifiedMessage::Request(request)) => request,
+                // A read-only request: answered from the state, nothing recorded.
+                Ok(VerifiedMessage::Read(read)) => {
+                    let outcome = app.execute_read_only(&read.operation);
+                    let reply = Reply {
+                        view: 0,
+                        timestamp: read.timestamp,
+                        client: read.signer(),
+                        replica: 0,
+                        refusal: outcome.is_none().then_some(Refusal::NotReadOnly),
+                        result: outcome.unwrap_or_default(),
+                        seq: 0,
+                        tentative: false,
+                    };
+                    fresh.push((peer, reply));
+                    continue;
+                }
+                _ => continue,
             };
             let client = request.signer();
             match last_reply.get(&client) {
@@ -144,6 +161,7 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
                 result,
                 refusal: None,
                 seq: 0,
+                tentative: false,
             };
             fresh.push((peer, reply));
         }

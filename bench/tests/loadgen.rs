@@ -15,6 +15,8 @@ fn config(mode: Mode) -> LoadConfig {
         connections: 2,
         payload: 512,
         keys: 100,
+        read_ratio: 0.0,
+        ordered_reads: false,
         duration: Duration::from_secs(2),
         warmup: Duration::from_millis(500),
         timeout: Duration::from_secs(5),
@@ -54,6 +56,25 @@ fn closed_and_open_loop_against_the_baseline() {
             (150.0..=250.0).contains(&rps),
             "{rps} req/s at an offered 200"
         );
+        assert_eq!(open.read_latency_us.len(), 0);
+
+        // A quarter reads: each client's every fourth request is a read-only get.
+        let mixed = LoadConfig {
+            read_ratio: 0.25,
+            ..config(Mode::ClosedLoop { outstanding: 4 })
+        };
+        let mixed = loadgen::run(&server.validators, &mixed, None)
+            .await
+            .unwrap();
+        assert_eq!(mixed.errors, 0);
+        let (reads, writes) = (mixed.read_latency_us.len(), mixed.write_latency_us.len());
+        assert_eq!(reads + writes, mixed.measured);
+        let share = reads as f64 / mixed.measured as f64;
+        assert!(
+            (0.2..=0.3).contains(&share),
+            "{reads} reads of {}",
+            mixed.measured
+        );
     });
 }
 
@@ -88,6 +109,7 @@ fn the_binary_reports_json_csv_and_a_plot() {
     let out = Command::new(env!("CARGO_BIN_EXE_bftnode-bench"))
         .args(["--replicas", "4", "--sweep", "100,200", "--clients", "8"])
         .args(["--duration", "2", "--warmup", "1", "--quiet", "--baseline"])
+        .args(["--read-ratio", "0.5"])
         .arg("--json")
         .arg(&json)
         .arg("--csv")
@@ -118,6 +140,11 @@ fn the_binary_reports_json_csv_and_a_plot() {
         }
         assert_eq!(r["errors"], 0, "{r}");
         assert!(r["committed"].as_u64().unwrap() > 0);
+        // Half the requests were read-only gets, and each kind is reported.
+        assert_eq!(r["config"]["read_ratio"], 0.5, "{r}");
+        for kind in ["read_latency_ms", "write_latency_ms"] {
+            assert!(r[kind]["p50"].as_f64().unwrap() > 0.0, "{kind} in {r}");
+        }
         // CPU per request: the machine's and each process's, all positive.
         let cpu = &r["cpu_us_per_request"];
         assert!(cpu["machine"].as_f64().unwrap() > 0.0, "{r}");

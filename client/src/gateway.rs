@@ -264,8 +264,15 @@ impl Session {
         send_to(&self.shared.net, &self.shared.peers, to, frame);
     }
 
+    /// Send to every replica, with the route again (a retransmission: a replica
+    /// that restarted lost it).
     pub(crate) fn broadcast(&self, frame: &Arc<Vec<u8>>) {
         self.send_route();
+        self.send_all(frame);
+    }
+
+    /// Send to every replica.
+    pub(crate) fn send_all(&self, frame: &Arc<Vec<u8>>) {
         send_all(&self.shared.net, &self.shared.peers, frame);
     }
 
@@ -332,6 +339,7 @@ mod tests {
             result: vec![1],
             refusal: None,
             seq: 0,
+            tentative: false,
         };
         sign_replies(
             &KeyPair::from_seed([replica as u8; 32]),

@@ -1,12 +1,13 @@
 //! A key-value client (used by `bftnode client` and the benchmark): the sans-IO
 //! PBFT [`Client`] inside, a session of a [`Gateway`] outside, and a loop that
-//! submits, retransmits and waits for f+1 matching replies.
+//! submits, retransmits and waits for f+1 matching replies (2f+1 for a read-only
+//! get, see [`KvClient::read`]).
 
 use crate::config::ResolvedClient;
 use crate::gateway::{Gateway, Incoming, Session};
 use crate::{poll_until, wall_clock_micros, ROOT_CACHE};
 use bft_consensus::client::{Client, ClientOutput};
-use bft_consensus::{KvOp, KvResult, ReplicaConfig, RootCache, Validator, VerifiedReply};
+use bft_consensus::{KvOp, KvResult, Message, ReplicaConfig, RootCache, Validator, VerifiedReply};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -23,6 +24,13 @@ pub enum ClientError {
     ReplyLost,
     #[error("the request expired after a retransmission: it may or may not have executed")]
     OutcomeUnknown,
+}
+
+/// How an operation is sent.
+#[derive(Clone, Copy)]
+enum Path {
+    Ordered,
+    ReadOnly,
 }
 
 pub struct KvClient {
@@ -103,18 +111,29 @@ impl KvClient {
     /// # Errors
     /// [`ClientError::Timeout`] if no quorum answers in time.
     pub async fn execute(&mut self, op: &KvOp) -> Result<KvResult, ClientError> {
-        let bytes = self.run(op.encode()).await?;
+        let bytes = self.run(op.encode(), Path::Ordered).await?;
+        KvResult::decode(&bytes).map_err(|_| ClientError::BadResult)
+    }
+
+    /// Run a read-only operation without ordering it (TOCS §5.1.3): sent to every
+    /// replica, accepted on 2f+1 matching results; ordered after all (with a newer
+    /// timestamp) if those cannot be had within the retransmission timeout.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`] if no quorum answers in time.
+    pub async fn read(&mut self, op: &KvOp) -> Result<KvResult, ClientError> {
+        let bytes = self.run(op.encode(), Path::ReadOnly).await?;
         KvResult::decode(&bytes).map_err(|_| ClientError::BadResult)
     }
 
     /// Cancel-safe: if an earlier call's future was dropped mid-request, that
     /// request is abandoned here (it may still execute; this one gets a new
     /// timestamp), so the next call never finds the core busy.
-    async fn run(&mut self, operation: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+    async fn run(&mut self, operation: Vec<u8>, path: Path) -> Result<Vec<u8>, ClientError> {
         if self.core.outstanding_timestamp().is_some() {
             self.core.abandon();
         }
-        let result = self.wait_for_quorum(operation).await;
+        let result = self.wait_for_quorum(operation, path).await;
         if result.is_err() {
             // Free the client for the next operation (which gets a new timestamp).
             self.core.abandon();
@@ -122,12 +141,18 @@ impl KvClient {
         result
     }
 
-    async fn wait_for_quorum(&mut self, operation: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+    async fn wait_for_quorum(
+        &mut self,
+        operation: Vec<u8>,
+        path: Path,
+    ) -> Result<Vec<u8>, ClientError> {
         let deadline = Instant::now() + self.timeout;
-        let out = self
-            .core
-            .submit(self.start.elapsed(), operation)
-            .expect("nothing is outstanding: run abandoned it");
+        let now = self.start.elapsed();
+        let out = match path {
+            Path::Ordered => self.core.submit(now, operation),
+            Path::ReadOnly => self.core.submit_read(now, operation),
+        }
+        .expect("nothing is outstanding: run abandoned it");
         let mut retransmit_at = None;
         if let Some(done) = self.perform(out, &mut retransmit_at) {
             return done;
@@ -188,6 +213,14 @@ impl KvClient {
                     let frame = Arc::new(bft_consensus::frame::encode_pbft(&message));
                     self.session.send(to, frame);
                 }
+                // A read goes to every replica the first time; it needs no route
+                // again (the session sent it, and a retransmission resends it).
+                ClientOutput::Broadcast {
+                    message: message @ Message::Read(_),
+                } => {
+                    let frame = Arc::new(bft_consensus::frame::encode_pbft(&message));
+                    self.session.send_all(&frame);
+                }
                 ClientOutput::Broadcast { message } => {
                     let frame = Arc::new(bft_consensus::frame::encode_pbft(&message));
                     self.session.broadcast(&frame);
@@ -197,7 +230,10 @@ impl KvClient {
                 ClientOutput::Lost { .. } => accepted = Some(Err(ClientError::ReplyLost)),
                 ClientOutput::Unknown { .. } => accepted = Some(Err(ClientError::OutcomeUnknown)),
                 ClientOutput::Reissued { timestamp } => {
-                    tracing::debug!(timestamp, "request refused as expired; signed again");
+                    tracing::debug!(
+                        timestamp,
+                        "request signed again (expired, or a read ordered)"
+                    );
                 }
             }
         }
@@ -212,7 +248,13 @@ impl KvClient {
         .await
     }
 
+    /// A read-only get (2f+1 matching replies; ordered if those cannot be had).
     pub async fn get(&mut self, key: &[u8]) -> Result<KvResult, ClientError> {
+        self.read(&KvOp::Get { key: key.to_vec() }).await
+    }
+
+    /// A get ordered like a write (f+1 matching replies after three phases).
+    pub async fn get_ordered(&mut self, key: &[u8]) -> Result<KvResult, ClientError> {
         self.execute(&KvOp::Get { key: key.to_vec() }).await
     }
 

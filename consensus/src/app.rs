@@ -20,6 +20,32 @@ pub trait Application {
         operations.iter().map(|op| self.execute(op)).collect()
     }
 
+    /// Answer `operation` from the current state without changing it, if it is
+    /// read-only; `None` if it is not (or the application has no read-only
+    /// operations). Replicas answer read-only requests through this, outside the
+    /// order (TOCS §5.1.3), so it must never change the state: a replica that
+    /// did would diverge from the others. The default has none.
+    fn execute_read_only(&self, _operation: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Start tentative execution (TOCS §5.1.2): from now on, remember how to undo
+    /// what executes, until [`Application::commit_tentative`] or
+    /// [`Application::rollback_tentative`]. Returns false if the application
+    /// cannot undo; the replica then executes only committed requests. The default
+    /// cannot.
+    fn begin_tentative(&mut self) -> bool {
+        false
+    }
+
+    /// What executed since [`Application::begin_tentative`] committed: forget how
+    /// to undo it.
+    fn commit_tentative(&mut self) {}
+
+    /// What executed since [`Application::begin_tentative`] was aborted (a view
+    /// change did not keep it): put the state back exactly as it was then.
+    fn rollback_tentative(&mut self) {}
+
     /// The whole state, deterministically encoded (equal states, equal bytes).
     fn snapshot(&self) -> Vec<u8>;
 

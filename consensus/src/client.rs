@@ -2,6 +2,15 @@
 //! fresh timestamp, send it to the primary it believes in, accept a result once f+1
 //! replicas sent matching replies, and on timeout retransmit to every replica.
 //!
+//! Replies may be tentative (TOCS §5.1.2, `replica/tentative.rs`): 2f+1 matching
+//! ones from one view are accepted as f+1 committed ones are.
+//!
+//! A read-only operation (TOCS §5.1.3, [`Client::submit_read`]) goes to every
+//! replica instead and is accepted once 2f+1 replicas gave the same result, which
+//! the replicas make linearizable (see `replica/reads.rs`). When that can no longer
+//! happen (the replies disagree, or the timeout passes) the client falls back to
+//! an ordered request with a newer timestamp.
+//!
 //! The retransmission timeout adapts to the latency the client sees (RFC 6298's
 //! estimator with Karn's rule), never below the configured one. A fixed timeout
 //! turned overload into collapse: with 4,096 clients queued at the primary every
@@ -9,7 +18,7 @@
 //! backups spent their cores verifying copies (issue 13: 2,444 req/s with no view
 //! change, against 6,000 at 1,024 clients).
 
-use crate::messages::{Message, Refusal, Request};
+use crate::messages::{Message, ReadRequest, Refusal, Request};
 use crate::reply::VerifiedReply;
 use crate::types::{Membership, ReplicaId, Seq, View};
 use bft_crypto::{KeyPair, Signed};
@@ -45,7 +54,9 @@ pub enum ClientOutput {
     },
     /// f+1 replicas refused the request as expired (its horizon had passed, see
     /// `client_table`): the same operation was signed again with this timestamp and
-    /// a fresh horizon, and sent to every replica.
+    /// a fresh horizon, and sent to every replica. Also: a read-only request could
+    /// not gather 2f+1 matching replies, and its operation was signed again as an
+    /// ordered request with this timestamp.
     Reissued {
         timestamp: u64,
     },
@@ -121,13 +132,37 @@ impl RetransmitTimeout {
     }
 }
 
+/// What the outstanding request was sent as.
+enum Sent {
+    Ordered(Signed<Request>),
+    /// Read-only, answered outside the order (2f+1 matching results needed).
+    Read(Signed<ReadRequest>),
+}
+
+impl Sent {
+    fn timestamp(&self) -> u64 {
+        match self {
+            Sent::Ordered(r) => r.payload.timestamp,
+            Sent::Read(r) => r.payload.timestamp,
+        }
+    }
+
+    fn operation(&self) -> &[u8] {
+        match self {
+            Sent::Ordered(r) => &r.payload.operation,
+            Sent::Read(r) => &r.payload.operation,
+        }
+    }
+}
+
 struct Outstanding {
-    request: Signed<Request>,
+    request: Sent,
     /// When it was sent, if its round trip can be measured (not after a reissue,
     /// which signed the operation again after a first round).
     sent_at: Option<Duration>,
-    /// Each replica's latest reply for this request: (view, result or refusal).
-    replies: BTreeMap<ReplicaId, (View, Answer)>,
+    /// Each replica's latest reply for this request: (view, result or refusal,
+    /// tentative).
+    replies: BTreeMap<ReplicaId, (View, Answer, bool)>,
     deadline: Duration,
     /// Sent to every replica after a timeout (so it may have been ordered twice).
     retransmitted: bool,
@@ -141,6 +176,8 @@ pub struct Client {
     horizon: Seq,
     next_timestamp: u64,
     retransmit_timeout: RetransmitTimeout,
+    /// Matching replies a read-only request needs: 2f+1.
+    read_quorum: usize,
     outstanding: Option<Outstanding>,
 }
 
@@ -156,6 +193,7 @@ impl Client {
     ) -> Self {
         Self {
             key,
+            read_quorum: members.quorum(),
             members,
             view: 0,
             horizon: 0,
@@ -185,6 +223,16 @@ impl Client {
         self.outstanding.is_some()
     }
 
+    /// Accept read-only results on `quorum` matching replies instead of 2f+1.
+    /// Anything below 2f+1 is a planted bug: the simulator's test that its
+    /// linearizability checker catches stale reads (a faulty replica and a correct
+    /// one that had not executed a write yet suffice for f+1).
+    #[must_use]
+    pub fn with_planted_read_quorum(mut self, quorum: usize) -> Self {
+        self.read_quorum = quorum;
+        self
+    }
+
     /// The view the client believes current (learned from accepted replies).
     #[must_use]
     pub fn view(&self) -> View {
@@ -194,9 +242,7 @@ impl Client {
     /// The outstanding request's timestamp.
     #[must_use]
     pub fn outstanding_timestamp(&self) -> Option<u64> {
-        self.outstanding
-            .as_ref()
-            .map(|o| o.request.payload.timestamp)
+        self.outstanding.as_ref().map(|o| o.request.timestamp())
     }
 
     /// Sign and send `operation` to the primary.
@@ -222,13 +268,114 @@ impl Client {
             ClientOutput::SetTimer { at: deadline },
         ];
         self.outstanding = Some(Outstanding {
-            request,
+            request: Sent::Ordered(request),
             sent_at: Some(now),
             replies: BTreeMap::new(),
             deadline,
             retransmitted: false,
         });
         Ok(out)
+    }
+
+    /// Sign `operation` as a read-only request and send it to every replica
+    /// (TOCS §5.1.3). Only for operations the application answers without ordering
+    /// them (`Application::execute_read_only`); replicas refuse others, and the
+    /// client then orders it.
+    ///
+    /// # Errors
+    /// [`ClientError::Busy`] while another request is outstanding.
+    pub fn submit_read(
+        &mut self,
+        now: Duration,
+        operation: Vec<u8>,
+    ) -> Result<Vec<ClientOutput>, ClientError> {
+        if self.outstanding.is_some() {
+            return Err(ClientError::Busy);
+        }
+        let timestamp = self.next_timestamp;
+        self.next_timestamp += 1;
+        let read = Signed::sign(
+            ReadRequest {
+                timestamp,
+                operation,
+            },
+            &self.key,
+        );
+        let deadline = now + self.retransmit_timeout.current();
+        let out = vec![
+            ClientOutput::Broadcast {
+                message: Message::Read(read.clone()),
+            },
+            ClientOutput::SetTimer { at: deadline },
+        ];
+        // No round-trip sample: a read takes one round, an ordered request three,
+        // and the timeout is for the latter.
+        self.outstanding = Some(Outstanding {
+            request: Sent::Read(read),
+            sent_at: None,
+            replies: BTreeMap::new(),
+            deadline,
+            retransmitted: false,
+        });
+        Ok(out)
+    }
+
+    /// The outstanding read-only request cannot be accepted: order it instead,
+    /// signed with a newer timestamp, by the primary (a timeout later, by all).
+    fn fall_back(&mut self) -> Vec<ClientOutput> {
+        let Some(o) = self.outstanding.take() else {
+            return Vec::new();
+        };
+        let request = self.sign_next(o.request.operation().to_vec());
+        let timestamp = request.payload.timestamp;
+        let message = Message::Request(request.clone());
+        self.outstanding = Some(Outstanding {
+            request: Sent::Ordered(request),
+            sent_at: None,
+            replies: BTreeMap::new(),
+            deadline: o.deadline,
+            retransmitted: false,
+        });
+        vec![
+            ClientOutput::Reissued { timestamp },
+            ClientOutput::Send {
+                to: self.members.primary(self.view),
+                message,
+            },
+        ]
+    }
+
+    /// A reply to the outstanding read-only request: accept on `read_quorum`
+    /// matching results (their sequence numbers and views may differ: each replica
+    /// answers from wherever it is), fall back once no result can get there.
+    fn on_read_reply(&mut self, reply: &VerifiedReply) -> Vec<ClientOutput> {
+        let Some(o) = self.outstanding.as_mut() else {
+            return Vec::new();
+        };
+        let answer: Answer = (reply.result.clone(), reply.refusal, 0);
+        o.replies
+            .insert(reply.replica, (reply.view, answer.clone(), false));
+        let count = |a: &Answer| o.replies.values().filter(|(_, b, _)| b == a).count();
+        if answer.1.is_none() && count(&answer) >= self.read_quorum {
+            let timestamp = o.request.timestamp();
+            self.outstanding = None;
+            return vec![ClientOutput::Accepted {
+                timestamp,
+                result: answer.0,
+            }];
+        }
+        let best = o
+            .replies
+            .values()
+            .filter(|(_, a, _)| a.1.is_none())
+            .map(|(_, a, _)| count(a))
+            .max()
+            .unwrap_or(0);
+        let unheard = self.members.n().saturating_sub(o.replies.len());
+        if best + unheard < self.read_quorum {
+            return self.fall_back();
+        }
+        Vec::new()
     }
 
     fn sign_next(&mut self, operation: Vec<u8>) -> Signed<Request> {
@@ -257,7 +404,7 @@ impl Client {
         let once = self
             .outstanding
             .as_ref()
-            .map(|o| (o.request.payload.timestamp, o.sent_at, o.retransmitted));
+            .map(|o| (o.request.timestamp(), o.sent_at, o.retransmitted));
         let out = self.on_reply(reply);
         if let Some((timestamp, Some(sent_at), false)) = once {
             let accepted = out.iter().any(
@@ -277,30 +424,45 @@ impl Client {
             return Vec::new();
         };
         if reply.client != self.key.public()
-            || reply.timestamp != o.request.payload.timestamp
+            || reply.timestamp != o.request.timestamp()
             || self.members.key(reply.replica) != Some(reply.signer())
         {
             return Vec::new();
         }
+        if matches!(o.request, Sent::Read(_)) {
+            return self.on_read_reply(reply);
+        }
         let answer = (reply.result.clone(), reply.refusal, reply.seq);
         o.replies
-            .insert(reply.replica, (reply.view, answer.clone()));
-        let matching: Vec<View> = o
+            .insert(reply.replica, (reply.view, answer.clone(), reply.tentative));
+        // f+1 matching committed replies, or 2f+1 matching replies from one view,
+        // tentative ones included (TOCS §5.1.2: 2f+1 replicas prepared it there, so
+        // it commits at that sequence number in every later view).
+        let committed: Vec<View> = o
             .replies
             .values()
-            .filter(|(_, a)| *a == answer)
-            .map(|(v, _)| *v)
+            .filter(|(_, a, tentative)| *a == answer && !tentative)
+            .map(|(v, ..)| *v)
             .collect();
-        if matching.len() < self.members.weak_quorum() {
+        let in_view = o
+            .replies
+            .values()
+            .filter(|(v, a, _)| *a == answer && *v == reply.view)
+            .count();
+        let matching = if committed.len() >= self.members.weak_quorum() {
+            committed
+        } else if in_view >= self.members.quorum() {
+            vec![reply.view]
+        } else {
             return Vec::new();
-        }
+        };
         // f+1 replies include a correct replica's, so the lowest of their views is at
         // most the current one: a safe primary guess for the next request.
         let view = matching.iter().copied().min().unwrap_or(self.view);
         self.view = self.view.max(view);
         // f+1 agree on it, so a correct replica ordered something at `seq`.
         self.horizon = self.horizon.max(answer.2);
-        let timestamp = o.request.payload.timestamp;
+        let timestamp = o.request.timestamp();
         match answer {
             (result, None, _) => {
                 self.outstanding = None;
@@ -315,6 +477,9 @@ impl Client {
                 self.outstanding = None;
                 vec![ClientOutput::Lost { timestamp }]
             }
+            // Correct replicas refuse so only read-only requests, never this one:
+            // f+1 such replies cannot happen with at most f faulty. Keep waiting.
+            (_, Some(Refusal::NotReadOnly), _) => Vec::new(),
         }
     }
 
@@ -325,11 +490,11 @@ impl Client {
         let Some(o) = self.outstanding.take() else {
             return Vec::new();
         };
-        let request = self.sign_next(o.request.payload.operation);
+        let request = self.sign_next(o.request.operation().to_vec());
         let timestamp = request.payload.timestamp;
         let message = Message::Request(request.clone());
         self.outstanding = Some(Outstanding {
-            request,
+            request: Sent::Ordered(request),
             sent_at: None,
             replies: BTreeMap::new(),
             deadline: o.deadline,
@@ -359,12 +524,21 @@ impl Client {
             return Vec::new();
         }
         o.deadline = now + self.retransmit_timeout.current();
+        let timer = ClientOutput::SetTimer { at: o.deadline };
+        let request = match &o.request {
+            Sent::Ordered(r) => r.clone(),
+            Sent::Read(_) => {
+                let mut out = self.fall_back();
+                out.push(timer);
+                return out;
+            }
+        };
         o.retransmitted = true;
         vec![
             ClientOutput::Broadcast {
-                message: Message::Request(o.request.clone()),
+                message: Message::Request(request),
             },
-            ClientOutput::SetTimer { at: o.deadline },
+            timer,
         ]
     }
 }

@@ -67,6 +67,10 @@ pub struct ClientTable {
     /// `request_horizon`: how far behind the executing sequence number a request's
     /// horizon may be.
     horizon: Seq,
+    /// While executing tentatively: each client's entry before its first change
+    /// since then, which a rollback puts back (see [`ClientTable::begin_tentative`]).
+    #[serde(skip)]
+    undo: Option<BTreeMap<ClientId, Option<LastReply>>>,
 }
 
 impl From<Stored> for ClientTable {
@@ -85,6 +89,7 @@ impl From<Stored> for ClientTable {
             with_result,
             bytes,
             horizon: s.horizon,
+            undo: None,
         }
     }
 }
@@ -125,7 +130,55 @@ impl ClientTable {
             with_result: BTreeSet::new(),
             bytes: 0,
             horizon: horizon.max(1),
+            undo: None,
         }
+    }
+
+    /// Start remembering how to undo what [`ClientTable::record`] changes (tentative
+    /// execution, TOCS §5.1.2).
+    pub fn begin_tentative(&mut self) {
+        assert!(self.undo.is_none(), "tentative execution begun twice");
+        self.undo = Some(BTreeMap::new());
+    }
+
+    /// Keep what was recorded since [`ClientTable::begin_tentative`].
+    pub fn commit_tentative(&mut self) {
+        self.undo = None;
+    }
+
+    /// Put every entry back as it was at [`ClientTable::begin_tentative`].
+    pub fn rollback_tentative(&mut self) {
+        for (client, before) in self.undo.take().unwrap_or_default() {
+            if let Some(now) = self.entries.remove(&client) {
+                self.unindex(client, &now);
+            }
+            if let Some(entry) = before {
+                self.index(client, &entry);
+                self.entries.insert(client, entry);
+            }
+        }
+    }
+
+    /// Before `client`'s entry changes while executing tentatively: keep it, once.
+    fn remember(&mut self, client: ClientId) {
+        if let Some(undo) = self.undo.as_mut() {
+            undo.entry(client)
+                .or_insert_with(|| self.entries.get(&client).cloned());
+        }
+    }
+
+    fn index(&mut self, client: ClientId, entry: &LastReply) {
+        self.bytes += entry.bytes();
+        self.by_age.insert((entry.executed_at, client));
+        if entry.result.is_some() {
+            self.with_result.insert((entry.executed_at, client));
+        }
+    }
+
+    fn unindex(&mut self, client: ClientId, entry: &LastReply) {
+        self.bytes -= entry.bytes();
+        self.by_age.remove(&(entry.executed_at, client));
+        self.with_result.remove(&(entry.executed_at, client));
     }
 
     #[must_use]
@@ -154,6 +207,7 @@ impl ClientTable {
             executed_at: seq,
             result: Some(result),
         };
+        self.remember(client);
         self.bytes += entry.bytes();
         if let Some(old) = self.entries.insert(client, entry) {
             self.bytes -= old.bytes();
@@ -166,6 +220,7 @@ impl ClientTable {
             if seq - at <= self.horizon {
                 break;
             }
+            self.remember(oldest);
             self.by_age.pop_first();
             self.with_result.remove(&(at, oldest));
             let gone = self.entries.remove(&oldest).expect("indexed entries exist");
@@ -175,6 +230,7 @@ impl ClientTable {
             let Some((_, oldest)) = self.with_result.pop_first() else {
                 break; // entries alone: bounded by the horizon (see ProtocolParams)
             };
+            self.remember(oldest);
             let entry = self
                 .entries
                 .get_mut(&oldest)
@@ -244,6 +300,33 @@ mod tests {
         assert!(!t.in_horizon(16, 16), "a horizon must be in the past");
         assert!(!t.in_horizon(20, 16));
         assert_eq!(t.len(), 198);
+    }
+
+    #[test]
+    fn a_rollback_restores_entries_evictions_and_dropped_results() {
+        let mut t = ClientTable::new(10);
+        let big = vec![0u8; MAX_TABLE_BYTES / 3];
+        t.record(client(1), 7, vec![1], 1);
+        t.record(client(2), 3, big.clone(), 8);
+        t.record(client(3), 3, big.clone(), 9);
+        let before = t.clone();
+        t.begin_tentative();
+        // Overwrites client 2, forgets client 1 (beyond the horizon), and drops
+        // client 3's result to stay within the bytes.
+        t.record(client(2), 4, big.clone(), 12);
+        t.record(client(4), 1, big.clone(), 12);
+        assert_eq!(t.freshness(&client(1), 7), Freshness::New);
+        assert_ne!(t, before);
+        t.rollback_tentative();
+        assert_eq!(t, before);
+        assert_eq!(t.bytes, before.bytes);
+        assert!(matches!(t.freshness(&client(1), 7), Freshness::Repeat(_)));
+        // Committed, it stays.
+        t.begin_tentative();
+        t.record(client(2), 4, vec![2], 12);
+        t.commit_tentative();
+        t.rollback_tentative();
+        assert!(matches!(t.freshness(&client(2), 4), Freshness::Repeat(_)));
     }
 
     #[test]

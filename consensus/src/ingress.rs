@@ -231,8 +231,9 @@ impl Ingress {
 fn replicas_only(frame: &Frame) -> bool {
     !matches!(
         frame,
-        Frame::Pbft(Message::Request(_) | Message::Reply(_) | Message::Replies(_))
-            | Frame::ReplyRoute(_)
+        Frame::Pbft(
+            Message::Request(_) | Message::Read(_) | Message::Reply(_) | Message::Replies(_)
+        ) | Frame::ReplyRoute(_)
     )
 }
 

@@ -67,6 +67,14 @@ pub enum Output {
     },
     /// A batch was executed (for metrics, logs and the simulator's checkers).
     Executed(Executed),
+    /// Read-only requests were answered from the current state (for metrics).
+    ReadsAnswered { count: usize },
+    /// The batch at `seq` executed tentatively (prepared, not committed), with
+    /// `requests` executed; its replies follow.
+    TentativelyExecuted { seq: Seq, requests: usize },
+    /// The tentative execution of `seq` was undone (another batch committed there,
+    /// or a state transfer replaced the state).
+    RolledBack { seq: Seq },
     /// The replica entered a new view (normal operation resumes).
     ViewEntered { view: View, primary: ReplicaId },
     /// The replica started a view change to `view`.

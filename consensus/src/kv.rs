@@ -148,6 +148,10 @@ pub struct KvStore {
     entries: SetHash,
     /// Sum of [`entry_bytes`] over the map, kept under [`MAX_STATE_BYTES`].
     bytes: usize,
+    /// While executing tentatively: each key's value before its first change since
+    /// then (`None`: absent), which a rollback puts back. At most one batch's keys
+    /// (bounded by a batch's bytes), their old values by the state's bound.
+    undo: Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
 }
 
 impl KvStore {
@@ -180,8 +184,19 @@ impl KvStore {
         self.bytes - freed + entry_bytes(key, value) <= MAX_STATE_BYTES
     }
 
+    /// Before `key` changes while executing tentatively: keep its value, once.
+    fn remember(&mut self, key: &[u8]) {
+        if let Some(undo) = self.undo.as_mut() {
+            if !undo.contains_key(key) {
+                let before = self.map.get(key).map(|s| s.value.clone());
+                undo.insert(key.to_vec(), before);
+            }
+        }
+    }
+
     /// Set `key` to `value`, keeping the digest and size in step; returns the old value.
     fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
+        self.remember(&key);
         let stored = Stored::new(&key, value);
         self.entries.insert_element(&stored.element);
         self.bytes += entry_bytes(&key, &stored.value);
@@ -200,6 +215,9 @@ impl KvStore {
     }
 
     fn remove(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        if self.map.contains_key(key) {
+            self.remember(key);
+        }
         let old = self.map.remove(key)?;
         self.entries.remove_element(&old.element);
         self.bytes -= entry_bytes(key, &old.value);
@@ -246,6 +264,41 @@ impl Application for KvStore {
         bft_crypto::encode(&result).expect("KvResult always encodes")
     }
 
+    /// A `Get` is read-only; anything else (and bytes that are not an operation)
+    /// goes through the order.
+    fn execute_read_only(&self, operation: &[u8]) -> Option<Vec<u8>> {
+        match bft_crypto::decode::<KvOp>(operation, MAX_OP_BYTES) {
+            Ok(KvOp::Get { key }) => {
+                let result = KvResult::Value(self.get(&key).cloned());
+                Some(bft_crypto::encode(&result).expect("KvResult always encodes"))
+            }
+            _ => None,
+        }
+    }
+
+    fn begin_tentative(&mut self) -> bool {
+        assert!(self.undo.is_none(), "tentative execution begun twice");
+        self.undo = Some(BTreeMap::new());
+        true
+    }
+
+    fn commit_tentative(&mut self) {
+        self.undo = None;
+    }
+
+    fn rollback_tentative(&mut self) {
+        for (key, before) in self.undo.take().unwrap_or_default() {
+            match before {
+                Some(value) => {
+                    self.insert(key, value);
+                }
+                None => {
+                    self.remove(&key);
+                }
+            }
+        }
+    }
+
     fn snapshot(&self) -> Vec<u8> {
         bft_crypto::encode(&Entries(&self.map)).expect("map always encodes")
     }
@@ -271,6 +324,7 @@ impl Application for KvStore {
         self.map = map;
         self.entries = entries;
         self.bytes = bytes;
+        self.undo = None;
         Ok(())
     }
 
@@ -285,6 +339,68 @@ mod tests {
 
     fn run(kv: &mut KvStore, op: KvOp) -> KvResult {
         KvResult::decode(&kv.execute(&op.encode())).unwrap()
+    }
+
+    #[test]
+    fn a_rollback_puts_back_exactly_the_state_before_tentative_execution() {
+        let put = |k: &str, v: &str| KvOp::Put {
+            key: k.into(),
+            value: v.into(),
+        };
+        let mut kv = KvStore::new();
+        run(&mut kv, put("a", "1"));
+        run(&mut kv, put("b", "2"));
+        let before = kv.clone();
+        assert!(kv.begin_tentative());
+        run(&mut kv, put("a", "changed"));
+        run(&mut kv, put("a", "twice"));
+        run(&mut kv, KvOp::Delete { key: b"b".to_vec() });
+        run(&mut kv, put("c", "new"));
+        assert_ne!(kv.digest(), before.digest());
+        kv.rollback_tentative();
+        assert_eq!(kv, before);
+        assert_eq!(kv.digest(), before.digest());
+        assert_eq!(kv.snapshot(), before.snapshot());
+        // A commit keeps what executed, and the next rollback has nothing to undo.
+        assert!(kv.begin_tentative());
+        run(&mut kv, put("a", "kept"));
+        kv.commit_tentative();
+        let kept = kv.clone();
+        kv.rollback_tentative();
+        assert_eq!(kv, kept);
+    }
+
+    #[test]
+    fn only_a_get_is_read_only_and_it_reads_what_execute_would() {
+        let mut kv = KvStore::new();
+        let k = b"k".to_vec();
+        run(
+            &mut kv,
+            KvOp::Put {
+                key: k.clone(),
+                value: b"v".to_vec(),
+            },
+        );
+        let get = KvOp::Get { key: k.clone() }.encode();
+        let digest = kv.digest();
+        assert_eq!(kv.execute_read_only(&get), Some(kv.clone().execute(&get)));
+        assert_eq!(kv.digest(), digest);
+        let writes = [
+            KvOp::Put {
+                key: k.clone(),
+                value: b"w".to_vec(),
+            },
+            KvOp::Delete { key: k.clone() },
+            KvOp::CompareAndSwap {
+                key: k,
+                expected: None,
+                new: b"x".to_vec(),
+            },
+        ];
+        for op in writes {
+            assert_eq!(kv.execute_read_only(&op.encode()), None, "{op:?}");
+        }
+        assert_eq!(kv.execute_read_only(b"not an operation"), None);
     }
 
     #[test]

@@ -31,6 +31,21 @@ pub struct Request {
 }
 signable!(Request, "bftnode/request/v1");
 
+/// <READ, o, t, c>σc: a read-only operation (TOCS §5.1.3), sent to every replica
+/// and answered by each from its current state, outside the order. It is a type of
+/// its own, with its own signing domain, rather than a flag on [`Request`]: a
+/// [`Batch`] holds only `Request`s, so no replica can order one, and a read-only
+/// signature can never be replayed as an ordered request. Its timestamp comes
+/// from the client's request timestamps, so the ordered request a client falls
+/// back to gets a newer one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub timestamp: u64,
+    #[serde(with = "bft_crypto::bytes")]
+    pub operation: Vec<u8>,
+}
+signable!(ReadRequest, "bftnode/read-request/v1");
+
 /// The request's identity and digest, from its signed form.
 #[must_use]
 pub fn request_id(req: &Signed<Request>) -> RequestId {
@@ -138,6 +153,18 @@ pub struct Reply {
     /// The sequence number the request executed (or was refused) at: the client's
     /// next horizon.
     pub seq: Seq,
+    /// Executed tentatively (TOCS §5.1.2): prepared, not committed yet. A client
+    /// needs 2f+1 matching tentative replies from one view (f+1 committed ones).
+    pub tentative: bool,
+}
+
+impl Reply {
+    /// This reply, marked tentative or not.
+    #[must_use]
+    pub fn tentative(mut self, tentative: bool) -> Self {
+        self.tentative = tentative;
+        self
+    }
 }
 
 /// Why the replicas answered a request without a result. Decided from the
@@ -151,6 +178,9 @@ pub enum Refusal {
     /// Executed, but its reply is no longer held (the client table dropped the
     /// result to stay within its bytes); the client asked again too late.
     ReplyNotKept,
+    /// A read-only request (`Message::Read`) whose operation the application does
+    /// not answer without ordering it. Send it as an ordered request.
+    NotReadOnly,
 }
 
 /// <CHECKPOINT, n, d, i>σi: replica `i`'s state snapshot after executing `n` has
@@ -291,6 +321,8 @@ pub fn snapshot_digest(snapshot: &[u8]) -> Digest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Request(Signed<Request>),
+    /// A read-only request, answered outside the order (never in a batch).
+    Read(Signed<ReadRequest>),
     PrePrepare(Signed<PrePrepare>, Batch),
     Prepare(Signed<Prepare>),
     Commit(Signed<Commit>),
@@ -316,6 +348,7 @@ impl Message {
         // Keep `Message::KINDS` in step with this list.
         match self {
             Message::Request(_) => "request",
+            Message::Read(_) => "read",
             Message::PrePrepare(..) => "pre_prepare",
             Message::Prepare(_) => "prepare",
             Message::Commit(_) => "commit",
@@ -336,6 +369,7 @@ impl Message {
     /// for every label of a frame).
     pub const KINDS: &'static [&'static str] = &[
         "request",
+        "read",
         "pre_prepare",
         "prepare",
         "commit",

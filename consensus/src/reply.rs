@@ -252,6 +252,7 @@ mod tests {
             result: ts.to_le_bytes().to_vec(),
             refusal: None,
             seq: 0,
+            tentative: false,
         }
     }
 

@@ -218,6 +218,7 @@ mod tests {
             result: vec![ts as u8; 40],
             refusal: None,
             seq: 9,
+            tentative: false,
         }
     }
 

@@ -134,6 +134,9 @@ pub struct ReplicaConfig {
     /// Commits needed for committed-local. Always the quorum; only the simulator's
     /// "planted bug" test lowers it, to show the checkers catch the violation.
     pub(crate) commit_quorum: usize,
+    /// Execute prepared batches tentatively and reply at once (TOCS §5.1.2), if
+    /// the application can undo (see `replica/tentative.rs`).
+    pub tentative_execution: bool,
     /// Whether a checkpoint installed by state transfer may be written apart. Never;
     /// only the simulator's planted-bug test sets it, to show the durability check
     /// catches the restart behind a signed checkpoint it causes (issue 11, defect 4).
@@ -170,6 +173,7 @@ impl ReplicaConfig {
             commit_quorum,
             transfer_written_apart: false,
             request_size_check: true,
+            tentative_execution: true,
         }
     }
 

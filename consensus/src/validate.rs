@@ -13,7 +13,7 @@ use crate::fd::Heartbeat;
 use crate::messages::{snapshot_digest, Commit};
 use crate::messages::{
     Batch, Bodies, Checkpoint, FetchState, Message, NewView, PrePrepare, Prepare, PreparedProof,
-    Request, StateSnapshot, ViewChange,
+    ReadRequest, Request, StateSnapshot, ViewChange,
 };
 use crate::new_view::{plan, BodyIndex, NewViewPlan};
 use crate::params::ProtocolParams;
@@ -28,6 +28,7 @@ use std::collections::BTreeSet;
 #[derive(Clone, Debug)]
 pub enum VerifiedMessage {
     Request(Verified<Request>),
+    Read(Verified<ReadRequest>),
     PrePrepare(Verified<PrePrepare>, Batch),
     Prepare(Verified<Prepare>),
     Commit(Verified<Commit>),
@@ -50,7 +51,7 @@ impl VerifiedMessage {
     #[must_use]
     pub fn sender(&self) -> Option<ReplicaId> {
         Some(match self {
-            VerifiedMessage::Request(_) => return None,
+            VerifiedMessage::Request(_) | VerifiedMessage::Read(_) => return None,
             VerifiedMessage::PrePrepare(m, _) => m.replica,
             VerifiedMessage::Prepare(m) => m.replica,
             VerifiedMessage::Commit(m) => m.replica,
@@ -141,6 +142,7 @@ impl<T> Outer<T> {
 /// A message whose structure passed and whose signatures are checked or queued.
 enum Staged {
     Request(Outer<Request>),
+    Read(Outer<ReadRequest>),
     PrePrepare(Outer<PrePrepare>, Batch),
     Prepare(Outer<Prepare>),
     Commit(Outer<Commit>),
@@ -159,6 +161,7 @@ impl Staged {
         use VerifiedMessage as V;
         match self {
             Staged::Request(m) => V::Request(m.finish(ok)),
+            Staged::Read(m) => V::Read(m.finish(ok)),
             Staged::PrePrepare(m, b) => V::PrePrepare(m.finish(ok), b),
             Staged::Prepare(m) => V::Prepare(m.finish(ok)),
             Staged::Commit(m) => V::Commit(m.finish(ok)),
@@ -176,6 +179,7 @@ impl Staged {
     fn into_message(self) -> Recheck {
         Recheck::Again(match self {
             Staged::Request(m) => Message::Request(m.into_signed()),
+            Staged::Read(m) => Message::Read(m.into_signed()),
             Staged::PrePrepare(m, b) => Message::PrePrepare(m.into_signed(), b),
             Staged::Prepare(m) => Message::Prepare(m.into_signed()),
             Staged::Commit(m) => Message::Commit(m.into_signed()),
@@ -277,6 +281,15 @@ impl Validator {
             Message::Request(r) => {
                 self.check_request_size(&r)?;
                 Staged::Request(sigs.outer(r)?)
+            }
+            Message::Read(r) => {
+                // Never batched, but held in a bounded queue until answered: the
+                // same bound as a request keeps that queue's bytes bounded too.
+                let (bytes, max) = (bft_crypto::encoded_len(&r), self.params.max_batch_bytes);
+                if bytes > max {
+                    return Err(Rejection::RequestTooLarge { bytes, max });
+                }
+                Staged::Read(sigs.outer(r)?)
             }
             Message::PrePrepare(pp, batch) => {
                 self.check_signer(&pp, pp.payload.replica)?;

@@ -25,6 +25,7 @@ fn reply(
         result: result.to_vec(),
         refusal: None,
         seq: 0,
+        tentative: false,
     };
     let signed = sign_replies(&g.keys[from as usize], view, from, vec![reply]).remove(0);
     verify_reply(signed, None).unwrap()
@@ -172,6 +173,7 @@ fn an_expired_request_is_signed_again_with_a_fresh_horizon() {
             result: vec![],
             refusal: Some(refusal),
             seq,
+            tentative: false,
         };
         let signed = sign_replies(&g.keys[from as usize], 0, from, vec![reply]).remove(0);
         verify_reply(signed, None).unwrap()
@@ -213,6 +215,7 @@ fn refused_at(g: &Group, key: &bft_crypto::KeyPair, from: u32, ts: u64) -> Verif
         result: vec![],
         refusal: Some(bft_consensus::messages::Refusal::ReplyNotKept),
         seq: 950,
+        tentative: false,
     };
     let signed = sign_replies(&g.keys[from as usize], 0, from, vec![reply]).remove(0);
     verify_reply(signed, None).unwrap()
@@ -318,4 +321,246 @@ fn the_ceiling_bounds_the_timeout_and_abandoning_a_request_resets_it() {
     c.submit(now, b"op".to_vec()).unwrap();
     c.abandon();
     assert_eq!(c.retransmit_timeout(), floor);
+}
+
+/// A reply to a read-only request: each replica answers from its own position.
+fn read_reply(
+    g: &Group,
+    from: u32,
+    key: &bft_crypto::KeyPair,
+    ts: u64,
+    seq: u64,
+    result: &[u8],
+) -> VerifiedReply {
+    let reply = Reply {
+        view: 0,
+        timestamp: ts,
+        client: key.public(),
+        replica: from,
+        result: result.to_vec(),
+        refusal: None,
+        seq,
+        tentative: false,
+    };
+    let signed = sign_replies(&g.keys[from as usize], 0, from, vec![reply]).remove(0);
+    verify_reply(signed, None).unwrap()
+}
+
+fn read_client(g: &Group) -> (bft_crypto::KeyPair, Client) {
+    let key = client_key(1);
+    let c = Client::new(
+        key.clone(),
+        g.members.clone(),
+        10,
+        Duration::from_millis(500),
+    );
+    (key, c)
+}
+
+#[test]
+fn a_read_goes_to_every_replica_and_needs_2f_plus_1_matching_results() {
+    let g = Group::new(4);
+    let (key, mut c) = read_client(&g);
+    let out = c.submit_read(Duration::ZERO, b"get".to_vec()).unwrap();
+    assert!(
+        matches!(&out[0], ClientOutput::Broadcast { message: Message::Read(r) } if r.payload.timestamp == 10)
+    );
+    assert_eq!(
+        out[1],
+        ClientOutput::SetTimer {
+            at: Duration::from_millis(500)
+        }
+    );
+    // f+1 matching results (at different positions: seq is ignored) are not enough.
+    assert!(c.on_reply(&read_reply(&g, 0, &key, 10, 7, b"v")).is_empty());
+    assert!(c.on_reply(&read_reply(&g, 1, &key, 10, 9, b"v")).is_empty());
+    assert!(c.is_busy());
+    let out = c.on_reply(&read_reply(&g, 3, &key, 10, 8, b"v"));
+    assert_eq!(
+        out,
+        vec![ClientOutput::Accepted {
+            timestamp: 10,
+            result: b"v".to_vec()
+        }]
+    );
+    // The next request gets a newer timestamp.
+    let out = c.submit(Duration::ZERO, b"put".to_vec()).unwrap();
+    assert!(
+        matches!(&out[0], ClientOutput::Send { message: Message::Request(r), .. } if r.payload.timestamp == 11)
+    );
+}
+
+#[test]
+fn a_read_whose_results_cannot_match_falls_back_to_an_ordered_request() {
+    let g = Group::new(4);
+    let (key, mut c) = read_client(&g);
+    c.submit_read(Duration::ZERO, b"get".to_vec()).unwrap();
+    assert!(c
+        .on_reply(&read_reply(&g, 0, &key, 10, 1, b"old"))
+        .is_empty());
+    // Two against one, one replica unheard: 2f+1 = 3 can still happen.
+    assert!(c
+        .on_reply(&read_reply(&g, 1, &key, 10, 2, b"new"))
+        .is_empty());
+    // One each of three values, one unheard: no value can reach 3 any more.
+    let out = c.on_reply(&read_reply(&g, 2, &key, 10, 2, b"newer"));
+    assert_eq!(out[0], ClientOutput::Reissued { timestamp: 11 });
+    assert!(matches!(
+        &out[1],
+        ClientOutput::Send { to: 0, message: Message::Request(r) }
+            if r.payload.timestamp == 11 && r.payload.operation == b"get"
+    ));
+    // Late read replies no longer count; the ordered request needs its own f+1.
+    assert!(c
+        .on_reply(&read_reply(&g, 3, &key, 10, 2, b"new"))
+        .is_empty());
+    assert!(c.on_reply(&reply(&g, 1, &key, 11, 0, b"new")).is_empty());
+    let out = c.on_reply(&reply(&g, 2, &key, 11, 0, b"new"));
+    assert_eq!(
+        out,
+        vec![ClientOutput::Accepted {
+            timestamp: 11,
+            result: b"new".to_vec()
+        }]
+    );
+}
+
+#[test]
+fn a_read_refused_as_not_read_only_or_unanswered_is_ordered() {
+    let g = Group::new(4);
+    let (key, mut c) = read_client(&g);
+    c.submit_read(Duration::ZERO, b"put".to_vec()).unwrap();
+    let refusal = |from: u32| {
+        let reply = Reply {
+            view: 0,
+            timestamp: 10,
+            client: key.public(),
+            replica: from,
+            result: Vec::new(),
+            refusal: Some(bft_consensus::messages::Refusal::NotReadOnly),
+            seq: 0,
+            tentative: false,
+        };
+        let signed = sign_replies(&g.keys[from as usize], 0, from, vec![reply]).remove(0);
+        verify_reply(signed, None).unwrap()
+    };
+    assert!(c.on_reply(&refusal(0)).is_empty());
+    let out = c.on_reply(&refusal(1));
+    assert_eq!(out[0], ClientOutput::Reissued { timestamp: 11 });
+
+    // Unanswered: at the timeout the read is ordered, and a timeout later sent to all.
+    let (_, mut c) = read_client(&g);
+    c.submit_read(Duration::ZERO, b"get".to_vec()).unwrap();
+    assert!(c.on_timeout(Duration::from_millis(499)).is_empty());
+    let out = c.on_timeout(Duration::from_millis(500));
+    assert_eq!(out[0], ClientOutput::Reissued { timestamp: 11 });
+    assert!(matches!(
+        &out[1],
+        ClientOutput::Send {
+            to: 0,
+            message: Message::Request(_)
+        }
+    ));
+    assert_eq!(
+        out[2],
+        ClientOutput::SetTimer {
+            at: Duration::from_millis(1000)
+        }
+    );
+    let out = c.on_timeout(Duration::from_millis(1000));
+    assert!(
+        matches!(&out[0], ClientOutput::Broadcast { message: Message::Request(r) } if r.payload.timestamp == 11)
+    );
+}
+
+#[test]
+fn a_planted_read_quorum_accepts_on_fewer_replies() {
+    let g = Group::new(4);
+    let (key, c) = read_client(&g);
+    let mut c = c.with_planted_read_quorum(2);
+    c.submit_read(Duration::ZERO, b"get".to_vec()).unwrap();
+    assert!(c
+        .on_reply(&read_reply(&g, 0, &key, 10, 1, b"old"))
+        .is_empty());
+    let out = c.on_reply(&read_reply(&g, 3, &key, 10, 1, b"old"));
+    assert_eq!(
+        out,
+        vec![ClientOutput::Accepted {
+            timestamp: 10,
+            result: b"old".to_vec()
+        }]
+    );
+}
+
+/// A tentative reply (TOCS §5.1.2): executed once prepared, not committed yet.
+fn tentative_reply(
+    g: &Group,
+    from: u32,
+    key: &bft_crypto::KeyPair,
+    ts: u64,
+    view: u64,
+    seq: u64,
+) -> VerifiedReply {
+    let reply = Reply {
+        view,
+        timestamp: ts,
+        client: key.public(),
+        replica: from,
+        result: b"ok".to_vec(),
+        refusal: None,
+        seq,
+        tentative: true,
+    };
+    let signed = sign_replies(&g.keys[from as usize], view, from, vec![reply]).remove(0);
+    verify_reply(signed, None).unwrap()
+}
+
+#[test]
+fn tentative_replies_count_only_as_2f_plus_1_from_one_view() {
+    let g = Group::new(4);
+    let key = client_key(1);
+    let mut c = Client::new(
+        key.clone(),
+        g.members.clone(),
+        10,
+        Duration::from_millis(500),
+    );
+    c.submit(Duration::ZERO, b"op".to_vec()).unwrap();
+    // f+1 tentative replies are not enough (f+1 committed ones would be).
+    assert!(c
+        .on_reply(&tentative_reply(&g, 0, &key, 10, 0, 5))
+        .is_empty());
+    assert!(c
+        .on_reply(&tentative_reply(&g, 1, &key, 10, 0, 5))
+        .is_empty());
+    // A third from another view does not match them.
+    assert!(c
+        .on_reply(&tentative_reply(&g, 2, &key, 10, 1, 5))
+        .is_empty());
+    // The third from the same view does.
+    let out = c.on_reply(&tentative_reply(&g, 3, &key, 10, 0, 5));
+    assert_eq!(
+        out,
+        vec![ClientOutput::Accepted {
+            timestamp: 10,
+            result: b"ok".to_vec()
+        }]
+    );
+
+    // Two tentative and one committed from one view: 2f+1 matching, accepted.
+    c.submit(Duration::ZERO, b"op".to_vec()).unwrap();
+    assert!(c
+        .on_reply(&tentative_reply(&g, 0, &key, 11, 0, 6))
+        .is_empty());
+    assert!(c
+        .on_reply(&tentative_reply(&g, 1, &key, 11, 0, 6))
+        .is_empty());
+    let mut committed = (*tentative_reply(&g, 2, &key, 11, 0, 6)).clone();
+    committed.tentative = false;
+    let signed = sign_replies(&g.keys[2], 0, 2, vec![committed]).remove(0);
+    let out = c.on_reply(&verify_reply(signed, None).unwrap());
+    assert!(matches!(
+        &out[..],
+        [ClientOutput::Accepted { timestamp: 11, .. }]
+    ));
 }

@@ -66,6 +66,18 @@ fn assert_faults_were_exercised(reports: &[SimReport]) {
         reports.iter().all(|r| r.accepted_requests > 0),
         "a run accepted nothing"
     );
+    assert!(
+        sum(|r| r.reads_accepted as u64) > 0,
+        "no read-only result was accepted"
+    );
+    assert!(
+        sum(|r| r.tentative_executions) > 0,
+        "nothing executed tentatively"
+    );
+    assert!(
+        sum(|r| r.rollbacks) > 0,
+        "no tentative execution was rolled back"
+    );
     let mut needed: Vec<u64> = reports
         .iter()
         .filter(|r| r.catch_up_requests > 0)
@@ -177,6 +189,7 @@ fn calm_network_commits_everything_without_view_changes() {
         let cfg = SimConfig::calm(7, f);
         let r = run(&cfg).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.accepted_requests, cfg.clients * cfg.requests_per_client);
+        assert!(r.reads_accepted > 0, "no get went read-only");
         assert_eq!(r.view_changes, 0);
         assert_eq!(r.crashes, 0);
         assert_eq!(r.rejections, 0);

@@ -86,6 +86,7 @@ fn well_formed_messages_pass() {
         result: vec![1],
         refusal: None,
         seq: 0,
+        tentative: false,
     };
     let signed = sign_replies(&g.keys[1], 0, 1, vec![reply.clone()]).remove(0);
     assert!(matches!(

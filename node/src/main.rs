@@ -172,9 +172,21 @@ enum TestnetCmd {
 
 #[derive(Subcommand)]
 enum ClientOp {
-    Put { key: String, value: String },
-    Get { key: String },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: String,
+    },
+    /// Read-only: sent to every replica, accepted on 2f+1 matching replies, ordered
+    /// only if those cannot be had.
+    Get {
+        key: String,
+        /// Order the get like a write (three phases, f+1 matching replies).
+        #[arg(long)]
+        ordered: bool,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 fn init_logging(default: &str) {
@@ -272,7 +284,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let result = runtime()?.block_on(async {
                 let mut client = KvClient::connect(&resolved)?;
-                let quorum = resolved.validators.membership().weak_quorum();
+                let members = resolved.validators.membership();
+                // A read-only get needs 2f+1 answers; anything else f+1.
+                let quorum = match op {
+                    ClientOp::Get { ordered: false, .. } => members.quorum(),
+                    _ => members.weak_quorum(),
+                };
                 if !client.wait_connected(quorum, resolved.timeout).await {
                     bail!(
                         "cannot reach {quorum} replicas within {:?} (are they running?)",
@@ -283,7 +300,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ClientOp::Put { key, value } => {
                         client.put(key.as_bytes(), value.as_bytes()).await
                     }
-                    ClientOp::Get { key } => client.get(key.as_bytes()).await,
+                    ClientOp::Get {
+                        key,
+                        ordered: false,
+                    } => client.get(key.as_bytes()).await,
+                    ClientOp::Get { key, ordered: true } => {
+                        client.get_ordered(key.as_bytes()).await
+                    }
                     ClientOp::Delete { key } => client.delete(key.as_bytes()).await,
                 };
                 Ok(r?)

@@ -32,6 +32,11 @@ pub struct Metrics {
     pub last_stable_checkpoint_seq: IntGauge,
     pub committed_requests: IntCounter,
     pub committed_batches: IntCounter,
+    /// Read-only requests answered outside the order (TOCS §5.1.3).
+    pub read_only_requests: IntCounter,
+    /// Batches executed tentatively (TOCS §5.1.2), and such executions undone.
+    pub tentative_executions: IntCounter,
+    pub rollbacks: IntCounter,
     pub view_changes: IntCounter,
     pub messages_sent: IntCounterVec,
     pub messages_received: IntCounterVec,
@@ -98,6 +103,18 @@ impl Metrics {
                 "Sequence number of the last stable checkpoint",
             ),
             committed_requests: counter("bft_committed_requests_total", "Client requests executed"),
+            read_only_requests: counter(
+                "bft_read_only_requests_total",
+                "Read-only requests answered from the current state, outside the order",
+            ),
+            tentative_executions: counter(
+                "bft_tentative_executions_total",
+                "Batches executed tentatively: prepared, not yet committed, replied to at once",
+            ),
+            rollbacks: counter(
+                "bft_rollbacks_total",
+                "Tentative executions undone (view left, another batch committed there, or state replaced)",
+            ),
             committed_batches: counter("bft_committed_batches_total", "Batches executed"),
             view_changes: counter("bft_view_changes_total", "New views entered"),
             messages_sent: counter_vec(
@@ -272,6 +289,9 @@ mod tests {
             "bft_last_stable_checkpoint_seq",
             "bft_committed_requests_total",
             "bft_committed_batches_total",
+            "bft_read_only_requests_total",
+            "bft_tentative_executions_total",
+            "bft_rollbacks_total",
             "bft_view_changes_total",
             "bft_messages_sent_total{type=\"prepare\"}",
             "bft_messages_received_total{type=\"prepare\"}",

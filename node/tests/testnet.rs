@@ -75,6 +75,28 @@ fn each_cli_call_sends_its_request_once_and_never_retransmits() {
             "replica {backup} got a retransmission"
         );
     }
+    // Issue 15: a get is read-only: it reaches every replica as a `read`, 2f+1 of
+    // them answer it from their state, and nothing is ordered for it. `--ordered`
+    // sends it through the order like a write.
+    let get = |extra: &[&str]| {
+        let mut args = vec!["client", "--config", client_toml.to_str().unwrap(), "get"];
+        args.extend_from_slice(extra);
+        let out = common::bftnode(&args);
+        assert!(
+            out.status.success(),
+            "get {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(get(&["k0"]), "v");
+    let answered: f64 = (0..4)
+        .map(|i| net.metric_sum(i, "bft_read_only_requests_total", &[]))
+        .sum();
+    assert!(answered >= 3.0, "{answered} replicas answered the read");
+    assert_eq!(requests(0), f64::from(calls), "a read-only get was ordered");
+    assert_eq!(get(&["k0", "--ordered"]), "v");
+    assert_eq!(requests(0), f64::from(calls + 1), "the ordered get");
     // The CLI's client is a gateway of one whose transport key is its own: the
     // replicas reach it without a reply route, so it sends none.
     for i in 0..4 {

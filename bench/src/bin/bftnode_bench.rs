@@ -49,6 +49,12 @@ struct Args {
     /// Distinct keys the writes cycle through.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
+    /// Share of requests that are read-only gets (0 to 1), the rest writes.
+    #[arg(long, default_value_t = 0.0)]
+    read_ratio: f64,
+    /// Order those gets like writes instead of sending them read-only.
+    #[arg(long)]
+    ordered_reads: bool,
     /// Measured seconds per run.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -106,9 +112,11 @@ fn loads(args: &Args) -> anyhow::Result<Vec<LoadConfig>> {
         || args.duration <= 0.0
         || args.warmup < 0.0
         || args.timeout <= 0.0
+        || !(0.0..=1.0).contains(&args.read_ratio)
     {
         bail!(
-            "--payload, --keys, --duration and --timeout must be positive, --warmup not negative"
+            "--payload, --keys, --duration and --timeout must be positive, --warmup not negative, \
+             --read-ratio between 0 and 1"
         );
     }
     let modes: Vec<Mode> = if !args.sweep.is_empty() {
@@ -140,6 +148,8 @@ fn loads(args: &Args) -> anyhow::Result<Vec<LoadConfig>> {
             connections: args.connections,
             payload: args.payload,
             keys: args.keys,
+            read_ratio: args.read_ratio,
+            ordered_reads: args.ordered_reads,
             duration: Duration::from_secs_f64(args.duration),
             warmup: Duration::from_secs_f64(args.warmup),
             timeout: Duration::from_secs_f64(args.timeout),

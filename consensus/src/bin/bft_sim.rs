@@ -61,6 +61,10 @@ struct Args {
     /// Planted bug: admit client requests larger than a batch may be.
     #[arg(long)]
     planted_no_request_size_check: bool,
+    /// Planted bug: clients accept read-only results on this many matching replies
+    /// instead of 2f+1.
+    #[arg(long, value_name = "QUORUM")]
+    planted_read_quorum: Option<usize>,
 }
 
 impl Args {
@@ -83,6 +87,7 @@ impl Args {
         cfg.planted_relay_rule = self.planted_relay_rule;
         cfg.planted_transfer_apart = self.planted_transfer_apart;
         cfg.planted_no_request_size_check = self.planted_no_request_size_check;
+        cfg.planted_read_quorum = self.planted_read_quorum;
         cfg.clear_byzantine_at = self.clear_byzantine_at.map(Duration::from_millis);
         if let Some(spec) = &self.byzantine {
             cfg.byzantine = spec
@@ -116,6 +121,9 @@ impl Args {
         }
         if let Some(q) = self.planted_commit_quorum {
             cfg.replay_args = format!("{} --planted-commit-quorum {q}", cfg.replay_args);
+        }
+        if let Some(q) = self.planted_read_quorum {
+            cfg.replay_args = format!("{} --planted-read-quorum {q}", cfg.replay_args);
         }
         if let Some(ms) = self.clear_byzantine_at {
             cfg.replay_args = format!("{} --clear-byzantine-at {ms}", cfg.replay_args);

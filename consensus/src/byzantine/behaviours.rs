@@ -142,6 +142,7 @@ fn flip(sig: &mut Signature) {
 fn corrupt(message: &mut Message) {
     match message {
         Message::Request(s) => flip(&mut s.signature),
+        Message::Read(s) => flip(&mut s.signature),
         Message::PrePrepare(s, _) => flip(&mut s.signature),
         Message::Prepare(s) => flip(&mut s.signature),
         Message::Commit(s) => flip(&mut s.signature),

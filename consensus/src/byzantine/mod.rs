@@ -6,6 +6,7 @@
 mod adversarial;
 mod behaviours;
 mod rng;
+mod stale_reads;
 mod table;
 mod twins;
 
@@ -15,6 +16,7 @@ pub use behaviours::{
     LyingCheckpoint, OtherModule, Replay, Silent, WrongDigest,
 };
 pub use rng::SplitMix64;
+pub use stale_reads::StaleReads;
 pub use table::{
     build, by_name, Family, ADVERSARIAL_BEHAVIOURS, ALL_BEHAVIOURS, CORE_BEHAVIOURS,
     DEFAULT_DELAY_MS,

@@ -7,7 +7,7 @@ use super::BehaviourError;
 use super::{
     BadSignature, Behaviour, BelowMinS, Censor, Crash, Delay, EagerVote, Equivocate, Flood,
     ForgeViewChange, HideCertificates, Honest, LyingCheckpoint, Mutate, OtherModule, Params,
-    Replay, Silent, SplitNewView, WrongDigest,
+    Replay, Silent, SplitNewView, StaleReads, WrongDigest,
 };
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -78,6 +78,9 @@ const TABLE: &[Entry] = &[
     }),
     entry("mutate", Family::Adversarial, |s, _| {
         Box::new(Mutate::new(s))
+    }),
+    entry("stale-reads", Family::Core, |_, _| {
+        Box::new(StaleReads::default())
     }),
 ];
 

@@ -11,10 +11,12 @@ mod failure_detection;
 mod left_view;
 mod normal;
 mod rate_limit;
+mod reads;
 mod recovery;
 mod retransmit;
 mod slot;
 mod state_transfer;
+mod tentative;
 mod view_change;
 
 use crate::app::Application;
@@ -23,7 +25,8 @@ use crate::durable::StableCheckpoint;
 use crate::fd::FailureDetector;
 use crate::io::{Input, Output, Timer};
 use crate::messages::{
-    snapshot_digest, Bodies, Checkpoint, Message, NewView, PreparedCert, Request, ViewChange,
+    snapshot_digest, Bodies, Checkpoint, Message, NewView, PreparedCert, ReadRequest, Request,
+    ViewChange,
 };
 use crate::rejection::Rejection;
 use crate::types::{ClientId, ReplicaConfig, ReplicaId, RequestId, Seq, View};
@@ -75,6 +78,19 @@ pub struct Replica<A: Application> {
     queue: VecDeque<Signed<Request>>,
     /// Requests in an accepted pre-prepare of this view, not yet executed.
     in_flight: BTreeSet<RequestId>,
+    /// Read-only requests waiting until this replica executed the sequence number
+    /// beside each (see [`reads`]), in that order.
+    reads: VecDeque<(Seq, bft_crypto::Verified<ReadRequest>)>,
+    /// Operation bytes in `reads` (bounded by `reads::MAX_READ_BYTES`).
+    read_bytes: usize,
+    /// The clients with a read in `reads` (at most one each).
+    read_clients: BTreeSet<ClientId>,
+    /// The batch executed tentatively (TOCS §5.1.2), if any: prepared, not yet
+    /// committed, right after the last committed one (see [`tentative`]).
+    tentative: Option<tentative::Tentative>,
+    /// After a restart: the highest slot persisted as prepared or committed, which
+    /// reads must wait for (it may have answered reads from that state before).
+    read_floor: Seq,
     /// Set when a request executes; the request timer restarts (§4.4).
     progress: bool,
     /// When a request ordered in the current view last executed here.
@@ -160,6 +176,11 @@ impl<A: Application> Replica<A> {
             waiting: BTreeMap::new(),
             queue: VecDeque::new(),
             in_flight: BTreeSet::new(),
+            reads: VecDeque::new(),
+            read_bytes: 0,
+            read_clients: BTreeSet::new(),
+            tentative: None,
+            read_floor: 0,
             progress: false,
             executed_in_view_at: None,
             view_changes: BTreeMap::new(),
@@ -189,6 +210,7 @@ impl<A: Application> Replica<A> {
             Input::Timer(timer) => self.on_timer(timer),
             Input::Message(msg) => self.on_message(msg),
         }
+        self.answer_reads();
         self.update_request_timer();
         out.append(&mut self.out);
     }
@@ -196,6 +218,7 @@ impl<A: Application> Replica<A> {
     fn on_message(&mut self, msg: VerifiedMessage) {
         match msg {
             VerifiedMessage::Request(r) => self.on_request(r),
+            VerifiedMessage::Read(r) => self.on_read(r),
             VerifiedMessage::PrePrepare(pp, batch) => self.on_pre_prepare(pp, batch),
             VerifiedMessage::Prepare(p) => self.on_prepare(p),
             VerifiedMessage::Commit(c) => self.on_commit(c),
@@ -329,8 +352,9 @@ impl<A: Application> Replica<A> {
             .as_ref()
             .is_some_and(|f| f.is_proven() && f.min_seq > self.last_executed)
     }
-    /// The application's digest of its live state (equal on replicas with equal
-    /// `last_executed`; `/status` shows it as `state_digest`). Checkpoints carry a
+    /// The application's digest of its live state (`/status` shows it as
+    /// `state_digest`): equal on replicas with equal `last_executed`, unless one
+    /// holds a tentatively executed batch on top ([`Replica::tentative_seq`]). Checkpoints carry a
     /// different value, the [`crate::messages::snapshot_digest`] of the snapshot.
     #[must_use]
     pub fn app_digest(&self) -> Digest {

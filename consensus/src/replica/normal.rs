@@ -16,6 +16,15 @@ use crate::reply::sign_reply_batch;
 use crate::types::Seq;
 use bft_crypto::{Signed, Verified};
 
+/// What applying a batch did: the fresh requests (executed or refused), the
+/// executed ones with their results, and the replies to send.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Applied {
+    pub fresh: Vec<crate::types::RequestId>,
+    pub done: Vec<(crate::types::RequestId, Vec<u8>)>,
+    pub replies: Vec<Reply>,
+}
+
 impl<A: Application> Replica<A> {
     /// §4.1: a request newer than the client's last executed one is ordered; the last
     /// one gets its cached reply again; older ones are ignored.
@@ -26,7 +35,18 @@ impl<A: Application> Replica<A> {
             Freshness::Stale => return,
             Freshness::Repeat(last) => {
                 let outcome = last.result.clone().ok_or(Refusal::ReplyNotKept);
-                let reply = self.reply_to(client, ts, last.executed_at, outcome);
+                // Executed tentatively, not committed yet: the reply says so, and
+                // names the view it was prepared in (a client counts 2f+1
+                // tentative replies only from one view).
+                let tentative = self
+                    .tentative
+                    .as_ref()
+                    .filter(|t| t.seq == last.executed_at)
+                    .map(|t| t.view);
+                let mut reply = self
+                    .reply_to(client, ts, last.executed_at, outcome)
+                    .tentative(tentative.is_some());
+                reply.view = tentative.unwrap_or(reply.view);
                 self.send_replies(vec![reply]);
                 return;
             }
@@ -338,6 +358,7 @@ impl<A: Application> Replica<A> {
             self.broadcast(Message::Commit(commit));
         }
         self.check_committed(seq);
+        self.try_tentative();
     }
 
     /// committed-local(m, v, n, i): prepared and 2f+1 matching commits.
@@ -385,27 +406,32 @@ impl<A: Application> Replica<A> {
         // An execution makes room in the primary's pipeline: what gathered while it
         // was full leaves now, as one batch.
         if self.last_executed > before {
+            // Reads waiting for these answer now, from committed state, before the
+            // next batch may execute tentatively on top of it.
+            self.answer_reads();
+            self.try_tentative();
             self.try_propose(false);
         }
     }
 
-    /// Apply one batch; report it; reply to each client; take a checkpoint every K.
-    /// `Executed` precedes the replies: what a client hears was executed first.
+    /// Execute one committed batch: apply it (or keep what its tentative execution
+    /// applied); report it; reply to each client (unless the tentative execution
+    /// did); take a checkpoint every K. `Executed` precedes the replies: what a
+    /// client hears was executed first.
     pub(super) fn execute(&mut self, seq: Seq, view: u64, batch: &Batch) {
         assert_eq!(
             seq,
             self.last_executed + 1,
             "execution must go one sequence number at a time"
         );
-        let mut done = Vec::new();
-        let mut replies = Vec::new();
+        let (applied, replied) = match self.take_tentative(seq, batch) {
+            Some(applied) => (applied, true),
+            None => (self.apply(seq, batch, false), false),
+        };
         for r in batch.requests.iter() {
-            let id = request_id(r);
-            self.in_flight.remove(&id);
-            if self.clients.freshness(&id.0, id.1) != Freshness::New {
-                continue;
-            }
-            let in_horizon = self.clients.in_horizon(r.payload.horizon, seq);
+            self.in_flight.remove(&request_id(r));
+        }
+        for id in &applied.fresh {
             if self
                 .waiting
                 .get(&id.0)
@@ -413,19 +439,10 @@ impl<A: Application> Replica<A> {
             {
                 self.waiting.remove(&id.0);
             }
-            if !in_horizon {
-                let refusal = Err(Refusal::Expired { seq });
-                replies.push(self.reply_to(id.0, id.1, seq, refusal));
-                continue;
-            }
-            let result = self.app.execute(&r.payload.operation);
-            self.clients.record(id.0, id.1, result.clone(), seq);
-            replies.push(self.reply_to(id.0, id.1, seq, Ok(result.clone())));
-            done.push((id, result));
         }
         self.last_executed = seq;
         // A refused request counts as progress too: the primary ordered it.
-        if !replies.is_empty() {
+        if !applied.replies.is_empty() {
             self.progress = true;
             if view == self.view && !self.changing {
                 self.executed_in_view_at = Some(self.now);
@@ -437,18 +454,46 @@ impl<A: Application> Replica<A> {
             seq,
             view,
             digest: batch.digest(),
-            requests: done,
+            requests: applied.done,
             batch_len: batch.len(),
         }));
-        self.send_replies(replies);
+        if !replied {
+            self.send_replies(applied.replies);
+        }
         if seq.is_multiple_of(self.cfg.params.checkpoint_interval) {
             self.take_checkpoint(seq);
         }
     }
 
+    /// Apply `batch` at `seq` to the application and the client table: each fresh
+    /// request executes (or is refused as expired), in order. Tentative replies
+    /// say so.
+    pub(super) fn apply(&mut self, seq: Seq, batch: &Batch, tentative: bool) -> Applied {
+        let mut applied = Applied::default();
+        for r in batch.requests.iter() {
+            let id = request_id(r);
+            if self.clients.freshness(&id.0, id.1) != Freshness::New {
+                continue;
+            }
+            applied.fresh.push(id);
+            if !self.clients.in_horizon(r.payload.horizon, seq) {
+                let refusal = Err(Refusal::Expired { seq });
+                let reply = self.reply_to(id.0, id.1, seq, refusal).tentative(tentative);
+                applied.replies.push(reply);
+                continue;
+            }
+            let result = self.app.execute(&r.payload.operation);
+            self.clients.record(id.0, id.1, result.clone(), seq);
+            let reply = self.reply_to(id.0, id.1, seq, Ok(result.clone()));
+            applied.replies.push(reply.tentative(tentative));
+            applied.done.push((id, result));
+        }
+        applied
+    }
+
     /// The reply to `client`'s request `timestamp`, ordered at `seq`: its result, or
     /// why there is none.
-    fn reply_to(
+    pub(super) fn reply_to(
         &self,
         client: bft_crypto::PublicKey,
         timestamp: u64,
@@ -467,11 +512,12 @@ impl<A: Application> Replica<A> {
             result,
             refusal,
             seq,
+            tentative: false,
         }
     }
 
     /// One signature for all of `replies` (a batch's, or a lone repeated one).
-    fn send_replies(&mut self, replies: Vec<Reply>) {
+    pub(super) fn send_replies(&mut self, replies: Vec<Reply>) {
         if replies.is_empty() {
             return;
         }

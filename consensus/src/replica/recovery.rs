@@ -153,6 +153,13 @@ impl<A: Application> Replica<A> {
                 new_view_slots = o.map(|((seq, _, batch), pp)| (seq, (pp, batch))).collect();
             }
         }
+        r.read_floor = durable
+            .committed
+            .keys()
+            .chain(durable.prepared.keys())
+            .copied()
+            .max()
+            .unwrap_or(0);
         r.certs = durable
             .prepared
             .range(r.stable.seq + 1..)

@@ -130,6 +130,8 @@ impl<A: Application> Replica<A> {
         let Ok(decoded) = decoded else {
             return self.reject(Some(s.replica), Rejection::BadSnapshot);
         };
+        // The snapshot replaces the committed state, not a tentative one on top.
+        self.roll_back_tentative();
         if self.app.restore(&decoded.app).is_err() {
             return self.reject(Some(s.replica), Rejection::BadSnapshot);
         }

@@ -32,6 +32,9 @@ impl<A: Application> Replica<A> {
         if target < self.view || (target == self.view && self.changing) {
             return;
         }
+        // A tentative execution belongs to the view it was prepared in (TOCS
+        // §5.1.2): undo it before anything of the next view reads the state.
+        self.roll_back_tentative();
         self.view = target;
         self.changing = true;
         self.executed_in_view_at = None;
@@ -225,6 +228,7 @@ impl<A: Application> Replica<A> {
     /// pre-prepares (backups prepare them), and resume normal operation.
     fn enter_new_view(&mut self, nv: Signed<NewView>, plan: NewViewPlan) {
         let view = nv.payload.view;
+        self.roll_back_tentative();
         self.view = view;
         self.changing = false;
         self.executed_in_view_at = None;

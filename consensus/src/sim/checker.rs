@@ -30,6 +30,13 @@ pub(crate) struct Checker {
     issued: BTreeMap<ClientId, BTreeSet<u64>>,
     /// Client-accepted results.
     pub accepted: BTreeMap<RequestId, Vec<u8>>,
+    /// Results accepted before any honest replica committed them (2f+1 tentative
+    /// replies, TOCS §5.1.2): checked when the first honest replica commits them,
+    /// and none may be left at the end.
+    pending: Vec<(RequestId, Vec<u8>, Duration)>,
+    /// Read-only results accepted (answered outside the order, so not in `accepted`,
+    /// whose entries must all be in the order).
+    pub reads_accepted: usize,
     /// What clients read, against the common order replayed.
     linearizability: Linearizability,
 }
@@ -85,7 +92,16 @@ impl Checker {
                 }
             }
         }
-        self.linearizability.executed(e.seq, &e.requests)
+        self.linearizability.executed(e.seq, &e.requests)?;
+        let pending = std::mem::take(&mut self.pending);
+        for (id, result, at) in pending {
+            if self.executed.contains_key(&id) {
+                self.on_accept(id, &result, at)?;
+            } else {
+                self.pending.push((id, result, at));
+            }
+        }
+        Ok(())
     }
 
     /// Client safety: an accepted result is the result in the common order; and
@@ -97,10 +113,11 @@ impl Checker {
         at: Duration,
     ) -> Result<(), Violation> {
         match self.executed.get(&id) {
-            None => violation(
-                "client-safety",
-                format!("client accepted {id:?} that no honest replica executed"),
-            ),
+            // Tentatively executed, not committed yet: judged when it commits.
+            None => {
+                self.pending.push((id, result.to_vec(), at));
+                Ok(())
+            }
             Some((seq, r)) if r != result => violation(
                 "client-safety",
                 format!("client accepted a result for {id:?} that differs from seq {seq}'s"),
@@ -110,6 +127,25 @@ impl Checker {
                 self.linearizability.completed(id, result, at)
             }
         }
+    }
+
+    /// A client accepted `result` for the read-only request `id`, answered outside
+    /// the order: it must never have been ordered, and its value must be
+    /// linearizable (see [`Linearizability`]).
+    pub fn on_read_accept(
+        &mut self,
+        id: RequestId,
+        result: &[u8],
+        at: Duration,
+    ) -> Result<(), Violation> {
+        if let Some((seq, _)) = self.executed.get(&id) {
+            return violation(
+                "validity",
+                format!("read-only request {id:?} was executed at seq {seq}"),
+            );
+        }
+        self.reads_accepted += 1;
+        self.linearizability.completed(id, result, at)
     }
 
     /// A validation failure of a message an honest replica sent is a bug (a forged
@@ -133,8 +169,19 @@ impl Checker {
         )
     }
 
+    /// Whether a result accepted on tentative replies has not committed yet.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Durability: every accepted request is in the order at or below `executed_upto`.
     pub fn check_durable(&self, executed_upto: Seq) -> Result<(), Violation> {
+        if let Some((id, ..)) = self.pending.first() {
+            return violation(
+                "client-safety",
+                format!("client accepted {id:?} that no honest replica executed"),
+            );
+        }
         for id in self.accepted.keys() {
             match self.executed.get(id) {
                 Some((seq, _)) if *seq <= executed_upto => {}

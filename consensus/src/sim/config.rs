@@ -79,6 +79,9 @@ pub struct SimConfig {
     pub planted_transfer_apart: bool,
     /// Test-only planted bug: requests larger than a batch are admitted.
     pub planted_no_request_size_check: bool,
+    /// Test-only planted bug: clients accept read-only results on this many
+    /// matching replies instead of 2f+1.
+    pub planted_read_quorum: Option<usize>,
     /// Byzantine clients sending nasty frames during the chaos phase (see `rogue`).
     pub byzantine_clients: usize,
     /// Whether Byzantine replicas crash (and restart from their store) too.
@@ -93,6 +96,8 @@ pub struct SimConfig {
     /// was off while adversarial seed 619, f=1, stayed stuck behind an equivocating
     /// primary; the left-view certificate fixes of issue 13's fifth round fixed it.)
     pub max_batches_in_flight: u64,
+    /// Whether replicas execute prepared batches tentatively (TOCS §5.1.2).
+    pub tentative_execution: bool,
     pub checkpoint_interval: u64,
     pub window: u64,
     /// How far behind its horizon a request may execute (small here, so clients'
@@ -126,12 +131,14 @@ impl SimConfig {
             planted_relay_rule: false,
             planted_transfer_apart: false,
             planted_no_request_size_check: false,
+            planted_read_quorum: None,
             byzantine_clients: 0,
             byzantine_crash: false,
             twins: None,
             max_frame_bytes: MAX_MESSAGE_BYTES,
             batch_size: 4,
             max_batches_in_flight: 1,
+            tentative_execution: true,
             checkpoint_interval: 8,
             window: 32,
             request_horizon: 64,
@@ -158,6 +165,10 @@ impl SimConfig {
         // Likewise its own stream: the pipeline bound the node's batching runs with.
         let mut pipeline = ChaCha8Rng::seed_from_u64(seed ^ 0x5049_5045);
         cfg.max_batches_in_flight = pipeline.gen_range(1..=4);
+        // Its own stream too: tentative execution on for three seeds in four (off,
+        // replicas execute only committed batches, as before issue 15).
+        let mut tentative = ChaCha8Rng::seed_from_u64(seed ^ 0x5445_4E54);
+        cfg.tentative_execution = tentative.gen_bool(0.75);
         let max_delay = rng.gen_range(2..=60);
         cfg.faults = Faults {
             drop: if rng.gen_bool(0.7) {
@@ -314,13 +325,14 @@ impl SimConfig {
     #[must_use]
     pub fn summary(&self) -> String {
         format!(
-            "f={} n={} clients={}x{} batch={} in_flight={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} storage={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={} planted_no_request_size_check={} byzantine_clients={} byzantine_crash={}",
+            "f={} n={} clients={}x{} batch={} in_flight={} tentative={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} storage={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={} planted_no_request_size_check={} planted_read_quorum={:?} byzantine_clients={} byzantine_crash={}",
             self.f,
             self.n(),
             self.clients,
             self.requests_per_client,
             self.batch_size,
             self.max_batches_in_flight,
+            self.tentative_execution,
             self.checkpoint_interval,
             self.window,
             self.request_horizon,
@@ -336,6 +348,7 @@ impl SimConfig {
             self.planted_relay_rule,
             self.planted_transfer_apart,
             self.planted_no_request_size_check,
+            self.planted_read_quorum,
             self.byzantine_clients,
             self.byzantine_crash
         )

@@ -35,6 +35,26 @@ pub(crate) type Position = (Seq, u32);
 /// A value a key took (None: absent) and the position it took it at.
 type Version = (Position, Option<Vec<u8>>);
 
+/// A completion already judged, kept to judge again if an earlier completion is
+/// learnt late (a result accepted on tentative replies is judged when it commits).
+struct Judged {
+    id: RequestId,
+    invoked: Duration,
+    what: Judgement,
+}
+
+enum Judgement {
+    /// An ordered operation at its position.
+    Ordered(Position),
+    /// A read answered outside the order: its key, value, and what had executed
+    /// when it completed.
+    Read {
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        before: Position,
+    },
+}
+
 #[derive(Default)]
 pub(crate) struct Linearizability {
     /// What each request asks and when its client first invoked it.
@@ -53,6 +73,8 @@ pub(crate) struct Linearizability {
     /// Completed operations by completion time: the latest position any of them
     /// holds up to then (a running maximum, so a prefix search answers).
     completed: Vec<(Duration, Position)>,
+    /// Every completion judged so far (see [`Judged`]).
+    judged: Vec<Judged>,
 }
 
 impl Linearizability {
@@ -135,10 +157,11 @@ impl Linearizability {
                 detail,
             })
         };
+        let mut judgement = None;
         let point = match (self.positions.get(&id).copied(), read) {
             (Some(p), _) if p < after => {
                 return fail(format!(
-                    "{id:?} was ordered at {p:?}, before {after:?}, which completed before it                      was invoked"
+                    "{id:?} was ordered at {p:?}, before {after:?}, which completed before it was invoked"
                 ))
             }
             (Some(p), Some((key, value))) => {
@@ -153,7 +176,10 @@ impl Linearizability {
             (None, Some((key, value))) if !self.ordered_elsewhere(&id) => {
                 let before = (self.replayed, u32::MAX);
                 match self.place(&key, value.as_ref(), after, before) {
-                    Some(p) => p,
+                    Some(p) => {
+                        judgement = Some(Judgement::Read { key, value, before });
+                        p
+                    }
                     None => {
                         return fail(format!(
                             "{id:?} read {key:?} = {value:?}, a value it had at no position from \
@@ -165,9 +191,48 @@ impl Linearizability {
             }
             (None, _) => return Ok(()),
         };
-        let (last_at, last) = self.completed.last().copied().unwrap_or_default();
-        assert!(at >= last_at, "completions arrive in time order");
-        self.completed.push((at, point.max(last)));
+        // Usually the latest completion; a result accepted on tentative replies is
+        // judged when it commits, later, and goes in at its own time.
+        let i = self.completed.partition_point(|(done, _)| *done <= at);
+        let before = i.checked_sub(1).map_or((0, 0), |j| self.completed[j].1);
+        self.completed.insert(i, (at, point.max(before)));
+        for later in &mut self.completed[i + 1..] {
+            later.1 = later.1.max(point);
+        }
+        let late = i + 1 < self.completed.len();
+        self.judged.push(Judged {
+            id,
+            invoked,
+            what: judgement.unwrap_or(Judgement::Ordered(point)),
+        });
+        if late {
+            self.judge_again_after(at)?;
+        }
+        Ok(())
+    }
+
+    /// A completion at `at` was learnt after later ones: everything invoked after
+    /// `at` must still find its place above it.
+    fn judge_again_after(&self, at: Duration) -> Result<(), Violation> {
+        for j in self.judged.iter().filter(|j| j.invoked > at) {
+            let after = self.floor(j.invoked);
+            let ok = match &j.what {
+                Judgement::Ordered(p) => *p >= after,
+                Judgement::Read { key, value, before } => {
+                    self.place(key, value.as_ref(), after, *before).is_some()
+                }
+            };
+            if !ok {
+                return Err(Violation {
+                    invariant: "linearizability",
+                    detail: format!(
+                        "{:?} sits below {after:?}, the place of an operation that completed \
+                         (on tentative replies, judged at its commit) before it was invoked",
+                        j.id
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -319,5 +384,26 @@ mod tests {
         }
         .encode();
         assert!(wrong.executed(1, &[(id(1, 1), forged)]).is_err());
+    }
+
+    #[test]
+    fn a_write_accepted_early_and_learnt_late_still_binds_later_reads() {
+        // The put of 1 was accepted at 5 ms on tentative replies; it commits (and
+        // so is judged) only after a read invoked at 6 ms read the old absence.
+        let mut l = Linearizability::default();
+        l.invoked(id(1, 1), put(1), ms(0));
+        l.invoked(id(3, 1), get(), ms(6));
+        l.completed(id(3, 1), &read(None), ms(7)).unwrap();
+        let r1 = KvStore::default().execute(&put(1).encode());
+        l.executed(1, &[(id(1, 1), r1.clone())]).unwrap();
+        let err = l.completed(id(1, 1), &r1, ms(5)).unwrap_err();
+        assert!(err.detail.contains("before it was invoked"), "{err:?}");
+        // A read invoked before the write completed may have missed it.
+        let mut l = Linearizability::default();
+        l.invoked(id(1, 1), put(1), ms(0));
+        l.invoked(id(3, 1), get(), ms(4));
+        l.completed(id(3, 1), &read(None), ms(7)).unwrap();
+        l.executed(1, &[(id(1, 1), r1.clone())]).unwrap();
+        l.completed(id(1, 1), &r1, ms(5)).unwrap();
     }
 }

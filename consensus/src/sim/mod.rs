@@ -28,7 +28,13 @@ pub use family::Family;
 pub struct SimReport {
     pub seed: u64,
     pub committed_seqs: u64,
+    /// Requests whose result a client accepted, read-only ones included.
     pub accepted_requests: usize,
+    /// Of those, read-only results (answered outside the order).
+    pub reads_accepted: usize,
+    /// Batches executed tentatively, and tentative executions rolled back.
+    pub tentative_executions: u64,
+    pub rollbacks: u64,
     pub view_changes: u64,
     pub max_view: u64,
     pub crashes: u64,

@@ -21,6 +21,8 @@ pub struct Group {
     pub params: bft_consensus::ProtocolParams,
     /// The primary's pipeline bound (`ReplicaConfig::max_batches_in_flight`).
     pub max_batches_in_flight: u64,
+    /// `ReplicaConfig::tentative_execution`.
+    pub tentative_execution: bool,
 }
 
 impl Group {
@@ -40,6 +42,7 @@ impl Group {
             members,
             params,
             max_batches_in_flight: 1,
+            tentative_execution: true,
         }
     }
 
@@ -47,6 +50,7 @@ impl Group {
         let mut c = ReplicaConfig::new(id, self.members.clone());
         c.params = self.params.clone();
         c.max_batches_in_flight = self.max_batches_in_flight;
+        c.tentative_execution = self.tentative_execution;
         // The directed tests step time in small increments: a partial batch goes
         // out within a millisecond, as these tests were written for.
         c.batch_timeout = Duration::from_millis(1);

@@ -80,7 +80,7 @@ pub struct Runtime {
     first_seen: HashMap<RequestId, Instant>,
     invalid: u64,
     committed_requests: u64,
-    digest_cache: (u64, String),
+    digest_cache: ((u64, Option<u64>), String),
     validators_digest: String,
     /// The batches executed since start, for `GET /committed`.
     committed: CommittedLog,
@@ -110,7 +110,7 @@ impl Runtime {
             first_seen: HashMap::new(),
             invalid: 0,
             committed_requests: 0,
-            digest_cache: (u64::MAX, String::new()),
+            digest_cache: ((u64::MAX, None), String::new()),
             validators_digest: p.validators_digest,
             committed: CommittedLog::default(),
         }
@@ -253,8 +253,10 @@ impl Runtime {
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
         let now = self.now();
         let r = self.replica.replica();
-        if self.digest_cache.0 != r.last_executed() {
-            self.digest_cache = (r.last_executed(), r.app_digest().to_hex());
+        // The state changes with each execution, tentative ones included.
+        let position = (r.last_executed(), r.tentative_seq());
+        if self.digest_cache.0 != position {
+            self.digest_cache = (position, r.app_digest().to_hex());
         }
         let (low, high) = r.watermarks();
         let members = &r.config().members;

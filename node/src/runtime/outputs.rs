@@ -75,6 +75,17 @@ impl Runtime {
                     "executed"
                 );
             }
+            Output::ReadsAnswered { count } => {
+                self.metrics.read_only_requests.inc_by(count as u64);
+            }
+            Output::TentativelyExecuted { seq, requests } => {
+                self.metrics.tentative_executions.inc();
+                tracing::trace!(replica = me, seq, requests, "executed tentatively");
+            }
+            Output::RolledBack { seq } => {
+                self.metrics.rollbacks.inc();
+                tracing::info!(replica = me, seq, "tentative execution rolled back");
+            }
             Output::ViewEntered { view, primary } => {
                 self.metrics.view_changes.inc();
                 tracing::info!(replica = me, view, primary, "entered view");

@@ -52,6 +52,11 @@ impl World {
         {
             return Ok(false);
         }
+        // A result accepted on tentative replies must still commit: the run is not
+        // over before it does (or the liveness budget runs out).
+        if self.checker.has_pending() {
+            return Ok(false);
+        }
         if self.cfg.clear_byzantine_at.is_some_and(|at| self.now < at) {
             return Ok(false); // the cleared replicas are judged from the clear on
         }
@@ -70,7 +75,8 @@ impl World {
         let (target, quiet_since) = *self.catch_up_target.get_or_insert((highest, self.now));
         if honest.iter().all(|r| r.last_executed() >= target) {
             let mut digests: BTreeMap<Seq, bft_crypto::Digest> = BTreeMap::new();
-            for r in &honest {
+            // (A replica's state includes a tentatively executed batch, if any.)
+            for r in honest.iter().filter(|r| r.tentative_seq().is_none()) {
                 if let Some(d) = digests.insert(r.last_executed(), r.app_digest()) {
                     if d != r.app_digest() {
                         return Err(Violation {

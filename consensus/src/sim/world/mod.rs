@@ -173,6 +173,9 @@ struct SimClient {
     timer_at: Option<Duration>,
     /// The operation outstanding and when it was invoked (kept across re-signing).
     invocation: Option<(KvOp, Duration)>,
+    /// The timestamp of the outstanding request if it is read-only (not yet
+    /// fallen back to an ordered one).
+    reading: Option<u64>,
 }
 
 pub(crate) struct World {
@@ -224,6 +227,7 @@ impl World {
                 rc.batch_timeout = SIM_BATCH_TIMEOUT;
                 rc.params.batch_size = cfg.batch_size;
                 rc.max_batches_in_flight = cfg.max_batches_in_flight;
+                rc.tentative_execution = cfg.tentative_execution;
                 rc.params.checkpoint_interval = cfg.checkpoint_interval;
                 rc.params.window = cfg.window;
                 rc.params.request_horizon = cfg.request_horizon;
@@ -282,16 +286,23 @@ impl World {
             }
         }
         let clients: Vec<SimClient> = (0..cfg.clients)
-            .map(|_| SimClient {
-                client: Client::new(
+            .map(|_| {
+                let mut client = Client::new(
                     KeyPair::from_seed(rng.gen()),
                     members.clone(),
                     1,
                     CLIENT_RETRANSMIT,
-                ),
-                remaining: cfg.requests_per_client,
-                timer_at: None,
-                invocation: None,
+                );
+                if let Some(q) = cfg.planted_read_quorum {
+                    client = client.with_planted_read_quorum(q);
+                }
+                SimClient {
+                    client,
+                    remaining: cfg.requests_per_client,
+                    timer_at: None,
+                    invocation: None,
+                    reading: None,
+                }
             })
             .collect();
         let client_index = clients
@@ -404,7 +415,9 @@ impl World {
             if self.healed && self.done()? {
                 self.report.sim_time_ms = self.now.as_millis() as u64;
                 self.report.committed_seqs = self.checker.committed_seqs();
-                self.report.accepted_requests = self.checker.accepted.len();
+                self.report.accepted_requests =
+                    self.checker.accepted.len() + self.checker.reads_accepted;
+                self.report.reads_accepted = self.checker.reads_accepted;
                 return Ok(());
             }
             if self.healed && self.now > self.heal_at + self.cfg.liveness_budget {
@@ -553,19 +566,27 @@ impl World {
                 new: vec![self.rng.gen(); 2],
             },
         };
-        let out = self.clients[client]
-            .client
-            .submit(self.now, op.encode())
-            .expect("client is idle");
-        let ts = self.clients[client]
-            .client
-            .outstanding_timestamp()
-            .expect("just submitted");
-        let id = self.clients[client].client.id();
-        self.checker.issued(id, ts);
+        // Half the gets go read-only (TOCS §5.1.3), half through the order.
+        let read_only = matches!(op, KvOp::Get { .. }) && self.rng.gen_bool(0.5);
+        let c = &mut self.clients[client].client;
+        let out = if read_only {
+            c.submit_read(self.now, op.encode())
+        } else {
+            c.submit(self.now, op.encode())
+        }
+        .expect("client is idle");
+        let ts = c.outstanding_timestamp().expect("just submitted");
+        let id = c.id();
+        // A read-only timestamp is not issued for ordering: if any replica ever
+        // executed it, validity fails.
+        if !read_only {
+            self.checker.issued(id, ts);
+        }
         self.checker.invoked((id, ts), op.clone(), self.now);
         self.clients[client].invocation = Some((op, self.now));
-        self.log(format!("c{client} submits ts {ts}"));
+        self.clients[client].reading = read_only.then_some(ts);
+        let how = if read_only { " read-only" } else { "" };
+        self.log(format!("c{client} submits ts {ts}{how}"));
         self.client_outputs(client, out)
     }
 
@@ -586,6 +607,7 @@ impl World {
                     self.schedule(at - self.now, Event::ClientTimer { client });
                 }
                 ClientOutput::Reissued { timestamp } => {
+                    self.clients[client].reading = None;
                     let id = self.clients[client].client.id();
                     self.checker.issued(id, timestamp);
                     if let Some((op, at)) = self.clients[client].invocation.clone() {
@@ -602,7 +624,11 @@ impl World {
                 ClientOutput::Accepted { timestamp, result } => {
                     let id = (self.clients[client].client.id(), timestamp);
                     self.log(format!("c{client} accepted ts {timestamp}"));
-                    self.checker.on_accept(id, &result, self.now)?;
+                    if self.clients[client].reading.take() == Some(timestamp) {
+                        self.checker.on_read_accept(id, &result, self.now)?;
+                    } else {
+                        self.checker.on_accept(id, &result, self.now)?;
+                    }
                     self.clients[client].timer_at = None;
                     let think = Duration::from_millis(self.rng.gen_range(0..30));
                     self.schedule(think, Event::ClientNext { client });
@@ -730,6 +756,17 @@ impl World {
                 }
                 Output::ViewChangeStarted { view } => {
                     self.log(format!("r{id} starts view change to {view}"))
+                }
+                Output::ReadsAnswered { count } => {
+                    self.log(format!("r{id} answered {count} read-only requests"));
+                }
+                Output::TentativelyExecuted { seq, requests } => {
+                    self.report.tentative_executions += 1;
+                    self.log(format!("r{id} executed seq {seq} tentatively ({requests})"));
+                }
+                Output::RolledBack { seq } => {
+                    self.report.rollbacks += 1;
+                    self.log(format!("r{id} rolled back tentative seq {seq}"));
                 }
                 Output::CheckpointStable { seq, .. } => {
                     self.report.stable_checkpoints += 1;
