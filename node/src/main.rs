@@ -44,7 +44,8 @@ enum Command {
         #[command(subcommand)]
         action: TestnetCmd,
     },
-    /// Send one signed request and print the result f+1 replicas agree on.
+    /// Send one signed request and print the result the replicas agree on (f+1
+    /// committed replies, 2f+1 tentative ones, or 2f+1 for a read-only get).
     Client {
         #[arg(long)]
         config: PathBuf,

@@ -61,6 +61,9 @@ struct Args {
     /// Planted bug: admit client requests larger than a batch may be.
     #[arg(long)]
     planted_no_request_size_check: bool,
+    /// Replicas execute only committed batches (no tentative execution).
+    #[arg(long)]
+    no_tentative: bool,
     /// Planted bug: clients accept read-only results on this many matching replies
     /// instead of 2f+1.
     #[arg(long, value_name = "QUORUM")]
@@ -88,6 +91,9 @@ impl Args {
         cfg.planted_transfer_apart = self.planted_transfer_apart;
         cfg.planted_no_request_size_check = self.planted_no_request_size_check;
         cfg.planted_read_quorum = self.planted_read_quorum;
+        if self.no_tentative {
+            cfg.tentative_execution = false;
+        }
         cfg.clear_byzantine_at = self.clear_byzantine_at.map(Duration::from_millis);
         if let Some(spec) = &self.byzantine {
             cfg.byzantine = spec
@@ -114,6 +120,7 @@ impl Args {
                 self.planted_transfer_apart,
                 "--planted-transfer-apart".to_string(),
             ),
+            (self.no_tentative, "--no-tentative".to_string()),
         ] {
             if on {
                 cfg.replay_args = format!("{} {flag}", cfg.replay_args);

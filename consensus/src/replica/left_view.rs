@@ -24,6 +24,7 @@
 //! one pre-prepare and one commit per replica each; and the certificates of the
 //! slots executed this way (`Settled`) until a stable checkpoint covers them.
 
+use super::slot::matching;
 use super::Replica;
 use crate::app::Application;
 use crate::durable::PersistRecord;
@@ -172,5 +173,34 @@ impl<A: Application> Replica<A> {
     /// Forget what no longer matters: slots executed or below the window.
     pub(super) fn forget_left_views_upto(&mut self, seq: Seq) {
         self.left_views.retain(|s, _| *s > seq);
+    }
+
+    /// Before leaving the view: keep the commit certificates of the slots executed
+    /// in it (above the stable checkpoint) as settled. The next view's pre-prepares
+    /// replace those slots in the log, and with them the only copies of the commits
+    /// a laggard needs to execute them (the simulator's adversarial family, seed
+    /// 388, f=2: slots committed in view 2 while a replica was down; the group then
+    /// sat in a view that could not commit, and retransmission had nothing left to
+    /// prove them with).
+    pub(super) fn settle_executed_slots(&mut self) {
+        if self.last_executed <= self.stable.seq {
+            return; // nothing executed above the checkpoint (or fetching its state)
+        }
+        let quorum = self.cfg.commit_quorum;
+        let mut proven = Vec::new();
+        for (seq, slot) in self.log.range(self.stable.seq + 1..=self.last_executed) {
+            if !slot.committed || self.settled.contains_key(seq) {
+                continue;
+            }
+            let Some((pp, batch)) = &slot.pre_prepare else {
+                continue;
+            };
+            let commits = matching(&slot.commits, pp.payload.view, pp.payload.digest, None);
+            if commits.len() >= quorum {
+                let proof = commits.into_iter().take(quorum).collect();
+                proven.push((*seq, (pp.clone(), batch.clone(), proof)));
+            }
+        }
+        self.settled.extend(proven);
     }
 }

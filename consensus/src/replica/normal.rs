@@ -48,7 +48,13 @@ impl<A: Application> Replica<A> {
                     .tentative(tentative.is_some());
                 reply.view = tentative.unwrap_or(reply.view);
                 self.send_replies(vec![reply]);
-                return;
+                if tentative.is_none() {
+                    return;
+                }
+                // Not committed yet: it still waits like any request, so the request
+                // timer runs and a view change follows if it never commits (the
+                // simulator's storage family, seed 318: a restarted replica took the
+                // retransmission for a repeat and never waited for it).
             }
             // Ordered; one whose horizon has passed is refused when it executes,
             // so every replica refuses it at the same point of the order.

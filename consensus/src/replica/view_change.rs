@@ -35,6 +35,7 @@ impl<A: Application> Replica<A> {
         // A tentative execution belongs to the view it was prepared in (TOCS
         // §5.1.2): undo it before anything of the next view reads the state.
         self.roll_back_tentative();
+        self.settle_executed_slots();
         self.view = target;
         self.changing = true;
         self.executed_in_view_at = None;
@@ -229,6 +230,7 @@ impl<A: Application> Replica<A> {
     fn enter_new_view(&mut self, nv: Signed<NewView>, plan: NewViewPlan) {
         let view = nv.payload.view;
         self.roll_back_tentative();
+        self.settle_executed_slots();
         self.view = view;
         self.changing = false;
         self.executed_in_view_at = None;
