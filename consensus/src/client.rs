@@ -17,6 +17,12 @@
 //! request outlived the 1 s timer, so each was sent again to every replica, and the
 //! backups spent their cores verifying copies (issue 13: 2,444 req/s with no view
 //! change, against 6,000 at 1,024 clients).
+//!
+//! Each expiry doubles the timeout (RFC 6298 §5.5), and the doubled value stands
+//! until a request answered without retransmission gives a fresh sample (§5.7,
+//! Karn): a client has no sample before its first answer, and 4,096 of them whose
+//! first requests all outlived the 1 s floor would otherwise send each again every
+//! second, to every replica, for as long as the queue they form lasts.
 
 use crate::messages::{Message, ReadRequest, Refusal, Request};
 use crate::reply::VerifiedReply;
@@ -79,6 +85,8 @@ type Answer = (Vec<u8>, Option<Refusal>, Seq);
 
 /// Largest retransmission timeout, as a multiple of the configured one.
 const MAX_RTO_FACTOR: u32 = 32;
+/// Doublings counted at most (the ceiling caps the timeout long before).
+const MAX_BACKOFF_DOUBLINGS: u32 = 16;
 
 /// The retransmission timeout: the smoothed round trip plus four deviations
 /// (RFC 6298 §2), between the configured timeout and a ceiling ([`MAX_RTO_FACTOR`]
@@ -90,6 +98,8 @@ struct RetransmitTimeout {
     ceiling: Duration,
     smoothed: Option<Duration>,
     deviation: Duration,
+    /// Expiries since the last sample: the timeout is doubled this many times.
+    backoff: u32,
 }
 
 impl RetransmitTimeout {
@@ -99,6 +109,7 @@ impl RetransmitTimeout {
             ceiling: floor.saturating_mul(MAX_RTO_FACTOR),
             smoothed: None,
             deviation: Duration::ZERO,
+            backoff: 0,
         }
     }
 
@@ -106,7 +117,15 @@ impl RetransmitTimeout {
         let estimate = self.smoothed.map_or(self.floor, |s| {
             s.saturating_add(self.deviation.saturating_mul(4))
         });
-        estimate.clamp(self.floor, self.ceiling.max(self.floor))
+        let backed_off = estimate
+            .max(self.floor)
+            .saturating_mul(1 << self.backoff.min(MAX_BACKOFF_DOUBLINGS));
+        backed_off.clamp(self.floor, self.ceiling.max(self.floor))
+    }
+
+    /// The timer expired (RFC 6298 §5.5): double the timeout until a fresh sample.
+    fn back_off(&mut self) {
+        self.backoff = (self.backoff + 1).min(MAX_BACKOFF_DOUBLINGS);
     }
 
     /// Forget what was learnt (RFC 6298 §5.7): a request went unanswered, so the
@@ -114,11 +133,13 @@ impl RetransmitTimeout {
     fn reset(&mut self) {
         self.smoothed = None;
         self.deviation = Duration::ZERO;
+        self.backoff = 0;
     }
 
     /// A round trip of a request that was sent once (Karn: a retransmitted one
     /// cannot tell which copy was answered).
     fn sample(&mut self, rtt: Duration) {
+        self.backoff = 0;
         match self.smoothed {
             None => {
                 self.smoothed = Some(rtt);
@@ -523,6 +544,7 @@ impl Client {
         if now < o.deadline {
             return Vec::new();
         }
+        self.retransmit_timeout.back_off();
         o.deadline = now + self.retransmit_timeout.current();
         let timer = ClientOutput::SetTimer { at: o.deadline };
         let request = match &o.request {

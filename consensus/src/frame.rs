@@ -11,7 +11,7 @@ use crate::generals::{verify_chain, Chain, Report, VerifiedChain};
 use crate::messages::Message;
 use crate::rejection::Rejection;
 use crate::types::Membership;
-use crate::validate::VerifiedMessage;
+use crate::validate::{Validator, VerifiedMessage};
 use bft_crypto::{Pending, Signable, SignatureBatch, Signed, Verified};
 use serde::{Deserialize, Serialize};
 
@@ -120,10 +120,11 @@ pub(crate) enum StagedNodeFrame {
 /// (these frames are few: a route per client session, a report per generals
 /// instance). Results are in input order.
 pub(crate) fn verify_node_frames(
-    members: &Membership,
+    validator: &Validator,
     frames: Vec<Frame>,
 ) -> Vec<Result<VerifiedFrame, Rejection>> {
-    let mut batch = SignatureBatch::new();
+    let members = validator.members();
+    let mut batch = validator.signature_batch();
     let staged: Vec<Result<StagedNodeFrame, Rejection>> = frames
         .into_iter()
         .map(|f| stage(members, f, &mut batch))
@@ -247,10 +248,21 @@ mod tests {
             Frame::ReplyRoute(forged),
             Frame::ReplyRoute(route(4)),
         ];
-        let results = verify_node_frames(&members, frames);
+        let validator = Validator::new(&crate::ReplicaConfig::new(0, members));
+        let results = verify_node_frames(&validator, frames);
         assert!(matches!(results[0], Ok(VerifiedFrame::ReplyRoute(_))));
         assert!(matches!(results[1], Err(Rejection::BadSignature)));
         assert!(matches!(results[2], Ok(VerifiedFrame::ReplyRoute(_))));
+        // Sent again (a retransmission re-sends the route): the good one is
+        // remembered, and its signature under the forged payload is still refused.
+        let mut forged = route(1);
+        forged.payload.issued = 5;
+        let results = verify_node_frames(
+            &validator,
+            vec![Frame::ReplyRoute(route(1)), Frame::ReplyRoute(forged)],
+        );
+        assert!(matches!(results[0], Ok(VerifiedFrame::ReplyRoute(_))));
+        assert!(matches!(results[1], Err(Rejection::BadSignature)));
     }
 
     #[test]
@@ -270,8 +282,9 @@ mod tests {
                 key,
             )
         };
+        let validator = Validator::new(&crate::ReplicaConfig::new(0, members));
         let results = verify_node_frames(
-            &members,
+            &validator,
             vec![
                 Frame::GeneralsReport(report(2, &keys[2])),
                 Frame::GeneralsReport(report(2, &keys[1])),

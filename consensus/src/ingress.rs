@@ -171,7 +171,7 @@ impl Ingress {
             });
         }
         let (meta, others): (Vec<_>, Vec<_>) = node.into_iter().unzip();
-        let verified = verify_node_frames(self.validator.members(), others);
+        let verified = verify_node_frames(&self.validator, others);
         for ((slot, origin, kind), result) in meta.into_iter().zip(verified) {
             results[slot] = Some(Admitted {
                 origin,

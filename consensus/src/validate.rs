@@ -21,8 +21,11 @@ use crate::rejection::Rejection;
 use crate::reply::{verify_reply, RootCache, SignedReply, VerifiedReply};
 use crate::reply_bundle::{verify_bundle, ReplyBundle};
 use crate::types::{Membership, ReplicaConfig, ReplicaId, Seq, View};
-use bft_crypto::{all_valid, BatchOk, Digest, Pending, Signable, SignatureBatch, Signed, Verified};
+use bft_crypto::{
+    all_valid, BatchOk, Digest, Pending, SeenSignatures, Signable, SignatureBatch, Signed, Verified,
+};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// A message whose signatures have all been checked.
 #[derive(Clone, Debug)]
@@ -74,7 +77,15 @@ pub struct Validator {
     params: ProtocolParams,
     /// Always on (off only in a planted-bug test).
     request_size_check: bool,
+    /// Signatures the batches found good lately, shared by clones: a copy that
+    /// comes again (a retransmission, a re-sent route, a replay) is not checked
+    /// again, with exactly the answer a check would give (`bft_crypto`'s seen.rs).
+    seen: Arc<SeenSignatures>,
 }
+
+/// Signatures a validator remembers: a few seconds of requests, routes and votes
+/// at the peak, which covers a client's first retransmission.
+const SEEN_SIGNATURES: usize = 32_768;
 
 type Checked<T> = Result<T, Rejection>;
 
@@ -207,7 +218,14 @@ impl Validator {
             members: config.members.clone(),
             params: config.params.clone(),
             request_size_check: config.request_size_check,
+            seen: Arc::new(SeenSignatures::new(SEEN_SIGNATURES)),
         }
+    }
+
+    /// A batch for this validator's checks, which skips signatures found good lately
+    /// (see the `seen` field).
+    pub(crate) fn signature_batch(&self) -> SignatureBatch {
+        SignatureBatch::remembering(self.seen.clone())
     }
 
     #[must_use]
@@ -232,7 +250,7 @@ impl Validator {
     /// Results are in input order and always what `verify` says of each.
     #[must_use]
     pub fn verify_many(&self, msgs: Vec<Message>) -> Vec<Checked<VerifiedMessage>> {
-        let mut batch = SignatureBatch::new();
+        let mut batch = self.signature_batch();
         let staged: Vec<Checked<Staged>> = msgs
             .into_iter()
             .map(|m| self.stage(m, &mut Sigs::Later(&mut batch)))

@@ -93,10 +93,11 @@ fn retransmits_to_all_replicas_on_timeout() {
     assert!(
         matches!(&out[0], ClientOutput::Broadcast { message: Message::Request(r) } if r.payload.timestamp == 1)
     );
+    // The next expiry waits twice as long (RFC 6298 §5.5).
     assert_eq!(
         out[1],
         ClientOutput::SetTimer {
-            at: Duration::from_millis(1000)
+            at: Duration::from_millis(1500)
         }
     );
 }
@@ -282,8 +283,11 @@ fn the_retransmission_timeout_follows_the_latency_seen_and_never_drops_below_the
     assert_eq!(c.retransmit_timeout(), floor);
 }
 
+/// Each expiry doubles the timeout (RFC 6298 §5.5); a request answered after a
+/// retransmission teaches no round trip (Karn), so the doubled timeout stands for
+/// the next request (§5.7) until one is answered without retransmission.
 #[test]
-fn a_retransmitted_request_teaches_no_round_trip() {
+fn an_expiry_doubles_the_timeout_until_a_fresh_sample() {
     let g = Group::new(4);
     let key = client_key(1);
     let floor = Duration::from_secs(1);
@@ -293,10 +297,27 @@ fn a_retransmitted_request_teaches_no_round_trip() {
     assert!(out
         .iter()
         .any(|o| matches!(o, ClientOutput::Broadcast { .. })));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, ClientOutput::SetTimer { at } if *at == floor * 3)));
+    assert!(c.on_timeout(floor * 2).is_empty(), "not due before 3 s");
+    let out = c.on_timeout(floor * 3);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, ClientOutput::SetTimer { at } if *at == floor * 7)));
     // Answered 20 s after the first send: which copy was answered is unknown (Karn).
     c.on_reply_at(Duration::from_secs(20), &reply(&g, 1, &key, 1, 0, b"ok"));
     let out = c.on_reply_at(Duration::from_secs(20), &reply(&g, 2, &key, 1, 0, b"ok"));
     assert!(matches!(out[..], [ClientOutput::Accepted { .. }]));
+    assert_eq!(c.retransmit_timeout(), floor * 4, "backed off twice");
+    // The next request, answered at once, is a fresh sample: back to the floor.
+    let now = Duration::from_secs(30);
+    let deadline = round(&mut c, &g, &key, 2, now, Duration::from_millis(5));
+    assert_eq!(
+        deadline - now,
+        floor * 4,
+        "sent under the backed-off timeout"
+    );
     assert_eq!(c.retransmit_timeout(), floor);
 }
 

@@ -16,6 +16,7 @@
 //! nonce point's, about a third of a replica's verification time (issue 13).
 
 use crate::keys::UsableKey;
+use crate::seen::{SeenKey, SeenSignatures};
 use crate::signed::try_signing_bytes;
 use crate::{CryptoError, Signable, Signed, Verified};
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
@@ -26,6 +27,7 @@ use rand::RngCore;
 use sha2::{Digest as _, Sha512};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Tells batches apart, so a pending signature is confirmed only by its own batch.
 static NEXT_BATCH: AtomicU64 = AtomicU64::new(1);
@@ -48,7 +50,12 @@ pub struct SignatureBatch {
     /// signer's signatures add up to one coefficient (a replica's votes, a client's
     /// requests), as zebra's verifier does.
     signers: Vec<EdwardsPoint>,
+    /// Their keys as encoded, in the same order (to remember what verified).
+    signer_keys: Vec<[u8; 32]>,
     signer_index: HashMap<[u8; 32], usize>,
+    /// Signatures checked lately: one found there is not checked again, and
+    /// this batch's are added once it verifies.
+    seen: Option<Arc<SeenSignatures>>,
 }
 
 impl Default for SignatureBatch {
@@ -64,11 +71,25 @@ impl SignatureBatch {
             id: NEXT_BATCH.fetch_add(1, Ordering::Relaxed),
             entries: Vec::new(),
             signers: Vec::new(),
+            signer_keys: Vec::new(),
             signer_index: HashMap::new(),
+            seen: None,
         }
     }
 
-    /// Signatures queued so far.
+    /// A batch that skips signatures `seen` holds (their equations held for the
+    /// same key, nonce, scalar and challenge: see `seen.rs`) and, once it
+    /// verifies, adds its own to `seen`.
+    #[must_use]
+    pub fn remembering(seen: Arc<SeenSignatures>) -> Self {
+        Self {
+            seen: Some(seen),
+            ..Self::new()
+        }
+    }
+
+    /// Signatures queued so far and still to be checked (a remembering batch
+    /// does not count those it found checked already).
     #[must_use]
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -97,8 +118,14 @@ impl SignatureBatch {
                 .finalize()
                 .into(),
         );
+        if let Some(seen) = &self.seen {
+            if seen.holds(&(*a, *r, *signed.signature.s_bytes()), &k.to_bytes()) {
+                return Ok(());
+            }
+        }
         let signer = *self.signer_index.entry(*a).or_insert_with(|| {
             self.signers.push(point);
+            self.signer_keys.push(*a);
             self.signers.len() - 1
         });
         self.entries.push(Entry {
@@ -162,6 +189,12 @@ impl SignatureBatch {
                 .chain(r_points.iter()),
         );
         if check.mul_by_cofactor().is_identity() {
+            if let Some(seen) = &self.seen {
+                seen.remember(self.entries.iter().map(|e| {
+                    let key: SeenKey = (self.signer_keys[e.signer], e.r, e.s);
+                    (key, e.k.to_bytes())
+                }));
+            }
             Ok(BatchOk { batch: self.id })
         } else {
             Err(CryptoError::BadSignature)
@@ -251,6 +284,54 @@ mod tests {
         batch.queue(&vote(2)).unwrap();
         batch.queue(&bad).unwrap();
         assert_eq!(batch.verify().unwrap_err(), CryptoError::BadSignature);
+    }
+
+    #[test]
+    fn a_remembered_signature_is_not_checked_again_but_still_binds_its_message() {
+        let seen = Arc::new(SeenSignatures::new(64));
+        let mut first = SignatureBatch::remembering(seen.clone());
+        first.queue(&vote(1)).unwrap();
+        first.queue(&vote(2)).unwrap();
+        first.verify().unwrap();
+        assert_eq!(seen.len(), 2);
+
+        let mut again = SignatureBatch::remembering(seen.clone());
+        let pending = again.take(vote(1)).unwrap();
+        again.queue(&vote(3)).unwrap();
+        assert_eq!(again.len(), 1, "only the new signature is left to check");
+        let ok = again.verify().unwrap();
+        assert_eq!(pending.confirm(&ok).0, 1);
+        assert_eq!(seen.len(), 3);
+
+        // The same signer and signature over another message: checked, and refused.
+        let mut forged = vote(1);
+        forged.payload.0 = 9;
+        let mut third = SignatureBatch::remembering(seen.clone());
+        third.queue(&forged).unwrap();
+        assert_eq!(third.len(), 1);
+        assert_eq!(third.verify().unwrap_err(), CryptoError::BadSignature);
+        // Claimed by another signer: checked, and refused.
+        let mut stolen = vote(2);
+        stolen.signer = KeyPair::from_seed([5; 32]).public();
+        let mut fourth = SignatureBatch::remembering(seen);
+        fourth.queue(&stolen).unwrap();
+        assert_eq!(fourth.len(), 1);
+        assert_eq!(fourth.verify().unwrap_err(), CryptoError::BadSignature);
+    }
+
+    #[test]
+    fn a_batch_that_fails_teaches_nothing() {
+        let seen = Arc::new(SeenSignatures::new(64));
+        let mut bad = vote(1);
+        bad.payload.0 = 9;
+        let mut batch = SignatureBatch::remembering(seen.clone());
+        batch.queue(&vote(2)).unwrap();
+        batch.queue(&bad).unwrap();
+        assert!(batch.verify().is_err());
+        assert!(seen.is_empty());
+        let mut again = SignatureBatch::remembering(seen);
+        again.queue(&vote(2)).unwrap();
+        assert_eq!(again.len(), 1, "the good one is checked again");
     }
 
     #[test]

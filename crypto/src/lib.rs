@@ -14,6 +14,7 @@ mod digest;
 mod error;
 mod keys;
 mod merkle;
+mod seen;
 mod set_hash;
 mod signed;
 
@@ -23,6 +24,7 @@ pub use ed25519_dalek::Signature;
 pub use error::CryptoError;
 pub use keys::{KeyPair, PublicKey};
 pub use merkle::{MerkleProof, MerkleTree};
+pub use seen::SeenSignatures;
 pub use set_hash::{SetElement, SetHash};
 pub use signed::{all_valid, signing_bytes, verify_batch, Signable, Signed, Verified};
 
