@@ -430,7 +430,9 @@ impl<A: Application> Replica<A> {
             self.last_executed + 1,
             "execution must go one sequence number at a time"
         );
-        let (applied, replied) = match self.take_tentative(seq, batch) {
+        // Hashed once here, for both uses (a batch's digest hashes every request).
+        let digest = batch.digest();
+        let (applied, replied) = match self.take_tentative(seq, digest) {
             Some(applied) => (applied, true),
             None => (self.apply(seq, batch, false), false),
         };
@@ -459,7 +461,7 @@ impl<A: Application> Replica<A> {
         self.emit(Output::Executed(Executed {
             seq,
             view,
-            digest: batch.digest(),
+            digest,
             requests: applied.done,
             batch_len: batch.len(),
         }));

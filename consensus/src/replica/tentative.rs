@@ -23,7 +23,6 @@ use super::normal::Applied;
 use super::Replica;
 use crate::app::Application;
 use crate::io::Output;
-use crate::messages::Batch;
 use crate::types::Seq;
 use bft_crypto::Digest;
 
@@ -77,12 +76,12 @@ impl<A: Application> Replica<A> {
         });
     }
 
-    /// The committed batch at `seq` is about to execute: if it is the one executed
-    /// tentatively, keep that execution and return what it did; otherwise undo
-    /// any tentative execution first.
-    pub(super) fn take_tentative(&mut self, seq: Seq, batch: &Batch) -> Option<Applied> {
+    /// The committed batch at `seq`, whose digest is `digest`, is about to execute:
+    /// if it is the one executed tentatively, keep that execution and return what
+    /// it did; otherwise undo any tentative execution first.
+    pub(super) fn take_tentative(&mut self, seq: Seq, digest: Digest) -> Option<Applied> {
         let t = self.tentative.as_ref()?;
-        if t.seq == seq && t.digest == batch.digest() {
+        if t.seq == seq && t.digest == digest {
             self.app.commit_tentative();
             self.clients.commit_tentative();
             return self.tentative.take().map(|t| t.applied);
