@@ -94,7 +94,9 @@ impl KvClient {
     /// How many times this client has sent a request again to every replica
     /// because no quorum answered within its retransmission timeout. Under load a
     /// count that grows means the replicas' latency exceeds the clients' timeout:
-    /// each retransmission costs every replica a signature check.
+    /// each retransmission costs every replica a decode and a lookup (the replicas
+    /// remember signatures they checked), and a backup that never saw the request a
+    /// signature check.
     #[must_use]
     pub fn retransmissions(&self) -> u64 {
         self.retransmissions

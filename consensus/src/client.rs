@@ -89,7 +89,8 @@ const MAX_RTO_FACTOR: u32 = 32;
 const MAX_BACKOFF_DOUBLINGS: u32 = 16;
 
 /// The retransmission timeout: the smoothed round trip plus four deviations
-/// (RFC 6298 §2), between the configured timeout and a ceiling ([`MAX_RTO_FACTOR`]
+/// (RFC 6298 §2), doubled for each expiry of an ordered request since the last
+/// sample (§5.5), between the configured timeout and a ceiling ([`MAX_RTO_FACTOR`]
 /// times it unless the driver sets a lower one, see
 /// [`Client::with_retransmit_ceiling`]).
 #[derive(Clone, Debug)]
@@ -341,9 +342,12 @@ impl Client {
         Ok(out)
     }
 
-    /// The outstanding read-only request cannot be accepted: order it instead,
-    /// signed with a newer timestamp, by the primary (a timeout later, by all).
-    fn fall_back(&mut self) -> Vec<ClientOutput> {
+    /// Order the outstanding operation anew, signed with a newer timestamp and the
+    /// current horizon, keeping its deadline: a read-only request that cannot be
+    /// accepted (sent to the primary, or to every replica if it went unanswered:
+    /// the primary may be what is wrong), or a request refused as expired before
+    /// it was ever sent twice (to every replica, as its retransmission would be).
+    fn order_again(&mut self, to_all: bool) -> Vec<ClientOutput> {
         let Some(o) = self.outstanding.take() else {
             return Vec::new();
         };
@@ -357,13 +361,15 @@ impl Client {
             deadline: o.deadline,
             retransmitted: false,
         });
-        vec![
-            ClientOutput::Reissued { timestamp },
+        let send = if to_all {
+            ClientOutput::Broadcast { message }
+        } else {
             ClientOutput::Send {
                 to: self.members.primary(self.view),
                 message,
-            },
-        ]
+            }
+        };
+        vec![ClientOutput::Reissued { timestamp }, send]
     }
 
     /// A reply to the outstanding read-only request: accept on `read_quorum`
@@ -394,7 +400,7 @@ impl Client {
             .unwrap_or(0);
         let unheard = self.members.n().saturating_sub(o.replies.len());
         if best + unheard < self.read_quorum {
-            return self.fall_back();
+            return self.order_again(false);
         }
         Vec::new()
     }
@@ -489,7 +495,11 @@ impl Client {
                 self.outstanding = None;
                 vec![ClientOutput::Accepted { timestamp, result }]
             }
-            (_, Some(Refusal::Expired { .. }), _) if !o.retransmitted => self.reissue(),
+            (_, Some(Refusal::Expired { .. }), _) if !o.retransmitted => {
+                // The horizon had passed and it was sent only once, so it never
+                // executed: sign it again with the fresh horizon.
+                self.order_again(true)
+            }
             (_, Some(Refusal::Expired { .. }), _) => {
                 self.outstanding = None;
                 vec![ClientOutput::Unknown { timestamp }]
@@ -502,29 +512,6 @@ impl Client {
             // f+1 such replies cannot happen with at most f faulty. Keep waiting.
             (_, Some(Refusal::NotReadOnly), _) => Vec::new(),
         }
-    }
-
-    /// The request's horizon had passed and it was sent only once, so it never
-    /// executed: sign the operation again with the fresh horizon and send it to
-    /// every replica.
-    fn reissue(&mut self) -> Vec<ClientOutput> {
-        let Some(o) = self.outstanding.take() else {
-            return Vec::new();
-        };
-        let request = self.sign_next(o.request.operation().to_vec());
-        let timestamp = request.payload.timestamp;
-        let message = Message::Request(request.clone());
-        self.outstanding = Some(Outstanding {
-            request: Sent::Ordered(request),
-            sent_at: None,
-            replies: BTreeMap::new(),
-            deadline: o.deadline,
-            retransmitted: false,
-        });
-        vec![
-            ClientOutput::Reissued { timestamp },
-            ClientOutput::Broadcast { message },
-        ]
     }
 
     /// Stop waiting for the outstanding request: the caller's own deadline passed.
@@ -544,17 +531,23 @@ impl Client {
         if now < o.deadline {
             return Vec::new();
         }
-        self.retransmit_timeout.back_off();
-        o.deadline = now + self.retransmit_timeout.current();
-        let timer = ClientOutput::SetTimer { at: o.deadline };
         let request = match &o.request {
             Sent::Ordered(r) => r.clone(),
             Sent::Read(_) => {
-                let mut out = self.fall_back();
+                // A read's expiry says nothing of the ordered round trip (reads
+                // take no sample), so no back-off; and its fall-back goes to every
+                // replica at once, so that backups hear of it within the caller's
+                // deadline however far the timeout had backed off.
+                o.deadline = now + self.retransmit_timeout.current();
+                let timer = ClientOutput::SetTimer { at: o.deadline };
+                let mut out = self.order_again(true);
                 out.push(timer);
                 return out;
             }
         };
+        self.retransmit_timeout.back_off();
+        o.deadline = now + self.retransmit_timeout.current();
+        let timer = ClientOutput::SetTimer { at: o.deadline };
         o.retransmitted = true;
         vec![
             ClientOutput::Broadcast {

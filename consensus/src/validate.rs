@@ -79,7 +79,8 @@ pub struct Validator {
     request_size_check: bool,
     /// Signatures the batches found good lately, shared by clones: a copy that
     /// comes again (a retransmission, a re-sent route, a replay) is not checked
-    /// again, with exactly the answer a check would give (`bft_crypto`'s seen.rs).
+    /// again, with the answer its first check gave to the same equation
+    /// (`bft_crypto`'s seen.rs).
     seen: Arc<SeenSignatures>,
 }
 

@@ -14,7 +14,9 @@
 //! keeps `(A, R, s)` with the `k` its equation held for; a later signature is taken
 //! as good only if its `A`, `R`, `s` and freshly computed `k` are all the same, so
 //! it is the same equation. (Another message with the same `k` would satisfy it as
-//! well, and would verify on its own too.) Only a batch that verified adds entries.
+//! well, and would verify on its own too.) Only a batch that verified adds entries,
+//! so a hit answers what that batch answered, with its error bound (a batch
+//! accepts a bad signature with probability at most 2^-128).
 //!
 //! Bounded: two generations of at most half the capacity each; when the newer one
 //! fills, the older is dropped. What matters is the last second or two, and a
@@ -72,7 +74,7 @@ impl SeenSignatures {
         }
     }
 
-    /// Signatures held now (never more than the capacity).
+    /// Signatures held now (never more than the capacity, or 2 if that is less).
     #[must_use]
     pub fn len(&self) -> usize {
         let g = self.lock();

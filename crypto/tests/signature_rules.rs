@@ -12,12 +12,16 @@
 //! and curve arithmetic); the cases follow the edge cases of Chalkias, Garillot and
 //! Nikolaenko, "Taming the many EdDSAs" (2020), and ZIP-215's small-order vectors.
 
-use bft_crypto::{all_valid, signing_bytes, verify_batch, KeyPair, PublicKey, Signable, Signed};
+use bft_crypto::{
+    all_valid, signing_bytes, verify_batch, KeyPair, PublicKey, SeenSignatures, Signable,
+    SignatureBatch, Signed,
+};
 use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT as B, EIGHT_TORSION};
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha512};
+use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Note {
@@ -81,12 +85,30 @@ fn single_and_batch(crafted: &Signed<Note>) -> (bool, bool, bool) {
     (single, batch[0].is_ok(), all_valid(&together))
 }
 
+/// What a batch that remembers its checks says of it (beside a good signature), the
+/// first time and again: the second answer may come from what the first remembered.
+fn remembered_twice(crafted: &Signed<Note>) -> (bool, bool) {
+    let seen = Arc::new(SeenSignatures::new(64));
+    let honest = Signed::sign(note("beside it"), &KeyPair::from_seed([42; 32]));
+    let judge = || {
+        let mut batch = SignatureBatch::remembering(seen.clone());
+        let queued = batch.queue(crafted).is_ok() && batch.queue(&honest).is_ok();
+        queued && batch.verify().is_ok()
+    };
+    (judge(), judge())
+}
+
 fn assert_agree(name: &str, case: &Signed<Note>, expect_valid: bool) {
     let (single, batch, all) = single_and_batch(case);
     assert_eq!(
         (single, batch, all),
         (expect_valid, expect_valid, expect_valid),
         "{name}: single, batch and all_valid must all say {expect_valid}"
+    );
+    assert_eq!(
+        remembered_twice(case),
+        (expect_valid, expect_valid),
+        "{name}: a remembering batch must say {expect_valid}, and again"
     );
 }
 

@@ -39,6 +39,11 @@ use std::time::Duration;
 const SIM_BATCH_TIMEOUT: Duration = Duration::from_millis(1);
 const TRACE_TAIL: usize = 300;
 const CLIENT_RETRANSMIT: Duration = Duration::from_millis(600);
+/// How far a simulated client's retransmission timeout may back off: five times
+/// its floor, as a node's client has by default (1 s, up to half its 10 s timeout).
+/// Simulated clients never give up, so nothing else would stop the doubling
+/// short of the client's own ceiling (32 times the floor).
+const CLIENT_RETRANSMIT_CEILING: Duration = Duration::from_millis(3_000);
 const VIEW_CHANGE_TIMEOUT: Duration = Duration::from_millis(400);
 /// Heartbeats are signed; a slower beat than the node's keeps thousands of runs cheap.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(150);
@@ -292,7 +297,8 @@ impl World {
                     members.clone(),
                     1,
                     CLIENT_RETRANSMIT,
-                );
+                )
+                .with_retransmit_ceiling(CLIENT_RETRANSMIT_CEILING);
                 if let Some(q) = cfg.planted_read_quorum {
                     client = client.with_planted_read_quorum(q);
                 }
