@@ -8,7 +8,7 @@
 mod common;
 
 use bft_consensus::fd::{Heartbeat, Progress};
-use bft_consensus::messages::{Batch, Commit, Message};
+use bft_consensus::messages::{Batch, Commit, Message, NewView, ViewChange};
 use bft_consensus::{Input, Output, Timer};
 use common::*;
 use std::time::Duration;
@@ -244,4 +244,69 @@ fn relayed_commits_alone_settle_a_slot_the_log_accepted_but_never_prepared() {
         deliver(&mut c, 2, m);
     }
     assert!(executed_committed(&c, 2, &committed));
+}
+
+/// The simulator's storage family, seed 149 (f=2): a restarted replica in view 1
+/// held view 1's pre-prepare for a slot the group had committed in view 0, and its
+/// peers relayed their view-0 commits as well as the view-1 commits some sent
+/// after the view change. Keeping only each replica's newest commit threw away
+/// the view-0 ones of every replica that had also committed in view 1, so neither
+/// view ever showed 2f+1 and the slot stayed unexecuted for good. Commits are kept
+/// per view, and a certificate in one view settles the slot for a pre-prepare of
+/// any view that carries the same digest (the digest binds the batch).
+#[test]
+fn a_certificate_of_an_earlier_view_counts_though_its_signers_also_committed_later() {
+    let mut c = Cluster::new(4);
+    let g = &c.group;
+    let vc = |id: u32| {
+        g.sign(
+            id,
+            ViewChange {
+                new_view: 2,
+                stable_seq: 0,
+                checkpoint_proof: vec![],
+                prepared: vec![],
+                replica: id,
+            },
+        )
+    };
+    let nv = g.sign(
+        2,
+        NewView {
+            view: 2,
+            view_changes: vec![vc(0), vc(2), vc(3)],
+            pre_prepares: vec![],
+            replica: 2,
+        },
+    );
+    deliver(&mut c, 1, Message::NewView(nv, vec![]));
+    assert_eq!(c.replica(1).view(), 2);
+    assert!(!c.replica(1).in_view_change());
+    let committed = batch_of(vec![request(&client_key(1), 1, "k", "committed")]);
+    let pp = Message::PrePrepare(c.group.pre_prepare(2, 1, &committed), committed.clone());
+    deliver(&mut c, 1, pp);
+    let commit = |c: &Cluster, id: u32, view: u64| {
+        Message::Commit(c.group.sign(
+            id,
+            Commit {
+                view,
+                seq: 1,
+                digest: committed.digest(),
+                replica: id,
+            },
+        ))
+    };
+    // View 2: two commits, one short of a certificate.
+    for id in [0, 3] {
+        let m = commit(&c, id, 2);
+        deliver(&mut c, 1, m);
+    }
+    assert_eq!(c.replica(1).last_executed(), 0);
+    // View 0's certificate, from replicas of which two also committed in view 2.
+    for id in [0, 2, 3] {
+        let m = commit(&c, id, 0);
+        deliver(&mut c, 1, m);
+    }
+    assert!(executed_committed(&c, 1, &committed));
+    assert_eq!(c.replica(1).last_executed(), 1);
 }

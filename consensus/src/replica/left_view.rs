@@ -20,9 +20,19 @@
 //! 2f prepares: 2f+1 relayed commits matching the pre-prepare our log holds prove
 //! it committed as well as our own prepared certificate would.
 //!
+//! A certificate is 2f+1 commits of one view, but the slot's pre-prepare may be of
+//! another (a view-change carries the batch to later views under the same digest,
+//! and the digest binds the batch): any pre-prepare held with the certified digest
+//! gives the batch. Commits are kept per view: a replica that committed the slot
+//! in view 0 and again in view 1 counts toward both views' certificates (keeping
+//! only each replica's newest commit lost view 0's certificate for good once some
+//! of its signers had also committed in view 1 while too few others had:
+//! storage family, seed 149, f=2).
+//!
 //! Bounded: only sequence numbers inside the window and above what was executed,
-//! one pre-prepare and one commit per replica each; and the certificates of the
-//! slots executed this way (`Settled`) until a stable checkpoint covers them.
+//! one pre-prepare and, per replica, commits of at most [`VIEWS_PER_REPLICA`]
+//! views each; and the certificates of the slots executed this way (`Settled`)
+//! until a stable checkpoint covers them.
 
 use super::slot::matching;
 use super::Replica;
@@ -39,10 +49,17 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Witness {
     pre_prepare: Option<(Signed<PrePrepare>, Batch)>,
-    /// Each replica's newest commit, signed: once the slot executes they are its
-    /// proof, relayed to laggards (see `retransmit`).
-    commits: BTreeMap<ReplicaId, Signed<Commit>>,
+    /// Each replica's first commit in each view (its newest views only), signed:
+    /// once the slot executes, a certificate among them is its proof, relayed to
+    /// laggards (see `retransmit`).
+    commits: BTreeMap<(ReplicaId, View), Signed<Commit>>,
 }
+
+/// Views whose commits are kept per replica and slot: a slot is committed again in
+/// each view a view change carries it to, and its certificate may be in any of
+/// them; a faulty replica signing commits for endless views only pushes out its
+/// own oldest.
+const VIEWS_PER_REPLICA: usize = 4;
 
 /// A slot executed through its commit certificate rather than our own votes: the
 /// pre-prepare, its batch and the 2f+1 matching commits, kept until a stable
@@ -56,12 +73,44 @@ pub(crate) struct Witness {
 pub(crate) type Settled = (Signed<PrePrepare>, Batch, Vec<Signed<Commit>>);
 
 impl Witness {
-    /// `quorum` matching commits for the pre-prepare held: a commit certificate.
+    /// The pre-prepare held carries a certified digest: its batch is the one
+    /// committed.
     fn proven(&self, quorum: usize) -> bool {
         let Some((pp, _)) = &self.pre_prepare else {
             return false;
         };
-        self.support(pp.payload.view, pp.payload.digest) >= quorum
+        self.certified(quorum)
+            .is_some_and(|(_, digest)| digest == pp.payload.digest)
+    }
+
+    /// A (view, digest) that `quorum` distinct replicas committed: a commit
+    /// certificate. (Two certificates for one slot always carry the same digest.)
+    fn certified(&self, quorum: usize) -> Option<(View, Digest)> {
+        let mut counts: BTreeMap<(View, Digest), usize> = BTreeMap::new();
+        for c in self.commits.values() {
+            *counts
+                .entry((c.payload.view, c.payload.digest))
+                .or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .find(|(_, n)| *n >= quorum)
+            .map(|(certified, _)| certified)
+    }
+
+    /// Keep `c`, unless its signer already committed in its view (a second commit
+    /// of one view is an equivocation: the first stands), dropping that signer's
+    /// oldest view beyond [`VIEWS_PER_REPLICA`].
+    fn add_commit(&mut self, c: Signed<Commit>) {
+        let (replica, view) = (c.payload.replica, c.payload.view);
+        self.commits.entry((replica, view)).or_insert(c);
+        let views = self.commits.range((replica, 0)..=(replica, View::MAX));
+        if views.clone().count() > VIEWS_PER_REPLICA {
+            let oldest = views.map(|(key, _)| *key).next();
+            if let Some(oldest) = oldest {
+                self.commits.remove(&oldest);
+            }
+        }
     }
 
     /// How many replicas' commits match (view, digest).
@@ -109,7 +158,7 @@ impl<A: Application> Replica<A> {
         let replace = match &w.pre_prepare {
             None => true,
             Some(_) if w.proven(quorum) => false,
-            Some(_) if w.support(view, pp.digest) >= quorum => true,
+            Some(_) if w.certified(quorum).is_some_and(|(_, d)| d == pp.digest) => true,
             Some((old, _)) => {
                 let (old_view, old_digest) = (old.payload.view, old.payload.digest);
                 old_view < view
@@ -130,31 +179,27 @@ impl<A: Application> Replica<A> {
             return;
         }
         let w = self.left_views.entry(seq).or_default();
-        let newer = w
-            .commits
-            .get(&c.replica)
-            .is_none_or(|old| old.payload.view < view);
-        if newer {
-            w.commits.insert(c.replica, c.signed().clone());
-        }
+        w.add_commit(c.signed().clone());
         self.try_execute();
     }
 
-    /// The batch at `seq` if 2f+1 replicas committed its pre-prepare in a view we
-    /// left (or in ours, see the module doc). Persisted (the batch, then the
+    /// The batch at `seq`, and the view it committed in, if 2f+1 replicas committed
+    /// it in a view we left (or in ours, see the module doc) and we hold a
+    /// pre-prepare (of any view) with its digest. Persisted (the batch, then the
     /// decision) before it is executed, so a restart re-executes it like any
     /// committed slot.
     pub(super) fn committed_in_a_left_view(&mut self, seq: Seq) -> Option<(View, Batch)> {
         let w = self.left_views.get(&seq)?;
         let quorum = self.cfg.members.quorum();
+        let (view, digest) = w.certified(quorum)?;
         let logged = self.log.get(&seq).and_then(|s| s.pre_prepare.as_ref());
-        let (pp, batch) = w
-            .pre_prepare
-            .iter()
-            .chain(logged)
-            .find(|(pp, _)| w.support(pp.payload.view, pp.payload.digest) >= quorum)
+        // The certificate's own view's pre-prepare if we hold it (what we relay
+        // then reaches a laggard in that view too), else any with its digest.
+        let held = || w.pre_prepare.iter().chain(logged);
+        let (pp, batch) = held()
+            .find(|(pp, _)| pp.payload.view == view && pp.payload.digest == digest)
+            .or_else(|| held().find(|(pp, _)| pp.payload.digest == digest))
             .cloned()?;
-        let (view, digest) = (pp.payload.view, pp.payload.digest);
         let proof: Vec<Signed<Commit>> = w.matching(view, digest).take(quorum).cloned().collect();
         self.settled.insert(seq, (pp.clone(), batch.clone(), proof));
         self.emit(Output::Persist(PersistRecord::Accepted {
