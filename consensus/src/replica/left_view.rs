@@ -193,12 +193,24 @@ impl<A: Application> Replica<A> {
         let quorum = self.cfg.members.quorum();
         let (view, digest) = w.certified(quorum)?;
         let logged = self.log.get(&seq).and_then(|s| s.pre_prepare.as_ref());
-        // The certificate's own view's pre-prepare if we hold it (what we relay
-        // then reaches a laggard in that view too), else any with its digest.
-        let held = || w.pre_prepare.iter().chain(logged);
+        // Only a pre-prepare our durable state will keep for this seq: it keeps the
+        // accepted one of the highest view, as our log does, so one older than the
+        // log's would be dropped and a restart would find the decision without its
+        // batch. (Then we wait: the views after the certificate's carry its digest,
+        // and retransmission relays their pre-prepares.) Of those, the
+        // certificate's own view's if we hold it (what we relay then reaches a
+        // laggard in that view too), else any with its digest.
+        let logged_view = logged.map(|(pp, _)| pp.payload.view);
+        let kept = |pp: &Signed<PrePrepare>| logged_view.is_none_or(|v| pp.payload.view >= v);
+        let held = || {
+            w.pre_prepare
+                .iter()
+                .chain(logged)
+                .filter(|(pp, _)| pp.payload.digest == digest && kept(pp))
+        };
         let (pp, batch) = held()
-            .find(|(pp, _)| pp.payload.view == view && pp.payload.digest == digest)
-            .or_else(|| held().find(|(pp, _)| pp.payload.digest == digest))
+            .find(|(pp, _)| pp.payload.view == view)
+            .or_else(|| held().next())
             .cloned()?;
         let proof: Vec<Signed<Commit>> = w.matching(view, digest).take(quorum).cloned().collect();
         self.settled.insert(seq, (pp.clone(), batch.clone(), proof));
