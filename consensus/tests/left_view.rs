@@ -13,13 +13,6 @@ use bft_consensus::{Input, Output, Timer};
 use common::*;
 use std::time::Duration;
 
-/// Feed replica `to` a message as if it arrived from the network (checked first),
-/// whatever `drop_if` says.
-fn deliver(c: &mut Cluster, to: u32, msg: Message) {
-    let verified = c.group.validator().verify(msg).expect("a valid message");
-    c.input(to, Input::Message(verified));
-}
-
 /// Replica 1 alone: it gets a client's request, the primary never orders it for
 /// replica 1 (everything to and from replica 1 is lost), its request timer fires
 /// and it asks for view 1, which nobody else joins. Returns the request's batch.
@@ -62,9 +55,9 @@ fn certificate(c: &Cluster, batch: &Batch) -> Vec<Message> {
 /// of (view 0, seq 1) with its batch, then the commits.
 fn relay_certificate(c: &mut Cluster, committed: &Batch) {
     let pp = Message::PrePrepare(c.group.pre_prepare(0, 1, committed), committed.clone());
-    deliver(c, 1, pp);
+    c.deliver(1, pp);
     for m in certificate(c, committed) {
-        deliver(c, 1, m);
+        c.deliver(1, m);
     }
 }
 
@@ -74,7 +67,7 @@ fn relay_certificate(c: &mut Cluster, committed: &Batch) {
 fn mutation_then_certificate_twice(c: &mut Cluster, view: u64, committed: &Batch) -> Batch {
     let mutation = batch_of(vec![request(&client_key(1), 1, "k", "mutated")]);
     let pp = Message::PrePrepare(c.group.pre_prepare(view, 1, &mutation), mutation.clone());
-    deliver(c, 1, pp);
+    c.deliver(1, pp);
     for _relay in 0..2 {
         relay_certificate(c, committed);
     }
@@ -164,7 +157,7 @@ fn a_replica_changing_view_alone_relays_the_certificates_it_executed_by() {
                 },
             },
         );
-        deliver(&mut c, 1, Message::Heartbeat(hb));
+        c.deliver(1, Message::Heartbeat(hb));
     }
     let to_2: Vec<Message> = c.all_outputs(1)[sent_before..]
         .iter()
@@ -201,7 +194,7 @@ fn a_certificate_of_an_earlier_view_beats_a_later_views_unproven_pre_prepare() {
     // Replicas 2 and 3 moved on to view 3; replica 1 joins them (f+1 moved).
     for id in [2, 3] {
         let vc = c.group.view_change_message(id, 3, vec![]);
-        deliver(&mut c, 1, vc);
+        c.deliver(1, vc);
     }
     assert_eq!(c.replica(1).view(), 3);
     mutation_then_certificate_twice(&mut c, 2, &committed);
@@ -241,7 +234,7 @@ fn relayed_commits_alone_settle_a_slot_the_log_accepted_but_never_prepared() {
         .collect();
     assert_eq!(commits.len(), 3);
     for m in commits {
-        deliver(&mut c, 2, m);
+        c.deliver(2, m);
     }
     assert!(executed_committed(&c, 2, &committed));
 }
@@ -279,12 +272,12 @@ fn a_certificate_of_an_earlier_view_counts_though_its_signers_also_committed_lat
             replica: 2,
         },
     );
-    deliver(&mut c, 1, Message::NewView(nv, vec![]));
+    c.deliver(1, Message::NewView(nv, vec![]));
     assert_eq!(c.replica(1).view(), 2);
     assert!(!c.replica(1).in_view_change());
     let committed = batch_of(vec![request(&client_key(1), 1, "k", "committed")]);
     let pp = Message::PrePrepare(c.group.pre_prepare(2, 1, &committed), committed.clone());
-    deliver(&mut c, 1, pp);
+    c.deliver(1, pp);
     let commit = |c: &Cluster, id: u32, view: u64| {
         Message::Commit(c.group.sign(
             id,
@@ -299,13 +292,13 @@ fn a_certificate_of_an_earlier_view_counts_though_its_signers_also_committed_lat
     // View 2: two commits, one short of a certificate.
     for id in [0, 3] {
         let m = commit(&c, id, 2);
-        deliver(&mut c, 1, m);
+        c.deliver(1, m);
     }
     assert_eq!(c.replica(1).last_executed(), 0);
     // View 0's certificate, from replicas of which two also committed in view 2.
     for id in [0, 2, 3] {
         let m = commit(&c, id, 0);
-        deliver(&mut c, 1, m);
+        c.deliver(1, m);
     }
     assert!(executed_committed(&c, 1, &committed));
     assert_eq!(c.replica(1).last_executed(), 1);

@@ -52,17 +52,7 @@ fn a_read_waits_for_what_the_replica_prepared_then_sees_it() {
     let reader = client_key(2);
     // Backup 1 gets the pre-prepare and 2f prepares for a put: prepared, not committed.
     let batch = batch_of(vec![request(&client_key(1), 1, "k", "new")]);
-    let pp = v
-        .verify(Message::PrePrepare(
-            g.pre_prepare(0, 1, &batch),
-            batch.clone(),
-        ))
-        .unwrap();
-    c.input(1, Input::Message(pp));
-    let p2 = v
-        .verify(Message::Prepare(g.prepare(2, 0, 1, &batch)))
-        .unwrap();
-    c.input(1, Input::Message(p2));
+    c.prepare_at_backup_1(&batch);
     assert!(c.all_outputs(1).iter().any(|o| matches!(
         o,
         Output::Broadcast {

@@ -108,20 +108,8 @@ fn a_prepared_batch_executes_tentatively_then_commits_without_running_twice() {
 #[test]
 fn without_tentative_execution_a_prepared_batch_waits_for_its_commit() {
     let mut c = Cluster::with_group(4, |g| g.tentative_execution = false);
-    let g = Group::new(4);
-    let v = g.validator();
     let batch = batch_of(vec![request(&client_key(1), 1, "k", "new")]);
-    let pp = v
-        .verify(Message::PrePrepare(
-            g.pre_prepare(0, 1, &batch),
-            batch.clone(),
-        ))
-        .unwrap();
-    c.input(1, Input::Message(pp));
-    let p2 = v
-        .verify(Message::Prepare(g.prepare(2, 0, 1, &batch)))
-        .unwrap();
-    c.input(1, Input::Message(p2));
+    c.prepare_at_backup_1(&batch);
     assert!(replies(&c.all_outputs(1)).is_empty());
     assert_eq!(c.replica(1).tentative_seq(), None);
 }
@@ -140,17 +128,7 @@ fn leaving_the_view_rolls_a_tentative_execution_back() {
         Input::Message(v.verify(Message::Request(req.clone())).unwrap()),
     );
     let batch = batch_of(vec![req]);
-    let pp = v
-        .verify(Message::PrePrepare(
-            g.pre_prepare(0, 1, &batch),
-            batch.clone(),
-        ))
-        .unwrap();
-    c.input(1, Input::Message(pp));
-    let p2 = v
-        .verify(Message::Prepare(g.prepare(2, 0, 1, &batch)))
-        .unwrap();
-    c.input(1, Input::Message(p2));
+    c.prepare_at_backup_1(&batch);
     assert_eq!(c.replica(1).tentative_seq(), Some(1));
     assert_eq!(c.replica(1).app().get(b"k"), Some(&b"new".to_vec()));
     let tentative_digest = c.replica(1).app_digest();

@@ -306,6 +306,22 @@ impl Cluster {
         self.perform(id, out);
     }
 
+    /// Feed replica `to` a message as if it arrived from the network (checked first),
+    /// whatever `drop_if` says.
+    pub fn deliver(&mut self, to: ReplicaId, msg: Message) {
+        let verified = self.group.validator().verify(msg).expect("a valid message");
+        self.input(to, Input::Message(verified));
+    }
+
+    /// Backup 1 (of 4) gets view 0's pre-prepare of `batch` at seq 1 and backup 2's
+    /// prepare: with its own, 2f prepares, so it is prepared and not committed.
+    pub fn prepare_at_backup_1(&mut self, batch: &Batch) {
+        let pp = Message::PrePrepare(self.group.pre_prepare(0, 1, batch), batch.clone());
+        self.deliver(1, pp);
+        let prepare = Message::Prepare(self.group.prepare(2, 0, 1, batch));
+        self.deliver(1, prepare);
+    }
+
     pub fn perform(&mut self, id: ReplicaId, out: Vec<Output>) {
         let n = self.replicas.len() as ReplicaId;
         for o in &out {
