@@ -25,10 +25,13 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+# libclang itself (what bindgen loads), not libclang-cpp, which some images carry
+# without it.
 has_libclang() {
     compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null ||
         compgen -G "/usr/lib/llvm-*/lib/libclang-[0-9]*.so*" >/dev/null ||
-        compgen -G "/usr/lib/*/libclang*.so*" >/dev/null
+        compgen -G "/usr/lib/*/libclang.so*" >/dev/null ||
+        compgen -G "/usr/lib/*/libclang-[0-9]*.so*" >/dev/null
 }
 
 need=()
