@@ -59,6 +59,19 @@ fn kv_put(c: &mut Criterion) {
             }
         });
     });
+    // As a replica executes a batch: tentatively, each key's old value kept in the
+    // undo journal until the batch commits (batches of about 180 puts).
+    group.bench_function("execute_tentatively", |b| {
+        b.iter(|| {
+            for batch in ops.chunks(180) {
+                assert!(kv.begin_tentative());
+                for op in batch {
+                    criterion::black_box(kv.execute(op));
+                }
+                kv.commit_tentative();
+            }
+        });
+    });
     group.finish();
 }
 

@@ -3,6 +3,7 @@
 use crate::app::{Application, RestoreError};
 use bft_crypto::{Digest, SetElement, SetHash};
 use serde::{Deserialize, Serialize};
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 /// A client operation on the key-value store.
@@ -101,6 +102,10 @@ pub const MAX_STATE_BYTES: usize = 32 * 1024 * 1024;
 /// overhead), so that many tiny entries count too.
 const ENTRY_OVERHEAD: usize = 16;
 
+/// A write the store's bound refuses.
+#[derive(Debug)]
+struct Full;
+
 fn entry_bytes(key: &[u8], value: &[u8]) -> usize {
     key.len() + value.len() + ENTRY_OVERHEAD
 }
@@ -175,60 +180,73 @@ impl KvStore {
         self.map.is_empty()
     }
 
-    /// Whether setting `key` to `value` keeps the store within [`MAX_STATE_BYTES`].
-    fn fits(&self, key: &[u8], value: &[u8]) -> bool {
-        let freed = self
-            .map
-            .get(key)
-            .map_or(0, |old| entry_bytes(key, &old.value));
-        self.bytes - freed + entry_bytes(key, value) <= MAX_STATE_BYTES
-    }
-
-    /// Before `key` changes while executing tentatively: keep its value, once.
-    fn remember(&mut self, key: &[u8]) {
-        if let Some(undo) = self.undo.as_mut() {
-            if !undo.contains_key(key) {
-                let before = self.map.get(key).map(|s| s.value.clone());
-                undo.insert(key.to_vec(), before);
-            }
-        }
-    }
-
-    /// Set `key` to `value`, keeping the digest and size in step; returns the old value.
-    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
-        self.remember(&key);
-        let stored = Stored::new(&key, value);
-        self.entries.insert_element(&stored.element);
-        self.bytes += entry_bytes(&key, &stored.value);
+    /// Set `key` to `value`, keeping the digest, size and undo journal in step;
+    /// returns the old value, or `Err(Full)` (nothing changed) if `bounded` and the
+    /// store would outgrow [`MAX_STATE_BYTES`]. One lookup in the map, where a put
+    /// made up to four (the bound, the journal's check and read, the insert): the
+    /// bound and the journal are kept here, beside the write they guard.
+    fn set(
+        &mut self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        bounded: bool,
+    ) -> Result<Option<Vec<u8>>, Full> {
+        let added = entry_bytes(&key, &value);
         match self.map.entry(key) {
-            std::collections::btree_map::Entry::Vacant(e) => {
+            Entry::Vacant(e) => {
+                if bounded && self.bytes + added > MAX_STATE_BYTES {
+                    return Err(Full);
+                }
+                if let Some(undo) = self.undo.as_mut() {
+                    if !undo.contains_key(e.key()) {
+                        undo.insert(e.key().clone(), None);
+                    }
+                }
+                let stored = Stored::new(e.key(), value);
+                self.entries.insert_element(&stored.element);
+                self.bytes += added;
                 e.insert(stored);
-                None
+                Ok(None)
             }
-            std::collections::btree_map::Entry::Occupied(mut e) => {
+            Entry::Occupied(mut e) => {
+                let freed = entry_bytes(e.key(), &e.get().value);
+                if bounded && self.bytes - freed + added > MAX_STATE_BYTES {
+                    return Err(Full);
+                }
+                let stored = Stored::new(e.key(), value);
+                self.entries.insert_element(&stored.element);
                 let old = std::mem::replace(e.get_mut(), stored);
                 self.entries.remove_element(&old.element);
-                self.bytes -= entry_bytes(e.key(), &old.value);
-                Some(old.value)
+                self.bytes = self.bytes - freed + added;
+                if let Some(undo) = self.undo.as_mut() {
+                    if !undo.contains_key(e.key()) {
+                        undo.insert(e.key().clone(), Some(old.value.clone()));
+                    }
+                }
+                Ok(Some(old.value))
             }
         }
     }
 
+    /// Take `key` out, keeping the digest, size and undo journal in step; returns
+    /// its value.
     fn remove(&mut self, key: &[u8]) -> Option<Vec<u8>> {
-        if self.map.contains_key(key) {
-            self.remember(key);
-        }
         let old = self.map.remove(key)?;
         self.entries.remove_element(&old.element);
         self.bytes -= entry_bytes(key, &old.value);
+        if let Some(undo) = self.undo.as_mut() {
+            if !undo.contains_key(key) {
+                undo.insert(key.to_vec(), Some(old.value.clone()));
+            }
+        }
         Some(old.value)
     }
 
     fn apply(&mut self, op: KvOp) -> KvResult {
         match op {
-            KvOp::Put { key, value } if !self.fits(&key, &value) => KvResult::Full,
-            KvOp::Put { key, value } => KvResult::Done {
-                previous: self.insert(key, value),
+            KvOp::Put { key, value } => match self.set(key, value, true) {
+                Ok(previous) => KvResult::Done { previous },
+                Err(Full) => KvResult::Full,
             },
             KvOp::Get { key } => KvResult::Value(self.get(&key).cloned()),
             KvOp::Delete { key } => KvResult::Done {
@@ -236,13 +254,13 @@ impl KvStore {
             },
             KvOp::CompareAndSwap { key, expected, new } => {
                 let current = self.get(&key).cloned();
-                if current == expected && !self.fits(&key, &new) {
-                    KvResult::Full
-                } else if current == expected {
-                    self.insert(key, new);
-                    KvResult::Swapped {
-                        swapped: true,
-                        current,
+                if current == expected {
+                    match self.set(key, new, true) {
+                        Ok(_) => KvResult::Swapped {
+                            swapped: true,
+                            current,
+                        },
+                        Err(Full) => KvResult::Full,
                     }
                 } else {
                     KvResult::Swapped {
@@ -289,8 +307,11 @@ impl Application for KvStore {
     fn rollback_tentative(&mut self) {
         for (key, before) in self.undo.take().unwrap_or_default() {
             match before {
+                // Unbounded: putting values back in any order may pass the bound
+                // for a moment, and a rollback must be complete.
                 Some(value) => {
-                    self.insert(key, value);
+                    self.set(key, value, false)
+                        .expect("an unbounded set is never refused");
                 }
                 None => {
                     self.remove(&key);
@@ -356,6 +377,19 @@ mod tests {
         run(&mut kv, put("a", "twice"));
         run(&mut kv, KvOp::Delete { key: b"b".to_vec() });
         run(&mut kv, put("c", "new"));
+        // Created, deleted and created again; deleted and written again.
+        run(&mut kv, KvOp::Delete { key: b"c".to_vec() });
+        run(&mut kv, put("c", "again"));
+        run(&mut kv, put("b", "back"));
+        run(
+            &mut kv,
+            KvOp::CompareAndSwap {
+                key: b"a".to_vec(),
+                expected: Some(b"twice".to_vec()),
+                new: b"swapped".to_vec(),
+            },
+        );
+        assert_eq!(kv.get(b"a"), Some(&b"swapped".to_vec()));
         assert_ne!(kv.digest(), before.digest());
         kv.rollback_tentative();
         assert_eq!(kv, before);
