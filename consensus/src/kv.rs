@@ -192,37 +192,27 @@ impl KvStore {
         bounded: bool,
     ) -> Result<Option<Vec<u8>>, Full> {
         let added = entry_bytes(&key, &value);
-        match self.map.entry(key) {
+        let entry = self.map.entry(key);
+        let freed = match &entry {
+            Entry::Vacant(_) => 0,
+            Entry::Occupied(e) => entry_bytes(e.key(), &e.get().value),
+        };
+        if bounded && self.bytes - freed + added > MAX_STATE_BYTES {
+            return Err(Full);
+        }
+        let stored = Stored::new(entry.key(), value);
+        self.entries.insert_element(&stored.element);
+        self.bytes = self.bytes - freed + added;
+        match entry {
             Entry::Vacant(e) => {
-                if bounded && self.bytes + added > MAX_STATE_BYTES {
-                    return Err(Full);
-                }
-                if let Some(undo) = self.undo.as_mut() {
-                    if !undo.contains_key(e.key()) {
-                        undo.insert(e.key().clone(), None);
-                    }
-                }
-                let stored = Stored::new(e.key(), value);
-                self.entries.insert_element(&stored.element);
-                self.bytes += added;
+                journal(&mut self.undo, e.key(), None);
                 e.insert(stored);
                 Ok(None)
             }
             Entry::Occupied(mut e) => {
-                let freed = entry_bytes(e.key(), &e.get().value);
-                if bounded && self.bytes - freed + added > MAX_STATE_BYTES {
-                    return Err(Full);
-                }
-                let stored = Stored::new(e.key(), value);
-                self.entries.insert_element(&stored.element);
                 let old = std::mem::replace(e.get_mut(), stored);
                 self.entries.remove_element(&old.element);
-                self.bytes = self.bytes - freed + added;
-                if let Some(undo) = self.undo.as_mut() {
-                    if !undo.contains_key(e.key()) {
-                        undo.insert(e.key().clone(), Some(old.value.clone()));
-                    }
-                }
+                journal(&mut self.undo, e.key(), Some(&old.value));
                 Ok(Some(old.value))
             }
         }
@@ -234,11 +224,7 @@ impl KvStore {
         let old = self.map.remove(key)?;
         self.entries.remove_element(&old.element);
         self.bytes -= entry_bytes(key, &old.value);
-        if let Some(undo) = self.undo.as_mut() {
-            if !undo.contains_key(key) {
-                undo.insert(key.to_vec(), Some(old.value.clone()));
-            }
-        }
+        journal(&mut self.undo, key, Some(&old.value));
         Some(old.value)
     }
 
@@ -269,6 +255,21 @@ impl KvStore {
                     }
                 }
             }
+        }
+    }
+}
+
+/// While executing tentatively (`undo` is `Some`): keep `before`, the value `key`
+/// had before its first change since then (`None`: absent), for a rollback; a later
+/// change of the same key keeps nothing more.
+fn journal(
+    undo: &mut Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    key: &[u8],
+    before: Option<&Vec<u8>>,
+) {
+    if let Some(undo) = undo {
+        if !undo.contains_key(key) {
+            undo.insert(key.to_vec(), before.cloned());
         }
     }
 }
