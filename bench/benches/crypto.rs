@@ -9,6 +9,7 @@ fn request(i: u64) -> Request {
         timestamp: i,
         operation: vec![7u8; 512],
         horizon: 0,
+        replier: Some(1),
     }
 }
 

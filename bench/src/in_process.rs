@@ -30,6 +30,7 @@ pub fn signed_requests(count: usize, clients: usize, payload: usize) -> Vec<Sign
                     timestamp: (i / clients) as u64 + 1,
                     operation: op.encode(),
                     horizon: 0,
+                    replier: None,
                 },
                 client,
             )

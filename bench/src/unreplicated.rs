@@ -8,7 +8,7 @@
 
 use crate::cpu::BASELINE_THREAD_PREFIX;
 use bft_client::config::{self, ValidatorSet};
-use bft_consensus::messages::{Refusal, Reply};
+use bft_consensus::messages::{Refusal, Reply, ReplyResult};
 use bft_consensus::reply::sign_replies;
 use bft_consensus::{
     Application, Frame, KvStore, Membership, Message, ReplicaConfig, Validator, VerifiedMessage,
@@ -134,7 +134,7 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
                         client: read.signer(),
                         replica: 0,
                         refusal: outcome.is_none().then_some(Refusal::NotReadOnly),
-                        result: outcome.unwrap_or_default(),
+                        result: ReplyResult::Full(outcome.unwrap_or_default()),
                         seq: 0,
                         tentative: false,
                     };
@@ -158,7 +158,7 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
                 timestamp: request.timestamp,
                 client,
                 replica: 0,
-                result,
+                result: ReplyResult::Full(result),
                 refusal: None,
                 seq: 0,
                 tentative: false,

@@ -326,7 +326,7 @@ fn replicas_connected(net: &NetHandle, peers: &[PeerId]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bft_consensus::messages::Reply;
+    use bft_consensus::messages::{Reply, ReplyResult};
     use bft_consensus::reply::sign_replies;
 
     fn reply(replica: u32, timestamp: u64) -> Incoming {
@@ -336,7 +336,7 @@ mod tests {
             timestamp,
             client,
             replica,
-            result: vec![1],
+            result: ReplyResult::Full(vec![1]),
             refusal: None,
             seq: 0,
             tentative: false,

@@ -5,6 +5,11 @@
 //! Replies may be tentative (TOCS §5.1.2, `replica/tentative.rs`): 2f+1 matching
 //! ones from one view are accepted as f+1 committed ones are.
 //!
+//! Replies are matched by the digest of their result (TOCS §5.1.1, see
+//! [`crate::reply_result`]): each request designates one backup to send the result
+//! in full, the others send its digest, and the client accepts once the quorum
+//! matches and a full result hashes to their digest.
+//!
 //! A read-only operation (TOCS §5.1.3, [`Client::submit_read`]) goes to every
 //! replica instead and is accepted once 2f+1 replicas gave the same result, which
 //! the replicas make linearizable (see `replica/reads.rs`). When that can no longer
@@ -27,10 +32,15 @@
 use crate::messages::{Message, ReadRequest, Refusal, Request};
 use crate::reply::VerifiedReply;
 use crate::types::{Membership, ReplicaId, Seq, View};
-use bft_crypto::{KeyPair, Signed};
+use bft_crypto::{Digest, KeyPair, Signed};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use thiserror::Error;
+
+/// A byte of the client's public key, to start its replier turn from.
+fn key_byte(key: &KeyPair) -> u8 {
+    key.public().0[0]
+}
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ClientError {
@@ -80,8 +90,9 @@ pub enum ClientOutput {
     },
 }
 
-/// What a replica answered: the result or why there is none, and its seq.
-type Answer = (Vec<u8>, Option<Refusal>, Seq);
+/// What a replica answered: the digest of the result (see
+/// [`crate::reply_result`]) or why there is none, and its seq.
+type Answer = (Digest, Option<Refusal>, Seq);
 
 /// Largest retransmission timeout, as a multiple of the configured one.
 const MAX_RTO_FACTOR: u32 = 32;
@@ -185,6 +196,9 @@ struct Outstanding {
     /// Each replica's latest reply for this request: (view, result or refusal,
     /// tentative).
     replies: BTreeMap<ReplicaId, (View, Answer, bool)>,
+    /// The full results heard, by replica, with their digests (a digest reply
+    /// carries none; see [`crate::reply_result`]).
+    full: BTreeMap<ReplicaId, (Digest, Vec<u8>)>,
     deadline: Duration,
     /// Sent to every replica after a timeout (so it may have been ordered twice).
     retransmitted: bool,
@@ -201,6 +215,12 @@ pub struct Client {
     /// Matching replies a read-only request needs: 2f+1.
     read_quorum: usize,
     outstanding: Option<Outstanding>,
+    /// Which backup the next request designates to send its result in full
+    /// (counted among the replicas other than the primary, modulo their number).
+    /// Starts from the client's key, so a process's clients spread the full
+    /// results over the backups, and moves on when the designated replica's result
+    /// did not come.
+    replier_turn: usize,
 }
 
 impl Client {
@@ -214,6 +234,7 @@ impl Client {
         retransmit_timeout: Duration,
     ) -> Self {
         Self {
+            replier_turn: usize::from(key_byte(&key)),
             key,
             read_quorum: members.quorum(),
             members,
@@ -293,6 +314,7 @@ impl Client {
             request: Sent::Ordered(request),
             sent_at: Some(now),
             replies: BTreeMap::new(),
+            full: BTreeMap::new(),
             deadline,
             retransmitted: false,
         });
@@ -336,6 +358,7 @@ impl Client {
             request: Sent::Read(read),
             sent_at: None,
             replies: BTreeMap::new(),
+            full: BTreeMap::new(),
             deadline,
             retransmitted: false,
         });
@@ -358,6 +381,7 @@ impl Client {
             request: Sent::Ordered(request),
             sent_at: None,
             replies: BTreeMap::new(),
+            full: BTreeMap::new(),
             deadline: o.deadline,
             retransmitted: false,
         });
@@ -379,17 +403,17 @@ impl Client {
         let Some(o) = self.outstanding.as_mut() else {
             return Vec::new();
         };
-        let answer: Answer = (reply.result.clone(), reply.refusal, 0);
-        o.replies
-            .insert(reply.replica, (reply.view, answer.clone(), false));
+        let answer: Answer = (reply.result_digest(), reply.refusal, 0);
+        o.replies.insert(reply.replica, (reply.view, answer, false));
         let count = |a: &Answer| o.replies.values().filter(|(_, b, _)| b == a).count();
         if answer.1.is_none() && count(&answer) >= self.read_quorum {
-            let timestamp = o.request.timestamp();
-            self.outstanding = None;
-            return vec![ClientOutput::Accepted {
-                timestamp,
-                result: answer.0,
-            }];
+            // Replicas answer reads in full; one that sent only a digest is
+            // faulty, and the correct ones in the quorum sent the result.
+            if let Some((result, _)) = Self::full_result(o, &answer.0) {
+                let timestamp = o.request.timestamp();
+                self.outstanding = None;
+                return vec![ClientOutput::Accepted { timestamp, result }];
+            }
         }
         let best = o
             .replies
@@ -413,9 +437,40 @@ impl Client {
                 timestamp,
                 operation,
                 horizon: self.horizon,
+                replier: self.designated(),
             },
             &self.key,
         )
+    }
+
+    /// The replica the next request designates to send its result in full: one of
+    /// the replicas other than the primary the client believes in (the primary has
+    /// the most to do), chosen by [`Client::replier_turn`].
+    #[must_use]
+    pub fn designated(&self) -> Option<ReplicaId> {
+        let primary = self.members.primary(self.view);
+        let others = self.members.n().saturating_sub(1);
+        if others == 0 {
+            return None;
+        }
+        let index = self.replier_turn % others;
+        (0..self.members.n())
+            .filter_map(|i| ReplicaId::try_from(i).ok())
+            .filter(|r| *r != primary)
+            .nth(index)
+    }
+
+    /// The full result heard for `digest`, if any, and whether the replica the
+    /// request designated sent it.
+    fn full_result(o: &Outstanding, digest: &Digest) -> Option<(Vec<u8>, bool)> {
+        let designated = match &o.request {
+            Sent::Ordered(r) => r.payload.replier,
+            Sent::Read(_) => None,
+        };
+        let (_, bytes) = o.full.values().find(|(d, _)| d == digest)?;
+        let from_designated =
+            designated.is_none_or(|r| o.full.get(&r).is_some_and(|(d, _)| d == digest));
+        Some((bytes.clone(), from_designated))
     }
 
     /// The retransmission timeout a request sent now would get.
@@ -456,12 +511,16 @@ impl Client {
         {
             return Vec::new();
         }
+        if let Some(bytes) = reply.result.full() {
+            o.full
+                .insert(reply.replica, (reply.result_digest(), bytes.to_vec()));
+        }
         if matches!(o.request, Sent::Read(_)) {
             return self.on_read_reply(reply);
         }
-        let answer = (reply.result.clone(), reply.refusal, reply.seq);
+        let answer = (reply.result_digest(), reply.refusal, reply.seq);
         o.replies
-            .insert(reply.replica, (reply.view, answer.clone(), reply.tentative));
+            .insert(reply.replica, (reply.view, answer, reply.tentative));
         // f+1 matching committed replies, or 2f+1 matching replies from one view,
         // tentative ones included (TOCS §5.1.2: 2f+1 replicas prepared it there, so
         // it commits at that sequence number in every later view).
@@ -491,7 +550,16 @@ impl Client {
         self.horizon = self.horizon.max(answer.2);
         let timestamp = o.request.timestamp();
         match answer {
-            (result, None, _) => {
+            (digest, None, _) => {
+                // The quorum vouches for the digest; the result is whichever full
+                // one hashes to it. None yet: wait for the designated replica, or
+                // retransmit on timeout and every replica answers in full.
+                let Some((result, from_designated)) = Self::full_result(o, &digest) else {
+                    return Vec::new();
+                };
+                if !from_designated {
+                    self.replier_turn = self.replier_turn.wrapping_add(1);
+                }
                 self.outstanding = None;
                 vec![ClientOutput::Accepted { timestamp, result }]
             }

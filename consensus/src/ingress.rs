@@ -292,6 +292,7 @@ mod tests {
                 timestamp: 1,
                 operation: vec![1],
                 horizon: 0,
+                replier: None,
             },
             &KeyPair::from_seed([9; 32]),
         );

@@ -34,6 +34,7 @@ pub mod rejection;
 mod replica;
 pub mod reply;
 pub mod reply_bundle;
+pub mod reply_result;
 pub mod types;
 pub mod validate;
 

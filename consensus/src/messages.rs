@@ -4,6 +4,7 @@
 //! [`Message`] carries them unverified; [`crate::validate`] turns one into a
 //! [`crate::VerifiedMessage`].
 
+pub use crate::reply_result::ReplyResult;
 use crate::types::{ClientId, ReplicaId, RequestId, Seq, View};
 use bft_crypto::{Digest, Hasher, Signable, Signed};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,9 @@ pub struct Request {
     #[serde(with = "bft_crypto::bytes")]
     pub operation: Vec<u8>,
     pub horizon: Seq,
+    /// The replica that sends the result in full (TOCS §5.1.1); the others send
+    /// its digest (see [`crate::reply_result`]). None: all send it in full.
+    pub replier: Option<ReplicaId>,
 }
 signable!(Request, "bftnode/request/v1");
 
@@ -146,8 +150,9 @@ pub struct Reply {
     pub timestamp: u64,
     pub client: ClientId,
     pub replica: ReplicaId,
-    #[serde(with = "bft_crypto::bytes")]
-    pub result: Vec<u8>,
+    /// The result, or only its digest if another replica was designated to send
+    /// it (see [`crate::reply_result`]).
+    pub result: ReplyResult,
     /// Set when there is no result to give (the result is empty).
     pub refusal: Option<Refusal>,
     /// The sequence number the request executed (or was refused) at: the client's

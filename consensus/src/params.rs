@@ -269,6 +269,7 @@ mod tests {
                         timestamp: seq * 1000 + ts,
                         operation: vec![7; 400],
                         horizon: 0,
+                        replier: Some(3),
                     },
                     &client,
                 );

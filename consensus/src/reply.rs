@@ -48,18 +48,32 @@ pub struct SignedReply {
 pub struct VerifiedReply {
     reply: Reply,
     signer: PublicKey,
+    /// The digest of its result, found while checking its leaf.
+    result_digest: Digest,
 }
 
 impl VerifiedReply {
-    /// A reply whose root was checked (by [`verify_reply`] or a bundle's check).
-    pub(crate) fn vouched(reply: Reply, signer: PublicKey) -> Self {
-        Self { reply, signer }
+    /// A reply whose root was checked (by [`verify_reply`] or a bundle's check),
+    /// with its result's digest.
+    pub(crate) fn vouched(reply: Reply, signer: PublicKey, result_digest: Digest) -> Self {
+        Self {
+            reply,
+            signer,
+            result_digest,
+        }
     }
 
     /// The key that signed the root this reply is under.
     #[must_use]
     pub fn signer(&self) -> PublicKey {
         self.signer
+    }
+
+    /// The digest of the result, whichever form it came in (what replies are
+    /// matched by; see [`crate::reply_result`]).
+    #[must_use]
+    pub fn result_digest(&self) -> Digest {
+        self.result_digest
     }
 }
 
@@ -71,11 +85,39 @@ impl std::ops::Deref for VerifiedReply {
 }
 
 /// The leaf a reply contributes to its batch's tree (its own domain, so a reply can
-/// never be taken for an inner node or for any other signed thing).
+/// never be taken for an inner node or for any other signed thing). It hashes the
+/// result's digest, not the result, so a reply in full and one carrying only the
+/// digest (TOCS §5.1.1) are the same leaf.
 #[must_use]
 pub fn leaf(reply: &Reply) -> Digest {
-    let bytes = encode(reply).expect("replies always encode");
-    let mut h = Hasher::new("bftnode/reply-leaf/v1");
+    leaf_with(reply, reply.result.digest())
+}
+
+/// [`leaf`], given the digest of the reply's result.
+pub(crate) fn leaf_with(reply: &Reply, result_digest: Digest) -> Digest {
+    // Every field named, so a field added to `Reply` cannot be left out here.
+    let Reply {
+        view,
+        timestamp,
+        client,
+        replica,
+        result: _,
+        refusal,
+        seq,
+        tentative,
+    } = reply;
+    let fields = (
+        view,
+        timestamp,
+        client,
+        replica,
+        result_digest,
+        refusal,
+        seq,
+        tentative,
+    );
+    let bytes = encode(&fields).expect("replies always encode");
+    let mut h = Hasher::new("bftnode/reply-leaf/v2");
     h.update(&bytes);
     h.finish()
 }
@@ -131,16 +173,18 @@ pub fn verify_reply(r: SignedReply, cache: Option<&RootCache>) -> Result<Verifie
             "reply and its signed root disagree on replica or view".into(),
         ));
     }
-    if r.proof.root_from(leaf(&r.reply)) != Some(root.root) {
+    let result_digest = r.reply.result.digest();
+    if r.proof.root_from(leaf_with(&r.reply, result_digest)) != Some(root.root) {
         return Err(Rejection::Malformed(
             "reply is not under its signed root".into(),
         ));
     }
     check_root(&r.root, cache)?;
-    Ok(VerifiedReply {
-        signer: r.root.signer,
-        reply: r.reply,
-    })
+    Ok(VerifiedReply::vouched(
+        r.reply,
+        r.root.signer,
+        result_digest,
+    ))
 }
 
 /// The root's signature, unless `cache` already holds this exact signed root.
@@ -242,6 +286,7 @@ impl RootCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::ReplyResult;
 
     fn reply(client: &KeyPair, ts: u64, replica: ReplicaId) -> Reply {
         Reply {
@@ -249,7 +294,7 @@ mod tests {
             timestamp: ts,
             client: client.public(),
             replica,
-            result: ts.to_le_bytes().to_vec(),
+            result: ReplyResult::Full(ts.to_le_bytes().to_vec()),
             refusal: None,
             seq: 0,
             tentative: false,
@@ -279,7 +324,7 @@ mod tests {
         let key = KeyPair::generate();
         let signed = batch(&key, 4);
         let mut changed = signed[1].clone();
-        changed.reply.result = b"forged".to_vec();
+        changed.reply.result = ReplyResult::Full(b"forged".to_vec());
         assert!(matches!(
             verify_reply(changed, None),
             Err(Rejection::Malformed(_))

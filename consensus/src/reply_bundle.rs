@@ -15,7 +15,7 @@
 
 use crate::messages::{Message, Reply};
 use crate::rejection::Rejection;
-use crate::reply::{check_root, leaf, ReplyRoot, RootCache, SignedReply, VerifiedReply};
+use crate::reply::{check_root, leaf_with, ReplyRoot, RootCache, SignedReply, VerifiedReply};
 use crate::types::ClientId;
 use bft_crypto::{Digest, MerkleTree, Signed};
 use serde::{Deserialize, Serialize};
@@ -126,7 +126,7 @@ impl SignedReplies {
         let mut chunks: Vec<Vec<usize>> = vec![Vec::new()];
         let mut bytes = 0;
         for &i in mine {
-            let size = self.replies[i].result.len();
+            let size = self.replies[i].result.wire_len();
             let current = chunks.last_mut().expect("never empty");
             if !current.is_empty() && bytes + size > BUNDLE_REPLY_BYTES {
                 chunks.push(Vec::new());
@@ -180,8 +180,9 @@ pub fn verify_bundle(
                         "bundled reply and its signed root disagree on replica or view".into(),
                     ));
                 }
-                leaves.push(leaf(&r));
-                replies.push(r);
+                let result_digest = r.result.digest();
+                leaves.push(leaf_with(&r, result_digest));
+                replies.push((r, result_digest));
             }
             BundleEntry::Leaf(d) => leaves.push(d),
         }
@@ -198,13 +199,14 @@ pub fn verify_bundle(
     let signer = bundle.root.signer;
     Ok(replies
         .into_iter()
-        .map(|reply| VerifiedReply::vouched(reply, signer))
+        .map(|(reply, d)| VerifiedReply::vouched(reply, signer, d))
         .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::ReplyResult;
     use crate::reply::{sign_reply_batch, verify_reply};
     use crate::types::ReplicaId;
     use bft_crypto::KeyPair;
@@ -215,7 +217,7 @@ mod tests {
             timestamp: ts,
             client,
             replica,
-            result: vec![ts as u8; 40],
+            result: ReplyResult::Full(vec![ts as u8; 40]),
             refusal: None,
             seq: 9,
             tentative: false,
@@ -307,7 +309,7 @@ mod tests {
         let good = bundled(&batch.address(|_| Some(0usize))).remove(0);
         let mut changed = good.clone();
         if let BundleEntry::Reply(r) = &mut changed.entries[2] {
-            r.result = b"forged".to_vec();
+            r.result = ReplyResult::Full(b"forged".to_vec());
         }
         assert!(matches!(
             verify_bundle(changed, None),
@@ -375,7 +377,7 @@ mod tests {
         let big = vec![7u8; BUNDLE_REPLY_BYTES / 2 + 1];
         let replies = (0..3)
             .map(|i| Reply {
-                result: big.clone(),
+                result: ReplyResult::Full(big.clone()),
                 ..reply(cs[i], i as u64, 1)
             })
             .collect();

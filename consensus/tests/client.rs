@@ -3,7 +3,7 @@
 mod common;
 
 use bft_consensus::client::{Client, ClientError, ClientOutput};
-use bft_consensus::messages::{Message, Reply};
+use bft_consensus::messages::{Message, Reply, ReplyResult};
 use bft_consensus::reply::{sign_replies, verify_reply};
 use bft_consensus::VerifiedReply;
 use common::*;
@@ -22,7 +22,7 @@ fn reply(
         timestamp: ts,
         client: client.public(),
         replica: from,
-        result: result.to_vec(),
+        result: ReplyResult::Full(result.to_vec()),
         refusal: None,
         seq: 0,
         tentative: false,
@@ -171,7 +171,7 @@ fn an_expired_request_is_signed_again_with_a_fresh_horizon() {
             timestamp: ts,
             client: key.public(),
             replica: from,
-            result: vec![],
+            result: ReplyResult::default(),
             refusal: Some(refusal),
             seq,
             tentative: false,
@@ -213,7 +213,7 @@ fn refused_at(g: &Group, key: &bft_crypto::KeyPair, from: u32, ts: u64) -> Verif
         timestamp: ts,
         client: key.public(),
         replica: from,
-        result: vec![],
+        result: ReplyResult::default(),
         refusal: Some(bft_consensus::messages::Refusal::ReplyNotKept),
         seq: 950,
         tentative: false,
@@ -358,7 +358,7 @@ fn read_reply(
         timestamp: ts,
         client: key.public(),
         replica: from,
-        result: result.to_vec(),
+        result: ReplyResult::Full(result.to_vec()),
         refusal: None,
         seq,
         tentative: false,
@@ -457,7 +457,7 @@ fn a_read_refused_as_not_read_only_or_unanswered_is_ordered() {
             timestamp: 10,
             client: key.public(),
             replica: from,
-            result: Vec::new(),
+            result: ReplyResult::default(),
             refusal: Some(bft_consensus::messages::Refusal::NotReadOnly),
             seq: 0,
             tentative: false,
@@ -528,7 +528,7 @@ fn tentative_reply(
         timestamp: ts,
         client: key.public(),
         replica: from,
-        result: b"ok".to_vec(),
+        result: ReplyResult::Full(b"ok".to_vec()),
         refusal: None,
         seq,
         tentative: true,

@@ -40,7 +40,10 @@ fn replies_to(out: &[Output], client: &KeyPair) -> Vec<(u64, Vec<u8>, Option<Ref
         })
         .flatten()
         .filter(|r| r.client == client.public())
-        .map(|r| (r.timestamp, r.result, r.refusal))
+        .map(|r| {
+            let result = r.result.full().expect("reads are answered in full");
+            (r.timestamp, result.to_vec(), r.refusal)
+        })
         .collect()
 }
 

@@ -43,7 +43,14 @@ fn normal_case_executes_everywhere_and_replies() {
             c.group.keys[reply.reply.replica as usize].public()
         );
         assert_eq!(
-            KvResult::decode(&reply.reply.result).unwrap(),
+            KvResult::decode(
+                reply
+                    .reply
+                    .result
+                    .full()
+                    .expect("short results travel in full")
+            )
+            .unwrap(),
             KvResult::Done { previous: None }
         );
     }
@@ -523,6 +530,7 @@ fn retransmitted_request_gets_cached_reply_without_re_execution() {
             timestamp: 1,
             operation: cas.encode(),
             horizon: 0,
+            replier: None,
         },
         &client,
     );
@@ -538,7 +546,14 @@ fn retransmitted_request_gets_cached_reply_without_re_execution() {
     for (_, reply) in &c.replies {
         // The cached result of the first (successful) swap, not a failed second one.
         assert_eq!(
-            KvResult::decode(&reply.reply.result).unwrap(),
+            KvResult::decode(
+                reply
+                    .reply
+                    .result
+                    .full()
+                    .expect("short results travel in full")
+            )
+            .unwrap(),
             KvResult::Swapped {
                 swapped: true,
                 current: None

@@ -57,7 +57,7 @@ fn a_prepared_batch_executes_tentatively_then_commits_without_running_twice() {
     assert!(sent[0].tentative);
     assert_eq!(sent[0].seq, 1);
     assert_eq!(
-        KvResult::decode(&sent[0].result).unwrap(),
+        KvResult::decode(sent[0].result.full().expect("short results travel in full")).unwrap(),
         KvResult::Done { previous: None }
     );
     assert_eq!(c.replica(1).last_executed(), 0);

@@ -5,7 +5,7 @@ mod common;
 
 use bft_consensus::messages::{
     snapshot_digest, Batch, Checkpoint, Commit, FetchState, NewView, PrePrepare, Prepare, Reply,
-    StateSnapshot,
+    ReplyResult, StateSnapshot,
 };
 use bft_consensus::new_view::{index, plan};
 use bft_consensus::reply::{sign_replies, sign_reply_batch};
@@ -83,7 +83,7 @@ fn well_formed_messages_pass() {
         timestamp: 1,
         client: client_key(1).public(),
         replica: 1,
-        result: vec![1],
+        result: ReplyResult::Full(vec![1]),
         refusal: None,
         seq: 0,
         tentative: false,

@@ -486,6 +486,7 @@ mod tests {
                 timestamp: 1,
                 operation: vec![tag],
                 horizon: 0,
+                replier: None,
             },
             &client,
         )])

@@ -9,6 +9,7 @@ mod rng;
 mod stale_reads;
 mod table;
 mod twins;
+mod wrong_results;
 
 pub use adversarial::{BelowMinS, HideCertificates, Mutate, SplitNewView};
 pub use behaviours::{
@@ -22,6 +23,7 @@ pub use table::{
     DEFAULT_DELAY_MS,
 };
 pub use twins::{Twin, TwinsSchedule};
+pub use wrong_results::WrongResults;
 
 use crate::app::Application;
 use crate::io::{Input, Output};

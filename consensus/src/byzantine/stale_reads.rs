@@ -10,6 +10,7 @@
 
 use super::{Behaviour, Ctx};
 use crate::io::{Input, Output};
+use crate::messages::ReplyResult;
 use crate::reply::sign_reply_batch;
 use crate::types::ClientId;
 use crate::validate::VerifiedMessage;
@@ -23,7 +24,7 @@ pub struct StaleReads {
     /// Read-only requests received and not answered yet: their operations.
     asked: BTreeMap<(ClientId, u64), Vec<u8>>,
     /// The first result given for each operation.
-    first: BTreeMap<Vec<u8>, Vec<u8>>,
+    first: BTreeMap<Vec<u8>, ReplyResult>,
 }
 
 impl Behaviour for StaleReads {

@@ -7,7 +7,7 @@ use super::BehaviourError;
 use super::{
     BadSignature, Behaviour, BelowMinS, Censor, Crash, Delay, EagerVote, Equivocate, Flood,
     ForgeViewChange, HideCertificates, Honest, LyingCheckpoint, Mutate, OtherModule, Params,
-    Replay, Silent, SplitNewView, StaleReads, WrongDigest,
+    Replay, Silent, SplitNewView, StaleReads, WrongDigest, WrongResults,
 };
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -81,6 +81,9 @@ const TABLE: &[Entry] = &[
     }),
     entry("stale-reads", Family::Core, |_, _| {
         Box::new(StaleReads::default())
+    }),
+    entry("wrong-results", Family::Adversarial, |_, _| {
+        Box::new(WrongResults)
     }),
 ];
 

@@ -8,7 +8,8 @@ use crate::client_table::Freshness;
 use crate::durable::PersistRecord;
 use crate::io::{Executed, Output, Timer};
 use crate::messages::{
-    request_id, Batch, Commit, Message, PrePrepare, Prepare, PreparedCert, Refusal, Reply, Request,
+    request_id, Batch, Commit, Message, PrePrepare, Prepare, PreparedCert, Refusal, Reply,
+    ReplyResult, Request,
 };
 use crate::params::ProtocolParams;
 use crate::rejection::Rejection;
@@ -34,7 +35,13 @@ impl<A: Application> Replica<A> {
         match self.clients.freshness(&client, ts) {
             Freshness::Stale => return,
             Freshness::Repeat(last) => {
-                let outcome = last.result.clone().ok_or(Refusal::ReplyNotKept);
+                // Always in full: a retransmission is how a client asks for the
+                // result its designated replier did not send (TOCS §5.1.1).
+                let outcome = last
+                    .result
+                    .clone()
+                    .map(ReplyResult::Full)
+                    .ok_or(Refusal::ReplyNotKept);
                 // Executed tentatively, not committed yet: the reply says so, and
                 // names the view it was prepared in (a client counts 2f+1
                 // tentative replies only from one view).
@@ -492,7 +499,8 @@ impl<A: Application> Replica<A> {
             }
             let result = self.app.execute(&r.payload.operation);
             self.clients.record(id.0, id.1, result.clone(), seq);
-            let reply = self.reply_to(id.0, id.1, seq, Ok(result.clone()));
+            let sent = ReplyResult::for_replier(result.clone(), r.payload.replier, self.me());
+            let reply = self.reply_to(id.0, id.1, seq, Ok(sent));
             applied.replies.push(reply.tentative(tentative));
             applied.done.push((id, result));
         }
@@ -506,11 +514,11 @@ impl<A: Application> Replica<A> {
         client: bft_crypto::PublicKey,
         timestamp: u64,
         seq: Seq,
-        outcome: Result<Vec<u8>, Refusal>,
+        outcome: Result<ReplyResult, Refusal>,
     ) -> Reply {
         let (result, refusal) = match outcome {
             Ok(result) => (result, None),
-            Err(refusal) => (Vec::new(), Some(refusal)),
+            Err(refusal) => (ReplyResult::default(), Some(refusal)),
         };
         Reply {
             view: self.view,

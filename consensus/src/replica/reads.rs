@@ -24,7 +24,7 @@
 use super::Replica;
 use crate::app::Application;
 use crate::io::Output;
-use crate::messages::{ReadRequest, Refusal};
+use crate::messages::{ReadRequest, Refusal, ReplyResult};
 use crate::rejection::Rejection;
 use crate::types::Seq;
 use bft_crypto::Verified;
@@ -85,6 +85,7 @@ impl<A: Application> Replica<A> {
             let outcome = self
                 .app
                 .execute_read_only(&read.operation)
+                .map(ReplyResult::Full)
                 .ok_or(Refusal::NotReadOnly);
             answered += usize::from(outcome.is_ok());
             replies.push(self.reply_to(read.signer(), read.timestamp, self.last_executed, outcome));

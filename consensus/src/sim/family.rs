@@ -57,8 +57,8 @@ impl Family {
             }
             Family::Adversarial => {
                 "f Byzantine replicas sending valid but hostile messages (hidden certificates, \
-                 stale checkpoints, proposals below min-s, split new-views, ByzzFuzz mutations), \
-                 crashing too; Byzantine clients"
+                 stale checkpoints, proposals below min-s, split new-views, ByzzFuzz mutations, \
+                 wrong results), crashing too; Byzantine clients"
             }
             Family::Twins => {
                 "one replica runs as two twins with one key; partitions drawn per round, then \

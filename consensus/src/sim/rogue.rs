@@ -4,7 +4,7 @@
 
 use crate::kv::KvOp;
 use crate::messages::{Batch, Message, PrePrepare, Request};
-use crate::types::{RequestId, Seq};
+use crate::types::{ReplicaId, RequestId, Seq};
 use bft_crypto::{KeyPair, PublicKey, Signature, Signed};
 use rand::Rng;
 
@@ -54,6 +54,13 @@ impl Rogue {
                 timestamp,
                 operation: op.encode(),
                 horizon,
+                // Nobody, a replica that does not exist, or replica 0, in turn
+                // (drawn from the timestamp, not the RNG, to keep pinned seeds).
+                replier: match timestamp % 3 {
+                    0 => None,
+                    1 => Some(ReplicaId::MAX),
+                    _ => Some(0),
+                },
             },
             &self.key,
         )

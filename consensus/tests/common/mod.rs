@@ -196,6 +196,7 @@ pub fn request_at(
             timestamp: ts,
             operation: op.encode(),
             horizon,
+            replier: None,
         },
         client,
     )

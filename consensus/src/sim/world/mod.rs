@@ -560,10 +560,17 @@ impl World {
         c.remaining -= 1;
         let key = vec![b'k', self.rng.gen_range(0..4u8)];
         let op = match self.rng.gen_range(0..4) {
-            0 => KvOp::Put {
-                key,
-                value: vec![self.rng.gen(); 3],
-            },
+            0 => {
+                // Half the values are longer than a digest, so the replies that
+                // return them (a later put's previous value, a get) travel as
+                // digest replies (TOCS §5.1.1) from all but the designated replica.
+                let byte: u8 = self.rng.gen();
+                let len = if byte.is_multiple_of(2) { 3 } else { 40 };
+                KvOp::Put {
+                    key,
+                    value: vec![byte; len],
+                }
+            }
             1 => KvOp::Get { key },
             2 => KvOp::Delete { key },
             _ => KvOp::CompareAndSwap {
