@@ -37,11 +37,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use thiserror::Error;
 
-/// A byte of the client's public key, to start its replier turn from.
-fn key_byte(key: &KeyPair) -> u8 {
-    key.public().0[0]
-}
-
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ClientError {
     #[error("a request is already outstanding (one at a time per client, as in PBFT)")]
@@ -63,7 +58,8 @@ pub enum ClientOutput {
     SetTimer {
         at: Duration,
     },
-    /// f+1 replicas agreed on this result.
+    /// The quorum agreed on this result (f+1 committed replies, 2f+1 tentative ones
+    /// from one view, or 2f+1 read-only ones), and it hashes to their digest.
     Accepted {
         timestamp: u64,
         result: Vec<u8>,
@@ -202,6 +198,24 @@ struct Outstanding {
     deadline: Duration,
     /// Sent to every replica after a timeout (so it may have been ordered twice).
     retransmitted: bool,
+    /// The quorum agreed on a digest before any full result with it arrived: the
+    /// designated replica did not deliver in time (or lied), so the client
+    /// designates another for its next requests.
+    waited_for_full: bool,
+}
+
+impl Outstanding {
+    fn new(request: Sent, sent_at: Option<Duration>, deadline: Duration) -> Self {
+        Self {
+            request,
+            sent_at,
+            replies: BTreeMap::new(),
+            full: BTreeMap::new(),
+            deadline,
+            retransmitted: false,
+            waited_for_full: false,
+        }
+    }
 }
 
 pub struct Client {
@@ -218,8 +232,8 @@ pub struct Client {
     /// Which backup the next request designates to send its result in full
     /// (counted among the replicas other than the primary, modulo their number).
     /// Starts from the client's key, so a process's clients spread the full
-    /// results over the backups, and moves on when the designated replica's result
-    /// did not come.
+    /// results over the backups, and moves on whenever the client had to wait for
+    /// the designated replica's result (see `Outstanding::waited_for_full`).
     replier_turn: usize,
 }
 
@@ -234,7 +248,7 @@ impl Client {
         retransmit_timeout: Duration,
     ) -> Self {
         Self {
-            replier_turn: usize::from(key_byte(&key)),
+            replier_turn: usize::from(key.public().0[0]),
             key,
             read_quorum: members.quorum(),
             members,
@@ -310,14 +324,11 @@ impl Client {
             },
             ClientOutput::SetTimer { at: deadline },
         ];
-        self.outstanding = Some(Outstanding {
-            request: Sent::Ordered(request),
-            sent_at: Some(now),
-            replies: BTreeMap::new(),
-            full: BTreeMap::new(),
+        self.outstanding = Some(Outstanding::new(
+            Sent::Ordered(request),
+            Some(now),
             deadline,
-            retransmitted: false,
-        });
+        ));
         Ok(out)
     }
 
@@ -354,14 +365,7 @@ impl Client {
         ];
         // No round-trip sample: a read takes one round, an ordered request three,
         // and the timeout is for the latter.
-        self.outstanding = Some(Outstanding {
-            request: Sent::Read(read),
-            sent_at: None,
-            replies: BTreeMap::new(),
-            full: BTreeMap::new(),
-            deadline,
-            retransmitted: false,
-        });
+        self.outstanding = Some(Outstanding::new(Sent::Read(read), None, deadline));
         Ok(out)
     }
 
@@ -377,14 +381,7 @@ impl Client {
         let request = self.sign_next(o.request.operation().to_vec());
         let timestamp = request.payload.timestamp;
         let message = Message::Request(request.clone());
-        self.outstanding = Some(Outstanding {
-            request: Sent::Ordered(request),
-            sent_at: None,
-            replies: BTreeMap::new(),
-            full: BTreeMap::new(),
-            deadline: o.deadline,
-            retransmitted: false,
-        });
+        self.outstanding = Some(Outstanding::new(Sent::Ordered(request), None, o.deadline));
         let send = if to_all {
             ClientOutput::Broadcast { message }
         } else {
@@ -409,7 +406,7 @@ impl Client {
         if answer.1.is_none() && count(&answer) >= self.read_quorum {
             // Replicas answer reads in full; one that sent only a digest is
             // faulty, and the correct ones in the quorum sent the result.
-            if let Some((result, _)) = Self::full_result(o, &answer.0) {
+            if let Some(result) = Self::full_result(o, &answer.0) {
                 let timestamp = o.request.timestamp();
                 self.outstanding = None;
                 return vec![ClientOutput::Accepted { timestamp, result }];
@@ -460,17 +457,17 @@ impl Client {
             .nth(index)
     }
 
-    /// The full result heard for `digest`, if any, and whether the replica the
-    /// request designated sent it.
-    fn full_result(o: &Outstanding, digest: &Digest) -> Option<(Vec<u8>, bool)> {
-        let designated = match &o.request {
-            Sent::Ordered(r) => r.payload.replier,
-            Sent::Read(_) => None,
-        };
-        let (_, bytes) = o.full.values().find(|(d, _)| d == digest)?;
-        let from_designated =
-            designated.is_none_or(|r| o.full.get(&r).is_some_and(|(d, _)| d == digest));
-        Some((bytes.clone(), from_designated))
+    /// The full result heard that hashes to `digest`, if any.
+    fn full_result(o: &Outstanding, digest: &Digest) -> Option<Vec<u8>> {
+        o.full
+            .values()
+            .find(|(d, _)| d == digest)
+            .map(|(_, bytes)| bytes.clone())
+    }
+
+    /// The designated replica did not deliver: designate the next one.
+    fn designate_next(&mut self) {
+        self.replier_turn = self.replier_turn.wrapping_add(1);
     }
 
     /// The retransmission timeout a request sent now would get.
@@ -479,9 +476,8 @@ impl Client {
         self.retransmit_timeout.current()
     }
 
-    /// A verified reply received at `now`. Accept once f+1 distinct replicas sent the
-    /// same result; a request accepted without retransmission teaches the client
-    /// its round trip.
+    /// A verified reply received at `now`. Accept as [`Client::on_reply`] does; a
+    /// request accepted without retransmission teaches the client its round trip.
     pub fn on_reply_at(&mut self, now: Duration, reply: &VerifiedReply) -> Vec<ClientOutput> {
         let once = self
             .outstanding
@@ -500,7 +496,9 @@ impl Client {
     }
 
     /// A verified reply (without a clock: no round-trip sample; see
-    /// [`Client::on_reply_at`]). Accept once f+1 distinct replicas sent the same result.
+    /// [`Client::on_reply_at`]). Accept once f+1 distinct replicas sent matching
+    /// committed replies (or 2f+1 matching ones from one view, tentative included)
+    /// and a full result hashes to their digest.
     pub fn on_reply(&mut self, reply: &VerifiedReply) -> Vec<ClientOutput> {
         let Some(o) = self.outstanding.as_mut() else {
             return Vec::new();
@@ -554,11 +552,15 @@ impl Client {
                 // The quorum vouches for the digest; the result is whichever full
                 // one hashes to it. None yet: wait for the designated replica, or
                 // retransmit on timeout and every replica answers in full.
-                let Some((result, from_designated)) = Self::full_result(o, &digest) else {
+                let Some(result) = Self::full_result(o, &digest) else {
+                    o.waited_for_full = true;
                     return Vec::new();
                 };
-                if !from_designated {
-                    self.replier_turn = self.replier_turn.wrapping_add(1);
+                // Waited for it (however it came at last, even from the
+                // designated replica, which may be slowing this client down on
+                // purpose): the next requests designate another replica.
+                if o.waited_for_full {
+                    self.designate_next();
                 }
                 self.outstanding = None;
                 vec![ClientOutput::Accepted { timestamp, result }]
@@ -587,7 +589,9 @@ impl Client {
     /// so exactly-once execution still holds and late replies for this one are
     /// ignored.
     pub fn abandon(&mut self) {
-        self.outstanding = None;
+        if self.outstanding.take().is_some_and(|o| o.waited_for_full) {
+            self.designate_next();
+        }
         self.retransmit_timeout.reset();
     }
 

@@ -218,3 +218,76 @@ fn a_full_result_that_does_not_hash_to_the_quorum_digest_is_never_accepted() {
     );
     assert_ne!(client.designated(), Some(designated));
 }
+
+/// A client with one request outstanding, the replica it designated, and the
+/// other backups.
+fn waiting_client(g: &Group, key: &KeyPair) -> (Client, u32, Vec<u32>) {
+    let mut client = Client::new(key.clone(), g.members.clone(), 5, Duration::from_secs(1));
+    client.submit(Duration::ZERO, b"op".to_vec()).unwrap();
+    let designated = client.designated().expect("four replicas");
+    let others = (1..4).filter(|r| *r != designated).collect();
+    (client, designated, others)
+}
+
+#[test]
+fn a_designated_replica_that_made_the_client_wait_is_not_designated_next() {
+    // A faulty designated replica could send the true result just before the
+    // client's timer, every time: waiting once is enough to move on.
+    let g = Group::new(4);
+    let key = client_key(3);
+    let (mut client, designated, others) = waiting_client(&g, &key);
+    let good = vec![1u8; 50];
+    for r in &others {
+        let digest = ReplyResult::Digest(result_digest(&good));
+        assert!(client.on_reply(&reply(&g, *r, &key, 5, digest)).is_empty());
+    }
+    let late = reply(&g, designated, &key, 5, ReplyResult::Full(good.clone()));
+    let out = client.on_reply(&late);
+    assert!(
+        matches!(&out[..], [ClientOutput::Accepted { result, .. }] if *result == good),
+        "{out:?}"
+    );
+    assert_ne!(client.designated(), Some(designated));
+}
+
+#[test]
+fn short_results_come_in_full_from_everyone_and_keep_the_designation() {
+    let g = Group::new(4);
+    let key = client_key(4);
+    let (mut client, designated, others) = waiting_client(&g, &key);
+    let short = b"ok".to_vec();
+    assert!(client
+        .on_reply(&reply(
+            &g,
+            others[0],
+            &key,
+            5,
+            ReplyResult::Full(short.clone())
+        ))
+        .is_empty());
+    let out = client.on_reply(&reply(&g, others[1], &key, 5, ReplyResult::Full(short)));
+    assert!(
+        matches!(&out[..], [ClientOutput::Accepted { .. }]),
+        "{out:?}"
+    );
+    assert_eq!(client.designated(), Some(designated));
+}
+
+#[test]
+fn a_request_abandoned_while_waiting_for_its_full_result_moves_the_designation() {
+    // A caller whose deadline passes before the client retransmits: without moving
+    // on, every later request would designate the same crashed replica again.
+    let g = Group::new(4);
+    let key = client_key(5);
+    let (mut client, designated, others) = waiting_client(&g, &key);
+    for r in &others {
+        let digest = ReplyResult::Digest(result_digest(&[3; 40]));
+        assert!(client.on_reply(&reply(&g, *r, &key, 5, digest)).is_empty());
+    }
+    client.abandon();
+    assert_ne!(client.designated(), Some(designated));
+    // Abandoned before any quorum: no reason to move on.
+    let (mut client, designated, _) = waiting_client(&g, &key);
+    client.abandon();
+    assert_eq!(client.designated(), Some(designated));
+}
