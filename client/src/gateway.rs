@@ -36,10 +36,22 @@ pub(crate) enum Incoming {
     Verified(VerifiedReply),
 }
 
+impl Incoming {
+    fn timestamp(&self) -> u64 {
+        match self {
+            Incoming::Signed(r) => r.reply.timestamp,
+            Incoming::Verified(r) => r.timestamp,
+        }
+    }
+}
+
 /// A client's undelivered replies: the newest from each replica, one slot each.
 /// A faulty replica can overwrite only its own slot, so however many replies it
 /// sends, it cannot crowd out the honest replicas' (a shared queue could be kept
-/// full by one sender, and the client needs only f+1 of the others).
+/// full by one sender, and the client needs only f+1 of the others). A late reply
+/// to an older request never replaces one to a newer request: that one may be the
+/// only full result of a digest reply's request (TOCS §5.1.1), whose loss would
+/// cost the client a retransmission timeout.
 struct Inbox {
     slots: Mutex<Vec<Option<Incoming>>>,
     ready: tokio::sync::Notify,
@@ -60,7 +72,12 @@ impl Inbox {
             .unwrap_or_else(PoisonError::into_inner)
             .get_mut(replica)
         {
-            *slot = Some(reply);
+            if slot
+                .as_ref()
+                .is_none_or(|held| held.timestamp() <= reply.timestamp())
+            {
+                *slot = Some(reply);
+            }
         }
         // Stores a permit if the client is not waiting: no wake-up is lost.
         self.ready.notify_one();
@@ -372,5 +389,20 @@ mod tests {
         assert_eq!(got, vec![(0, 999), (2, 7), (3, 7)]);
         let nothing = tokio::time::timeout(Duration::from_millis(20), inbox.take()).await;
         assert!(nothing.is_err(), "no fourth reply was ever put");
+    }
+
+    #[tokio::test]
+    async fn a_late_reply_to_an_older_request_does_not_replace_a_newer_one() {
+        let inbox = Inbox::new(4);
+        inbox.put(1, reply(1, 8));
+        inbox.put(1, reply(1, 7));
+        let Incoming::Signed(r) = inbox.take().await else {
+            panic!("only single replies were put");
+        };
+        assert_eq!(r.reply.timestamp, 8);
+        // A newer one still replaces it.
+        inbox.put(2, reply(2, 8));
+        inbox.put(2, reply(2, 9));
+        assert_eq!(inbox.take().await.timestamp(), 9);
     }
 }
