@@ -142,6 +142,61 @@ drills! {
     traitor_relay_7: "traitor-relay", 7 => nothing_more;
 }
 
+/// Digest replies (TOCS §5.1.1) against a lying backup: replica 1 returns another
+/// result in every reply, in full or as a digest. Three clients that designate
+/// replica 1 each overwrite a key of their own with 64-byte values, so every result
+/// after the first (the value replaced) is longer than a digest, and only replica
+/// 1 sends it in full, wrongly: each client must wait, retransmit, take the true
+/// result from the others' full answers, and designate another replica.
+#[test]
+fn digest_replies_with_a_lying_designated_backup_still_give_true_results() {
+    let _serial = serial();
+    let net = Testnet::start_with(4, &[], &[(1, "wrong-results")]);
+    let rt = tokio_rt();
+    let seeds: Vec<u8> = (1..=u8::MAX)
+        .filter(|s| {
+            let cfg = net.client(*s);
+            let client = bft_consensus::Client::new(
+                cfg.key.clone(),
+                cfg.validators.membership(),
+                1,
+                Duration::from_secs(1),
+            );
+            client.designated() == Some(1)
+        })
+        .take(3)
+        .collect();
+    assert_eq!(seeds.len(), 3, "clients that designate replica 1");
+    rt.block_on(async {
+        let tasks: Vec<_> = seeds
+            .iter()
+            .map(|&seed| {
+                let cfg = net.client(seed);
+                tokio::spawn(async move {
+                    let mut client = KvClient::connect(&cfg).unwrap();
+                    assert!(client.wait_connected(2, Duration::from_secs(10)).await);
+                    let key = format!("digest-{seed}");
+                    let mut previous = None;
+                    for i in 0..6u8 {
+                        let value = vec![b'a' + i; 64];
+                        match client.put(key.as_bytes(), &value).await {
+                            Ok(KvResult::Done { previous: got }) => {
+                                assert_eq!(got, previous, "client {seed}, write {i}");
+                            }
+                            other => panic!("client {seed}, write {i}: {other:?}"),
+                        }
+                        previous = Some(value);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    net.assert_committed_prefixes(&[0, 2, 3], 1);
+}
+
 /// A lying checkpoint never becomes stable: the honest replicas come to hold the
 /// same stable checkpoint, past genesis, with the honest digest. (They need every
 /// honest vote when f lie; one lost on the way is resent from the heartbeats.)
