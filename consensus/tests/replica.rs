@@ -20,6 +20,16 @@ fn executed_seqs(c: &Cluster, id: u32) -> Vec<u64> {
         .collect()
 }
 
+/// The result a reply carries (short results always travel in full).
+fn result_of(reply: &bft_consensus::SignedReply) -> KvResult {
+    let bytes = reply
+        .reply
+        .result
+        .full()
+        .expect("short results travel in full");
+    KvResult::decode(bytes).unwrap()
+}
+
 /// §4.2: request -> pre-prepare -> prepare -> commit -> execute, on every replica,
 /// and every replica replies.
 #[test]
@@ -42,17 +52,7 @@ fn normal_case_executes_everywhere_and_replies() {
             checked.signer(),
             c.group.keys[reply.reply.replica as usize].public()
         );
-        assert_eq!(
-            KvResult::decode(
-                reply
-                    .reply
-                    .result
-                    .full()
-                    .expect("short results travel in full")
-            )
-            .unwrap(),
-            KvResult::Done { previous: None }
-        );
+        assert_eq!(result_of(reply), KvResult::Done { previous: None });
     }
 }
 
@@ -546,14 +546,7 @@ fn retransmitted_request_gets_cached_reply_without_re_execution() {
     for (_, reply) in &c.replies {
         // The cached result of the first (successful) swap, not a failed second one.
         assert_eq!(
-            KvResult::decode(
-                reply
-                    .reply
-                    .result
-                    .full()
-                    .expect("short results travel in full")
-            )
-            .unwrap(),
+            result_of(reply),
             KvResult::Swapped {
                 swapped: true,
                 current: None
