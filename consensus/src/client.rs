@@ -198,10 +198,10 @@ struct Outstanding {
     deadline: Duration,
     /// Sent to every replica after a timeout (so it may have been ordered twice).
     retransmitted: bool,
-    /// The quorum agreed on a digest before any full result with it arrived: the
-    /// designated replica did not deliver in time (or lied), so the client
-    /// designates another for its next requests.
-    waited_for_full: bool,
+    /// When the quorum first agreed on a digest with no full result for it yet
+    /// (zero if the driver gives no clock): from then on the client waits for the
+    /// designated replica (see [`Client::replier_grace`]).
+    full_missing_since: Option<Duration>,
 }
 
 impl Outstanding {
@@ -213,7 +213,7 @@ impl Outstanding {
             full: BTreeMap::new(),
             deadline,
             retransmitted: false,
-            waited_for_full: false,
+            full_missing_since: None,
         }
     }
 }
@@ -233,7 +233,7 @@ pub struct Client {
     /// (counted among the replicas other than the primary, modulo their number).
     /// Starts from the client's key, so a process's clients spread the full
     /// results over the backups, and moves on whenever the client had to wait for
-    /// the designated replica's result (see `Outstanding::waited_for_full`).
+    /// the designated replica's result (see [`Client::replier_grace`]).
     replier_turn: usize,
 }
 
@@ -476,14 +476,32 @@ impl Client {
         self.retransmit_timeout.current()
     }
 
+    /// How long the designated replica's full result may come after the quorum
+    /// agreed on its digest before the client designates another replica: a quarter
+    /// of the configured timeout. Replies of one batch reach a client moments
+    /// apart, in any order (a gateway hands them over one replica at a time), so
+    /// the quorum often forms a moment before the full result, and blaming that
+    /// would only move every client's full results onto one replica. A faulty
+    /// designated replica can so delay its clients by at most this much per
+    /// request; a longer delay or a timeout moves them away from it.
+    #[must_use]
+    pub fn replier_grace(&self) -> Duration {
+        self.retransmit_timeout.floor / 4
+    }
+
     /// A verified reply received at `now`. Accept as [`Client::on_reply`] does; a
-    /// request accepted without retransmission teaches the client its round trip.
+    /// request accepted without retransmission teaches the client its round trip
+    /// (unless it waited past [`Client::replier_grace`] for its full result: that
+    /// measured the designated replica's delay, which may be deliberate).
     pub fn on_reply_at(&mut self, now: Duration, reply: &VerifiedReply) -> Vec<ClientOutput> {
         let once = self
             .outstanding
             .as_ref()
             .map(|o| (o.request.timestamp(), o.sent_at, o.retransmitted));
-        let out = self.on_reply(reply);
+        let (out, slow) = self.reply(Some(now), reply);
+        if slow {
+            return out;
+        }
         if let Some((timestamp, Some(sent_at), false)) = once {
             let accepted = out.iter().any(
                 |o| matches!(o, ClientOutput::Accepted { timestamp: t, .. } if *t == timestamp),
@@ -495,26 +513,33 @@ impl Client {
         out
     }
 
-    /// A verified reply (without a clock: no round-trip sample; see
-    /// [`Client::on_reply_at`]). Accept once f+1 distinct replicas sent matching
-    /// committed replies (or 2f+1 matching ones from one view, tentative included)
-    /// and a full result hashes to their digest.
+    /// A verified reply (without a clock: no round-trip sample and no judging of
+    /// the designated replica's delay, see [`Client::on_reply_at`]). Accept once
+    /// f+1 distinct replicas sent matching committed replies (or 2f+1 matching ones
+    /// from one view, tentative included) and a full result hashes to their digest.
     pub fn on_reply(&mut self, reply: &VerifiedReply) -> Vec<ClientOutput> {
+        self.reply(None, reply).0
+    }
+
+    /// [`Client::on_reply`] at `now`, if known; also says whether the request was
+    /// accepted only after the designated replica kept it waiting past the grace.
+    fn reply(&mut self, now: Option<Duration>, reply: &VerifiedReply) -> (Vec<ClientOutput>, bool) {
+        let grace = self.replier_grace();
         let Some(o) = self.outstanding.as_mut() else {
-            return Vec::new();
+            return (Vec::new(), false);
         };
         if reply.client != self.key.public()
             || reply.timestamp != o.request.timestamp()
             || self.members.key(reply.replica) != Some(reply.signer())
         {
-            return Vec::new();
+            return (Vec::new(), false);
         }
         if let Some(bytes) = reply.result.full() {
             o.full
                 .insert(reply.replica, (reply.result_digest(), bytes.to_vec()));
         }
         if matches!(o.request, Sent::Read(_)) {
-            return self.on_read_reply(reply);
+            return (self.on_read_reply(reply), false);
         }
         let answer = (reply.result_digest(), reply.refusal, reply.seq);
         o.replies
@@ -538,7 +563,7 @@ impl Client {
         } else if in_view >= self.members.quorum() {
             vec![reply.view]
         } else {
-            return Vec::new();
+            return (Vec::new(), false);
         };
         // f+1 replies include a correct replica's, so the lowest of their views is at
         // most the current one: a safe primary guess for the next request.
@@ -553,34 +578,38 @@ impl Client {
                 // one hashes to it. None yet: wait for the designated replica, or
                 // retransmit on timeout and every replica answers in full.
                 let Some(result) = Self::full_result(o, &digest) else {
-                    o.waited_for_full = true;
-                    return Vec::new();
+                    o.full_missing_since.get_or_insert(now.unwrap_or_default());
+                    return (Vec::new(), false);
                 };
-                // Waited for it (however it came at last, even from the
+                // Waited past the grace (however it came at last, even from the
                 // designated replica, which may be slowing this client down on
                 // purpose): the next requests designate another replica.
-                if o.waited_for_full {
+                let slow = matches!(
+                    (o.full_missing_since, now),
+                    (Some(since), Some(now)) if now.saturating_sub(since) > grace
+                );
+                if slow {
                     self.designate_next();
                 }
                 self.outstanding = None;
-                vec![ClientOutput::Accepted { timestamp, result }]
+                (vec![ClientOutput::Accepted { timestamp, result }], slow)
             }
             (_, Some(Refusal::Expired { .. }), _) if !o.retransmitted => {
                 // The horizon had passed and it was sent only once, so it never
                 // executed: sign it again with the fresh horizon.
-                self.order_again(true)
+                (self.order_again(true), false)
             }
             (_, Some(Refusal::Expired { .. }), _) => {
                 self.outstanding = None;
-                vec![ClientOutput::Unknown { timestamp }]
+                (vec![ClientOutput::Unknown { timestamp }], false)
             }
             (_, Some(Refusal::ReplyNotKept), _) => {
                 self.outstanding = None;
-                vec![ClientOutput::Lost { timestamp }]
+                (vec![ClientOutput::Lost { timestamp }], false)
             }
             // Correct replicas refuse so only read-only requests, never this one:
             // f+1 such replies cannot happen with at most f faulty. Keep waiting.
-            (_, Some(Refusal::NotReadOnly), _) => Vec::new(),
+            (_, Some(Refusal::NotReadOnly), _) => (Vec::new(), false),
         }
     }
 
@@ -589,7 +618,11 @@ impl Client {
     /// so exactly-once execution still holds and late replies for this one are
     /// ignored.
     pub fn abandon(&mut self) {
-        if self.outstanding.take().is_some_and(|o| o.waited_for_full) {
+        let waiting_for_full = self
+            .outstanding
+            .take()
+            .is_some_and(|o| o.full_missing_since.is_some());
+        if waiting_for_full {
             self.designate_next();
         }
         self.retransmit_timeout.reset();
@@ -617,6 +650,13 @@ impl Client {
                 return out;
             }
         };
+        // The designated replica sent nothing, or not the full result the quorum
+        // agreed on, within the timeout: the next requests designate another
+        // (the retransmission gets the result in full from every replica).
+        let designated = request.payload.replier;
+        if o.full_missing_since.is_some() || designated.is_some_and(|d| !o.full.contains_key(&d)) {
+            self.replier_turn = self.replier_turn.wrapping_add(1);
+        }
         self.retransmit_timeout.back_off();
         o.deadline = now + self.retransmit_timeout.current();
         let timer = ClientOutput::SetTimer { at: o.deadline };

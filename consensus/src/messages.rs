@@ -30,8 +30,8 @@ pub struct Request {
     pub operation: Vec<u8>,
     pub horizon: Seq,
     /// The replica that sends the result in full (TOCS §5.1.1); the others send
-    /// its digest (see [`crate::reply_result`]). None: all send it in full. One
-    /// that names no replica gets digests from all: only a retransmission, which
+    /// its digest (see [`crate::reply_result`]). None: all send it in full. An id
+    /// that is not a member's gets digests from all: only a retransmission, which
     /// replicas answer in full, then gets the result (a client's own loss).
     pub replier: Option<ReplicaId>,
 }

@@ -203,8 +203,11 @@ fn a_full_result_that_does_not_hash_to_the_quorum_digest_is_never_accepted() {
             .on_reply(&reply(&g, *r, &key, 5, digest.clone()))
             .is_empty());
     }
-    // The true result in full (as a retransmission gets it) from a replica of the
-    // quorum is accepted, and the next request designates another replica.
+    // The timeout passes: the client retransmits, and designates another replica
+    // for its next requests. The true result in full (as the retransmission gets
+    // it) from a replica of the quorum is accepted.
+    let out = client.on_timeout(Duration::from_secs(10));
+    assert!(matches!(&out[0], ClientOutput::Broadcast { .. }), "{out:?}");
     let out = client.on_reply(&reply(
         &g,
         others[0],
@@ -230,24 +233,39 @@ fn waiting_client(g: &Group, key: &KeyPair) -> (Client, u32, Vec<u32>) {
 }
 
 #[test]
-fn a_designated_replica_that_made_the_client_wait_is_not_designated_next() {
+fn a_designated_replica_that_made_the_client_wait_past_the_grace_is_not_designated_next() {
     // A faulty designated replica could send the true result just before the
-    // client's timer, every time: waiting once is enough to move on.
+    // client's timer, every time: one wait past the grace is enough to move on.
     let g = Group::new(4);
     let key = client_key(3);
-    let (mut client, designated, others) = waiting_client(&g, &key);
     let good = vec![1u8; 50];
-    for r in &others {
-        let digest = ReplyResult::Digest(result_digest(&good));
-        assert!(client.on_reply(&reply(&g, *r, &key, 5, digest)).is_empty());
+    let digest = ReplyResult::Digest(result_digest(&good));
+    for (late, moves_on) in [(false, false), (true, true)] {
+        let (mut client, designated, others) = waiting_client(&g, &key);
+        let grace = client.replier_grace();
+        for r in &others {
+            let quorum_part = reply(&g, *r, &key, 5, digest.clone());
+            assert!(client.on_reply_at(Duration::ZERO, &quorum_part).is_empty());
+        }
+        // Moments after the quorum (a gateway hands replies over one replica at a
+        // time), or past the grace.
+        let at = if late {
+            grace + Duration::from_millis(1)
+        } else {
+            Duration::from_millis(1)
+        };
+        let full = reply(&g, designated, &key, 5, ReplyResult::Full(good.clone()));
+        let out = client.on_reply_at(at, &full);
+        assert!(
+            matches!(&out[..], [ClientOutput::Accepted { result, .. }] if *result == good),
+            "{out:?}"
+        );
+        assert_eq!(
+            client.designated() != Some(designated),
+            moves_on,
+            "late: {late}"
+        );
     }
-    let late = reply(&g, designated, &key, 5, ReplyResult::Full(good.clone()));
-    let out = client.on_reply(&late);
-    assert!(
-        matches!(&out[..], [ClientOutput::Accepted { result, .. }] if *result == good),
-        "{out:?}"
-    );
-    assert_ne!(client.designated(), Some(designated));
 }
 
 #[test]

@@ -145,9 +145,10 @@ drills! {
 /// Digest replies (TOCS §5.1.1) against a lying backup: replica 1 returns another
 /// result in every reply, in full or as a digest. Three clients that designate
 /// replica 1 each overwrite a key of their own with 64-byte values, so every result
-/// after the first (the value replaced) is longer than a digest, and only replica
-/// 1 sends it in full, wrongly: each client must wait, retransmit, take the true
-/// result from the others' full answers, and designate another replica.
+/// after the first (the value replaced) is longer than a digest. The second write's
+/// result only replica 1 sends in full, wrongly: each client must wait, retransmit,
+/// take the true result from the others' full answers, and designate another
+/// replica, so its later writes need no retransmission.
 #[test]
 fn digest_replies_with_a_lying_designated_backup_still_give_true_results() {
     let _serial = serial();
@@ -187,6 +188,11 @@ fn digest_replies_with_a_lying_designated_backup_still_give_true_results() {
                         }
                         previous = Some(value);
                     }
+                    let retransmitted = client.retransmissions();
+                    assert!(
+                        (1..=2).contains(&retransmitted),
+                        "client {seed}: {retransmitted} retransmissions"
+                    );
                 })
             })
             .collect();
