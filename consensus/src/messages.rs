@@ -58,13 +58,18 @@ pub fn request_id(req: &Signed<Request>) -> RequestId {
     (req.signer, req.payload.timestamp)
 }
 
-/// The digest of a request: its client, timestamp and operation.
+/// The digest of a request: its client and every field it signed (not the
+/// signature).
 #[must_use]
 pub fn request_digest(req: &Signed<Request>) -> Digest {
     let mut h = Hasher::new("bftnode/request-digest/v1");
+    // Every field the client signed (a replier id is a u32, so u64::MAX stands for
+    // none without colliding): two requests that differ in any of them, even only
+    // in who replies in full, are two batches to agree on.
     h.update(&req.signer.0)
         .update_u64(req.payload.timestamp)
         .update_u64(req.payload.horizon)
+        .update_u64(req.payload.replier.map_or(u64::MAX, u64::from))
         .update(&req.payload.operation);
     h.finish()
 }

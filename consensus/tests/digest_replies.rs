@@ -32,6 +32,18 @@ fn put(client: &KeyPair, ts: u64, key: &str, value: &[u8], replier: u32) -> Sign
     )
 }
 
+#[test]
+fn requests_that_differ_only_in_their_replier_are_different_batches() {
+    // The digest replicas agree on covers every signed field: a client that signed
+    // two versions of one request cannot have replicas agree on one digest while
+    // they execute different ones.
+    let client = client_key(1);
+    let digest = |replier| {
+        bft_consensus::messages::Batch::new(vec![put(&client, 1, "a", b"v", replier)]).digest()
+    };
+    assert_ne!(digest(1), digest(2));
+}
+
 /// The replies the cluster sent since `from`, checked, as (replica, full result).
 fn checked_since(c: &Cluster, from: usize) -> Vec<(u32, VerifiedReply)> {
     c.replies[from..]
