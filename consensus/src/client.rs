@@ -654,13 +654,15 @@ impl Client {
         // agreed on, within the timeout: the next requests designate another
         // (the retransmission gets the result in full from every replica).
         let designated = request.payload.replier;
-        if o.full_missing_since.is_some() || designated.is_some_and(|d| !o.full.contains_key(&d)) {
-            self.replier_turn = self.replier_turn.wrapping_add(1);
-        }
+        let replier_failed =
+            o.full_missing_since.is_some() || designated.is_some_and(|d| !o.full.contains_key(&d));
         self.retransmit_timeout.back_off();
         o.deadline = now + self.retransmit_timeout.current();
         let timer = ClientOutput::SetTimer { at: o.deadline };
         o.retransmitted = true;
+        if replier_failed {
+            self.designate_next();
+        }
         vec![
             ClientOutput::Broadcast {
                 message: Message::Request(request),

@@ -70,12 +70,13 @@ impl ReplyResult {
     /// The form replica `me` sends a freshly executed result in, for a request that
     /// designated `replier`: in full if it is the designated one, if none is
     /// designated, or if the result is no longer than its digest; else the digest.
+    /// The bytes are copied only for the full form.
     #[must_use]
-    pub fn for_replier(bytes: Vec<u8>, replier: Option<ReplicaId>, me: ReplicaId) -> Self {
+    pub fn for_replier(bytes: &[u8], replier: Option<ReplicaId>, me: ReplicaId) -> Self {
         if replier.is_none_or(|r| r == me) || bytes.len() <= ALWAYS_FULL_BYTES {
-            Self::Full(bytes)
+            Self::Full(bytes.to_vec())
         } else {
-            Self::Digest(result_digest(&bytes))
+            Self::Digest(result_digest(bytes))
         }
     }
 }
@@ -96,23 +97,23 @@ mod tests {
     #[test]
     fn only_the_designated_replica_sends_a_long_result_in_full() {
         let long = vec![7u8; 100];
-        let full = ReplyResult::for_replier(long.clone(), Some(2), 2);
+        let full = ReplyResult::for_replier(&long, Some(2), 2);
         assert_eq!(full.full(), Some(&long[..]));
-        let digest = ReplyResult::for_replier(long.clone(), Some(2), 1);
+        let digest = ReplyResult::for_replier(&long, Some(2), 1);
         assert_eq!(digest, ReplyResult::Digest(result_digest(&long)));
         assert_eq!(digest.digest(), full.digest());
         assert!(digest.full().is_none());
         // Nobody designated: everyone sends it in full.
-        assert!(ReplyResult::for_replier(long, None, 1).full().is_some());
+        assert!(ReplyResult::for_replier(&long, None, 1).full().is_some());
     }
 
     #[test]
     fn short_results_always_travel_in_full() {
         let short = vec![1u8; ALWAYS_FULL_BYTES];
-        assert!(ReplyResult::for_replier(short, Some(0), 3).full().is_some());
-        assert!(ReplyResult::for_replier(Vec::new(), Some(0), 3)
+        assert!(ReplyResult::for_replier(&short, Some(0), 3)
             .full()
             .is_some());
+        assert!(ReplyResult::for_replier(&[], Some(0), 3).full().is_some());
     }
 
     #[test]

@@ -499,7 +499,7 @@ impl<A: Application> Replica<A> {
             }
             let result = self.app.execute(&r.payload.operation);
             self.clients.record(id.0, id.1, result.clone(), seq);
-            let sent = ReplyResult::for_replier(result.clone(), r.payload.replier, self.me());
+            let sent = ReplyResult::for_replier(&result, r.payload.replier, self.me());
             let reply = self.reply_to(id.0, id.1, seq, Ok(sent));
             applied.replies.push(reply.tentative(tentative));
             applied.done.push((id, result));
