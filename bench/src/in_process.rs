@@ -47,7 +47,9 @@ fn seed(i: usize) -> [u8; 32] {
 /// n replicas wired together in memory.
 pub struct InProcessCluster {
     replicas: Vec<Replica<KvStore>>,
-    validator: Validator,
+    /// Each replica's own, as the node builds them (backups share the checks of
+    /// client signatures in pre-prepares; see `request_checks`).
+    validators: Vec<Validator>,
     queue: VecDeque<(u32, Vec<u8>)>,
     now: Duration,
     /// Encoded bytes moved between replicas (a proxy for network load).
@@ -67,13 +69,15 @@ impl InProcessCluster {
             c.batch_timeout = std::time::Duration::from_millis(1);
             c
         };
-        let validator = Validator::new(&config(0));
+        let validators = (0..n)
+            .map(|i| Validator::for_replica(&config(i as u32)))
+            .collect();
         let replicas = (0..n)
             .map(|i| Replica::new(config(i as u32), keys[i].clone(), KvStore::new()))
             .collect();
         Self {
             replicas,
-            validator,
+            validators,
             queue: VecDeque::new(),
             now: Duration::ZERO,
             bytes_moved: 0,
@@ -119,7 +123,7 @@ impl InProcessCluster {
                 else {
                     panic!("the benchmark's frames are PBFT")
                 };
-                let Ok(verified) = self.validator.verify(msg) else {
+                let Ok(verified) = self.validators[to as usize].verify(msg) else {
                     panic!("invalid message in the benchmark")
                 };
                 let mut out = Vec::new();

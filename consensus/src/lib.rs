@@ -35,6 +35,7 @@ mod replica;
 pub mod reply;
 pub mod reply_bundle;
 pub mod reply_result;
+pub mod request_checks;
 pub mod types;
 pub mod validate;
 

@@ -58,11 +58,18 @@ pub fn request_id(req: &Signed<Request>) -> RequestId {
     (req.signer, req.payload.timestamp)
 }
 
-/// The digest of a request: its client and every field it signed (not the
-/// signature).
+/// The digest of a request: its client, every field it signed, and the signature.
+///
+/// The signature is bound too because some backups accept a pre-prepare without
+/// checking its requests' signatures (see [`crate::request_checks`]): the digest a
+/// group agrees on must name the exact bytes the checking replicas found valid, so
+/// a skipping replica given a copy with a forged signature holds another batch,
+/// which can never gather a quorum, rather than the agreed batch with a bad
+/// signature inside, which it would later hand on in view-changes that every
+/// other replica refuses.
 #[must_use]
 pub fn request_digest(req: &Signed<Request>) -> Digest {
-    let mut h = Hasher::new("bftnode/request-digest/v1");
+    let mut h = Hasher::new("bftnode/request-digest/v2");
     // Every field the client signed (a replier id is a u32, so u64::MAX stands for
     // none without colliding): two requests that differ in any of them, even only
     // in who replies in full, are two batches to agree on.
@@ -70,7 +77,8 @@ pub fn request_digest(req: &Signed<Request>) -> Digest {
         .update_u64(req.payload.timestamp)
         .update_u64(req.payload.horizon)
         .update_u64(req.payload.replier.map_or(u64::MAX, u64::from))
-        .update(&req.payload.operation);
+        .update(&req.payload.operation)
+        .update(&req.signature.to_bytes());
     h.finish()
 }
 

@@ -145,6 +145,11 @@ pub struct ReplicaConfig {
     /// only the simulator's planted-bug test turns it off, to show the adversarial
     /// sweep (its Byzantine clients) finds what that allows (issue 12).
     pub(crate) request_size_check: bool,
+    /// How many backups accept each pre-prepare without checking its requests'
+    /// client signatures (see [`crate::request_checks`]): quorum - (f+1), never
+    /// more; only the simulator's planted-bug test raises it, to show the validity
+    /// check catches what too many skipping backups let through.
+    pub(crate) request_check_skippers: usize,
 }
 
 impl ReplicaConfig {
@@ -159,6 +164,7 @@ impl ReplicaConfig {
     #[must_use]
     pub fn new(id: ReplicaId, members: Membership) -> Self {
         let commit_quorum = members.quorum();
+        let request_check_skippers = crate::request_checks::skippers(&members);
         Self {
             id,
             members,
@@ -173,6 +179,7 @@ impl ReplicaConfig {
             commit_quorum,
             transfer_written_apart: false,
             request_size_check: true,
+            request_check_skippers,
             tentative_execution: true,
         }
     }
@@ -236,6 +243,15 @@ impl ReplicaConfig {
     #[must_use]
     pub fn with_planted_no_request_size_check(mut self) -> Self {
         self.request_size_check = false;
+        self
+    }
+
+    /// Test-only: let `skippers` backups skip the client-signature checks of each
+    /// pre-prepare (more than [`crate::request_checks::skippers`] is unsafe).
+    #[cfg(feature = "sim")]
+    #[must_use]
+    pub fn with_planted_request_check_skippers(mut self, skippers: usize) -> Self {
+        self.request_check_skippers = skippers;
         self
     }
 }

@@ -77,6 +77,13 @@ pub struct Validator {
     params: ProtocolParams,
     /// Always on (off only in a planted-bug test).
     request_size_check: bool,
+    /// The replica this validator admits messages for, if it is one replica's: it
+    /// then skips the client-signature checks of the pre-prepares the rule of
+    /// [`crate::request_checks`] gives it. None checks everything (clients, and
+    /// the simulator's shared first check).
+    me: Option<ReplicaId>,
+    /// Backups that skip those checks per sequence number (the rule's count).
+    request_check_skippers: usize,
     /// Signatures the batches found good lately, shared by clones: a copy that
     /// comes again (a retransmission, a re-sent route, a replay) is not checked
     /// again, with the answer its first check gave to the same equation
@@ -213,14 +220,42 @@ enum Recheck {
 }
 
 impl Validator {
+    /// A validator that checks every signature of every message: what a client
+    /// uses, and the simulator's shared first check of each frame.
     #[must_use]
     pub fn new(config: &ReplicaConfig) -> Self {
         Self {
             members: config.members.clone(),
             params: config.params.clone(),
             request_size_check: config.request_size_check,
+            me: None,
+            request_check_skippers: config.request_check_skippers,
             seen: Arc::new(SeenSignatures::new(SEEN_SIGNATURES)),
         }
+    }
+
+    /// The validator of replica `config.id`: as [`Validator::new`], except that it
+    /// accepts the pre-prepares [`crate::request_checks`] assigns it without
+    /// checking their requests' client signatures.
+    #[must_use]
+    pub fn for_replica(config: &ReplicaConfig) -> Self {
+        Self {
+            me: Some(config.id),
+            ..Self::new(config)
+        }
+    }
+
+    /// Whether this validator skips the client signatures of `pp`'s batch.
+    fn skips_requests(&self, pp: &PrePrepare) -> bool {
+        self.me.is_some_and(|me| {
+            crate::request_checks::skips(
+                &self.members,
+                self.request_check_skippers,
+                pp.view,
+                pp.seq,
+                me,
+            )
+        })
     }
 
     /// A batch for this validator's checks, which skips signatures found good lately
@@ -312,7 +347,8 @@ impl Validator {
             }
             Message::PrePrepare(pp, batch) => {
                 self.check_signer(&pp, pp.payload.replica)?;
-                self.check_batch(&batch, pp.payload.digest, sigs)?;
+                let signed = !self.skips_requests(&pp.payload);
+                self.check_batch(&batch, pp.payload.digest, signed, sigs)?;
                 Staged::PrePrepare(sigs.outer(pp)?, batch)
             }
             Message::Prepare(m) => Staged::Prepare(self.by_replica(m, |m| m.replica, sigs)?),
@@ -431,18 +467,39 @@ impl Validator {
         Ok(())
     }
 
-    /// The batch hashes to `digest` and passes [`Validator::check_batch_contents`].
-    fn check_batch(&self, batch: &Batch, digest: Digest, sigs: &mut Sigs<'_>) -> Checked<()> {
-        self.check_batch_contents(batch, sigs)?;
+    /// The batch hashes to `digest` and passes [`Validator::check_batch_contents`],
+    /// or only [`Validator::check_batch_limits`] unless `signed` (a pre-prepare
+    /// whose requests [`crate::request_checks`] lets this replica take unchecked).
+    fn check_batch(
+        &self,
+        batch: &Batch,
+        digest: Digest,
+        signed: bool,
+        sigs: &mut Sigs<'_>,
+    ) -> Checked<()> {
+        if signed {
+            self.check_batch_contents(batch, sigs)?;
+        } else {
+            self.check_batch_limits(batch)?;
+        }
         if batch.digest() != digest {
             return Err(Rejection::DigestMismatch);
         }
         Ok(())
     }
 
-    /// The batch is within the group's count and byte limits, and every request in
-    /// it is signed by its client (Validity: only signed requests are ever executed).
+    /// The batch is within the limits, and every request in it is signed by its
+    /// client (Validity: only signed requests are ever executed).
     fn check_batch_contents(&self, batch: &Batch, sigs: &mut Sigs<'_>) -> Checked<()> {
+        self.check_batch_limits(batch)?;
+        if !sigs.requests(&batch.requests) {
+            return Err(Rejection::BadSignature);
+        }
+        Ok(())
+    }
+
+    /// The batch is within the group's count and byte limits.
+    fn check_batch_limits(&self, batch: &Batch) -> Checked<()> {
         let max = self.params.batch_size;
         if batch.len() > max {
             return Err(Rejection::BatchTooLarge {
@@ -458,9 +515,6 @@ impl Validator {
         let max = self.params.max_batch_bytes;
         if bytes > max {
             return Err(Rejection::BatchTooManyBytes { bytes, max });
-        }
-        if !sigs.requests(&batch.requests) {
-            return Err(Rejection::BadSignature);
         }
         Ok(())
     }

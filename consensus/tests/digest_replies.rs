@@ -44,6 +44,21 @@ fn requests_that_differ_only_in_their_replier_are_different_batches() {
     assert_ne!(digest(1), digest(2));
 }
 
+#[test]
+fn requests_that_differ_only_in_their_signature_are_different_batches() {
+    // Some backups take a pre-prepare's requests unchecked (`request_checks`): the
+    // digest the group agrees on must bind the very bytes the others checked, or a
+    // skipping backup could hold the agreed batch with a forged signature inside.
+    let client = client_key(1);
+    let honest = put(&client, 1, "a", b"v", 1);
+    let mut forged = honest.clone();
+    let mut bytes = forged.signature.to_bytes();
+    bytes[40] ^= 1;
+    forged.signature = bft_crypto::Signature::from_bytes(&bytes);
+    let digest = |r| bft_consensus::messages::Batch::new(vec![r]).digest();
+    assert_ne!(digest(honest), digest(forged));
+}
+
 /// The replies the cluster sent since `from`, checked, as (replica, full result).
 fn checked_since(c: &Cluster, from: usize) -> Vec<(u32, VerifiedReply)> {
     c.replies[from..]

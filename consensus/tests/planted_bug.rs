@@ -9,7 +9,9 @@
 //!   an honest primary propose a batch every backup refuses;
 //! - a checkpoint installed by state transfer written apart: a crash restarts the
 //!   replica behind a checkpoint it signed (in the basic family, and in the storage
-//!   family, where writes are grouped as the node groups them).
+//!   family, where writes are grouped as the node groups them);
+//! - every backup taking pre-prepares' requests unchecked, under a primary that
+//!   forges requests: a request no client issued is executed.
 
 use bft_consensus::sim::{run, Family, SimConfig};
 
@@ -212,5 +214,22 @@ fn planted_f_plus_1_read_quorum_is_caught_as_a_stale_read() {
     assert!(
         correct.unwrap().reads_accepted > 0,
         "no read-only result was accepted"
+    );
+}
+
+#[test]
+fn planted_all_backups_skipping_request_checks_is_caught_as_a_validity_violation() {
+    // Issue 13, ninth round: f backups per sequence number take a pre-prepare's
+    // requests unchecked (`request_checks`). With every backup skipping, a primary
+    // that forges requests (`forge-request`) has its batch prepared and executed:
+    // found at seed 0 (f=1), "replica 3 executed a request no client issued". With
+    // the rule's f skippers the same seed is safe and live.
+    hunt_with(
+        Family::Basic,
+        1,
+        0..20,
+        "validity",
+        |c| c.byzantine = vec![(0, "forge-request".to_string())],
+        |c| c.planted_request_check_skippers = Some(3),
     );
 }

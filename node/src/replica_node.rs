@@ -157,7 +157,7 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
             tracing::error!(error = %e, "http server stopped");
         }
     });
-    let ingress = Arc::new(Ingress::new(Validator::new(&res.replica)));
+    let ingress = Arc::new(Ingress::new(Validator::for_replica(&res.replica)));
     let replica_peers: HashMap<_, _> = res
         .validators
         .validators

@@ -57,8 +57,10 @@ pub enum StorageError {
 
 /// The layout of the records this build writes; see [`check_format`]. 3: a
 /// request names the replica that replies in full (digest replies), so batches
-/// and snapshots of layout 2 no longer decode.
-const FORMAT_VERSION: u32 = 3;
+/// and snapshots of layout 2 no longer decode. 4: a request's digest covers its
+/// signature (`request_checks`), so the batch digests that layout 3's accepted,
+/// prepared and committed records name are no longer the digests of their batches.
+const FORMAT_VERSION: u32 = 4;
 const FORMAT: &[u8] = b"format";
 
 const VIEW: &[u8] = b"view";

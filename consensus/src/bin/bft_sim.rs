@@ -68,6 +68,11 @@ struct Args {
     /// instead of 2f+1.
     #[arg(long, value_name = "QUORUM")]
     planted_read_quorum: Option<usize>,
+    /// Planted bug: this many backups per sequence number accept a pre-prepare
+    /// without checking its requests' client signatures (the rule allows
+    /// quorum - (f+1)).
+    #[arg(long, value_name = "BACKUPS")]
+    planted_request_check_skippers: Option<usize>,
 }
 
 impl Args {
@@ -91,6 +96,7 @@ impl Args {
         cfg.planted_transfer_apart = self.planted_transfer_apart;
         cfg.planted_no_request_size_check = self.planted_no_request_size_check;
         cfg.planted_read_quorum = self.planted_read_quorum;
+        cfg.planted_request_check_skippers = self.planted_request_check_skippers;
         if self.no_tentative {
             cfg.tentative_execution = false;
         }
@@ -131,6 +137,9 @@ impl Args {
         }
         if let Some(q) = self.planted_read_quorum {
             cfg.replay_args = format!("{} --planted-read-quorum {q}", cfg.replay_args);
+        }
+        if let Some(k) = self.planted_request_check_skippers {
+            cfg.replay_args = format!("{} --planted-request-check-skippers {k}", cfg.replay_args);
         }
         if let Some(ms) = self.clear_byzantine_at {
             cfg.replay_args = format!("{} --clear-byzantine-at {ms}", cfg.replay_args);

@@ -132,7 +132,7 @@ impl Behaviour for Equivocate {
 }
 
 /// Break a signature (one bit of its scalar half).
-fn flip(sig: &mut Signature) {
+pub(super) fn flip(sig: &mut Signature) {
     let mut b = sig.to_bytes();
     b[40] ^= 0x01;
     *sig = Signature::from_bytes(&b);

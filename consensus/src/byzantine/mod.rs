@@ -5,6 +5,7 @@
 
 mod adversarial;
 mod behaviours;
+mod forge_request;
 mod rng;
 mod stale_reads;
 mod table;
@@ -16,6 +17,7 @@ pub use behaviours::{
     BadSignature, Censor, Crash, Delay, EagerVote, Equivocate, Flood, ForgeViewChange,
     LyingCheckpoint, OtherModule, Replay, Silent, WrongDigest,
 };
+pub use forge_request::ForgeRequest;
 pub use rng::SplitMix64;
 pub use stale_reads::StaleReads;
 pub use table::{

@@ -6,8 +6,8 @@
 use super::BehaviourError;
 use super::{
     BadSignature, Behaviour, BelowMinS, Censor, Crash, Delay, EagerVote, Equivocate, Flood,
-    ForgeViewChange, HideCertificates, Honest, LyingCheckpoint, Mutate, OtherModule, Params,
-    Replay, Silent, SplitNewView, StaleReads, WrongDigest, WrongResults,
+    ForgeRequest, ForgeViewChange, HideCertificates, Honest, LyingCheckpoint, Mutate, OtherModule,
+    Params, Replay, Silent, SplitNewView, StaleReads, WrongDigest, WrongResults,
 };
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -84,6 +84,9 @@ const TABLE: &[Entry] = &[
     }),
     entry("wrong-results", Family::Adversarial, |_, _| {
         Box::new(WrongResults)
+    }),
+    entry("forge-request", Family::Core, |s, _| {
+        Box::new(ForgeRequest::new(s))
     }),
 ];
 

@@ -212,6 +212,7 @@ impl<A: Application> Replica<A> {
         slot.pre_prepare = Some((pp, batch));
         slot.prepared = false;
         slot.committed = false;
+        slot.requests_valid = None;
     }
 
     /// §4.2: a backup accepts a pre-prepare if it is in view v, signed by v's primary,
@@ -298,10 +299,13 @@ impl<A: Application> Replica<A> {
             );
         }
         let slot = self.log.entry(seq).or_default();
-        match insert_vote(&mut slot.prepares, p.into_signed(), seq) {
-            Ok(true) => self.check_prepared(seq),
-            Ok(false) => {}
-            Err(e) => self.reject(Some(replica), e),
+        let accepted = slot.accepted();
+        let stored = insert_vote(&mut slot.prepares, p.into_signed(), seq, accepted);
+        if let Some(e) = stored.equivocation {
+            self.reject(Some(replica), e);
+        }
+        if stored.changed {
+            self.check_prepared(seq);
         }
     }
 
@@ -321,10 +325,13 @@ impl<A: Application> Replica<A> {
             self.witness_commit(&c); // in case our pre-prepare is not the committed one
         }
         let slot = self.log.entry(seq).or_default();
-        match insert_vote(&mut slot.commits, c.into_signed(), seq) {
-            Ok(true) => self.check_committed(seq),
-            Ok(false) => {}
-            Err(e) => self.reject(Some(replica), e),
+        let accepted = slot.accepted();
+        let stored = insert_vote(&mut slot.commits, c.into_signed(), seq, accepted);
+        if let Some(e) = stored.equivocation {
+            self.reject(Some(replica), e);
+        }
+        if stored.changed {
+            self.check_committed(seq);
         }
     }
 

@@ -53,6 +53,7 @@ use crate::app::Application;
 use crate::fd::Progress;
 use crate::io::Output;
 use crate::messages::{Batch, Message, PrePrepare};
+use crate::request_checks;
 use crate::types::{ReplicaId, Seq, View};
 use bft_crypto::{Digest, Signed};
 use std::collections::BTreeMap;
@@ -188,16 +189,59 @@ impl<A: Application> Replica<A> {
         let Some(first) = at.last_executed.max(self.stable.seq).checked_add(1) else {
             return;
         };
+        let not_settled: Vec<Seq> = accepted_in(&self.log, first, self.view)
+            .map(|(_, pp, _)| pp.payload.seq)
+            .filter(|seq| !self.settled.contains_key(seq))
+            .collect();
+        self.resend_slots(peer, not_settled);
+    }
+
+    /// For each of `seqs`, the pre-prepare we accepted there with its batch (if we
+    /// may relay it) and every matching prepare and commit we hold, to `peer`.
+    fn resend_slots(&mut self, peer: ReplicaId, seqs: Vec<Seq>) {
         let mut resend = Vec::new();
-        let not_settled = accepted_in(&self.log, first, self.view)
-            .filter(|(_, pp, _)| !self.settled.contains_key(&pp.payload.seq));
-        for (slot, pp, batch) in not_settled {
-            resend.push(Message::PrePrepare(pp.clone(), batch.clone()));
-            votes_for(slot, self.view, pp.payload.digest, &mut resend);
+        for seq in seqs {
+            let relayable = self.batch_relayable(seq);
+            let Some((slot, pp, batch)) = self
+                .log
+                .get(&seq)
+                .and_then(|s| s.pre_prepare.as_ref().map(|(pp, b)| (s, pp, b)))
+            else {
+                continue;
+            };
+            if relayable {
+                resend.push(Message::PrePrepare(pp.clone(), batch.clone()));
+            }
+            votes_for(slot, pp.payload.view, pp.payload.digest, &mut resend);
         }
         for message in resend {
             self.emit(Output::Send { to: peer, message });
         }
+    }
+
+    /// Whether the batch accepted at `seq` may go to a peer: every replica that
+    /// checks it must find it valid, or this replica would be sending what an honest
+    /// replica refuses. A batch whose requests this replica took unchecked
+    /// (`request_checks`) qualifies once prepared (a quorum holds a correct replica
+    /// that checked the very same bytes, which its digest binds) or once checked
+    /// here, on the spot: catching a peer up is rare, and the answer is kept.
+    fn batch_relayable(&mut self, seq: Seq) -> bool {
+        let me = self.me();
+        let members = &self.cfg.members;
+        let skippers = self.cfg.request_check_skippers;
+        let Some(slot) = self.log.get_mut(&seq) else {
+            return false;
+        };
+        let Some((pp, batch)) = &slot.pre_prepare else {
+            return false;
+        };
+        let unchecked = request_checks::skips(members, skippers, pp.payload.view, seq, me);
+        if slot.prepared || !unchecked {
+            return true;
+        }
+        *slot
+            .requests_valid
+            .get_or_insert_with(|| bft_crypto::all_valid(&batch.requests))
     }
 }
 

@@ -19,6 +19,10 @@ pub(crate) struct Slot {
     pub prepared: bool,
     /// `committed-local` became true for the accepted pre-prepare.
     pub committed: bool,
+    /// Whether the accepted batch's client signatures proved valid when checked
+    /// here before relaying it (only for a batch taken unchecked, see
+    /// `retransmit`); None until then.
+    pub requests_valid: Option<bool>,
 }
 
 /// A vote that carries (view, digest, replica), so prepares and commits share code.
@@ -46,30 +50,59 @@ macro_rules! vote {
 vote!(Prepare);
 vote!(Commit);
 
+/// What storing a vote did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Stored {
+    /// The votes changed: the quorum it counts towards may now be complete.
+    pub changed: bool,
+    /// The voter signed two digests in one view: to report.
+    pub equivocation: Option<Rejection>,
+}
+
 /// Keep the newest vote per replica. Two different digests from one replica in one
-/// view is equivocation: refused and reported.
+/// view is equivocation, reported; of the two, the one for `accepted` (the digest
+/// of the pre-prepare this replica accepted in that view, if any) is kept, else the
+/// first. A faulty replica's signature counts in a certificate however many others
+/// it signed (quorums intersect in a correct replica all the same), and the vote
+/// for what we accepted is the one that can complete ours: keeping the first
+/// instead, the one for another digest, could leave us one vote short for good
+/// (adversarial seed 746, f=1, `--byzantine 0=wrong-digest`: two correct replicas
+/// each held the faulty primary's commit for a random digest, refused the one for
+/// the committed batch that a third replica relayed, and never committed seq 45).
 pub(crate) fn insert_vote<T: Vote + Clone>(
     votes: &mut BTreeMap<ReplicaId, Signed<T>>,
     vote: Signed<T>,
     seq: u64,
-) -> Result<bool, Rejection> {
+    accepted: Option<(View, Digest)>,
+) -> Stored {
     let p = &vote.payload;
+    let stored = |changed| Stored {
+        changed,
+        equivocation: None,
+    };
     match votes.get(&p.replica()) {
-        Some(old) if old.payload.view() > p.view() => Ok(false),
+        Some(old) if old.payload.view() > p.view() => stored(false),
         Some(old) if old.payload.view() == p.view() => {
             if old.payload.digest() == p.digest() {
-                Ok(false)
-            } else {
-                Err(Rejection::Equivocation {
-                    replica: p.replica(),
-                    view: p.view(),
-                    seq,
-                })
+                return stored(false);
+            }
+            let equivocation = Some(Rejection::Equivocation {
+                replica: p.replica(),
+                view: p.view(),
+                seq,
+            });
+            let wanted = accepted == Some((p.view(), p.digest()));
+            if wanted {
+                votes.insert(p.replica(), vote);
+            }
+            Stored {
+                changed: wanted,
+                equivocation,
             }
         }
         _ => {
             votes.insert(p.replica(), vote);
-            Ok(true)
+            stored(true)
         }
     }
 }
@@ -97,6 +130,7 @@ impl Slot {
     pub fn reset_for_new_view(&mut self) {
         self.pre_prepare = None;
         self.prepared = false;
+        self.requests_valid = None;
         self.committed = false;
     }
 
@@ -105,5 +139,57 @@ impl Slot {
         self.pre_prepare
             .as_ref()
             .map(|(pp, _)| (pp.payload.view, pp.payload.digest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bft_crypto::KeyPair;
+
+    fn commit(digest: u8) -> Signed<Commit> {
+        let key = KeyPair::from_seed([7; 32]);
+        Signed::sign(
+            Commit {
+                view: 0,
+                seq: 45,
+                digest: Digest([digest; 32]),
+                replica: 0,
+            },
+            &key,
+        )
+    }
+
+    #[test]
+    fn of_two_votes_from_one_replica_the_one_for_the_accepted_digest_is_kept() {
+        let accepted = Some((0, Digest([1; 32])));
+        let mut votes = BTreeMap::new();
+        assert!(insert_vote(&mut votes, commit(9), 45, accepted).changed);
+        // The second, for the batch we accepted, replaces the first and is reported.
+        let second = insert_vote(&mut votes, commit(1), 45, accepted);
+        assert!(second.changed);
+        assert!(matches!(
+            second.equivocation,
+            Some(Rejection::Equivocation {
+                replica: 0,
+                view: 0,
+                seq: 45
+            })
+        ));
+        assert_eq!(matching(&votes, 0, Digest([1; 32]), None).len(), 1);
+        // A third, for yet another digest, is reported and changes nothing.
+        let third = insert_vote(&mut votes, commit(5), 45, accepted);
+        assert!(!third.changed && third.equivocation.is_some());
+        assert_eq!(matching(&votes, 0, Digest([1; 32]), None).len(), 1);
+    }
+
+    #[test]
+    fn with_nothing_accepted_the_first_vote_stays() {
+        let mut votes = BTreeMap::new();
+        assert!(insert_vote(&mut votes, commit(9), 45, None).changed);
+        let second = insert_vote(&mut votes, commit(1), 45, None);
+        assert!(!second.changed && second.equivocation.is_some());
+        assert_eq!(matching(&votes, 0, Digest([9; 32]), None).len(), 1);
+        assert!(!insert_vote(&mut votes, commit(9), 45, None).changed);
     }
 }

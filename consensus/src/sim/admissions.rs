@@ -9,6 +9,12 @@
 //! the frame's allocation, and holds the frame so the allocation cannot be reused
 //! while its key is remembered. Each distinct frame still goes through the real
 //! ingress (decoding, the sender rule, batched ZIP-215 checks) exactly once.
+//!
+//! The shared ingress checks everything. A replica's own checks less: it takes
+//! some pre-prepares' requests unchecked (`request_checks`), so it accepts all
+//! that the shared ingress accepts and perhaps more. A pre-prepare the shared
+//! ingress refused is therefore admitted again through the receiving replica's
+//! own ingress, whose answer is the one the replica gets.
 
 use crate::ingress::{Admitted, Ingress, Origin};
 use std::collections::{BTreeMap, VecDeque};
@@ -26,9 +32,16 @@ pub struct Admissions {
 }
 
 impl Admissions {
-    /// What `ingress` says of each frame, in order; frames not seen before from
-    /// their origin are admitted together, as one batch.
-    pub fn admit(&mut self, ingress: &Ingress, frames: &[(Origin, Arc<Vec<u8>>)]) -> Vec<Admitted> {
+    /// What the receiving replica's ingress says of each frame, in order: `ingress`
+    /// (which checks everything) admits frames not seen before from their origin
+    /// together, as one batch; `own` (the replica's) admits again the pre-prepares
+    /// `ingress` refused.
+    pub fn admit(
+        &mut self,
+        ingress: &Ingress,
+        own: &Ingress,
+        frames: &[(Origin, Arc<Vec<u8>>)],
+    ) -> Vec<Admitted> {
         let key = |(origin, frame): &(Origin, Arc<Vec<u8>>)| (Arc::as_ptr(frame) as usize, *origin);
         let fresh: Vec<&(Origin, Arc<Vec<u8>>)> = {
             let mut seen = std::collections::BTreeSet::new();
@@ -51,9 +64,14 @@ impl Admissions {
         frames
             .iter()
             .map(|f| match self.known.get(&key(f)) {
+                Some((_, admitted))
+                    if admitted.result.is_err() && admitted.kind == "pre_prepare" =>
+                {
+                    own.admit(f.0, &f.1)
+                }
                 Some((_, admitted)) => admitted.clone(),
                 // Only if one batch held more new frames than the memo keeps.
-                None => ingress.admit(f.0, &f.1),
+                None => own.admit(f.0, &f.1),
             })
             .collect()
     }

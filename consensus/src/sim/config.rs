@@ -82,6 +82,9 @@ pub struct SimConfig {
     /// Test-only planted bug: clients accept read-only results on this many
     /// matching replies instead of 2f+1.
     pub planted_read_quorum: Option<usize>,
+    /// Test-only planted bug: this many backups per sequence number take a
+    /// pre-prepare's requests unchecked, more than `request_checks` allows.
+    pub planted_request_check_skippers: Option<usize>,
     /// Byzantine clients sending nasty frames during the chaos phase (see `rogue`).
     pub byzantine_clients: usize,
     /// Whether Byzantine replicas crash (and restart from their store) too.
@@ -132,6 +135,7 @@ impl SimConfig {
             planted_transfer_apart: false,
             planted_no_request_size_check: false,
             planted_read_quorum: None,
+            planted_request_check_skippers: None,
             byzantine_clients: 0,
             byzantine_crash: false,
             twins: None,
@@ -325,7 +329,7 @@ impl SimConfig {
     #[must_use]
     pub fn summary(&self) -> String {
         format!(
-            "f={} n={} clients={}x{} batch={} in_flight={} tentative={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} storage={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={} planted_no_request_size_check={} planted_read_quorum={:?} byzantine_clients={} byzantine_crash={}",
+            "f={} n={} clients={}x{} batch={} in_flight={} tentative={} K={} L={} H={} drop={:.3} dup={:.3} delay={:?}ms crash={:.4} partitions={} chaos={:?} byzantine={:?} storage={:?} planted={:?} planted_relay_rule={} planted_transfer_apart={} planted_no_request_size_check={} planted_read_quorum={:?} planted_request_check_skippers={:?} byzantine_clients={} byzantine_crash={}",
             self.f,
             self.n(),
             self.clients,
@@ -349,6 +353,7 @@ impl SimConfig {
             self.planted_transfer_apart,
             self.planted_no_request_size_check,
             self.planted_read_quorum,
+            self.planted_request_check_skippers,
             self.byzantine_clients,
             self.byzantine_crash
         )

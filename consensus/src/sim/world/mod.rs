@@ -196,7 +196,10 @@ pub(crate) struct World {
     admissions: Admissions,
     client_index: BTreeMap<bft_crypto::PublicKey, usize>,
     /// The node's ingress: frame bound, decoding, sender rule, batched verification.
+    /// This one checks everything; it admits each frame first (see `admissions`).
     ingress: Ingress,
+    /// Each replica's own ingress, as its node builds it (`Validator::for_replica`).
+    replica_ingress: Vec<Ingress>,
     healed: bool,
     heal_at: Duration,
     /// One side of the current partition (the rest is the other side).
@@ -248,6 +251,9 @@ impl World {
                 if cfg.planted_no_request_size_check {
                     rc = rc.with_planted_no_request_size_check();
                 }
+                if let Some(k) = cfg.planted_request_check_skippers {
+                    rc = rc.with_planted_request_check_skippers(k);
+                }
                 let honest = !cfg.is_byzantine(id);
                 let behaviour: Box<dyn Behaviour> =
                     match (cfg.byzantine.iter().find(|(r, _)| *r == id), &cfg.twins) {
@@ -283,6 +289,10 @@ impl World {
             })
             .collect();
         let ingress = cfg.ingress(Validator::new(&replicas[0].cfg));
+        let replica_ingress = replicas
+            .iter()
+            .map(|r| cfg.ingress(Validator::for_replica(&r.cfg)))
+            .collect();
         let mut replicas = replicas;
         if cfg.storage.clock_skew > 0.0 {
             for r in &mut replicas {
@@ -336,6 +346,7 @@ impl World {
             admissions: Admissions::default(),
             client_index,
             ingress,
+            replica_ingress,
             healed: false,
             heal_at,
             partition: None,

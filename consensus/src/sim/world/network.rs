@@ -120,7 +120,8 @@ impl World {
         }
         let inbox = std::mem::take(&mut replica.inbox);
         let frames: Vec<_> = inbox.iter().map(|(o, _, f)| (*o, Arc::clone(f))).collect();
-        let admitted = self.admissions.admit(&self.ingress, &frames);
+        let own = &self.replica_ingress[r as usize];
+        let admitted = self.admissions.admit(&self.ingress, own, &frames);
         for (a, (_, from, _)) in admitted.into_iter().zip(inbox.iter()) {
             if self.replicas[r as usize].node.is_none() {
                 return Ok(()); // crashed while handling an earlier one
