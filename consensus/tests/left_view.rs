@@ -102,6 +102,31 @@ fn a_witnessed_mutation_gives_way_to_the_pre_prepare_the_group_committed() {
     );
 }
 
+/// A faulty replica 0 signed two commits for (view 0, seq 1): replica 1, which
+/// left view 0, got the one for a stray digest first, then the relayed
+/// certificate, in which replica 0's commit is for the committed batch. Keeping
+/// each replica's first commit per view left the certificate one commit short for
+/// good (adversarial seed 744, f=1, with `wrong-digest`); the one for the
+/// pre-prepare held now stands.
+#[test]
+fn an_equivocators_stray_commit_gives_way_to_its_commit_in_the_certificate() {
+    let mut c = Cluster::new(4);
+    let committed = replica_1_leaves_view_0_alone(&mut c);
+    let stray = c.group.sign(
+        0,
+        Commit {
+            view: 0,
+            seq: 1,
+            digest: bft_crypto::Digest([7; 32]),
+            replica: 0,
+        },
+    );
+    c.deliver(1, Message::Commit(stray));
+    relay_certificate(&mut c, &committed);
+    assert_eq!(c.replica(1).last_executed(), 1);
+    assert!(executed_committed(&c, 1, &committed));
+}
+
 /// Replica 1 executed seq 1 through its commit certificate while changing view
 /// alone. Replica 2, in view 0, prepared and committed the slot but lost the
 /// commits of replicas 0 and 3, which then went quiet (its heartbeats say it

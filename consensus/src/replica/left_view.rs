@@ -98,12 +98,38 @@ impl Witness {
             .map(|(certified, _)| certified)
     }
 
-    /// Keep `c`, unless its signer already committed in its view (a second commit
-    /// of one view is an equivocation: the first stands), dropping that signer's
-    /// oldest view beyond [`VIEWS_PER_REPLICA`].
+    /// Keep `c`, dropping its signer's oldest view beyond [`VIEWS_PER_REPLICA`].
+    /// If its signer already committed another digest in its view (an
+    /// equivocation), one of the two stands: the one for the pre-prepare held, else
+    /// the one more of the other replicas committed, else the first. A faulty
+    /// replica's signature counts in a certificate however many others it signed,
+    /// and keeping its first commit when that is the stray one could leave the
+    /// certificate one commit short for good (adversarial seed 744, f=1, once
+    /// replicas kept an equivocator's vote for the digest they accepted: the
+    /// replica that had left the view held the faulty replica's commit for a random
+    /// digest and never counted the relayed one for the committed batch).
     fn add_commit(&mut self, c: Signed<Commit>) {
-        let (replica, view) = (c.payload.replica, c.payload.view);
-        self.commits.entry((replica, view)).or_insert(c);
+        let (replica, view, digest) = (c.payload.replica, c.payload.view, c.payload.digest);
+        match self
+            .commits
+            .get(&(replica, view))
+            .map(|old| old.payload.digest)
+        {
+            None => {
+                self.commits.insert((replica, view), c);
+            }
+            Some(old) if old == digest => {}
+            Some(old) => {
+                let held = self.pre_prepare.as_ref().map(|(pp, _)| pp.payload.digest);
+                // The signer's own commit is among the old digest's support.
+                let better = held == Some(digest)
+                    || (held != Some(old)
+                        && self.support(view, digest) + 1 > self.support(view, old));
+                if better {
+                    self.commits.insert((replica, view), c);
+                }
+            }
+        }
         let views = self.commits.range((replica, 0)..=(replica, View::MAX));
         if views.clone().count() > VIEWS_PER_REPLICA {
             let oldest = views.map(|(key, _)| *key).next();

@@ -58,8 +58,15 @@ impl Group {
         c
     }
 
+    /// A validator that checks everything (what a client uses).
     pub fn validator(&self) -> Validator {
         Validator::new(&self.config(0))
+    }
+
+    /// Replica `id`'s own validator, as its node builds it (it takes some
+    /// pre-prepares' requests unchecked: `request_checks`).
+    pub fn validator_of(&self, id: ReplicaId) -> Validator {
+        Validator::for_replica(&self.config(id))
     }
 
     pub fn sign<T: bft_crypto::Signable>(&self, id: ReplicaId, payload: T) -> Signed<T> {
@@ -310,7 +317,11 @@ impl Cluster {
     /// Feed replica `to` a message as if it arrived from the network (checked first),
     /// whatever `drop_if` says.
     pub fn deliver(&mut self, to: ReplicaId, msg: Message) {
-        let verified = self.group.validator().verify(msg).expect("a valid message");
+        let verified = self
+            .group
+            .validator_of(to)
+            .verify(msg)
+            .expect("a valid message");
         self.input(to, Input::Message(verified));
     }
 
@@ -361,8 +372,14 @@ impl Cluster {
     /// Deliver until quiet, every frame encoded and admitted through the node's
     /// ingress; return how many messages were delivered.
     pub fn run(&mut self) -> usize {
-        let ingress =
-            bft_consensus::Ingress::with_frame_limit(self.group.validator(), self.max_frame);
+        let ingresses: Vec<bft_consensus::Ingress> = (0..self.replicas.len() as ReplicaId)
+            .map(|id| {
+                bft_consensus::Ingress::with_frame_limit(
+                    self.group.validator_of(id),
+                    self.max_frame,
+                )
+            })
+            .collect();
         let mut delivered = 0;
         while let Some((from, to, msg)) = self.queue.pop_front() {
             if (self.drop_if)(from, &to, &msg) {
@@ -378,7 +395,7 @@ impl Cluster {
                 bft_consensus::Origin::Other
             };
             let frame = bft_consensus::frame::encode_pbft(&msg);
-            let admitted = ingress.admit(origin, &frame);
+            let admitted = ingresses[r as usize].admit(origin, &frame);
             let verified = match admitted.result {
                 Err(reason @ bft_consensus::Rejection::Oversized { .. }) => {
                     self.refused.push((from, r, admitted.kind, reason));
