@@ -11,7 +11,8 @@
 //!   replica behind a checkpoint it signed (in the basic family, and in the storage
 //!   family, where writes are grouped as the node groups them);
 //! - every backup taking pre-prepares' requests unchecked, under a primary that
-//!   forges requests: a request no client issued is executed.
+//!   forges requests: a request no client issued is executed; and one skipping
+//!   backup more than the rule allows: an honest replica sends what another refuses.
 
 use bft_consensus::sim::{run, Family, SimConfig};
 
@@ -233,5 +234,23 @@ fn planted_all_backups_skipping_request_checks_is_caught_as_a_validity_violation
         "validity",
         |c| c.byzantine = vec![(0, "forge-request".to_string())],
         |c| c.planted_request_check_skippers = Some(3),
+    );
+}
+
+#[test]
+fn planted_one_skipping_backup_too_many_is_caught() {
+    // The rule's bound is tight: with one backup more than quorum - (f+1) taking a
+    // pre-prepare's requests unchecked, a forging primary's batch gathers a
+    // prepared certificate at the skipping backups, which then relay it or carry
+    // it in their view-changes, and a checking replica refuses what an honest one
+    // sent: found at seed 0 (f=1) with two skippers, "replica 1 rejected a message
+    // from honest replica 3: signature does not verify".
+    hunt_with(
+        Family::Basic,
+        1,
+        0..20,
+        "honest-sender",
+        |c| c.byzantine = vec![(0, "forge-request".to_string())],
+        |c| c.planted_request_check_skippers = Some(2),
     );
 }

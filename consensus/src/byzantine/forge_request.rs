@@ -4,9 +4,10 @@
 //! Some backups take a pre-prepare's requests unchecked (`request_checks`); this
 //! behaviour is what they must withstand. Each batch it proposes is changed one of
 //! two ways, re-digested and re-signed:
-//! - one more request, a copy of the first with its timestamp far ahead (no
-//!   client issued it, so executing it breaks Validity) and the copied signature,
-//!   which no longer verifies;
+//! - the first request replaced by a copy with its timestamp far ahead (no client
+//!   issued it, so executing it breaks Validity) and the copied signature, which no
+//!   longer verifies; replaced rather than added, so the batch stays within the
+//!   limits every backup checks, the skipping ones too;
 //! - the first request's signature broken, everything else the same (the agreed
 //!   digest must not be reachable with a bad signature inside: see
 //!   `messages::request_digest`).
@@ -38,12 +39,8 @@ impl ForgeRequest {
     fn forge(&mut self, batch: &Batch) -> Batch {
         let mut requests = batch.requests.as_ref().clone();
         if self.0.chance(0.5) {
-            let mut extra = requests[0].clone();
-            extra.payload.timestamp = extra
-                .payload
-                .timestamp
-                .saturating_add(FORGED_TIMESTAMP_LEAD);
-            requests.push(extra);
+            let first = &mut requests[0].payload;
+            first.timestamp = first.timestamp.saturating_add(FORGED_TIMESTAMP_LEAD);
         } else {
             flip(&mut requests[0].signature);
         }
