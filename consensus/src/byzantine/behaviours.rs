@@ -94,15 +94,7 @@ impl Behaviour for Equivocate {
         "equivocate"
     }
     fn outputs(&mut self, ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {
-        let mut out = Vec::with_capacity(outputs.len());
-        for o in outputs {
-            let Output::Broadcast {
-                message: Message::PrePrepare(pp, batch),
-            } = o
-            else {
-                out.push(o);
-                continue;
-            };
+        fork_pre_prepares(outputs, |pp, batch| {
             let mut other = batch.clone();
             if other.len() > 1 {
                 std::sync::Arc::make_mut(&mut other.requests).reverse();
@@ -118,17 +110,38 @@ impl Behaviour for Equivocate {
             );
             let others = ctx.others();
             let half = others.len() / 2;
-            for (i, to) in others.into_iter().enumerate() {
-                let message = if i < half {
-                    Message::PrePrepare(pp.clone(), batch.clone())
-                } else {
-                    Message::PrePrepare(forked.clone(), other.clone())
-                };
-                out.push(Output::Send { to, message });
-            }
-        }
-        out
+            others
+                .into_iter()
+                .enumerate()
+                .map(|(i, to)| {
+                    let message = if i < half {
+                        Message::PrePrepare(pp.clone(), batch.clone())
+                    } else {
+                        Message::PrePrepare(forked.clone(), other.clone())
+                    };
+                    Output::Send { to, message }
+                })
+                .collect()
+        })
     }
+}
+
+/// The outputs with each pre-prepare the replica broadcasts replaced by what
+/// `fork` makes of it (sends of its own choosing); the rest unchanged.
+pub(super) fn fork_pre_prepares(
+    outputs: Vec<Output>,
+    mut fork: impl FnMut(Signed<PrePrepare>, Batch) -> Vec<Output>,
+) -> Vec<Output> {
+    let mut out = Vec::with_capacity(outputs.len());
+    for o in outputs {
+        match o {
+            Output::Broadcast {
+                message: Message::PrePrepare(pp, batch),
+            } => out.extend(fork(pp, batch)),
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Break a signature (one bit of its scalar half).

@@ -16,7 +16,7 @@
 //! only to the backups that skip the checks at that sequence number, the others
 //! getting the honest one: an equivocation aimed at the skippers.
 
-use super::behaviours::flip;
+use super::behaviours::{flip, fork_pre_prepares};
 use super::{Behaviour, Ctx, SplitMix64};
 use crate::io::Output;
 use crate::messages::{Batch, Message, PrePrepare};
@@ -56,20 +56,10 @@ impl Behaviour for ForgeRequest {
     }
 
     fn outputs(&mut self, ctx: &Ctx<'_>, outputs: Vec<Output>) -> Vec<Output> {
-        let mut out = Vec::with_capacity(outputs.len());
-        for o in outputs {
-            let Output::Broadcast {
-                message: Message::PrePrepare(pp, batch),
-            } = o
-            else {
-                out.push(o);
-                continue;
-            };
+        fork_pre_prepares(outputs, |pp, batch| {
             if batch.is_empty() {
-                out.push(Output::Broadcast {
-                    message: Message::PrePrepare(pp, batch),
-                });
-                continue;
+                let message = Message::PrePrepare(pp, batch);
+                return vec![Output::Broadcast { message }];
             }
             let forged = self.forge(&batch);
             let forged_pp = Signed::sign(
@@ -81,23 +71,20 @@ impl Behaviour for ForgeRequest {
             );
             let only_skippers = self.0.chance(0.5);
             let skippers = request_checks::skippers(ctx.members);
-            for to in ctx.others() {
-                let skips = request_checks::skips(
-                    ctx.members,
-                    skippers,
-                    pp.payload.view,
-                    pp.payload.seq,
-                    to,
-                );
-                let message = if skips || !only_skippers {
-                    Message::PrePrepare(forged_pp.clone(), forged.clone())
-                } else {
-                    Message::PrePrepare(pp.clone(), batch.clone())
-                };
-                out.push(Output::Send { to, message });
-            }
-        }
-        out
+            let (view, seq) = (pp.payload.view, pp.payload.seq);
+            ctx.others()
+                .into_iter()
+                .map(|to| {
+                    let skips = request_checks::skips(ctx.members, skippers, view, seq, to);
+                    let message = if skips || !only_skippers {
+                        Message::PrePrepare(forged_pp.clone(), forged.clone())
+                    } else {
+                        Message::PrePrepare(pp.clone(), batch.clone())
+                    };
+                    Output::Send { to, message }
+                })
+                .collect()
+        })
     }
 }
 
@@ -105,16 +92,13 @@ impl Behaviour for ForgeRequest {
 mod tests {
     use super::*;
     use crate::messages::Request;
-    use crate::types::Membership;
     use crate::validate::Validator;
     use crate::{ReplicaConfig, VerifiedMessage};
     use bft_crypto::KeyPair;
-    use std::time::Duration;
 
     #[test]
     fn only_the_backups_that_skip_the_checks_accept_the_forged_batches() {
-        let keys: Vec<KeyPair> = (0..4u8).map(|i| KeyPair::from_seed([i; 32])).collect();
-        let members = Membership::new(keys.iter().map(KeyPair::public).collect());
+        let (keys, members) = super::super::four_replicas();
         let client = KeyPair::from_seed([9; 32]);
         let request = Signed::sign(
             Request {
@@ -125,14 +109,7 @@ mod tests {
             },
             &client,
         );
-        let ctx = Ctx {
-            id: 0,
-            members: &members,
-            key: &keys[0],
-            view: 0,
-            window: (0, 100),
-            now: Duration::ZERO,
-        };
+        let ctx = super::super::test_ctx(0, &members, &keys[0]);
         let mut forge = ForgeRequest::new(7);
         let mut forged_seen = 0;
         for seq in 1..=12 {

@@ -60,6 +60,28 @@ impl Ctx<'_> {
     }
 }
 
+/// Tests' group of four: the keys (replica `i`'s from seed `[i; 32]`) and the
+/// membership they make.
+#[cfg(test)]
+pub(crate) fn four_replicas() -> (Vec<KeyPair>, Membership) {
+    let keys: Vec<KeyPair> = (0..4u8).map(|i| KeyPair::from_seed([i; 32])).collect();
+    let members = Membership::new(keys.iter().map(KeyPair::public).collect());
+    (keys, members)
+}
+
+/// Tests' context: replica `id` of `members` in view 0 at time zero.
+#[cfg(test)]
+pub(crate) fn test_ctx<'a>(id: ReplicaId, members: &'a Membership, key: &'a KeyPair) -> Ctx<'a> {
+    Ctx {
+        id,
+        members,
+        key,
+        view: 0,
+        window: (0, 100),
+        now: Duration::ZERO,
+    }
+}
+
 /// A way of misbehaving. Names are the stable names of INTERFACE.md.
 pub trait Behaviour: Send {
     fn name(&self) -> &'static str;

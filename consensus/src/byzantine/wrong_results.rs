@@ -51,14 +51,11 @@ mod tests {
     use super::*;
     use crate::messages::Reply;
     use crate::reply_bundle::verify_bundle;
-    use crate::types::Membership;
     use bft_crypto::KeyPair;
-    use std::time::Duration;
 
     #[test]
     fn every_result_is_changed_and_the_replies_still_verify() {
-        let keys: Vec<KeyPair> = (0..4u8).map(|i| KeyPair::from_seed([i; 32])).collect();
-        let members = Membership::new(keys.iter().map(KeyPair::public).collect());
+        let (keys, members) = super::super::four_replicas();
         let client = KeyPair::from_seed([9; 32]).public();
         let reply = |ts: u64, result: ReplyResult| Reply {
             view: 0,
@@ -77,14 +74,7 @@ mod tests {
                 ReplyResult::Digest(crate::reply_result::result_digest(&[2; 40])),
             ),
         ];
-        let ctx = Ctx {
-            id: 1,
-            members: &members,
-            key: &keys[1],
-            view: 0,
-            window: (0, 0),
-            now: Duration::ZERO,
-        };
+        let ctx = super::super::test_ctx(1, &members, &keys[1]);
         let signed = sign_reply_batch(&keys[1], 0, 1, honest.clone());
         let out = WrongResults.outputs(&ctx, vec![Output::Replies(signed)]);
         let [Output::Replies(lied)] = &out[..] else {
