@@ -167,6 +167,14 @@ impl ClientTable {
         }
     }
 
+    /// After `client`'s entry was replaced while executing tentatively: keep the
+    /// entry it had (`before`), unless one from earlier in this execution is kept.
+    fn keep_for_undo(&mut self, client: ClientId, before: Option<LastReply>) {
+        if let Some(undo) = self.undo.as_mut() {
+            undo.entry(client).or_insert(before);
+        }
+    }
+
     fn index(&mut self, client: ClientId, entry: &LastReply) {
         self.bytes += entry.bytes();
         self.by_age.insert((entry.executed_at, client));
@@ -207,13 +215,15 @@ impl ClientTable {
             executed_at: seq,
             result: Some(result),
         };
-        self.remember(client);
         self.bytes += entry.bytes();
-        if let Some(old) = self.entries.insert(client, entry) {
+        let old = self.entries.insert(client, entry);
+        if let Some(old) = &old {
             self.bytes -= old.bytes();
             self.by_age.remove(&(old.executed_at, client));
             self.with_result.remove(&(old.executed_at, client));
         }
+        // The replaced entry itself goes to the undo journal, not a copy of it.
+        self.keep_for_undo(client, old);
         self.by_age.insert((seq, client));
         self.with_result.insert((seq, client));
         while let Some(&(at, oldest)) = self.by_age.first() {

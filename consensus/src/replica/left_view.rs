@@ -209,12 +209,12 @@ impl<A: Application> Replica<A> {
         self.try_execute();
     }
 
-    /// The batch at `seq`, and the view it committed in, if 2f+1 replicas committed
+    /// The batch at `seq`, the view it committed in and its digest, if 2f+1 replicas committed
     /// it in a view we left (or in ours, see the module doc) and we hold a
     /// pre-prepare (of any view) with its digest. Persisted (the batch, then the
     /// decision) before it is executed, so a restart re-executes it like any
     /// committed slot.
-    pub(super) fn committed_in_a_left_view(&mut self, seq: Seq) -> Option<(View, Batch)> {
+    pub(super) fn committed_in_a_left_view(&mut self, seq: Seq) -> Option<(View, Digest, Batch)> {
         let w = self.left_views.get(&seq)?;
         let quorum = self.cfg.members.quorum();
         let (view, digest) = w.certified(quorum)?;
@@ -250,7 +250,7 @@ impl<A: Application> Replica<A> {
             digest,
         }));
         self.left_views.remove(&seq);
-        Some((view, batch))
+        Some((view, digest, batch))
     }
 
     /// Forget what no longer matters: slots executed or below the window.

@@ -121,8 +121,8 @@ impl<A: Application> Replica<A> {
         }
         // Re-execute what we know was committed, in order.
         let mut seq = r.last_executed + 1;
-        while let Some((view, _, batch)) = durable.committed_batch(seq) {
-            r.execute(seq, view, &batch);
+        while let Some((view, digest, batch)) = durable.committed_batch(seq) {
+            r.execute(seq, view, digest, &batch);
             seq += 1;
         }
         // Replaying our own log says nothing of the current primary.
