@@ -159,8 +159,18 @@ impl KvClient {
         if let Some(done) = self.perform(out, &mut retransmit_at) {
             return done;
         }
+        // One timer for the whole request, moved only when the wake-up moves: a
+        // fresh one per reply cost a timer-wheel insertion and removal for each of
+        // the ~4 replies a request gets (issue 13).
+        let timer = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(timer);
         loop {
-            let wake = retransmit_at.map_or(deadline, |r: Instant| r.min(deadline));
+            let wake = tokio::time::Instant::from_std(
+                retransmit_at.map_or(deadline, |r: Instant| r.min(deadline)),
+            );
+            if timer.deadline() != wake || timer.is_elapsed() {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 r = self.session.next_reply() => {
                     for reply in self.checked(r) {
@@ -170,7 +180,7 @@ impl KvClient {
                         }
                     }
                 }
-                () = tokio::time::sleep_until(wake.into()) => {
+                () = &mut timer => {
                     if Instant::now() >= deadline {
                         return Err(ClientError::Timeout(self.timeout));
                     }

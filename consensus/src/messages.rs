@@ -16,6 +16,13 @@ macro_rules! signable {
             const DOMAIN: &'static str = $domain;
         }
     };
+    // A client's requests: signed by their digest (see `Signable::PREHASHED`).
+    ($t:ty, $domain:literal, prehashed) => {
+        impl Signable for $t {
+            const DOMAIN: &'static str = $domain;
+            const PREHASHED: bool = true;
+        }
+    };
 }
 
 /// <REQUEST, o, t, c>σc: operation `o` with the client's timestamp `t`; the client
@@ -35,7 +42,7 @@ pub struct Request {
     /// replicas answer in full, then gets the result (a client's own loss).
     pub replier: Option<ReplicaId>,
 }
-signable!(Request, "bftnode/request/v1");
+signable!(Request, "bftnode/request/v2", prehashed);
 
 /// <READ, o, t, c>σc: a read-only operation (TOCS §5.1.3), sent to every replica
 /// and answered by each from its current state, outside the order. It is a type of
@@ -50,7 +57,7 @@ pub struct ReadRequest {
     #[serde(with = "bft_crypto::bytes")]
     pub operation: Vec<u8>,
 }
-signable!(ReadRequest, "bftnode/read-request/v1");
+signable!(ReadRequest, "bftnode/read-request/v2", prehashed);
 
 /// The request's identity and digest, from its signed form.
 #[must_use]

@@ -60,7 +60,9 @@ pub enum StorageError {
 /// and snapshots of layout 2 no longer decode. 4: a request's digest covers its
 /// signature (`request_checks`), so the batch digests that layout 3's accepted,
 /// prepared and committed records name are no longer the digests of their batches.
-const FORMAT_VERSION: u32 = 4;
+/// 5: a client signs its request's digest (`Signable::PREHASHED`), so the requests
+/// inside layout 4's batches no longer carry valid signatures.
+const FORMAT_VERSION: u32 = 5;
 const FORMAT: &[u8] = b"format";
 
 const VIEW: &[u8] = b"view";
