@@ -351,7 +351,7 @@ impl Application for KvStore {
     }
 
     fn digest(&self) -> Digest {
-        self.entries.digest("bftnode/kv/v2")
+        self.entries.digest("bftnode/kv/v3")
     }
 }
 
