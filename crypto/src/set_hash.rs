@@ -4,12 +4,21 @@
 //! one element costs a hash and an expansion, whatever the set's size, and the
 //! result does not depend on the order of updates.
 //!
-//! The expansion is AES-256 in counter mode keyed by the element's SHA-256: the
-//! random-oracle expansion AdHash asks for, in the ideal-cipher model, at a
+//! The expansion is AES-256 in counter mode keyed by the element's SHA-256, at a
 //! fraction of the cost of the eight SHA-256 blocks counter-mode hashing took (the
 //! key-value store expands two elements per overwrite, and that was about 4 % of the
 //! machine's CPU per request: issue 13). AES runs on the processor's AES
 //! instructions where it has them (the `aes` crate detects them at run time).
+//!
+//! AdHash wants a random oracle here. AES with a public key is not one by design,
+//! and AES-256 has known distinguishers when an attacker chooses related keys; the
+//! keys here are SHA-256 outputs, which nobody can relate, so the generalised
+//! birthday bound above is kept heuristically. That is enough for what the digest
+//! is for: a replica's own view of its state (`/status`, the simulator's
+//! comparison of replicas). It never leaves the replica, and checkpoints use a
+//! SHA-256 of the snapshot's bytes. Before it goes into a checkpoint or onto the
+//! wire (BASE's incremental checkpoints), the expansion should become a standard
+//! extendable-output function (SHAKE, BLAKE3).
 //!
 //! Why 2048 bits: additive hashes fall to Wagner's generalised birthday attack at
 //! roughly 2^(2*sqrt(bits)) work, which is 2^32 for 256 bits but about 2^90 here.
