@@ -40,13 +40,9 @@ pub use signed::{all_valid, signing_bytes, verify_batch, Signable, Signed, Verif
 /// 600-byte request eight reallocations and copies and a 128 KiB batch seventeen
 /// (issue 13). Counting walks the value without copying anything.
 pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CryptoError> {
-    let err = |e: bincode::error::EncodeError| CryptoError::Encode(e.to_string());
-    let mut size = bincode::enc::write::SizeWriter::default();
-    bincode::serde::encode_into_writer(value, &mut size, bincode::config::standard())
-        .map_err(err)?;
-    let mut out = Vec::with_capacity(size.bytes_written);
+    let mut out = Vec::with_capacity(try_encoded_len(value).map_err(encode_error)?);
     bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
-        .map_err(err)?;
+        .map_err(encode_error)?;
     Ok(out)
 }
 
@@ -56,10 +52,18 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CryptoError> {
 /// Only if serde refuses the value, which our message types never do.
 #[must_use]
 pub fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
+    try_encoded_len(value).expect("message types always encode")
+}
+
+/// Count [`encode`]'s bytes: bincode walks the value and copies nothing.
+fn try_encoded_len<T: serde::Serialize>(value: &T) -> Result<usize, bincode::error::EncodeError> {
     let mut size = bincode::enc::write::SizeWriter::default();
-    bincode::serde::encode_into_writer(value, &mut size, bincode::config::standard())
-        .expect("message types always encode");
-    size.bytes_written
+    bincode::serde::encode_into_writer(value, &mut size, bincode::config::standard())?;
+    Ok(size.bytes_written)
+}
+
+fn encode_error(e: bincode::error::EncodeError) -> CryptoError {
+    CryptoError::Encode(e.to_string())
 }
 
 /// Decode a value that was produced by [`encode`], refusing inputs larger than
