@@ -174,6 +174,7 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         net.inbound,
         net.others,
         verified_tx,
+        metrics.verify_batch_frames.clone(),
     );
     let generals = GeneralsNode::new(id, res.validators.n(), res.key.clone(), &name);
     let mut runtime = Runtime::new(RuntimeParts {

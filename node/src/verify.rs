@@ -13,6 +13,7 @@
 
 use bft_consensus::{Admitted, Ingress, Origin, Rejection, ReplicaId, VerifiedFrame};
 use bft_net::{Inbound, PeerId};
+use prometheus::Histogram;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -51,7 +52,8 @@ impl VerifyPool {
     /// Start `threads` workers reading `inbound` (the replicas' frames, or all)
     /// and `others` (the clients', if the network keeps them apart) and sending
     /// results to `out`. `replicas` tells which transport peers are replicas (the
-    /// rest are clients). Everything stops once a queue closes or `out` is dropped.
+    /// rest are clients). Each batch's size goes to `batch_frames`. Everything
+    /// stops once a queue closes or `out` is dropped.
     pub fn start(
         threads: usize,
         ingress: Arc<Ingress>,
@@ -59,6 +61,7 @@ impl VerifyPool {
         inbound: mpsc::Receiver<Inbound>,
         others: Option<mpsc::Receiver<Inbound>>,
         out: mpsc::Sender<Vec<Checked>>,
+        batch_frames: Histogram,
     ) {
         let inbound = Arc::new(Mutex::new(Queues {
             replicas: inbound,
@@ -69,12 +72,14 @@ impl VerifyPool {
             let ingress = ingress.clone();
             let replicas = replicas.clone();
             let out = out.clone();
+            let batch_frames = batch_frames.clone();
             std::thread::Builder::new()
                 .name(format!("verify-{i}"))
                 .spawn(move || loop {
                     let Some(batch) = next_batch(&inbound) else {
                         return;
                     };
+                    batch_frames.observe(batch.len() as f64);
                     if out
                         .blocking_send(check(&ingress, &replicas, &batch))
                         .is_err()

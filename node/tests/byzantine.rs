@@ -153,6 +153,9 @@ drills! {
 fn digest_replies_with_a_lying_designated_backup_still_give_true_results() {
     let _serial = serial();
     let net = Testnet::start_with(4, &[], &[(1, "wrong-results")]);
+    // Each write's retransmission is counted below: no write may wait on a link
+    // still being dialled.
+    net.wait_mesh();
     let rt = tokio_rt();
     let seeds: Vec<u8> = (1..=u8::MAX)
         .filter(|s| {
@@ -366,6 +369,8 @@ fn decision(net: &Testnet, i: usize, id: &str) -> Option<String> {
 fn generals_traitor_commander_loyal_lieutenants_agree() {
     let _serial = serial();
     let net = Testnet::start_with(4, &[], &[(0, "equivocate")]);
+    // Rounds are timed: every link up before the commander speaks.
+    net.wait_mesh();
     let (id, lines) = propose(&net, 0, "attack");
     assert_eq!(lines.len(), 4, "{lines:?}");
     let decisions: Vec<_> = (1..4).map(|i| decision(&net, i, &id)).collect();
@@ -385,6 +390,8 @@ fn generals_traitor_commander_loyal_lieutenants_agree() {
 fn generals_loyal_commander_is_followed_despite_a_traitor_relay() {
     let _serial = serial();
     let net = Testnet::start_with(4, &[], &[(1, "traitor-relay")]);
+    // Rounds are timed: every link up before the commander speaks.
+    net.wait_mesh();
     let (id, lines) = propose(&net, 0, "attack");
     for i in [0, 2, 3] {
         assert!(lines.contains(&format!("replica {i}: attack")), "{lines:?}");

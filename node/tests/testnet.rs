@@ -157,12 +157,7 @@ fn validators_named_by_dns_names_commit_and_agree() {
     // whose first dials both came before the other listened (the processes start
     // together) connects at the next redial, after the 40 writes may be done
     // (CI saw replicas 2 and 3 each at 2 peers).
-    net.wait_status(
-        &[0, 1, 2, 3],
-        Duration::from_secs(10),
-        "every replica connected to its 3 peers by name",
-        |s| s.peers_connected == 3,
-    );
+    net.wait_mesh();
     read_back(&net, &rt, &writes);
 }
 

@@ -274,6 +274,19 @@ impl Testnet {
         })
     }
 
+    /// Wait until every replica is connected to every other. `testnet up` returns
+    /// once each reaches a quorum (2 of its 3 peers at n = 4); a pair whose first
+    /// dials both came before the other listened connects at the next redial.
+    /// Tests whose timing assumes the full mesh (a retransmission count, a round
+    /// that must reach everyone) wait for it first.
+    pub fn wait_mesh(&self) -> Vec<Status> {
+        let ids: Vec<usize> = (0..self.n).collect();
+        let peers = self.n - 1;
+        self.wait_status(&ids, Duration::from_secs(30), "a full mesh", |s| {
+            s.peers_connected == peers
+        })
+    }
+
     /// Wait until every replica in `ids` reports, the first one's status passes
     /// `started`, and every status is `like` the first one's.
     pub fn wait_like_first(
