@@ -29,6 +29,18 @@ pub enum Mode {
     ClosedLoop { outstanding: usize },
 }
 
+/// The operation each write is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteOp {
+    /// `KvOp::Set`: answered with "written" (Redis's SET, etcd's put).
+    #[default]
+    Set,
+    /// `KvOp::Put`: answered with the value it replaced, a payload's worth of
+    /// reply per write once every key has been written.
+    Put,
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LoadConfig {
     pub mode: Mode,
@@ -47,6 +59,8 @@ pub struct LoadConfig {
     /// Send those gets through the order like writes instead of read-only (for
     /// comparing the two paths).
     pub ordered_reads: bool,
+    /// What each write is.
+    pub write: WriteOp,
     #[serde(with = "secs")]
     pub duration: Duration,
     #[serde(with = "secs")]
@@ -210,6 +224,7 @@ pub async fn run(
                 keys: cfg.keys.max(1),
                 read_ratio: cfg.read_ratio.clamp(0.0, 1.0),
                 ordered_reads: cfg.ordered_reads,
+                write: cfg.write,
                 client,
                 counters: counters.clone(),
                 measured: measured.clone(),
@@ -348,6 +363,7 @@ struct Worker {
     keys: u64,
     read_ratio: f64,
     ordered_reads: bool,
+    write: WriteOp,
     client: KvClient,
     counters: Arc<Counters>,
     /// Shared by all workers (never locked across an await).
@@ -387,17 +403,18 @@ impl Worker {
                     self.client.get(key.as_bytes()).await
                 }
             } else {
-                self.client.put(key.as_bytes(), &self.value).await
+                match self.write {
+                    WriteOp::Set => self.client.set(key.as_bytes(), &self.value).await,
+                    WriteOp::Put => self.client.put(key.as_bytes(), &self.value).await,
+                }
             };
             self.counters
                 .retransmissions
                 .fetch_add(self.client.retransmissions() - before, Ordering::Relaxed);
-            let expected = |r: &KvResult| {
-                if read {
-                    matches!(r, KvResult::Value(_))
-                } else {
-                    matches!(r, KvResult::Done { .. })
-                }
+            let expected = |r: &KvResult| match (read, self.write) {
+                (true, _) => matches!(r, KvResult::Value(_)),
+                (false, WriteOp::Set) => *r == KvResult::Written,
+                (false, WriteOp::Put) => matches!(r, KvResult::Done { .. }),
             };
             match outcome {
                 Ok(r) if expected(&r) => {

@@ -1,7 +1,7 @@
 //! Results of load runs: the SUMMARY block, the JSON of INTERFACE.md, CSV rows.
 
 use crate::cpu::PerRequest;
-use crate::loadgen::{LoadConfig, LoadResult, Mode};
+use crate::loadgen::{LoadConfig, LoadResult, Mode, WriteOp};
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -126,11 +126,15 @@ impl Summary {
             Mode::ClosedLoop { outstanding } => format!("closed loop, {outstanding} outstanding"),
         };
         let mut text = format!(
-            "SUMMARY\n  target      {} ({} replica{})\n  load        {mode}, {}-byte writes to {} keys, {:.0}s after {:.0}s warm-up\n  throughput  {:.0} req/s\n  latency     p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  requests    sent {}  committed {}  errors {}  retransmitted {}\n",
+            "SUMMARY\n  target      {} ({} replica{})\n  load        {mode}, {}-byte writes ({}) to {} keys, {:.0}s after {:.0}s warm-up\n  throughput  {:.0} req/s\n  latency     p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  requests    sent {}  committed {}  errors {}  retransmitted {}\n",
             c.target.kind,
             c.target.replicas,
             if c.target.replicas == 1 { "" } else { "s" },
             c.load.payload,
+            match c.load.write {
+                WriteOp::Set => "set",
+                WriteOp::Put => "put",
+            },
             c.load.keys,
             c.load.duration.as_secs_f64(),
             c.load.warmup.as_secs_f64(),
@@ -285,6 +289,7 @@ mod tests {
             keys: 10,
             read_ratio: 0.0,
             ordered_reads: false,
+            write: WriteOp::Set,
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
             timeout: Duration::from_secs(1),

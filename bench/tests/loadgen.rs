@@ -2,7 +2,7 @@
 //! and as the `bftnode-bench` binary against a testnet it starts itself, checking
 //! the JSON of INTERFACE.md, the CSV and the plot.
 
-use bft_bench::loadgen::{self, LoadConfig, Mode};
+use bft_bench::loadgen::{self, LoadConfig, Mode, WriteOp};
 use bft_bench::unreplicated::Unreplicated;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -27,6 +27,7 @@ fn config(mode: Mode) -> LoadConfig {
         keys: 100,
         read_ratio: 0.0,
         ordered_reads: false,
+        write: WriteOp::Set,
         duration: Duration::from_secs(2),
         warmup: Duration::from_millis(500),
         timeout: Duration::from_secs(5),

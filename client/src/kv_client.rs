@@ -252,8 +252,19 @@ impl KvClient {
         accepted
     }
 
+    /// Write `value` under `key`; the result carries the value replaced.
     pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<KvResult, ClientError> {
         self.execute(&KvOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        })
+        .await
+    }
+
+    /// Write `value` under `key`; the result only says it was written
+    /// ([`KvResult::Written`]), a smaller reply than a put's.
+    pub async fn set(&mut self, key: &[u8], value: &[u8]) -> Result<KvResult, ClientError> {
+        self.execute(&KvOp::Set {
             key: key.to_vec(),
             value: value.to_vec(),
         })

@@ -173,7 +173,13 @@ enum TestnetCmd {
 
 #[derive(Subcommand)]
 enum ClientOp {
+    /// Write a value; prints the one it replaced.
     Put {
+        key: String,
+        value: String,
+    },
+    /// Write a value; prints only that it was written.
+    Set {
         key: String,
         value: String,
     },
@@ -222,6 +228,7 @@ fn show(result: &bft_consensus::KvResult) -> String {
         }
         KvResult::Invalid => "invalid operation".into(),
         KvResult::Full => "refused: the store is full".into(),
+        KvResult::Written => "ok".into(),
     }
 }
 
@@ -300,6 +307,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let r = match &op {
                     ClientOp::Put { key, value } => {
                         client.put(key.as_bytes(), value.as_bytes()).await
+                    }
+                    ClientOp::Set { key, value } => {
+                        client.set(key.as_bytes(), value.as_bytes()).await
                     }
                     ClientOp::Get {
                         key,

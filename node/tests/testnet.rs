@@ -50,21 +50,26 @@ fn each_cli_call_sends_its_request_once_and_never_retransmits() {
     let raised = text.replace("retransmit_ms = 1000", "retransmit_ms = 5000");
     assert_ne!(raised, text, "client.toml has no retransmit_ms = 1000");
     std::fs::write(&client_toml, raised).unwrap();
-    let calls = 6;
-    for i in 0..calls {
+    let write = |op: &str, key: &str, value: &str| {
         let out = common::bftnode(&[
             "client",
             "--config",
             client_toml.to_str().unwrap(),
-            "put",
-            &format!("k{i}"),
-            "v",
+            op,
+            key,
+            value,
         ]);
         assert!(
             out.status.success(),
-            "put {i}: {}",
+            "{op} {key}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let calls = 6;
+    for i in 0..calls {
+        let op = if i % 2 == 0 { "put" } else { "set" };
+        assert_eq!(write(op, &format!("k{i}"), "v"), "ok", "{op} k{i}");
     }
     let requests = |i| net.metric_sum(i, "bft_messages_received_total", &["type=\"request\""]);
     assert_eq!(requests(0), f64::from(calls), "the primary's requests");
@@ -97,6 +102,10 @@ fn each_cli_call_sends_its_request_once_and_never_retransmits() {
     assert_eq!(requests(0), f64::from(calls), "a read-only get was ordered");
     assert_eq!(get(&["k0", "--ordered"]), "v");
     assert_eq!(requests(0), f64::from(calls + 1), "the ordered get");
+    // A set answers only that it wrote; a put, what it replaced.
+    assert_eq!(write("set", "k1", "w"), "ok");
+    assert_eq!(write("put", "k1", "x"), "ok (previous: w)");
+    assert_eq!(get(&["k1"]), "x");
     // The CLI's client is a gateway of one whose transport key is its own: the
     // replicas reach it without a reply route, so it sends none.
     for i in 0..4 {

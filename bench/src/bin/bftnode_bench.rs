@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context as _};
 use bft_bench::cpu::{Probe, Source, BASELINE_THREAD_PREFIX};
-use bft_bench::loadgen::{self, LoadConfig, Mode};
+use bft_bench::loadgen::{self, LoadConfig, Mode, WriteOp};
 use bft_bench::report::{self, Summary, Target};
 use bft_bench::{plot, unreplicated::Unreplicated};
 use bft_client::config::{load_validators, ValidatorSet};
@@ -55,6 +55,10 @@ struct Args {
     /// Order those gets like writes instead of sending them read-only.
     #[arg(long)]
     ordered_reads: bool,
+    /// What each write is: `set` (answered "written") or `put` (answered with
+    /// the value it replaced).
+    #[arg(long, value_enum, default_value_t = WriteOp::Set)]
+    write: WriteOp,
     /// Measured seconds per run.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -150,6 +154,7 @@ fn loads(args: &Args) -> anyhow::Result<Vec<LoadConfig>> {
             keys: args.keys,
             read_ratio: args.read_ratio,
             ordered_reads: args.ordered_reads,
+            write: args.write,
             duration: Duration::from_secs_f64(args.duration),
             warmup: Duration::from_secs_f64(args.warmup),
             timeout: Duration::from_secs_f64(args.timeout),

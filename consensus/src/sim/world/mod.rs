@@ -577,9 +577,14 @@ impl World {
                 // digest replies (TOCS §5.1.1) from all but the designated replica.
                 let byte: u8 = self.rng.gen();
                 let len = if byte.is_multiple_of(2) { 3 } else { 40 };
-                KvOp::Put {
-                    key,
-                    value: vec![byte; len],
+                let value = vec![byte; len];
+                // A quarter of the writes are sets (answered "written", their old
+                // value only journalled), drawn from the same byte so that the
+                // runs' other draws stay as they were.
+                if byte % 8 < 2 {
+                    KvOp::Set { key, value }
+                } else {
+                    KvOp::Put { key, value }
                 }
             }
             1 => KvOp::Get { key },
