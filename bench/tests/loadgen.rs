@@ -122,7 +122,7 @@ fn the_binary_reports_json_csv_and_a_plot() {
     let out = Command::new(env!("CARGO_BIN_EXE_bftnode-bench"))
         .args(["--replicas", "4", "--sweep", "100,200", "--clients", "8"])
         .args(["--duration", "2", "--warmup", "1", "--quiet", "--baseline"])
-        .args(["--read-ratio", "0.5"])
+        .args(["--read-ratio", "0.5", "--write", "put"])
         .arg("--json")
         .arg(&json)
         .arg("--csv")
@@ -155,6 +155,9 @@ fn the_binary_reports_json_csv_and_a_plot() {
         assert!(r["committed"].as_u64().unwrap() > 0);
         // Half the requests were read-only gets, and each kind is reported.
         assert_eq!(r["config"]["read_ratio"], 0.5, "{r}");
+        // Its writes were puts (answered with what they replaced), the library's
+        // runs above sets.
+        assert_eq!(r["config"]["write"], "put", "{r}");
         for kind in ["read_latency_ms", "write_latency_ms"] {
             assert!(r[kind]["p50"].as_f64().unwrap() > 0.0, "{kind} in {r}");
         }

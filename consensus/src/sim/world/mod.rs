@@ -578,9 +578,10 @@ impl World {
                 let byte: u8 = self.rng.gen();
                 let len = if byte.is_multiple_of(2) { 3 } else { 40 };
                 let value = vec![byte; len];
-                // A quarter of the writes are sets (answered "written", their old
-                // value only journalled), drawn from the same byte so that the
-                // runs' other draws stay as they were.
+                // A quarter of these writes are sets (answered "written", their
+                // old value only journalled), chosen by the byte already drawn:
+                // no extra draw (the runs still diverge from there, as a set's
+                // replies differ from a put's).
                 if byte % 8 < 2 {
                     KvOp::Set { key, value }
                 } else {
