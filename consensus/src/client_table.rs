@@ -24,7 +24,7 @@
 
 use crate::types::{ClientId, Seq};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Bytes the table may hold, results included: with the key-value store's own
 /// bound it keeps a snapshot inside one frame (see `kv::MAX_STATE_BYTES`).
@@ -58,7 +58,12 @@ struct Stored {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "Stored", into = "Stored")]
 pub struct ClientTable {
-    entries: BTreeMap<ClientId, LastReply>,
+    /// A hash map: every request looks its client up several times (ingress,
+    /// batching, execution), and in a B-tree of a thousand clients each lookup
+    /// compared about ten keys behind pointers (issue 13). Snapshots write it in
+    /// key order ([`Stored`]); nothing else reads it in order. Keyed SipHash: anybody
+    /// can make client keys, nobody can aim them at one bucket.
+    entries: HashMap<ClientId, LastReply>,
     /// (executed_at, client) of every entry, oldest first.
     by_age: BTreeSet<(Seq, ClientId)>,
     /// (executed_at, client) of every entry still holding its result, oldest first.
@@ -67,10 +72,12 @@ pub struct ClientTable {
     /// `request_horizon`: how far behind the executing sequence number a request's
     /// horizon may be.
     horizon: Seq,
-    /// While executing tentatively: each client's entry before its first change
-    /// since then, which a rollback puts back (see [`ClientTable::begin_tentative`]).
+    /// While executing tentatively: every change of an entry since then, in order,
+    /// as the client and the entry before it (`None`: absent); a rollback undoes
+    /// them newest first (see [`ClientTable::begin_tentative`]). One batch's
+    /// requests, plus the entries they evicted or stripped of their results.
     #[serde(skip)]
-    undo: Option<BTreeMap<ClientId, Option<LastReply>>>,
+    undo: Option<Vec<(ClientId, Option<LastReply>)>>,
 }
 
 impl From<Stored> for ClientTable {
@@ -84,7 +91,7 @@ impl From<Stored> for ClientTable {
             .collect();
         let bytes = s.entries.values().map(LastReply::bytes).sum();
         Self {
-            entries: s.entries,
+            entries: s.entries.into_iter().collect(),
             by_age,
             with_result,
             bytes,
@@ -97,7 +104,7 @@ impl From<Stored> for ClientTable {
 impl From<ClientTable> for Stored {
     fn from(t: ClientTable) -> Self {
         Stored {
-            entries: t.entries,
+            entries: t.entries.into_iter().collect(),
             horizon: t.horizon,
         }
     }
@@ -125,7 +132,7 @@ impl ClientTable {
     #[must_use]
     pub fn new(horizon: Seq) -> Self {
         Self {
-            entries: BTreeMap::new(),
+            entries: HashMap::new(),
             by_age: BTreeSet::new(),
             with_result: BTreeSet::new(),
             bytes: 0,
@@ -138,7 +145,7 @@ impl ClientTable {
     /// execution, TOCS §5.1.2).
     pub fn begin_tentative(&mut self) {
         assert!(self.undo.is_none(), "tentative execution begun twice");
-        self.undo = Some(BTreeMap::new());
+        self.undo = Some(Vec::new());
     }
 
     /// Keep what was recorded since [`ClientTable::begin_tentative`].
@@ -148,7 +155,7 @@ impl ClientTable {
 
     /// Put every entry back as it was at [`ClientTable::begin_tentative`].
     pub fn rollback_tentative(&mut self) {
-        for (client, before) in self.undo.take().unwrap_or_default() {
+        for (client, before) in self.undo.take().unwrap_or_default().into_iter().rev() {
             if let Some(now) = self.entries.remove(&client) {
                 self.unindex(client, &now);
             }
@@ -159,19 +166,18 @@ impl ClientTable {
         }
     }
 
-    /// Before `client`'s entry changes while executing tentatively: keep it, once.
+    /// Before `client`'s entry changes while executing tentatively: keep a copy.
     fn remember(&mut self, client: ClientId) {
         if let Some(undo) = self.undo.as_mut() {
-            undo.entry(client)
-                .or_insert_with(|| self.entries.get(&client).cloned());
+            undo.push((client, self.entries.get(&client).cloned()));
         }
     }
 
     /// After `client`'s entry was replaced while executing tentatively: keep the
-    /// entry it had (`before`), unless one from earlier in this execution is kept.
+    /// entry it had (`before`).
     fn keep_for_undo(&mut self, client: ClientId, before: Option<LastReply>) {
         if let Some(undo) = self.undo.as_mut() {
-            undo.entry(client).or_insert(before);
+            undo.push((client, before));
         }
     }
 
