@@ -22,9 +22,10 @@
 //! [`crate::messages::Refusal::ReplyNotKept`]: the request was executed; its reply is
 //! no longer held.
 
+use crate::lookup::LookupMap;
 use crate::types::{ClientId, Seq};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Bytes the table may hold, results included: with the key-value store's own
 /// bound it keeps a snapshot inside one frame (see `kv::MAX_STATE_BYTES`).
@@ -58,12 +59,11 @@ struct Stored {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "Stored", into = "Stored")]
 pub struct ClientTable {
-    /// A hash map: every request looks its client up several times (ingress,
-    /// batching, execution), and in a B-tree of a thousand clients each lookup
-    /// compared about ten keys behind pointers (issue 13). Snapshots write it in
-    /// key order ([`Stored`]); nothing else reads it in order. Keyed SipHash: anybody
-    /// can make client keys, nobody can aim them at one bucket.
-    entries: HashMap<ClientId, LastReply>,
+    /// A hash map ([`LookupMap`]): every request looks its client up several times
+    /// (ingress, batching, execution), and in a B-tree of a thousand clients each
+    /// lookup compared about ten keys behind pointers (issue 13). Snapshots write
+    /// it in key order ([`Stored`]).
+    entries: LookupMap<ClientId, LastReply>,
     /// (executed_at, client) of every entry, oldest first.
     by_age: BTreeSet<(Seq, ClientId)>,
     /// (executed_at, client) of every entry still holding its result, oldest first.
@@ -104,7 +104,7 @@ impl From<Stored> for ClientTable {
 impl From<ClientTable> for Stored {
     fn from(t: ClientTable) -> Self {
         Stored {
-            entries: t.entries.into_iter().collect(),
+            entries: t.entries.into_sorted().into_iter().collect(),
             horizon: t.horizon,
         }
     }
@@ -132,7 +132,7 @@ impl ClientTable {
     #[must_use]
     pub fn new(horizon: Seq) -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: LookupMap::new(),
             by_age: BTreeSet::new(),
             with_result: BTreeSet::new(),
             bytes: 0,

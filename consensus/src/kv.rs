@@ -2,10 +2,11 @@
 //! compare-and-swap.
 
 use crate::app::{Application, RestoreError};
+use crate::lookup::LookupMap;
 use bft_crypto::{Digest, SetElement, SetHash};
 use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 #[cfg(test)]
 use std::collections::BTreeMap;
 
@@ -127,34 +128,47 @@ fn entry_bytes(key: &[u8], value: &[u8]) -> usize {
     key.len() + value.len() + ENTRY_OVERHEAD
 }
 
-/// A value with its entry's hashed form, so that overwriting or deleting it takes
-/// the entry out of the state digest without hashing the old bytes again.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A value, with what the state digest counts for its key.
+///
+/// The digest is brought up to date only when asked for ([`KvStore::digest`]):
+/// hashing every written entry into it (a SHA-256 of the entry and two 2048-bit
+/// expansions per overwrite) was about a seventh of a replica's event loop, and
+/// nothing but `/status` and tests reads it (issue 13). `counted` is the element
+/// the digest's sum holds for this key (the entry as it was when the digest was
+/// last brought up to date), `stale` says the value changed since, and the key is
+/// then in [`Digested::stale`]. Both are cells: [`Application::digest`] reads
+/// the store through a shared reference, and updates them.
+#[derive(Clone, Debug)]
 struct Stored {
     value: Vec<u8>,
-    element: SetElement,
+    counted: Cell<Option<SetElement>>,
+    stale: Cell<bool>,
 }
 
-impl Stored {
-    fn new(key: &[u8], value: Vec<u8>) -> Self {
-        let element = SetElement::of(&[key, &value]);
-        Self { value, element }
-    }
+/// The state digest's sum and the keys whose entries changed since it was last
+/// brought up to date.
+#[derive(Clone, Debug, Default)]
+struct Digested {
+    sum: SetHash,
+    /// Keys whose entry is stale, each at most once per change from up to date to
+    /// stale; a key deleted meanwhile is skipped. Kept within a bound of the map's
+    /// size by [`KvStore::compact_stale`].
+    stale: Vec<Vec<u8>>,
 }
 
 /// The snapshot's encoding: the map, its keys and values written as byte strings
 /// in key order (the same bytes as `bft_crypto::bytes::map` writes for an ordered
 /// map of values), so that equal states give equal bytes whatever order the hash
 /// map holds them in.
-struct Entries<'a>(&'a HashMap<Vec<u8>, Stored>);
+struct Entries<'a>(&'a LookupMap<Vec<u8>, Stored>);
 
 impl Serialize for Entries<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut sorted: Vec<(&Vec<u8>, &Stored)> = self.0.iter().collect();
-        // Keys are unique: an unstable sort gives one order.
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
         bft_crypto::bytes::map::serialize_pairs(
-            sorted.into_iter().map(|(k, v)| (&k[..], &v.value[..])),
+            self.0
+                .sorted()
+                .into_iter()
+                .map(|(k, v)| (&k[..], &v.value[..])),
             s,
         )
     }
@@ -168,26 +182,28 @@ struct OwnedEntries(
 /// An in-memory map. Durability comes from PBFT checkpoints (snapshots) and
 /// re-execution of the committed log after a restart.
 ///
-/// A hash map, not an ordered one: every write looks its key up once, and in a
-/// B-tree of 10,000 keys that lookup compared about twenty keys, each behind a
-/// pointer, which was a tenth of a replica's event loop (issue 13); nothing reads
-/// the keys in order but the snapshot, which sorts them. The hasher is std's
-/// keyed SipHash, so clients who choose keys cannot choose collisions.
+/// A hash map ([`LookupMap`]), not an ordered one: every write looks its key up
+/// once, and in a B-tree of 10,000 keys that lookup compared about twenty keys,
+/// each behind a pointer, which was a tenth of a replica's event loop (issue 13);
+/// nothing reads the keys in order but the snapshot, which sorts them.
 ///
 /// The state digest is kept up to date incrementally (a [`SetHash`] over the
 /// entries), so asking for it costs the same at ten entries or ten million: the
 /// node shows it in `/status` many times a second.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct KvStore {
-    map: HashMap<Vec<u8>, Stored>,
-    entries: SetHash,
+    map: LookupMap<Vec<u8>, Stored>,
+    /// The state digest (a [`SetHash`] over the entries), up to date as of the
+    /// last [`Application::digest`]; a `RefCell` for the same reason as
+    /// [`Stored`]'s cells.
+    digested: RefCell<Digested>,
     /// Sum of [`entry_bytes`] over the map, kept under [`MAX_STATE_BYTES`].
     bytes: usize,
     /// While executing tentatively: every change since then, in order, as the key
     /// and the value it had before (`None`: absent); a rollback undoes them newest
     /// first. One entry per write of one batch (bounded by a batch's bytes); the
     /// values they replaced were in the state (its bound) or written by the batch.
-    undo: Option<Vec<(Vec<u8>, Option<Vec<u8>>)>>,
+    undo: Option<Journal>,
 }
 
 impl KvStore {
@@ -234,18 +250,29 @@ impl KvStore {
         if bounded && self.bytes - freed + added > MAX_STATE_BYTES {
             return Err(Full);
         }
-        let stored = Stored::new(entry.key(), value);
-        self.entries.insert_element(&stored.element);
         self.bytes = self.bytes - freed + added;
+        let stored = Stored {
+            value,
+            counted: Cell::new(None),
+            stale: Cell::new(true),
+        };
+        let stale = &mut self.digested.get_mut().stale;
         match entry {
             Entry::Vacant(e) => {
                 journal(&mut self.undo, e.key(), || None);
+                stale.push(e.key().clone());
                 e.insert(stored);
+                self.compact_stale();
                 Ok(None)
             }
             Entry::Occupied(mut e) => {
                 let old = std::mem::replace(e.get_mut(), stored);
-                self.entries.remove_element(&old.element);
+                // What the digest counts for the key stays until it is brought up
+                // to date; the key is listed once however often it is written.
+                e.get().counted.set(old.counted.get());
+                if !old.stale.get() {
+                    stale.push(e.key().clone());
+                }
                 match previous {
                     Previous::Return => {
                         journal(&mut self.undo, e.key(), || Some(old.value.clone()));
@@ -264,10 +291,55 @@ impl KvStore {
     /// its value.
     fn remove(&mut self, key: &[u8]) -> Option<Vec<u8>> {
         let old = self.map.remove(key)?;
-        self.entries.remove_element(&old.element);
+        if let Some(counted) = old.counted.get() {
+            self.digested.get_mut().sum.remove_element(&counted);
+        }
         self.bytes -= entry_bytes(key, &old.value);
         journal(&mut self.undo, key, || Some(old.value.clone()));
         Some(old.value)
+    }
+
+    /// Keep the stale list within twice the map's size (plus a little): a key
+    /// deleted and written again is listed again, so without this a store whose
+    /// digest nobody asks for would list it for ever. Dropping the keys that are
+    /// gone or listed twice costs one pass over the list, once per as many writes.
+    fn compact_stale(&mut self) {
+        let digested = self.digested.get_mut();
+        if digested.stale.len() <= 2 * self.map.len() + 64 {
+            return;
+        }
+        // A listed key is kept once: its entry's flag is cleared as it is kept
+        // and set again after the pass.
+        let map = &self.map;
+        digested.stale.retain(|key| {
+            map.get(key)
+                .is_some_and(|stored| stored.stale.replace(false))
+        });
+        for key in &digested.stale {
+            map.get(key).expect("kept: present").stale.set(true);
+        }
+    }
+
+    /// Bring the digest's sum up to date: each stale entry's counted element out,
+    /// its current one in.
+    fn digest_sum(&self) -> SetHash {
+        let mut digested = self.digested.borrow_mut();
+        let Digested { sum, stale } = &mut *digested;
+        for key in stale.drain(..) {
+            let Some(stored) = self.map.get(&key) else {
+                continue; // deleted: its element left the sum then
+            };
+            if !stored.stale.replace(false) {
+                continue; // listed twice (deleted and written again)
+            }
+            if let Some(counted) = stored.counted.get() {
+                sum.remove_element(&counted);
+            }
+            let element = SetElement::of(&[&key, &stored.value]);
+            sum.insert_element(&element);
+            stored.counted.set(Some(element));
+        }
+        sum.clone()
     }
 
     fn apply(&mut self, op: KvOp) -> KvResult {
@@ -305,6 +377,10 @@ impl KvStore {
     }
 }
 
+/// The changes made while executing tentatively, oldest first: each key written
+/// or deleted, with the value it had before (`None`: absent).
+type Journal = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// Whether [`KvStore::set`] returns the value it replaces.
 #[derive(Clone, Copy)]
 enum Previous {
@@ -318,13 +394,26 @@ enum Previous {
 /// the changes newest first ends at each key's value from before the first.
 /// `before` is only called when kept, so a value the caller no longer needs moves
 /// in instead of being copied.
-fn journal(
-    undo: &mut Option<Vec<(Vec<u8>, Option<Vec<u8>>)>>,
-    key: &[u8],
-    before: impl FnOnce() -> Option<Vec<u8>>,
-) {
+fn journal(undo: &mut Option<Journal>, key: &[u8], before: impl FnOnce() -> Option<Vec<u8>>) {
     if let Some(undo) = undo {
         undo.push((key.to_vec(), before()));
+    }
+}
+
+/// Equal contents: the same keys and values (and the same tentative journal),
+/// however far each store's digest was brought up to date.
+impl PartialEq for KvStore {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes && self.undo == other.undo && self.map == other.map
+    }
+}
+
+impl Eq for KvStore {}
+
+/// Equal values, whatever the digest counts for them.
+impl PartialEq for Stored {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
     }
 }
 
@@ -388,24 +477,29 @@ impl Application for KvStore {
                 "{bytes} bytes of entries exceed the store's bound of {MAX_STATE_BYTES}"
             )));
         }
-        let mut entries = SetHash::new();
-        let map: HashMap<Vec<u8>, Stored> = map
+        let stale: Vec<Vec<u8>> = map.keys().cloned().collect();
+        self.map = map
             .into_iter()
-            .map(|(k, v)| {
-                let stored = Stored::new(&k, v);
-                entries.insert_element(&stored.element);
+            .map(|(k, value)| {
+                let stored = Stored {
+                    value,
+                    counted: Cell::new(None),
+                    stale: Cell::new(true),
+                };
                 (k, stored)
             })
             .collect();
-        self.map = map;
-        self.entries = entries;
+        *self.digested.get_mut() = Digested {
+            sum: SetHash::new(),
+            stale,
+        };
         self.bytes = bytes;
         self.undo = None;
         Ok(())
     }
 
     fn digest(&self) -> Digest {
-        self.entries.digest("bftnode/kv/v3")
+        self.digest_sum().digest("bftnode/kv/v3")
     }
 }
 
@@ -683,11 +777,87 @@ mod tests {
                 assert_eq!(kv.digest(), fresh.digest(), "step {step}");
             }
         }
-        let keys: Vec<Vec<u8>> = kv.map.keys().cloned().collect();
+        let keys: Vec<Vec<u8>> = kv
+            .map
+            .sorted()
+            .into_iter()
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in keys {
             run(&mut kv, KvOp::Delete { key });
         }
         assert_eq!(kv.digest(), empty);
+    }
+
+    /// The digest is brought up to date only when asked for; until then the list
+    /// of stale keys stays within a bound of the map's size however often keys are
+    /// deleted and written again, and the digest, when asked for, is the one of the
+    /// state reached (a rollback in between included).
+    #[test]
+    fn a_digest_asked_for_late_is_the_states_and_the_stale_list_stays_bounded() {
+        let mut kv = KvStore::new();
+        let fresh_digest = |kv: &KvStore| {
+            let mut fresh = KvStore::new();
+            fresh.restore(&kv.snapshot()).unwrap();
+            fresh.digest()
+        };
+        for i in 0..10u8 {
+            run(
+                &mut kv,
+                KvOp::Set {
+                    key: vec![i],
+                    value: vec![i],
+                },
+            );
+        }
+        let early = kv.digest();
+        for round in 0..5_000u32 {
+            run(&mut kv, KvOp::Delete { key: vec![3] });
+            run(
+                &mut kv,
+                KvOp::Put {
+                    key: vec![3],
+                    value: round.to_le_bytes().to_vec(),
+                },
+            );
+            run(
+                &mut kv,
+                KvOp::Set {
+                    key: vec![4],
+                    value: round.to_le_bytes().to_vec(),
+                },
+            );
+            let listed = kv.digested.get_mut().stale.len();
+            assert!(
+                listed <= 2 * kv.len() + 65,
+                "{listed} keys listed for {} entries",
+                kv.len()
+            );
+        }
+        assert_ne!(kv.digest(), early);
+        assert_eq!(kv.digest(), fresh_digest(&kv));
+        // Written tentatively and rolled back, with the digest asked for between.
+        assert!(kv.begin_tentative());
+        run(
+            &mut kv,
+            KvOp::Set {
+                key: vec![5],
+                value: b"t".to_vec(),
+            },
+        );
+        run(&mut kv, KvOp::Delete { key: vec![6] });
+        let tentative = kv.digest();
+        assert_eq!(tentative, fresh_digest(&kv));
+        run(
+            &mut kv,
+            KvOp::Set {
+                key: vec![5],
+                value: b"u".to_vec(),
+            },
+        );
+        kv.rollback_tentative();
+        assert_eq!(kv.digest(), fresh_digest(&kv));
+        assert_ne!(kv.digest(), tentative);
     }
 
     #[test]

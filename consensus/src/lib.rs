@@ -27,6 +27,7 @@ pub mod generals;
 pub mod ingress;
 pub mod io;
 pub mod kv;
+mod lookup;
 pub mod messages;
 pub mod new_view;
 pub mod params;

@@ -35,9 +35,8 @@ pub struct PublicKey(#[serde(with = "crate::bytes::array")] pub [u8; 32]);
 impl Ord for PublicKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         let words = |k: &[u8; 32]| {
-            let word = |i: usize| {
-                u64::from_be_bytes(k[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
-            };
+            let word =
+                |i: usize| u64::from_be_bytes(k[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
             [word(0), word(1), word(2), word(3)]
         };
         words(&self.0).cmp(&words(&other.0))

@@ -6,8 +6,9 @@
 //!
 //! The expansion is AES-256 in counter mode keyed by the element's SHA-256, at a
 //! fraction of the cost of the eight SHA-256 blocks counter-mode hashing took (the
-//! key-value store expands two elements per overwrite, and that was about 4 % of the
-//! machine's CPU per request: issue 13). AES runs on the processor's AES
+//! key-value store expanded two elements per overwrite, about 4 % of the machine's
+//! CPU per request: issue 13; it now brings its digest up to date only when asked,
+//! see `bft_consensus::kv`). AES runs on the processor's AES
 //! instructions where it has them (the `aes` crate detects them at run time).
 //!
 //! AdHash wants a random oracle here. AES with a public key is not one by design,

@@ -2,6 +2,7 @@
 //! replica: each carries a oneshot for the answer.
 
 use crate::committed_log::CommittedPage;
+use crate::status::Status;
 use bft_consensus::byzantine::Params;
 use bft_consensus::generals::InstanceId;
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,9 @@ pub enum Control {
         id: InstanceId,
         reply: oneshot::Sender<Option<GeneralsView>>,
     },
+    /// The status now, with the state digest brought up to date (`GET /status`):
+    /// the loop computes that digest only when asked (see `bft_consensus::kv`).
+    Status { reply: oneshot::Sender<Status> },
     /// A page of the batches executed since start (`GET /committed`).
     Committed {
         from: u64,

@@ -73,8 +73,15 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-async fn status(State(s): State<HttpState>) -> Json<Status> {
-    Json(s.status.borrow().clone())
+/// The status, asked of the event loop so that its state digest is of the state
+/// it reports (`last_executed`); 503 if the loop is gone.
+async fn status(State(s): State<HttpState>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let asked = s.control.send(Control::Status { reply });
+    match (asked.await, answer.await) {
+        (Ok(()), Ok(status)) => Json::<Status>(status).into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "event loop not running").into_response(),
+    }
 }
 
 /// `GET /committed?from=S&limit=N` (defaults 0 and 1,000; at most

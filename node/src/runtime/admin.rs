@@ -38,6 +38,11 @@ impl Runtime {
             Control::GetGeneral { id, reply } => {
                 let _ = reply.send(self.generals.view(&id));
             }
+            Control::Status { reply } => {
+                self.refresh_digest();
+                self.refresh_status();
+                let _ = reply.send(self.status.borrow().clone());
+            }
             Control::Committed { from, limit, reply } => {
                 let _ = reply.send(self.committed.page(from, limit));
             }

@@ -80,6 +80,8 @@ pub struct Runtime {
     first_seen: HashMap<RequestId, Instant>,
     invalid: u64,
     committed_requests: u64,
+    /// The state digest and the position (last executed, tentative) it is of:
+    /// computed only for `GET /status` (see [`Runtime::refresh_digest`]).
     digest_cache: ((u64, Option<u64>), String),
     validators_digest: String,
     /// The batches executed since start, for `GET /committed`.
@@ -248,16 +250,27 @@ impl Runtime {
         }
     }
 
-    fn refresh_status(&mut self) {
-        self.heartbeat
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let now = self.now();
+    /// Bring the state digest to the current position. Only `GET /status` asks
+    /// (through [`Control::Status`]): the application brings its digest up to date
+    /// for every entry written since it was last asked, which costs about as much
+    /// as hashing every write did, so a node nobody asks pays nothing for it.
+    fn refresh_digest(&mut self) {
         let r = self.replica.replica();
         // The state changes with each execution, tentative ones included.
         let position = (r.last_executed(), r.tentative_seq());
         if self.digest_cache.0 != position {
             self.digest_cache = (position, r.app_digest().to_hex());
         }
+    }
+
+    /// Publish the status the probes read (`/ready`, `/byzantine`). Its state
+    /// digest is the last one `GET /status` asked for, which may be of an older
+    /// position; `GET /status` itself is answered by the loop with a fresh one.
+    fn refresh_status(&mut self) {
+        self.heartbeat
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let now = self.now();
+        let r = self.replica.replica();
         let (low, high) = r.watermarks();
         let members = &r.config().members;
         let connected = self

@@ -1,0 +1,130 @@
+//! A hash map for lookups only: the consensus core bans `HashMap` (its iteration
+//! order depends on a random hasher, and any output built from it would differ
+//! between replicas and between runs of one simulator seed). [`LookupMap`] offers
+//! no iteration in that order: the only way to read every entry is in key order
+//! ([`LookupMap::sorted`], [`LookupMap::into_sorted`]).
+//!
+//! Why not a `BTreeMap`: the key-value store and the client table look a key up
+//! for every request, several times, and a B-tree of thousands of keys compares
+//! about a dozen keys behind pointers per lookup, where a hash map hashes once
+//! (issue 13). The hasher is std's keyed SipHash, so nobody who chooses keys (every
+//! client chooses its own, and its writes' keys) can aim them at one bucket.
+#![allow(clippy::disallowed_types)] // the one place `HashMap` is used, behind the API above
+
+use std::borrow::Borrow;
+use std::collections::hash_map::{Entry, HashMap};
+use std::hash::Hash;
+
+#[derive(Clone, Debug)]
+pub struct LookupMap<K, V>(HashMap<K, V>);
+
+impl<K, V> Default for LookupMap<K, V> {
+    fn default() -> Self {
+        Self(HashMap::default())
+    }
+}
+
+impl<K: Eq + Hash, V: PartialEq> PartialEq for LookupMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl<K: Eq + Hash, V: Eq> Eq for LookupMap<K, V> {}
+
+impl<K: Eq + Hash, V> FromIterator<(K, V)> for LookupMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl<K: Eq + Hash, V> LookupMap<K, V> {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.0.get(key)
+    }
+
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.0.get_mut(key)
+    }
+
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        self.0.insert(key, value)
+    }
+
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.0.remove(key)
+    }
+
+    pub fn entry(&mut self, key: K) -> Entry<'_, K, V> {
+        self.0.entry(key)
+    }
+
+    /// Every entry, in key order.
+    #[must_use]
+    pub fn sorted(&self) -> Vec<(&K, &V)>
+    where
+        K: Ord,
+    {
+        let mut all: Vec<(&K, &V)> = self.0.iter().collect();
+        // Keys are unique: an unstable sort gives one order.
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+
+    /// Every entry, in key order, taken out.
+    #[must_use]
+    pub fn into_sorted(self) -> Vec<(K, V)>
+    where
+        K: Ord,
+    {
+        let mut all: Vec<(K, V)> = self.0.into_iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_come_out_in_key_order_whatever_the_insertion_order() {
+        let mut m = LookupMap::new();
+        for k in [5u32, 1, 9, 3, 7, 2, 8] {
+            m.insert(k, k * 10);
+        }
+        m.remove(&9);
+        let keys: Vec<u32> = m.sorted().into_iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, [1, 2, 3, 5, 7, 8]);
+        let other: LookupMap<u32, u32> = m.sorted().into_iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(other, m);
+        assert_eq!(m.into_sorted().first(), Some(&(1, 10)));
+    }
+}
