@@ -56,8 +56,8 @@ struct Stored {
     horizon: Seq,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "Stored", into = "Stored")]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "Stored")]
 pub struct ClientTable {
     /// A hash map ([`LookupMap`]): every request looks its client up several times
     /// (ingress, batching, execution), and in a B-tree of a thousand clients each
@@ -101,12 +101,27 @@ impl From<Stored> for ClientTable {
     }
 }
 
-impl From<ClientTable> for Stored {
-    fn from(t: ClientTable) -> Self {
-        Stored {
-            entries: t.entries.into_sorted().into_iter().collect(),
-            horizon: t.horizon,
+/// Written as [`Stored`] is (the same bytes), from the table itself: a snapshot
+/// used to clone the whole table to make a `Stored` of it, twice per checkpoint.
+impl Serialize for ClientTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename = "Stored")]
+        struct StoredRef<'a> {
+            entries: InKeyOrder<'a>,
+            horizon: Seq,
         }
+        struct InKeyOrder<'a>(&'a LookupMap<ClientId, LastReply>);
+        impl Serialize for InKeyOrder<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.sorted())
+            }
+        }
+        StoredRef {
+            entries: InKeyOrder(&self.entries),
+            horizon: self.horizon,
+        }
+        .serialize(s)
     }
 }
 
@@ -261,6 +276,14 @@ impl ClientTable {
         self.entries.len()
     }
 
+    /// At least as many bytes as the table's encoding takes: each entry's
+    /// encoding (key, timestamps, result with its length) is within the
+    /// [`ENTRY_BYTES`] and result it counts, plus the map's length and horizon.
+    #[must_use]
+    pub fn encoded_bound(&self) -> usize {
+        self.bytes + 32
+    }
+
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -343,6 +366,36 @@ mod tests {
         t.commit_tentative();
         t.rollback_tentative();
         assert!(matches!(t.freshness(&client(2), 4), Freshness::Repeat(_)));
+    }
+
+    /// The table is written as `Stored` (clients in key order), without a copy,
+    /// and within its encoded bound.
+    #[test]
+    fn the_table_encodes_as_its_stored_form() {
+        let mut t = ClientTable::new(50);
+        for i in (0..40u8).rev() {
+            t.record(
+                client(i),
+                u64::from(i),
+                vec![i; usize::from(i)],
+                u64::from(i % 7) + 1,
+            );
+        }
+        t.record(client(3), 99, Vec::new(), 9);
+        let stored = Stored {
+            entries: t
+                .entries
+                .sorted()
+                .into_iter()
+                .map(|(c, e)| (*c, e.clone()))
+                .collect(),
+            horizon: t.horizon,
+        };
+        let bytes = bft_crypto::encode(&t).unwrap();
+        assert_eq!(bytes, bft_crypto::encode(&stored).unwrap());
+        assert!(bytes.len() <= t.encoded_bound());
+        let back: ClientTable = bft_crypto::decode(&bytes, usize::MAX).unwrap();
+        assert_eq!(back, t);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! order depends on a random hasher, and any output built from it would differ
 //! between replicas and between runs of one simulator seed). [`LookupMap`] offers
 //! no iteration in that order: the only way to read every entry is in key order
-//! ([`LookupMap::sorted`], [`LookupMap::into_sorted`]).
+//! ([`LookupMap::sorted`]).
 //!
 //! Why not a `BTreeMap`: the key-value store and the client table look a key up
 //! for every request, several times, and a B-tree of thousands of keys compares
@@ -97,17 +97,6 @@ impl<K: Eq + Hash, V> LookupMap<K, V> {
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all
     }
-
-    /// Every entry, in key order, taken out.
-    #[must_use]
-    pub fn into_sorted(self) -> Vec<(K, V)>
-    where
-        K: Ord,
-    {
-        let mut all: Vec<(K, V)> = self.0.into_iter().collect();
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        all
-    }
 }
 
 #[cfg(test)]
@@ -125,6 +114,5 @@ mod tests {
         assert_eq!(keys, [1, 2, 3, 5, 7, 8]);
         let other: LookupMap<u32, u32> = m.sorted().into_iter().map(|(k, v)| (*k, *v)).collect();
         assert_eq!(other, m);
-        assert_eq!(m.into_sorted().first(), Some(&(1, 10)));
     }
 }

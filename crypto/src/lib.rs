@@ -46,6 +46,22 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CryptoError> {
     Ok(out)
 }
 
+/// [`encode`] in one pass, into a vector of `capacity` bytes to begin with: for a
+/// large value whose size the caller can bound cheaply (a state snapshot of
+/// megabytes), where counting would walk it a second time. The bytes are the same.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_with_capacity<T: serde::Serialize>(
+    value: &T,
+    capacity: usize,
+) -> Result<Vec<u8>, CryptoError> {
+    let mut out = Vec::with_capacity(capacity);
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
+        .map_err(encode_error)?;
+    Ok(out)
+}
+
 /// How many bytes [`encode`] makes of `value`, without making them.
 ///
 /// # Panics
