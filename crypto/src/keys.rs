@@ -3,13 +3,17 @@ use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use ed25519_zebra::VerificationKey;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// Decompressed public keys, by their bytes (see [`PublicKey::verification_key`]).
-static DECOMPRESSED: OnceLock<Mutex<BTreeMap<[u8; 32], UsableKey>>> = OnceLock::new();
+/// A hash map: every signature checked looks its signer up here, and in a B-tree
+/// of thousands of client keys that took a dozen 32-byte comparisons behind
+/// pointers, a few percent of a verify thread (issue 13). Keyed SipHash: nobody
+/// who makes keys can aim them at one bucket. Never iterated.
+static DECOMPRESSED: OnceLock<Mutex<HashMap<[u8; 32], UsableKey>>> = OnceLock::new();
 
 /// A public key decoded once for checking signatures: ed25519-zebra's form, for a
 /// single check, and the curve point, for a batch (which would otherwise decompress
@@ -83,7 +87,7 @@ impl PublicKey {
     /// clients of the moment) sign almost everything; so usable keys are kept in a
     /// process-wide map keyed by their exact 32 bytes.
     pub(crate) fn verification_key(&self) -> Result<UsableKey, CryptoError> {
-        let cache = DECOMPRESSED.get_or_init(|| Mutex::new(BTreeMap::new()));
+        let cache = DECOMPRESSED.get_or_init(|| Mutex::new(HashMap::new()));
         let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(k) = lock().get(&self.0) {
             return Ok(*k);
