@@ -19,6 +19,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// The event loop ticks every 100 ms; this much silence means it is stuck.
 const HEALTH_STALE: Duration = Duration::from_secs(3);
+/// How long `/status` waits for the event loop to answer.
+const STATUS_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -74,13 +76,18 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 /// The status, asked of the event loop so that its state digest is of the state
-/// it reports (`last_executed`); 503 if the loop is gone.
+/// it reports (`last_executed`); 503 if the loop is gone or does not answer within
+/// [`STATUS_WAIT`] (`/health` says whether it is stuck).
 async fn status(State(s): State<HttpState>) -> Response {
-    let (reply, answer) = oneshot::channel();
-    let asked = s.control.send(Control::Status { reply });
-    match (asked.await, answer.await) {
-        (Ok(()), Ok(status)) => Json::<Status>(status).into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "event loop not running").into_response(),
+    let ask = async {
+        let (reply, answer) = oneshot::channel();
+        s.control.send(Control::Status { reply }).await.ok()?;
+        answer.await.ok()
+    };
+    match tokio::time::timeout(STATUS_WAIT, ask).await {
+        Ok(Some(status)) => Json::<Status>(status).into_response(),
+        Ok(None) => (StatusCode::SERVICE_UNAVAILABLE, "event loop not running").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "event loop did not answer").into_response(),
     }
 }
 

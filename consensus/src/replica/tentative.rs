@@ -7,7 +7,8 @@
 //!
 //! At most one batch is tentative at a time (the one after the last committed), so
 //! undoing it is one step: the application and the client table each keep what the
-//! batch changed, first value per key (`Application::begin_tentative`,
+//! batch changed, every change with the value before it, undone newest first
+//! (`Application::begin_tentative`,
 //! `ClientTable::begin_tentative`). When the slot commits with the same batch, the
 //! tentative execution becomes the real one (nothing runs twice and no reply is
 //! sent again; a retransmission gets the committed reply). It is rolled back when

@@ -80,9 +80,9 @@ pub struct Runtime {
     first_seen: HashMap<RequestId, Instant>,
     invalid: u64,
     committed_requests: u64,
-    /// The state digest and the position (last executed, tentative) it is of:
-    /// computed only for `GET /status` (see [`Runtime::refresh_digest`]).
-    digest_cache: ((u64, Option<u64>), String),
+    /// The state digest (hex) as `GET /status` last computed it (see
+    /// [`Runtime::refresh_digest`]).
+    state_digest: String,
     validators_digest: String,
     /// The batches executed since start, for `GET /committed`.
     committed: CommittedLog,
@@ -112,7 +112,7 @@ impl Runtime {
             first_seen: HashMap::new(),
             invalid: 0,
             committed_requests: 0,
-            digest_cache: ((u64::MAX, None), String::new()),
+            state_digest: String::new(),
             validators_digest: p.validators_digest,
             committed: CommittedLog::default(),
         }
@@ -250,17 +250,15 @@ impl Runtime {
         }
     }
 
-    /// Bring the state digest to the current position. Only `GET /status` asks
-    /// (through [`Control::Status`]): the application brings its digest up to date
-    /// for every entry written since it was last asked, which costs about as much
-    /// as hashing every write did, so a node nobody asks pays nothing for it.
+    /// The state digest of the state now. Only `GET /status` asks (through
+    /// [`Control::Status`]): the application brings its digest up to date for the
+    /// entries written since it was last asked, which costs about as much as
+    /// hashing every write did, so a node nobody asks pays nothing for it; asked
+    /// again with nothing written, it costs a hash of 256 bytes. (No cache by
+    /// position: a tentative batch rolled back and another executed at the same
+    /// sequence number is a new state at the same position.)
     fn refresh_digest(&mut self) {
-        let r = self.replica.replica();
-        // The state changes with each execution, tentative ones included.
-        let position = (r.last_executed(), r.tentative_seq());
-        if self.digest_cache.0 != position {
-            self.digest_cache = (position, r.app_digest().to_hex());
-        }
+        self.state_digest = self.replica.replica().app_digest().to_hex();
     }
 
     /// Publish the status the probes read (`/ready`, `/byzantine`). Its state
@@ -309,7 +307,7 @@ impl Runtime {
             stable_checkpoint_digest: r.stable_checkpoint().digest.to_hex(),
             low_watermark: low,
             high_watermark: high,
-            app_digest: self.digest_cache.1.clone(),
+            app_digest: self.state_digest.clone(),
             peers_connected: connected,
             suspected,
             behaviour: self.behaviour.0.clone(),
