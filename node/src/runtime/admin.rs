@@ -39,9 +39,7 @@ impl Runtime {
                 let _ = reply.send(self.generals.view(&id));
             }
             Control::Status { reply } => {
-                self.refresh_digest();
-                self.refresh_status();
-                let _ = reply.send(self.status.borrow().clone());
+                let _ = reply.send(self.status_now());
             }
             Control::Committed { from, limit, reply } => {
                 let _ = reply.send(self.committed.page(from, limit));

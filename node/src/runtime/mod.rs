@@ -80,9 +80,6 @@ pub struct Runtime {
     first_seen: HashMap<RequestId, Instant>,
     invalid: u64,
     committed_requests: u64,
-    /// The state digest (hex) as `GET /status` last computed it (see
-    /// [`Runtime::refresh_digest`]).
-    state_digest: String,
     validators_digest: String,
     /// The batches executed since start, for `GET /committed`.
     committed: CommittedLog,
@@ -112,7 +109,6 @@ impl Runtime {
             first_seen: HashMap::new(),
             invalid: 0,
             committed_requests: 0,
-            state_digest: String::new(),
             validators_digest: p.validators_digest,
             committed: CommittedLog::default(),
         }
@@ -250,20 +246,23 @@ impl Runtime {
         }
     }
 
-    /// The state digest of the state now. Only `GET /status` asks (through
-    /// [`Control::Status`]): the application brings its digest up to date for the
-    /// entries written since it was last asked, which costs about as much as
-    /// hashing every write did, so a node nobody asks pays nothing for it; asked
-    /// again with nothing written, it costs a hash of 256 bytes. (No cache by
-    /// position: a tentative batch rolled back and another executed at the same
-    /// sequence number is a new state at the same position.)
-    fn refresh_digest(&mut self) {
-        self.state_digest = self.replica.replica().app_digest().to_hex();
+    /// The status now, with the state digest of the state now, for `GET /status`
+    /// (through [`Control::Status`]). Only this asks for the digest: the
+    /// application brings it up to date for the entries written since it was last
+    /// asked, which costs about as much as hashing every write did, so a node
+    /// nobody asks pays nothing for it; asked again with nothing written, it costs
+    /// a hash of 256 bytes. (Not cached by position: a tentative batch rolled back
+    /// and another executed at the same sequence number is a new state at the same
+    /// position.)
+    pub(super) fn status_now(&mut self) -> Status {
+        self.refresh_status();
+        let mut status = self.status.borrow().clone();
+        status.app_digest = self.replica.replica().app_digest().to_hex();
+        status
     }
 
-    /// Publish the status the probes read (`/ready`, `/byzantine`). Its state
-    /// digest is the last one `GET /status` asked for, which may be of an older
-    /// position; `GET /status` itself is answered by the loop with a fresh one.
+    /// Publish the status the probes read (`/ready`, `/byzantine`), without the
+    /// state digest (empty): `GET /status` is answered by [`Runtime::status_now`].
     fn refresh_status(&mut self) {
         self.heartbeat
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -307,7 +306,7 @@ impl Runtime {
             stable_checkpoint_digest: r.stable_checkpoint().digest.to_hex(),
             low_watermark: low,
             high_watermark: high,
-            app_digest: self.state_digest.clone(),
+            app_digest: String::new(),
             peers_connected: connected,
             suspected,
             behaviour: self.behaviour.0.clone(),
