@@ -286,6 +286,44 @@ mod tests {
         assert_eq!(batch.verify().unwrap_err(), CryptoError::BadSignature);
     }
 
+    /// Vote `n` signed by a key of its own (as requests come, one client each).
+    fn vote_by_own_key(n: u64) -> Signed<Vote> {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&n.to_le_bytes());
+        seed[31] = 0x5a;
+        Signed::sign(Vote(n), &KeyPair::from_seed(seed))
+    }
+
+    /// curve25519-dalek multiplies fewer than 190 points by Straus's method and
+    /// more by Pippenger's, on whichever vector unit the processor has (AVX2 or
+    /// AVX-512 IFMA): a batch must say the same on every path. Two points per
+    /// signature, so 3 and 60 signatures take Straus, 150 and 300 Pippenger.
+    #[test]
+    fn batches_of_every_size_accept_good_signatures_and_refuse_one_bad() {
+        for n in [3u64, 60, 150, 300] {
+            let votes: Vec<_> = (0..n).map(vote_by_own_key).collect();
+            let mut good = SignatureBatch::new();
+            for v in &votes {
+                good.queue(v).unwrap();
+            }
+            assert!(good.verify().is_ok(), "{n} good signatures refused");
+            for bad_at in [0, n / 2, n - 1] {
+                let mut batch = SignatureBatch::new();
+                let mut tampered = votes[bad_at as usize].clone();
+                tampered.payload.0 += 1;
+                for (i, v) in votes.iter().enumerate() {
+                    let v = if i as u64 == bad_at { &tampered } else { v };
+                    batch.queue(v).unwrap();
+                }
+                assert_eq!(
+                    batch.verify().unwrap_err(),
+                    CryptoError::BadSignature,
+                    "a bad signature at {bad_at} of {n} accepted"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_remembered_signature_is_not_checked_again_but_still_binds_its_message() {
         let seen = Arc::new(SeenSignatures::new(64));
