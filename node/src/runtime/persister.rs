@@ -442,7 +442,6 @@ mod tests {
         let (mut store, sink) = (log.clone(), log.clone());
         let mut pending = Pending::default();
         let finished = pending.finished.clone();
-        let mut sent_at_once = 0;
         let worker = std::thread::spawn(move || {
             let metrics = Metrics::new();
             let latest = Arc::new(LatestCheckpoint {
@@ -459,6 +458,12 @@ mod tests {
                 &checkpoints,
             )
         });
+        let frames_of = |t: u64| -> Vec<Frame> {
+            (0..2)
+                .map(|_| (peer, Arc::new(t.to_le_bytes().to_vec())))
+                .collect()
+        };
+        let mut extra = 0;
         // 200 turns, some with records and frames, some with frames only (their
         // frames must still wait for the earlier turns' records).
         for t in 0..200u64 {
@@ -467,21 +472,35 @@ mod tests {
             } else {
                 vec![record(t)]
             };
-            let frames = (0..2)
-                .map(|_| (peer, Arc::new(t.to_le_bytes().to_vec())))
-                .collect();
             let turn = Turn {
                 records,
                 apart: Vec::new(),
-                frames,
+                frames: frames_of(t),
             };
-            match pending.send_now_if_idle(turn, &log) {
-                Some(turn) => tx.blocking_send(turn).unwrap(),
-                None => sent_at_once += 1,
+            if let Some(turn) = pending.send_now_if_idle(turn, &log) {
+                tx.blocking_send(turn).unwrap();
             }
-            // Now and then long enough for the thread to finish what it has.
+            // Now and then, once the thread has finished everything, a turn of
+            // frames alone (tagged like the turn before it) must leave at once.
             if t % 17 == 0 {
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                let waited = Instant::now();
+                while pending.finished.load(Ordering::Acquire) != pending.submitted {
+                    assert!(
+                        waited.elapsed().as_secs() < 30,
+                        "the thread never caught up"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                let alone = Turn {
+                    records: Vec::new(),
+                    apart: Vec::new(),
+                    frames: frames_of(t),
+                };
+                assert!(
+                    pending.send_now_if_idle(alone, &log).is_none(),
+                    "nothing pending, yet turn {t}'s frames were queued"
+                );
+                extra += 1;
             }
         }
         drop(tx);
@@ -514,11 +533,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(sent, 400, "every frame left");
+        assert_eq!(sent, 400 + 2 * extra, "every frame left");
         assert!(groups >= 1);
-        assert!(
-            sent_at_once >= 1,
-            "no frames-only turn found the thread idle: the test missed that path"
-        );
     }
 }
