@@ -72,12 +72,16 @@ struct Pending {
 }
 
 impl Pending {
+    /// Whether the thread has finished every turn handed to it. Acquire: its
+    /// sends of every finished turn happened before.
+    fn idle(&self) -> bool {
+        self.finished.load(Ordering::Acquire) == self.submitted
+    }
+
     /// Send `turn`'s frames now if it has no records and nothing is pending;
     /// otherwise give it back, to be queued (and counted as submitted).
     fn send_now_if_idle(&mut self, turn: Turn, net: &impl FrameSink) -> Option<Turn> {
-        // Acquire: the thread's sends of every finished turn happened before.
-        let idle = self.finished.load(Ordering::Acquire) == self.submitted;
-        if idle && turn.records.is_empty() && turn.apart.is_empty() {
+        if self.idle() && turn.records.is_empty() && turn.apart.is_empty() {
             for (peer, frame) in turn.frames {
                 net.send(peer, frame);
             }
@@ -484,7 +488,7 @@ mod tests {
             // frames alone (tagged like the turn before it) must leave at once.
             if t % 17 == 0 {
                 let waited = Instant::now();
-                while pending.finished.load(Ordering::Acquire) != pending.submitted {
+                while !pending.idle() {
                     assert!(
                         waited.elapsed().as_secs() < 30,
                         "the thread never caught up"
