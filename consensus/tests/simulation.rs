@@ -112,6 +112,14 @@ fn assert_storage_faults_were_exercised(reports: &[SimReport]) {
     assert!(sum(|r| r.crashes) > 0, "no crash happened");
     assert!(sum(|r| r.write_groups) > 0, "no grouped write happened");
     assert!(
+        sum(|r| r.unsynced_writes) > 0,
+        "no group of records alone was written unsynced"
+    );
+    assert!(
+        sum(|r| r.unsynced_lost) > 0,
+        "no crash lost records written unsynced"
+    );
+    assert!(
         sum(|r| r.refused_starts) > 0,
         "no damaged store was refused"
     );

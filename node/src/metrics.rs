@@ -51,8 +51,10 @@ pub struct Metrics {
     pub fd_phi: GaugeVec,
     pub byzantine_behaviour: IntGaugeVec,
     pub checkpoint_persist: Histogram,
-    /// Event-loop turns made durable by one synced write (group commit).
+    /// Event-loop turns whose records one write took (group commit).
     pub persist_turns: Histogram,
+    /// Synced writes (a group of records alone is written unsynced).
+    pub persist_syncs: IntCounter,
     pub state_transfers: IntCounter,
     pub generals_decisions: IntCounterVec,
     /// Frames the transport dropped because a peer's queue was full.
@@ -178,8 +180,12 @@ impl Metrics {
             ),
             persist_turns: histogram(
                 "bft_persist_turns_per_write",
-                "Event-loop turns whose records one synced write made durable (group commit)",
+                "Event-loop turns whose records one write took (group commit)",
                 BATCH_BUCKETS,
+            ),
+            persist_syncs: counter(
+                "bft_persist_syncs_total",
+                "Synced writes: made only when a frame or a stable checkpoint waits for the records",
             ),
             state_transfers: counter(
                 "bft_state_transfers_total",

@@ -90,6 +90,8 @@ pub struct Storage {
     /// empty while it exists was lost (see `Replica::check_not_wiped`).
     marker: PathBuf,
     persisted_before: bool,
+    /// Records were written since the last sync (see [`Storage::write_unsynced`]).
+    unsynced: bool,
 }
 
 impl Storage {
@@ -135,6 +137,7 @@ impl Storage {
             writer,
             marker: marker.to_path_buf(),
             persisted_before: marker.exists(),
+            unsynced: false,
         })
     }
 
@@ -164,6 +167,44 @@ impl Storage {
     /// # Errors
     /// If a write fails (the node must stop: it cannot promise durability).
     pub fn persist(&mut self, records: &[PersistRecord]) -> Result<(), StorageError> {
+        self.write(records, true)
+    }
+
+    /// Write `records` without waiting for the disk: nothing is sent on their
+    /// account until a later [`Storage::persist`] or [`Storage::sync`] makes them
+    /// durable with whatever follows them (see `runtime::persister`). A crash
+    /// before then may lose them, and only them and what came after. Stable
+    /// checkpoints are not written this way (their writer always syncs).
+    ///
+    /// # Errors
+    /// If the write fails (the node must stop: it cannot promise durability).
+    pub fn write_unsynced(&mut self, records: &[PersistRecord]) -> Result<(), StorageError> {
+        assert!(
+            !records
+                .iter()
+                .any(|r| matches!(r, PersistRecord::Stable(_))),
+            "a stable checkpoint is always written synced"
+        );
+        self.write(records, false)
+    }
+
+    /// Make every record written so far durable (RocksDB syncs its log files).
+    ///
+    /// # Errors
+    /// If the sync fails (the node must stop: it cannot promise durability).
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        self.writer
+            .db
+            .flush_wal(true)
+            .map_err(|e| StorageError::Write(e.to_string()))?;
+        self.unsynced = false;
+        self.mark_persisted()
+    }
+
+    fn write(&mut self, records: &[PersistRecord], sync: bool) -> Result<(), StorageError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -210,12 +251,17 @@ impl Storage {
         }
         if !batch.is_empty() {
             let mut opts = WriteOptions::default();
-            opts.set_sync(true);
+            // A synced write syncs the log files, so it makes every earlier
+            // unsynced write durable too.
+            opts.set_sync(sync);
             self.writer
                 .db
                 .write_opt(batch, &opts)
                 .map_err(|e| StorageError::Write(e.to_string()))?;
-            self.mark_persisted()?;
+            self.unsynced = !sync;
+            if sync {
+                self.mark_persisted()?;
+            }
         }
         for cp in stable {
             self.writer.write(cp)?;
@@ -855,6 +901,30 @@ mod tests {
             refused,
             Err(bft_consensus::RecoveryError::DataLost)
         ));
+    }
+
+    /// An unsynced write is a write like any other once the store reopens (a
+    /// process that stops keeps what the kernel holds), but it does not count as
+    /// the store having been written to until a sync made it durable: the marker
+    /// would otherwise refuse the restart of a machine that lost it.
+    #[test]
+    fn unsynced_records_leave_no_marker_until_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let marker = dir.path().join("db.persisted");
+        {
+            let mut s = Storage::open_with_marker(&db, &marker).unwrap();
+            s.write_unsynced(&[accepted(1, 0)]).unwrap();
+            assert!(!marker.exists(), "no sync yet, no marker");
+            s.write_unsynced(&[accepted(2, 0)]).unwrap();
+            s.sync().unwrap();
+            assert!(marker.exists(), "synced: the store was written to");
+        }
+        let s = Storage::open_with_marker(&db, &marker).unwrap();
+        assert_eq!(
+            s.durable().accepted.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[test]

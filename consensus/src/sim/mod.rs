@@ -53,6 +53,10 @@ pub struct SimReport {
     pub refused_starts: u64,
     /// Atomic write groups made durable (grouped writes only).
     pub write_groups: u64,
+    /// Groups of records alone, written unsynced (grouped writes only).
+    pub unsynced_writes: u64,
+    /// Crashes that lost records written unsynced.
+    pub unsynced_lost: u64,
     /// Every replica some honest replica suspected, with the reasons it gave.
     pub suspected_for: std::collections::BTreeMap<
         crate::types::ReplicaId,

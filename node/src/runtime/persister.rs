@@ -227,13 +227,25 @@ fn run(
 /// records, and the bookkeeping of records written apart. A seam for the ordering
 /// test; the node's is [`Storage`].
 trait TurnStore {
-    fn persist(&mut self, records: &[PersistRecord]) -> Result<(), String>;
+    /// Write `records`; synced (with every earlier write) if `sync`.
+    fn persist(&mut self, records: &[PersistRecord], sync: bool) -> Result<(), String>;
+    /// Make every earlier write durable.
+    fn sync(&mut self) -> Result<(), String>;
     fn note_apart(&mut self, apart: Vec<PersistRecord>) -> Vec<StableCheckpoint>;
 }
 
 impl TurnStore for Storage {
-    fn persist(&mut self, records: &[PersistRecord]) -> Result<(), String> {
-        Storage::persist(self, records).map_err(|e| e.to_string())
+    fn persist(&mut self, records: &[PersistRecord], sync: bool) -> Result<(), String> {
+        if sync {
+            Storage::persist(self, records)
+        } else {
+            Storage::write_unsynced(self, records)
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        Storage::sync(self).map_err(|e| e.to_string())
     }
 
     fn note_apart(&mut self, apart: Vec<PersistRecord>) -> Vec<StableCheckpoint> {
@@ -253,9 +265,19 @@ impl FrameSink for NetHandle {
     }
 }
 
-/// The persist loop: every turn queued so far made durable in one write, then
-/// their frames sent in turn order, then counted in `finished`; until the queue
-/// closes or storage fails.
+/// The persist loop: every turn queued so far written in one write, then their
+/// frames sent in turn order, then counted in `finished`; until the queue closes
+/// or storage fails.
+///
+/// The write is synced only when something waits for it: a frame of the group,
+/// or a stable checkpoint (its writer syncs anyway). A group of records alone (a
+/// backup's commit decision, most often) is written without a sync, and its turns
+/// are finished only when a later group's synced write (or a sync alone, for a
+/// group of frames alone) has made them durable too, so the rule holds: no frame
+/// leaves before every earlier record is durable. A crash may lose those records,
+/// as it may lose any turn's not yet written; the simulator's storage model
+/// (`consensus/src/sim/world/durability.rs`) keeps them at risk just as long. This
+/// saves a backup one of its three synced writes per batch (issue 13).
 fn persist_turns(
     storage: &mut impl TurnStore,
     net: &impl FrameSink,
@@ -264,6 +286,8 @@ fn persist_turns(
     finished: &AtomicU64,
     checkpoints: &CheckpointSender,
 ) -> Result<(), String> {
+    // Turns written but not yet synced: finished only when a sync covers them.
+    let mut unsynced: u64 = 0;
     while let Some(first) = rx.blocking_recv() {
         let mut turns = vec![first];
         while let Ok(t) = rx.try_recv() {
@@ -273,9 +297,23 @@ fn persist_turns(
             .iter_mut()
             .flat_map(|t| std::mem::take(&mut t.records))
             .collect();
-        if !records.is_empty() {
-            storage.persist(&records)?;
+        let sends = turns.iter().any(|t| !t.frames.is_empty());
+        let stable = records
+            .iter()
+            .any(|r| matches!(r, PersistRecord::Stable(_)));
+        let synced = if !records.is_empty() {
+            let sync = sends || stable;
+            storage.persist(&records, sync)?;
             metrics.persist_turns.observe(turns.len() as f64);
+            sync
+        } else if sends && unsynced > 0 {
+            storage.sync()?;
+            true
+        } else {
+            false
+        };
+        if synced {
+            metrics.persist_syncs.inc();
         }
         let apart = turns
             .iter_mut()
@@ -288,8 +326,18 @@ fn persist_turns(
         for (peer, frame) in turns.into_iter().flat_map(|t| t.frames) {
             net.send(peer, frame);
         }
-        // Release: a submitter that sees the count sees these sends done.
-        finished.fetch_add(count, Ordering::Release);
+        if synced || (records.is_empty() && unsynced == 0) {
+            // Release: a submitter that sees the count sees these sends done (and,
+            // since nothing is finished out of order, every earlier record durable).
+            finished.fetch_add(count + std::mem::take(&mut unsynced), Ordering::Release);
+        } else {
+            unsynced += count;
+        }
+    }
+    // Stopping: what was written is made durable before the store closes.
+    if unsynced > 0 {
+        storage.sync()?;
+        finished.fetch_add(unsynced, Ordering::Release);
     }
     Ok(())
 }
@@ -390,10 +438,11 @@ mod tests {
     }
 
     /// A store and a sink that write one log, so the test sees their order. The
-    /// store's writes are slow, so turns pile up behind them (group commit) and
-    /// frames of turns without records wait behind earlier turns' writes.
+    /// store's synced writes are slow, so turns pile up behind them (group
+    /// commit) and frames of turns without records wait behind earlier turns'
+    /// writes. Records written unsynced become durable only at a later sync.
     #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<Event>>>);
+    struct Log(Arc<Mutex<Vec<Event>>>, Arc<Mutex<Vec<u64>>>);
 
     impl Log {
         fn push(&self, e: Event) {
@@ -402,9 +451,18 @@ mod tests {
     }
 
     impl TurnStore for Log {
-        fn persist(&mut self, records: &[PersistRecord]) -> Result<(), String> {
+        fn persist(&mut self, records: &[PersistRecord], sync: bool) -> Result<(), String> {
+            self.1.lock().unwrap().extend(records.iter().map(turn_of));
+            if sync {
+                self.sync()?;
+            }
+            Ok(())
+        }
+
+        fn sync(&mut self) -> Result<(), String> {
             std::thread::sleep(std::time::Duration::from_millis(3));
-            self.push(Event::Durable(records.iter().map(turn_of).collect()));
+            let written = std::mem::take(&mut *self.1.lock().unwrap());
+            self.push(Event::Durable(written));
             Ok(())
         }
 
@@ -436,8 +494,38 @@ mod tests {
         }
     }
 
+    fn wait_idle(pending: &Pending) {
+        let waited = Instant::now();
+        while !pending.idle() {
+            assert!(
+                waited.elapsed().as_secs() < 30,
+                "the thread never caught up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Turns with records and frames, with frames alone, and with records alone.
+    fn records_of(t: u64) -> Vec<PersistRecord> {
+        if has_records(t) {
+            vec![record(t)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn has_records(t: u64) -> bool {
+        t % 7 == 5 || t % 3 != 2
+    }
+
+    fn has_frames(t: u64) -> bool {
+        t % 7 != 5
+    }
+
     /// Turns go through [`Pending::send_now_if_idle`] as the runtime's do, so
-    /// some of the frames-only turns leave from the submitting side.
+    /// some of the frames-only turns leave from the submitting side; turns of
+    /// records alone are written unsynced, and their records must be durable
+    /// before any later frame leaves.
     #[test]
     fn no_frame_leaves_before_its_turn_and_every_earlier_turn_are_durable() {
         let peer = PeerId::random();
@@ -468,33 +556,50 @@ mod tests {
                 .collect()
         };
         let mut extra = 0;
+        let mut expected = 0;
         // 200 turns, some with records and frames, some with frames only (their
-        // frames must still wait for the earlier turns' records).
+        // frames must still wait for the earlier turns' records), some with
+        // records only.
         for t in 0..200u64 {
-            let records = if t % 3 == 2 {
-                Vec::new()
+            let frames = if has_frames(t) {
+                expected += 2;
+                frames_of(t)
             } else {
-                vec![record(t)]
+                Vec::new()
             };
             let turn = Turn {
-                records,
+                records: records_of(t),
                 apart: Vec::new(),
-                frames: frames_of(t),
+                frames,
             };
+            if t % 17 == 0 && !has_frames(t) {
+                // Alone in its group (else an earlier turn's frames sync it).
+                wait_idle(&pending);
+            }
             if let Some(turn) = pending.send_now_if_idle(turn, &log) {
                 tx.blocking_send(turn).unwrap();
             }
-            // Now and then, once the thread has finished everything, a turn of
-            // frames alone (tagged like the turn before it) must leave at once.
-            if t % 17 == 0 {
-                let waited = Instant::now();
-                while !pending.idle() {
-                    assert!(
-                        waited.elapsed().as_secs() < 30,
-                        "the thread never caught up"
-                    );
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
+            if t % 17 == 0 && !has_frames(t) {
+                // Records alone were written unsynced: the thread is not idle
+                // until a sync, so a turn of frames alone must queue behind them.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                assert!(!pending.idle(), "turn {t}'s records are not durable yet");
+                let alone = Turn {
+                    records: Vec::new(),
+                    apart: Vec::new(),
+                    frames: frames_of(t),
+                };
+                let queued = pending.send_now_if_idle(alone, &log);
+                let queued = queued.unwrap_or_else(|| panic!("turn {t}'s frames left at once"));
+                tx.blocking_send(queued).unwrap();
+                // Alone in its group too: the thread syncs for these frames
+                // (and only then is idle), so they find turn t's records durable.
+                wait_idle(&pending);
+                extra += 1;
+            } else if t % 17 == 0 {
+                // Once the thread has finished everything, a turn of frames
+                // alone (tagged like the turn before it) must leave at once.
+                wait_idle(&pending);
                 let alone = Turn {
                     records: Vec::new(),
                     apart: Vec::new(),
@@ -529,7 +634,7 @@ mod tests {
                     );
                     last_sent = *t;
                     // Every turn up to t that had records is durable already.
-                    let newest_with_records = (0..=*t).rev().find(|x| x % 3 != 2);
+                    let newest_with_records = (0..=*t).rev().find(|x| has_records(*x));
                     assert!(
                         newest_with_records <= durable_through,
                         "turn {t}'s frame left before turn {newest_with_records:?} was durable"
@@ -537,7 +642,9 @@ mod tests {
                 }
             }
         }
-        assert_eq!(sent, 400 + 2 * extra, "every frame left");
+        assert_eq!(sent, expected + 2 * extra, "every frame left");
         assert!(groups >= 1);
+        // The last turns' records are durable too: the thread syncs as it stops.
+        assert_eq!(durable_through, (0..200).rev().find(|x| has_records(*x)));
     }
 }

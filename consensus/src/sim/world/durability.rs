@@ -41,6 +41,11 @@ impl World {
     /// The persist thread's write: every unflushed record at once, then the frames
     /// that waited. A crash can fall before the write (all of it lost) or between the
     /// write and the sends (the records durable, the frames lost).
+    ///
+    /// The node syncs only when something waits for the records: a frame, or a
+    /// stable checkpoint among them. Records alone are written unsynced and stay
+    /// at risk (here: unflushed) until a later group with frames syncs them with
+    /// its own; any frame the replica sends meanwhile waits for that group.
     pub(super) fn flush(&mut self, id: ReplicaId, incarnation: u32) -> Step {
         let r = &self.replicas[id as usize];
         if r.incarnation != incarnation || r.node.is_none() {
@@ -53,7 +58,20 @@ impl World {
         }
         let r = &mut self.replicas[id as usize];
         r.flush_scheduled = false;
-        let records = std::mem::take(&mut r.unflushed);
+        let synced = !r.held.is_empty()
+            || r.unflushed
+                .iter()
+                .any(|record| matches!(record, PersistRecord::Stable(_)));
+        let records = if synced {
+            r.written_unsynced = 0;
+            std::mem::take(&mut r.unflushed)
+        } else {
+            if r.written_unsynced < r.unflushed.len() {
+                r.written_unsynced = r.unflushed.len();
+                self.report.unsynced_writes += 1;
+            }
+            Vec::new()
+        };
         if !records.is_empty() {
             for record in &records {
                 r.durable.apply(record);
@@ -86,6 +104,10 @@ impl World {
         r.incarnation += 1;
         r.timers.clear();
         r.inbox.clear();
+        if r.written_unsynced > 0 {
+            self.report.unsynced_lost += 1;
+        }
+        r.written_unsynced = 0;
         r.unflushed.clear();
         r.held.clear();
         r.held_checkpoint = 0;

@@ -162,6 +162,8 @@ struct SimReplica {
     held_checkpoint: Seq,
     /// Records to write apart, handed on after the group write.
     unflushed_apart: Vec<PersistRecord>,
+    /// How many of `unflushed` were written unsynced (no frame waited for them).
+    written_unsynced: usize,
     flush_scheduled: bool,
     /// Whether anything was ever written (the node's marker beside its data
     /// directory): an empty store then means the directory was lost.
@@ -281,6 +283,7 @@ impl World {
                     held: Vec::new(),
                     held_checkpoint: 0,
                     unflushed_apart: Vec::new(),
+                    written_unsynced: 0,
                     flush_scheduled: false,
                     has_persisted: false,
                     retired: false,
