@@ -132,13 +132,22 @@ impl Storage {
             snapshots,
             stored: Arc::new(Mutex::new(stored)),
         };
-        Ok(Self {
+        let mut storage = Self {
             durable,
             writer,
             marker: marker.to_path_buf(),
             persisted_before: marker.exists(),
             unsynced: false,
-        })
+        };
+        if !storage.persisted_before && storage.durable != DurableState::default() {
+            // Records written unsynced, and never synced, by a process that was
+            // killed: the kernel kept them, and from now on they are the store's
+            // (the replica acts on them). Synced and marked now, so that losing
+            // the directory from here on is told apart from a new store.
+            storage.unsynced = true;
+            storage.sync()?;
+        }
+        Ok(storage)
     }
 
     /// Whether this store was written to before (its marker exists).
@@ -265,6 +274,11 @@ impl Storage {
         }
         for cp in stable {
             self.writer.write(cp)?;
+        }
+        if sync {
+            // Nothing of these records needed writing (say, below the stable
+            // checkpoint): earlier unsynced records still must be durable now.
+            self.sync()?;
         }
         Ok(())
     }
@@ -924,6 +938,25 @@ mod tests {
         assert_eq!(
             s.durable().accepted.keys().copied().collect::<Vec<_>>(),
             vec![1, 2]
+        );
+
+        // A process killed before any sync: the kernel kept its write, and the
+        // store found holding it at the next start is synced and marked then.
+        let db = dir.path().join("killed");
+        let marker = dir.path().join("killed.persisted");
+        {
+            let mut s = Storage::open_with_marker(&db, &marker).unwrap();
+            s.write_unsynced(&[accepted(3, 0)]).unwrap();
+        }
+        assert!(!marker.exists());
+        let s = Storage::open_with_marker(&db, &marker).unwrap();
+        assert_eq!(
+            s.durable().accepted.keys().copied().collect::<Vec<_>>(),
+            vec![3]
+        );
+        assert!(
+            marker.exists(),
+            "records found without the marker are marked at open"
         );
     }
 

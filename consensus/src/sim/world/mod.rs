@@ -174,6 +174,24 @@ struct SimReplica {
     rate_ppm: u64,
 }
 
+impl SimReplica {
+    /// The first `count` records written unsynced became durable after all (a
+    /// later sync, or the disk kept them through a crash).
+    fn keep_written(&mut self, count: usize) {
+        let count = count.min(self.written_unsynced);
+        if count == 0 {
+            return;
+        }
+        for record in self.unflushed.drain(..count) {
+            self.durable.apply(&record);
+        }
+        self.written_unsynced -= count;
+        // The node marks its store at its next sync, or at its restart (a store
+        // found holding records without the marker is synced and marked then).
+        self.has_persisted = true;
+    }
+}
+
 struct SimClient {
     client: Client,
     remaining: usize,
@@ -465,6 +483,15 @@ impl World {
             } => {
                 let r = &mut self.replicas[replica as usize];
                 if r.incarnation == incarnation {
+                    // The checkpoint's synced write syncs the log with it: what the
+                    // persist thread wrote unsynced before is durable now too.
+                    let writes = match (&*record, &r.durable.stable) {
+                        (PersistRecord::Stable(cp), Some(stored)) => cp.seq > stored.seq,
+                        _ => true,
+                    };
+                    if writes {
+                        r.keep_written(r.written_unsynced);
+                    }
                     r.durable.apply(&record);
                 }
                 Ok(())
