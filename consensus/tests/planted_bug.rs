@@ -147,10 +147,19 @@ fn storage_family_catches_a_state_transfer_checkpoint_written_apart() {
     // after the group write, the replica restarted at seq 0 behind the checkpoint 16
     // it had signed; at seed 632 since issue 15 changed the runs; at seed 1425 (the
     // first in 0..4000) since clients back their retransmission off (issue 13,
-    // sixth round).
-    hunt_in(Family::Storage, 1, 1400..1440, "durability", |c| {
-        c.planted_transfer_apart = true
-    });
+    // sixth round). Since records no frame waits for are written unsynced and a
+    // crash keeps any prefix of them (issue 13, fourteenth round), no seed in
+    // 0..4000 finds it with the pipeline pinned to one batch in flight; with the
+    // family's own draw (1 to 4, as `bft-sim --family storage` runs it) seed 321
+    // does, the first in 0..4000.
+    hunt_with(
+        Family::Storage,
+        1,
+        300..340,
+        "durability",
+        |c| c.max_batches_in_flight = Family::Storage.config(c.seed, c.f).max_batches_in_flight,
+        |c| c.planted_transfer_apart = true,
+    );
 }
 
 #[test]
