@@ -149,7 +149,7 @@ fn storage_family_catches_a_state_transfer_checkpoint_written_apart() {
     // first in 0..4000) since clients back their retransmission off (issue 13,
     // sixth round). Since records no frame waits for are written unsynced and a
     // crash keeps any prefix of them (issue 13, fourteenth round), no seed in
-    // 0..4000 finds it with the pipeline pinned to one batch in flight; with the
+    // 0..9000 finds it with the pipeline pinned to one batch in flight; with the
     // family's own draw (1 to 4, as `bft-sim --family storage` runs it) seed 321
     // does, the first in 0..4000.
     hunt_with(

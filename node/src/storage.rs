@@ -960,6 +960,26 @@ mod tests {
         );
     }
 
+    /// A synced write whose records all fold to nothing (here a commit at seq 0,
+    /// at or below the stable checkpoint) still syncs what was written unsynced
+    /// before it: the frames of its group are about to leave on that promise.
+    #[test]
+    fn a_synced_write_of_nothing_new_still_syncs_earlier_unsynced_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let marker = dir.path().join("db.persisted");
+        let mut s = Storage::open_with_marker(&db, &marker).unwrap();
+        s.write_unsynced(&[accepted(1, 0)]).unwrap();
+        assert!(!marker.exists());
+        s.persist(&[PersistRecord::Committed {
+            seq: 0,
+            view: 0,
+            digest: Digest([2; 32]),
+        }])
+        .unwrap();
+        assert!(marker.exists(), "the sync asked for happened");
+    }
+
     #[test]
     fn a_second_process_cannot_open_the_same_store() {
         let dir = tempfile::tempdir().unwrap();

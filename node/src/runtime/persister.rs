@@ -572,23 +572,26 @@ mod tests {
                 apart: Vec::new(),
                 frames,
             };
-            if t % 17 == 0 && !has_frames(t) {
+            let probe = t % 17 == 0;
+            let records_alone = probe && !has_frames(t);
+            if records_alone {
                 // Alone in its group (else an earlier turn's frames sync it).
                 wait_idle(&pending);
             }
             if let Some(turn) = pending.send_now_if_idle(turn, &log) {
                 tx.blocking_send(turn).unwrap();
             }
-            if t % 17 == 0 && !has_frames(t) {
+            // A turn of frames alone, tagged like the turn before it.
+            let alone = Turn {
+                records: Vec::new(),
+                apart: Vec::new(),
+                frames: frames_of(t),
+            };
+            if records_alone {
                 // Records alone were written unsynced: the thread is not idle
                 // until a sync, so a turn of frames alone must queue behind them.
                 std::thread::sleep(std::time::Duration::from_millis(20));
                 assert!(!pending.idle(), "turn {t}'s records are not durable yet");
-                let alone = Turn {
-                    records: Vec::new(),
-                    apart: Vec::new(),
-                    frames: frames_of(t),
-                };
                 let queued = pending.send_now_if_idle(alone, &log);
                 let queued = queued.unwrap_or_else(|| panic!("turn {t}'s frames left at once"));
                 tx.blocking_send(queued).unwrap();
@@ -596,15 +599,10 @@ mod tests {
                 // (and only then is idle), so they find turn t's records durable.
                 wait_idle(&pending);
                 extra += 1;
-            } else if t % 17 == 0 {
+            } else if probe {
                 // Once the thread has finished everything, a turn of frames
-                // alone (tagged like the turn before it) must leave at once.
+                // alone must leave at once.
                 wait_idle(&pending);
-                let alone = Turn {
-                    records: Vec::new(),
-                    apart: Vec::new(),
-                    frames: frames_of(t),
-                };
                 assert!(
                     pending.send_now_if_idle(alone, &log).is_none(),
                     "nothing pending, yet turn {t}'s frames were queued"
