@@ -73,6 +73,10 @@ struct Args {
     /// quorum - (f+1)).
     #[arg(long, value_name = "BACKUPS")]
     planted_request_check_skippers: Option<usize>,
+    /// Replaces the seed's bound on batches in flight (the planted-bug hunts pin
+    /// it to 1).
+    #[arg(long, value_name = "N")]
+    batches_in_flight: Option<u64>,
 }
 
 impl Args {
@@ -99,6 +103,9 @@ impl Args {
         cfg.planted_request_check_skippers = self.planted_request_check_skippers;
         if self.no_tentative {
             cfg.tentative_execution = false;
+        }
+        if let Some(n) = self.batches_in_flight {
+            cfg.max_batches_in_flight = n;
         }
         cfg.clear_byzantine_at = self.clear_byzantine_at.map(Duration::from_millis);
         if let Some(spec) = &self.byzantine {
@@ -140,6 +147,9 @@ impl Args {
         }
         if let Some(k) = self.planted_request_check_skippers {
             cfg.replay_args = format!("{} --planted-request-check-skippers {k}", cfg.replay_args);
+        }
+        if let Some(n) = self.batches_in_flight {
+            cfg.replay_args = format!("{} --batches-in-flight {n}", cfg.replay_args);
         }
         if let Some(ms) = self.clear_byzantine_at {
             cfg.replay_args = format!("{} --clear-byzantine-at {ms}", cfg.replay_args);
