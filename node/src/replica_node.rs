@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeParts};
 use crate::status::Status;
 use crate::storage::Storage;
-use crate::verify::VerifyPool;
+use crate::verify::{Frames, InlineVerifier, VerifyPool};
 use anyhow::Context as _;
 use bft_consensus::byzantine::{build, Params, Wrapped};
 use bft_consensus::messages::MAX_MESSAGE_BYTES;
@@ -164,18 +164,29 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         .iter()
         .map(|v| (v.peer, v.id))
         .collect();
-    // Small: frames should wait before verification, where batches are ordered.
-    let (verified_tx, verified_rx) = mpsc::channel(64);
-    let threads = verify_threads();
-    VerifyPool::start(
-        threads,
-        ingress,
-        Arc::new(replica_peers),
-        net.inbound,
-        net.others,
-        verified_tx,
-        metrics.verify_batch_frames.clone(),
-    );
+    let frames = match verify_threads() {
+        0 => Frames::Inline(InlineVerifier::new(
+            ingress,
+            Arc::new(replica_peers),
+            net.inbound,
+            net.others,
+            metrics.verify_batch_frames.clone(),
+        )),
+        threads => {
+            // Small: frames should wait before verification, where batches are ordered.
+            let (verified_tx, verified_rx) = mpsc::channel(64);
+            VerifyPool::start(
+                threads,
+                ingress,
+                Arc::new(replica_peers),
+                net.inbound,
+                net.others,
+                verified_tx,
+                metrics.verify_batch_frames.clone(),
+            );
+            Frames::Pool(verified_rx)
+        }
+    };
     let generals = GeneralsNode::new(id, res.validators.n(), res.key.clone(), &name);
     let mut runtime = Runtime::new(RuntimeParts {
         replica,
@@ -192,9 +203,7 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
     });
     runtime.push_outputs(initial);
     tracing::info!(replica = id, listen = %res.listen, http = %res.http, "replica started");
-    let result = runtime
-        .run(verified_rx, control_rx, shutdown_signal())
-        .await;
+    let result = runtime.run(frames, control_rx, shutdown_signal()).await;
     net.handle.shutdown();
     result
 }
@@ -202,15 +211,14 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
 /// Environment variable setting the number of verify threads.
 pub const VERIFY_THREADS_ENV: &str = "BFTNODE_VERIFY_THREADS";
 
-/// Verify threads: `BFTNODE_VERIFY_THREADS` if set to a positive number, else one per
-/// core. A replica alone on its machine wants every core; replicas sharing one (the
-/// local testnet) each get their share, or their threads only fight over the cores
-/// (measured on 2 cores, 4 replicas: one thread each instead of two, ~8 % more
-/// throughput).
+/// Verify threads: `BFTNODE_VERIFY_THREADS` if set to a number, else one per core;
+/// 0 verifies on the event loop. A replica alone on its machine wants every core;
+/// replicas sharing one (the local testnet) each get their share, or their threads
+/// only fight over the cores (measured on 2 cores, 4 replicas: one thread each
+/// instead of two, ~8 % more throughput).
 fn verify_threads() -> usize {
     std::env::var(VERIFY_THREADS_ENV)
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }

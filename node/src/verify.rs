@@ -1,8 +1,10 @@
-//! Signature verification off the event loop: a pool of threads takes frames from
-//! the network and passes them through the shared [`Ingress`] (frame bound,
-//! decoding, sender rule, batched signature checks: the same code the simulator
-//! runs), so the loop only runs the state machine and verification scales with
-//! cores.
+//! Signature verification: frames from the network pass through the shared
+//! [`Ingress`] (frame bound, decoding, sender rule, batched signature checks: the
+//! same code the simulator runs) either on a pool of threads, so the loop only
+//! runs the state machine and verification scales with cores, or on the event
+//! loop itself ([`InlineVerifier`]), where replicas share too few cores for a
+//! thread each to pay: every hand-off between threads is a wakeup, and a replica
+//! of the local testnet made about two per frame batch that way.
 //!
 //! Frames from the other replicas lead each batch, ahead of client frames (the
 //! network queues them apart; see [`next_batch`] for the share clients keep): under a flood of client requests, and of their
@@ -67,6 +69,17 @@ impl VerifyPool {
             replicas: inbound,
             others,
         }));
+        Self::spawn(threads, inbound, ingress, replicas, out, batch_frames);
+    }
+
+    fn spawn(
+        threads: usize,
+        inbound: Arc<Mutex<Queues>>,
+        ingress: Arc<Ingress>,
+        replicas: Arc<HashMap<PeerId, ReplicaId>>,
+        out: mpsc::Sender<Vec<Checked>>,
+        batch_frames: Histogram,
+    ) {
         for i in 0..threads.max(1) {
             let inbound = inbound.clone();
             let ingress = ingress.clone();
@@ -89,6 +102,79 @@ impl VerifyPool {
                 })
                 .expect("spawn verify thread");
         }
+    }
+}
+
+/// Where the event loop takes its checked frames from.
+pub enum Frames {
+    /// A [`VerifyPool`]'s results.
+    Pool(mpsc::Receiver<Vec<Checked>>),
+    /// The network's queues, checked on the loop.
+    Inline(InlineVerifier),
+}
+
+impl Frames {
+    /// The next batch of checked frames; None once the network is gone.
+    ///
+    /// Cancel-safe (the event loop selects over it): the only await is for the
+    /// first frame, and everything after it runs within the same poll.
+    pub async fn next(&mut self) -> Option<Vec<Checked>> {
+        match self {
+            Self::Pool(rx) => rx.recv().await,
+            Self::Inline(v) => v.next().await,
+        }
+    }
+}
+
+/// The verify pool's work done by the event loop: the same batches, taken in the
+/// same order ([`next_batch`]'s rules), admitted by the same [`Ingress`].
+pub struct InlineVerifier {
+    queues: Queues,
+    ingress: Arc<Ingress>,
+    replicas: Arc<HashMap<PeerId, ReplicaId>>,
+    batch_frames: Histogram,
+}
+
+impl InlineVerifier {
+    /// Read `inbound` (the replicas' frames, or all) and `others` (the clients',
+    /// if the network keeps them apart); arguments as for [`VerifyPool::start`].
+    #[must_use]
+    pub fn new(
+        ingress: Arc<Ingress>,
+        replicas: Arc<HashMap<PeerId, ReplicaId>>,
+        inbound: mpsc::Receiver<Inbound>,
+        others: Option<mpsc::Receiver<Inbound>>,
+        batch_frames: Histogram,
+    ) -> Self {
+        Self {
+            queues: Queues {
+                replicas: inbound,
+                others,
+            },
+            ingress,
+            replicas,
+            batch_frames,
+        }
+    }
+
+    async fn next(&mut self) -> Option<Vec<Checked>> {
+        let Queues { replicas, others } = &mut self.queues;
+        let mut batch = Vec::new();
+        fill(replicas, others.as_mut(), &mut batch);
+        if batch.is_empty() {
+            let first = match others.as_mut() {
+                None => replicas.recv().await?,
+                Some(others) => tokio::select! {
+                    biased;
+                    f = replicas.recv() => f,
+                    f = others.recv() => f,
+                }?,
+            };
+            batch.push(first);
+            fill(replicas, others.as_mut(), &mut batch);
+        }
+        self.batch_frames.observe(batch.len() as f64);
+        Some(check(&self.ingress, &self.replicas, &batch))
     }
 }
 
@@ -223,6 +309,85 @@ mod tests {
         assert_eq!(next_batch(&queues).unwrap()[0].bytes, vec![4]);
         drop(rtx);
         assert!(next_batch(&queues).is_none());
+    }
+
+    /// The loop's own verification takes the batches the pool would (the replicas'
+    /// frames first) and admits them through the same ingress: a replica's vote
+    /// and a client's request pass, a garbage frame is refused; and it ends when
+    /// the network is gone.
+    #[test]
+    fn inline_verification_orders_and_admits_as_the_pool_does() {
+        use bft_consensus::messages::{Message, Prepare, Request};
+        use bft_consensus::{Membership, ReplicaConfig, Validator};
+        use bft_crypto::{Digest, KeyPair, Signed};
+        let keys: Vec<_> = (0..4u8).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
+        let members = Membership::new(keys.iter().map(KeyPair::public).collect());
+        let ingress = Arc::new(Ingress::new(Validator::for_replica(&ReplicaConfig::new(
+            0, members,
+        ))));
+        let (replica, client) = (PeerId::random(), PeerId::random());
+        let vote = Signed::sign(
+            Prepare {
+                view: 0,
+                seq: 1,
+                digest: Digest([7; 32]),
+                replica: 2,
+            },
+            &keys[2],
+        );
+        let request = Signed::sign(
+            Request {
+                timestamp: 1,
+                operation: vec![1],
+                horizon: 0,
+                replier: None,
+            },
+            &KeyPair::from_seed([9; 32]),
+        );
+        let (rtx, rrx) = mpsc::channel(16);
+        let (ctx, crx) = mpsc::channel(16);
+        let encode = bft_consensus::frame::encode_pbft;
+        ctx.try_send(Inbound {
+            peer: client,
+            bytes: encode(&Message::Request(request)),
+        })
+        .unwrap();
+        ctx.try_send(frame(client, 0xff)).unwrap();
+        rtx.try_send(Inbound {
+            peer: replica,
+            bytes: encode(&Message::Prepare(vote)),
+        })
+        .unwrap();
+        let histogram = Histogram::with_opts(prometheus::HistogramOpts::new("f", "f")).unwrap();
+        let mut frames = Frames::Inline(InlineVerifier::new(
+            ingress,
+            Arc::new(HashMap::from([(replica, 2)])),
+            rrx,
+            Some(crx),
+            histogram.clone(),
+        ));
+        let batch = futures::executor::block_on(frames.next()).unwrap();
+        let seen: Vec<_> = batch
+            .iter()
+            .map(|c| (c.peer, c.origin, c.kind, c.result.is_ok()))
+            .collect();
+        assert_eq!(
+            seen[..2],
+            [
+                (replica, Origin::Replica(2), "prepare", true),
+                (client, Origin::Other, "request", true),
+            ]
+        );
+        assert_eq!(seen.len(), 3);
+        assert_eq!((seen[2].0, seen[2].3), (client, false), "garbage refused");
+        assert_eq!(histogram.get_sample_count(), 1);
+        // Nothing queued: it waits for the next frame; nothing more to come: None.
+        ctx.try_send(frame(client, 0xfe)).unwrap();
+        drop(ctx);
+        let batch = futures::executor::block_on(frames.next()).unwrap();
+        assert_eq!(batch.len(), 1);
+        drop(rtx);
+        assert!(futures::executor::block_on(frames.next()).is_none());
     }
 
     /// A replica flooding its queue (a faulty one can) does not starve the

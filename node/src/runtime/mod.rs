@@ -14,7 +14,7 @@ use crate::generals_node::GeneralsNode;
 use crate::metrics::Metrics;
 use crate::status::Status;
 use crate::storage::Storage;
-use crate::verify::Checked;
+use crate::verify::{Checked, Frames};
 use bft_consensus::byzantine::{Params, Wrapped};
 use bft_consensus::messages::request_id;
 use bft_consensus::{
@@ -128,7 +128,7 @@ impl Runtime {
     /// A storage failure (the replica cannot promise durability, so it stops).
     pub async fn run(
         mut self,
-        mut verified: mpsc::Receiver<Vec<Checked>>,
+        mut frames: Frames,
         mut control: mpsc::Receiver<Control>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
@@ -141,7 +141,7 @@ impl Runtime {
             let next_generals = self.generals.next_deadline();
             tokio::select! {
                 () = &mut shutdown => break,
-                Some(batch) = verified.recv() => {
+                Some(batch) = frames.next() => {
                     for checked in batch {
                         self.on_checked(checked);
                     }
