@@ -1,7 +1,7 @@
 //! One ingress for every driver: what arrives from the network as bytes becomes a
 //! verified message or a typed rejection here, and nowhere else.
 //!
-//! The node's verify threads and the simulator both call [`Ingress::admit_many`]
+//! The node's verify threads (or its event loop) and the simulator both call [`Ingress::admit_many`]
 //! with the frames they received and the transport's word on who sent each one
 //! ([`Origin`]). So the frame-size bound, decoding, the sender rule and signature
 //! verification (batched the same way) are one piece of code, and a sweep of the

@@ -43,7 +43,7 @@ pub struct Metrics {
     pub invalid_messages: IntCounterVec,
     pub request_latency: Histogram,
     pub batch_size: Histogram,
-    /// Frames per verification batch: how much the verify threads' batched
+    /// Frames per verification batch: how much the verify threads' (or loop's) batched
     /// signature checks gain (a batch of one costs a lone check's 26 µs).
     pub verify_batch_frames: Histogram,
     pub peers_connected: IntGauge,
@@ -149,7 +149,7 @@ impl Metrics {
             ),
             verify_batch_frames: histogram(
                 "bft_verify_batch_frames",
-                "Frames checked together by a verify thread (signatures batch-verified)",
+                "Frames checked together by a verify thread or the event loop (signatures batch-verified)",
                 BATCH_BUCKETS,
             ),
             peers_connected: gauge("bft_peers_connected", "Replicas connected"),

@@ -3,8 +3,8 @@
 //! same code the simulator runs) either on a pool of threads, so the loop only
 //! runs the state machine and verification scales with cores, or on the event
 //! loop itself ([`InlineVerifier`]), where replicas share too few cores for a
-//! thread each to pay: every hand-off between threads is a wakeup, and a replica
-//! of the local testnet made about two per frame batch that way.
+//! thread each to pay: every hand-off between threads is a wakeup, and the pool
+//! costs one more per batch (the verify thread's) than the loop alone.
 //!
 //! Frames from the other replicas lead each batch, ahead of client frames (the
 //! network queues them apart; see [`next_batch`] for the share clients keep): under a flood of client requests, and of their
@@ -69,17 +69,6 @@ impl VerifyPool {
             replicas: inbound,
             others,
         }));
-        Self::spawn(threads, inbound, ingress, replicas, out, batch_frames);
-    }
-
-    fn spawn(
-        threads: usize,
-        inbound: Arc<Mutex<Queues>>,
-        ingress: Arc<Ingress>,
-        replicas: Arc<HashMap<PeerId, ReplicaId>>,
-        out: mpsc::Sender<Vec<Checked>>,
-        batch_frames: Histogram,
-    ) {
         for i in 0..threads.max(1) {
             let inbound = inbound.clone();
             let ingress = ingress.clone();
@@ -158,21 +147,13 @@ impl InlineVerifier {
     }
 
     async fn next(&mut self) -> Option<Vec<Checked>> {
-        let Queues { replicas, others } = &mut self.queues;
-        let mut batch = Vec::new();
-        fill(replicas, others.as_mut(), &mut batch);
-        if batch.is_empty() {
-            let first = match others.as_mut() {
-                None => replicas.recv().await?,
-                Some(others) => tokio::select! {
-                    biased;
-                    f = replicas.recv() => f,
-                    f = others.recv() => f,
-                }?,
-            };
-            batch.push(first);
-            fill(replicas, others.as_mut(), &mut batch);
-        }
+        // Frames already queued are taken without a wait, so a flood (refused
+        // garbage included) would keep the loop's task from ever giving way to
+        // the runtime's others (the HTTP server, the timer driver); this yields
+        // once the task's budget is spent, as a channel's receive does. First,
+        // before anything is taken, so the future stays cancel-safe.
+        tokio::task::consume_budget().await;
+        let batch = take(&mut self.queues).await?;
         self.batch_frames.observe(batch.len() as f64);
         Some(check(&self.ingress, &self.replicas, &batch))
     }
@@ -184,36 +165,48 @@ struct Queues {
     others: Option<mpsc::Receiver<Inbound>>,
 }
 
-/// Take what is queued, up to [`BATCH`]: the replicas' frames first (at most
-/// [`REPLICAS_FIRST`]), then the clients', then more of the replicas' if room is
-/// left. With nothing queued, wait for the first frame of either. None once the
-/// network is gone.
-///
-/// Not strict priority: a faulty replica flooding the replicas' queue would then
-/// starve every client. Each batch gives the clients at least half while both
-/// queues are busy, and a replica's frame waits for at most one batch of clients'.
+/// A verify thread's batch: [`take`], with the queues held while it gathers.
 fn next_batch(queues: &Mutex<Queues>) -> Option<Vec<Inbound>> {
     let mut q = queues
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Queues { replicas, others } = &mut *q;
+    futures::executor::block_on(take(&mut q))
+}
+
+/// Take what is queued, up to [`BATCH`]: the replicas' frames first (at most
+/// [`REPLICAS_FIRST`]), then the clients', then more of the replicas' if room is
+/// left. With nothing queued, wait for the first frame of either. None once the
+/// network is gone (the replicas' queue closed); a clients' queue that closes
+/// alone is dropped and the replicas' still served.
+///
+/// Not strict priority: a faulty replica flooding the replicas' queue would then
+/// starve every client. Each batch gives the clients at least half while both
+/// queues are busy, and a replica's frame waits for at most one batch of clients'.
+///
+/// Cancel-safe: it waits only while it holds nothing, on receives that are.
+async fn take(queues: &mut Queues) -> Option<Vec<Inbound>> {
+    let Queues { replicas, others } = queues;
     let mut batch = Vec::new();
-    fill(replicas, others.as_mut(), &mut batch);
-    if batch.is_empty() {
-        let first = match others.as_mut() {
-            None => replicas.blocking_recv()?,
-            Some(others) => futures::executor::block_on(async {
-                tokio::select! {
-                    biased;
-                    f = replicas.recv() => f,
-                    f = others.recv() => f,
-                }
-            })?,
-        };
-        batch.push(first);
+    loop {
         fill(replicas, others.as_mut(), &mut batch);
+        if !batch.is_empty() {
+            return Some(batch);
+        }
+        let Some(clients) = others.as_mut() else {
+            batch.push(replicas.recv().await?);
+            continue;
+        };
+        let (from_replicas, first) = tokio::select! {
+            biased;
+            f = replicas.recv() => (true, f),
+            f = clients.recv() => (false, f),
+        };
+        match first {
+            Some(f) => batch.push(f),
+            None if from_replicas => return None,
+            None => *others = None,
+        }
     }
-    Some(batch)
 }
 
 /// Replicas' frames taken before any client's in one batch.
@@ -320,6 +313,7 @@ mod tests {
         use bft_consensus::messages::{Message, Prepare, Request};
         use bft_consensus::{Membership, ReplicaConfig, Validator};
         use bft_crypto::{Digest, KeyPair, Signed};
+        use futures::FutureExt as _;
         let keys: Vec<_> = (0..4u8).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
         let members = Membership::new(keys.iter().map(KeyPair::public).collect());
         let ingress = Arc::new(Ingress::new(Validator::for_replica(&ReplicaConfig::new(
@@ -381,9 +375,20 @@ mod tests {
         assert_eq!(seen.len(), 3);
         assert_eq!((seen[2].0, seen[2].3), (client, false), "garbage refused");
         assert_eq!(histogram.get_sample_count(), 1);
-        // Nothing queued: it waits for the next frame; nothing more to come: None.
+        // Nothing queued: it waits, holding nothing (dropping the wait loses no
+        // frame), and takes what came meanwhile, the replica's first.
+        assert!(frames.next().now_or_never().is_none());
         ctx.try_send(frame(client, 0xfe)).unwrap();
+        rtx.try_send(frame(replica, 0xfd)).unwrap();
+        let batch = futures::executor::block_on(frames.next()).unwrap();
+        let peers: Vec<_> = batch.iter().map(|c| c.peer).collect();
+        assert_eq!(peers, [replica, client]);
+        assert_eq!(histogram.get_sample_count(), 2);
+        // The clients' queue closing alone does not end the stream: the replicas'
+        // is still served. Both gone: None.
         drop(ctx);
+        assert!(frames.next().now_or_never().is_none());
+        rtx.try_send(frame(replica, 0xfc)).unwrap();
         let batch = futures::executor::block_on(frames.next()).unwrap();
         assert_eq!(batch.len(), 1);
         drop(rtx);

@@ -139,13 +139,13 @@ impl Runtime {
             let next_timer = self.timers.values().min().copied();
             let next_delayed = self.delayed.keys().next().map(|(at, _)| *at);
             let next_generals = self.generals.next_deadline();
+            // Frames last: under load they are always ready, and a turn of them
+            // can take milliseconds (a batch verified on this loop), so a due
+            // timer, a control command or the shutdown goes first rather than
+            // when a random pick lands on it.
             tokio::select! {
+                biased;
                 () = &mut shutdown => break,
-                Some(batch) = frames.next() => {
-                    for checked in batch {
-                        self.on_checked(checked);
-                    }
-                }
                 Some(cmd) = control.recv() => self.on_control(cmd),
                 () = sleep_until(next_timer) => self.fire_timers(),
                 () = sleep_until(next_delayed) => self.release_delayed(),
@@ -154,6 +154,11 @@ impl Runtime {
                     self.generals_outputs(out);
                 }
                 _ = tick.tick() => self.refresh_status(),
+                Some(batch) = frames.next() => {
+                    for checked in batch {
+                        self.on_checked(checked);
+                    }
+                }
             }
             self.flush().await?;
         }

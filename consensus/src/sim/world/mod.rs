@@ -51,7 +51,7 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(150);
 const CATCH_UP_GRACE: Duration = Duration::from_secs(3);
 /// Bound on events per run (a livelock guard; far above what a passing run uses).
 const MAX_EVENTS: u64 = 3_000_000;
-/// The node's verify threads take whatever frames are queued when they wake; the
+/// The node's verify threads (or loop) take whatever frames are queued when they wake; the
 /// simulator drains a replica's inbox this long (at most) after a frame arrives, so
 /// frames that arrive close together are admitted, and batch-verified, together.
 const INGEST_DELAY_US: u64 = 300;
