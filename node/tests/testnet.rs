@@ -36,6 +36,37 @@ fn four_processes_commit_1000_writes_and_agree() {
     );
 }
 
+/// Verification on a pool of threads and on the event loop (issue 13, fifteenth
+/// round): `testnet up` picks one by the machine's cores, so each is forced here
+/// once, seen in the replicas' threads, and must commit and agree.
+#[test]
+fn verify_threads_and_verification_on_the_loop_each_commit_and_agree() {
+    let _serial = serial();
+    for (threads, verify_thread_seen) in [("1", true), ("0", false)] {
+        let net = Testnet::init(4, &[]);
+        net.up_env(&[], &[("BFTNODE_VERIFY_THREADS", threads)]);
+        for i in 0..4 {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", net.pid(i))).unwrap();
+            let names: Vec<String> = tasks
+                .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+                .collect();
+            let seen = names.iter().any(|n| n.trim() == "verify-0");
+            assert_eq!(seen, verify_thread_seen, "threads={threads}: {names:?}");
+        }
+        let rt = tokio_rt();
+        let accepted: Accepted = Arc::default();
+        let tasks = load(&net, &rt, 4, 50, Arc::default(), accepted.clone());
+        rt.block_on(async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        assert_eq!(accepted.lock().unwrap().len(), 200, "threads={threads}");
+        net.wait_agree(&[0, 1, 2, 3], Duration::from_secs(30));
+        net.assert_committed_prefixes(&[0, 1, 2, 3], 1);
+    }
+}
+
 /// Issue 16: every `bftnode client put` took the retransmission timer (~1 s): a
 /// reconnecting client's replies went into streams of its previous connection.
 /// Counted, not timed: each call's request must reach the primary once and no

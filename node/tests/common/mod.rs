@@ -113,13 +113,22 @@ impl Testnet {
     }
 
     pub fn up_with(&self, byzantine: &[(u32, &str)]) {
+        self.up_env(byzantine, &[]);
+    }
+
+    /// [`Testnet::up_with`], with `env` set for `testnet up` (and so its replicas).
+    pub fn up_env(&self, byzantine: &[(u32, &str)], env: &[(&str, &str)]) {
         let flags: Vec<String> = byzantine
             .iter()
             .flat_map(|(id, b)| ["--byzantine".to_string(), format!("{id}={b}")])
             .collect();
         let mut args = vec!["testnet", "up", "--dir", self.dir.to_str().unwrap()];
         args.extend(flags.iter().map(String::as_str));
-        let out = bftnode(&args);
+        let out = Command::new(env!("CARGO_BIN_EXE_bftnode"))
+            .args(&args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run bftnode");
         assert!(
             out.status.success(),
             "up: {}\n{}",
