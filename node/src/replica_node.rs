@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeParts};
 use crate::status::Status;
 use crate::storage::Storage;
-use crate::verify::{Frames, InlineVerifier, VerifyPool};
+use crate::verify::Frames;
 use anyhow::Context as _;
 use bft_consensus::byzantine::{build, Params, Wrapped};
 use bft_consensus::messages::MAX_MESSAGE_BYTES;
@@ -164,29 +164,14 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         .iter()
         .map(|v| (v.peer, v.id))
         .collect();
-    let frames = match verify_threads() {
-        0 => Frames::Inline(InlineVerifier::new(
-            ingress,
-            Arc::new(replica_peers),
-            net.inbound,
-            net.others,
-            metrics.verify_batch_frames.clone(),
-        )),
-        threads => {
-            // Small: frames should wait before verification, where batches are ordered.
-            let (verified_tx, verified_rx) = mpsc::channel(64);
-            VerifyPool::start(
-                threads,
-                ingress,
-                Arc::new(replica_peers),
-                net.inbound,
-                net.others,
-                verified_tx,
-                metrics.verify_batch_frames.clone(),
-            );
-            Frames::Pool(verified_rx)
-        }
-    };
+    let frames = Frames::start(
+        verify_threads(),
+        ingress,
+        Arc::new(replica_peers),
+        net.inbound,
+        net.others,
+        metrics.verify_batch_frames.clone(),
+    );
     let generals = GeneralsNode::new(id, res.validators.n(), res.key.clone(), &name);
     let mut runtime = Runtime::new(RuntimeParts {
         replica,

@@ -462,8 +462,9 @@ pub fn up_with(exe: &Path, dir: &Path, byzantine: &[(u32, String)]) -> anyhow::R
         // The replicas share this machine: each verifies on its share of the cores,
         // or on its event loop when they outnumber the cores (unless the caller
         // chose a number). On 2 cores, 4 replicas verifying on their loops used
-        // 9.6 % less CPU per request than with a verify thread each at one client
-        // and 3.7 % less at the peak (issue 13, fifteenth round).
+        // 8.6 % less CPU per request at one client than the build before (p50
+        // −15.8 %), and 3.0 % less at the peak than a verify thread each in the
+        // same build (issue 13, fifteenth round).
         if std::env::var_os(VERIFY_THREADS_ENV).is_none() {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             cmd.env(VERIFY_THREADS_ENV, (cores / nodes.len()).to_string());

@@ -7,7 +7,7 @@
 //! costs one more per batch (the verify thread's) than the loop alone.
 //!
 //! Frames from the other replicas lead each batch, ahead of client frames (the
-//! network queues them apart; see [`next_batch`] for the share clients keep): under a flood of client requests, and of their
+//! network queues them apart; see [`take`] for the share clients keep): under a flood of client requests, and of their
 //! retransmissions, votes and heartbeats must not wait behind thousands of
 //! requests, or the group stops executing and the failure detector suspects
 //! everyone (4,096 clients on a cold machine: 45,000 retransmissions, views 3 and
@@ -55,7 +55,7 @@ impl VerifyPool {
     /// and `others` (the clients', if the network keeps them apart) and sending
     /// results to `out`. `replicas` tells which transport peers are replicas (the
     /// rest are clients). Each batch's size goes to `batch_frames`. Everything
-    /// stops once a queue closes or `out` is dropped.
+    /// stops once the replicas' queue closes or `out` is dropped.
     pub fn start(
         threads: usize,
         ingress: Arc<Ingress>,
@@ -103,10 +103,44 @@ pub enum Frames {
 }
 
 impl Frames {
+    /// Verification for the event loop: on `threads` verify threads, or on the
+    /// loop itself if 0. Arguments as for [`VerifyPool::start`].
+    #[must_use]
+    pub fn start(
+        threads: usize,
+        ingress: Arc<Ingress>,
+        replicas: Arc<HashMap<PeerId, ReplicaId>>,
+        inbound: mpsc::Receiver<Inbound>,
+        others: Option<mpsc::Receiver<Inbound>>,
+        batch_frames: Histogram,
+    ) -> Self {
+        if threads == 0 {
+            return Self::Inline(InlineVerifier::new(
+                ingress,
+                replicas,
+                inbound,
+                others,
+                batch_frames,
+            ));
+        }
+        // Small: frames should wait before verification, where batches are ordered.
+        let (out, results) = mpsc::channel(64);
+        VerifyPool::start(
+            threads,
+            ingress,
+            replicas,
+            inbound,
+            others,
+            out,
+            batch_frames,
+        );
+        Self::Pool(results)
+    }
+
     /// The next batch of checked frames; None once the network is gone.
     ///
-    /// Cancel-safe (the event loop selects over it): the only await is for the
-    /// first frame, and everything after it runs within the same poll.
+    /// Cancel-safe (the event loop selects over it): it awaits only before it
+    /// has taken a frame, and everything after runs within the same poll.
     pub async fn next(&mut self) -> Option<Vec<Checked>> {
         match self {
             Self::Pool(rx) => rx.recv().await,
@@ -115,8 +149,8 @@ impl Frames {
     }
 }
 
-/// The verify pool's work done by the event loop: the same batches, taken in the
-/// same order ([`next_batch`]'s rules), admitted by the same [`Ingress`].
+/// The verify pool's work done by the event loop: batches taken by the same rules
+/// ([`take`]), admitted by the same [`Ingress`].
 pub struct InlineVerifier {
     queues: Queues,
     ingress: Arc<Ingress>,

@@ -54,14 +54,8 @@ fn verify_threads_and_verification_on_the_loop_each_commit_and_agree() {
             assert_eq!(seen, verify_thread_seen, "threads={threads}: {names:?}");
         }
         let rt = tokio_rt();
-        let accepted: Accepted = Arc::default();
-        let tasks = load(&net, &rt, 4, 50, Arc::default(), accepted.clone());
-        rt.block_on(async {
-            for t in tasks {
-                t.await.unwrap();
-            }
-        });
-        assert_eq!(accepted.lock().unwrap().len(), 200, "threads={threads}");
+        let writes = load_to_end(&net, &rt, 4, 50);
+        assert_eq!(writes.len(), 200, "threads={threads}");
         net.wait_agree(&[0, 1, 2, 3], Duration::from_secs(30));
         net.assert_committed_prefixes(&[0, 1, 2, 3], 1);
     }

@@ -34,8 +34,14 @@ pub struct Testnet {
 }
 
 pub fn bftnode(args: &[&str]) -> std::process::Output {
+    bftnode_env(args, &[])
+}
+
+/// [`bftnode`] with `env` set for it.
+pub fn bftnode_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_bftnode"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run bftnode")
 }
@@ -124,11 +130,7 @@ impl Testnet {
             .collect();
         let mut args = vec!["testnet", "up", "--dir", self.dir.to_str().unwrap()];
         args.extend(flags.iter().map(String::as_str));
-        let out = Command::new(env!("CARGO_BIN_EXE_bftnode"))
-            .args(&args)
-            .envs(env.iter().copied())
-            .output()
-            .expect("run bftnode");
+        let out = bftnode_env(&args, env);
         assert!(
             out.status.success(),
             "up: {}\n{}",
