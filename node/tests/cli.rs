@@ -174,13 +174,14 @@ fn protocol_parameters_belong_to_the_validator_set() {
         "window = 512 differs from the validator set's 256",
     );
 
-    // The same group with another window: every replica's pinned digest refuses it.
+    // The same group with another batch size: every replica's pinned digest refuses it.
     let validators = dir.join("validators.toml");
-    edit(&validators, "window = 256", "window = 384");
+    edit(&validators, "batch_size = 512", "batch_size = 500");
     fails_with(&start(&cfg), "network.validators_digest");
+    edit(&validators, "batch_size = 500", "batch_size = 512");
 
     // A window so large that a new-view could outgrow the frame bound.
-    edit(&validators, "window = 384", "window = 1048576");
+    edit(&validators, "window = 256", "window = 1048576");
     fails_with(&start(&cfg), "frame bound");
 
     // A validator key of small order (the identity point): anybody could sign for it.
