@@ -1,7 +1,7 @@
 //! ed25519 sign, verify and batch verify, SHA-256 of a 512-byte request.
 
 use bft_consensus::messages::Request;
-use bft_crypto::{sha256, verify_batch, KeyPair, Signed};
+use bft_crypto::{sha256, verify_batch, KeyPair, SignatureBatch, Signed};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 fn request(i: u64) -> Request {
@@ -25,6 +25,15 @@ fn crypto(c: &mut Criterion) {
             |s| s.verify().unwrap(),
             BatchSize::SmallInput,
         );
+    });
+    // How a replica checks a lone frame (most of them below the peak: a vote):
+    // a signature batch holding one signature.
+    c.bench_function("ed25519_signature_batch_of_one", |b| {
+        b.iter(|| {
+            let mut batch = SignatureBatch::new();
+            batch.queue(&signed).unwrap();
+            batch.verify().unwrap()
+        });
     });
     batch_verify_group(c, "ed25519_batch_verify", |_| &key);
     // As a replica sees requests: each from its own client (a key seen before, so

@@ -98,6 +98,20 @@ fn remembered_twice(crafted: &Signed<Note>) -> (bool, bool) {
     (judge(), judge())
 }
 
+/// What a batch holding only the case says (it takes the lone signature's own
+/// equation, not the batch's random combination), and a remembering one alone,
+/// the first time and again.
+fn alone_in_a_batch(crafted: &Signed<Note>) -> (bool, bool, bool) {
+    let mut batch = SignatureBatch::new();
+    let plain = batch.queue(crafted).is_ok() && batch.verify().is_ok();
+    let seen = Arc::new(SeenSignatures::new(64));
+    let judge = || {
+        let mut batch = SignatureBatch::remembering(seen.clone());
+        batch.queue(crafted).is_ok() && batch.verify().is_ok()
+    };
+    (plain, judge(), judge())
+}
+
 /// Good signatures by 120 distinct keys, made once: beside them a case's batch
 /// multiplies over 190 points, which curve25519-dalek does by Pippenger's method
 /// (and, on a processor with AVX-512 IFMA, with that backend) where a batch of two
@@ -138,6 +152,11 @@ fn assert_agree(name: &str, case: &Signed<Note>, expect_valid: bool) {
         remembered_twice(case),
         (expect_valid, expect_valid),
         "{name}: a remembering batch must say {expect_valid}, and again"
+    );
+    assert_eq!(
+        alone_in_a_batch(case),
+        (expect_valid, expect_valid, expect_valid),
+        "{name}: a batch of it alone must say {expect_valid}, remembering or not"
     );
 }
 
