@@ -14,6 +14,12 @@
 //! zebra's verifier decompresses every signer again in every batch, and with one
 //! client key per request that was a field square root per request on top of the
 //! nonce point's, about a third of a replica's verification time (issue 13).
+//!
+//! A batch of one signature checks that signature's own equation instead, as
+//! ed25519-zebra's single check does (`VerificationKey::verify_prehashed`: R
+//! decoded, s canonical, `[8](R - ([s]B - [k]A)) = 0`): for one signature the batch
+//! equation says the same, and the single equation is cheaper (below the peak most
+//! frames reach a replica alone).
 
 use crate::keys::UsableKey;
 use crate::seen::{SeenKey, SeenSignatures};
@@ -153,6 +159,7 @@ impl SignatureBatch {
     /// `[8]( -(sum z_i s_i) B + sum z_i R_i + sum_A (sum_{i by A} z_i k_i) A ) = 0`
     /// with random 128-bit `z_i`, every `s_i` canonical and every `R_i` a point
     /// (non-canonical encodings accepted), as ZIP-215 and zebra's verifier require.
+    /// A batch of one checks `[8](R + k A - s B) = 0` (see `one_holds`).
     ///
     /// # Errors
     /// [`CryptoError::BadSignature`] if any of them is bad: check them one by one (or

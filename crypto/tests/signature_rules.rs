@@ -189,6 +189,46 @@ fn mixed_order_nonce_point_is_judged_the_same_alone_and_in_a_batch() {
     }
 }
 
+/// A nonce point of small order, as R = 0·B + T for each torsion point T and as
+/// each non-canonical encoding of a small-order point, under an ordinary key with
+/// s = k·a, k hashed over R's bytes as sent: the cofactored equation holds, so
+/// ZIP-215 accepts every one of them, alone and in any batch. And an R that does
+/// not decode is refused by every check.
+#[test]
+fn small_order_and_non_canonical_nonce_points_are_judged_the_same_alone_and_in_a_batch() {
+    let key = KeyPair::from_seed([6; 32]);
+    let a = secret_scalar(&key);
+    for (i, t) in EIGHT_TORSION.iter().enumerate() {
+        let case = crafted(&key, note(&format!("small-order R {i}")), Scalar::ZERO, *t);
+        assert_agree(&format!("R = torsion {i}"), &case, true);
+    }
+    let canonical: Vec<[u8; 32]> = EIGHT_TORSION
+        .iter()
+        .map(|p| p.compress().to_bytes())
+        .collect();
+    let non_canonical: Vec<[u8; 32]> = small_order_encodings()
+        .into_iter()
+        .filter(|e| !canonical.contains(e))
+        .collect();
+    assert_eq!(non_canonical.len(), 6);
+    for big_r in non_canonical {
+        let payload = note(&format!("R encoded {}", hex::encode(big_r)));
+        let k = challenge(&big_r, &key.public().0, &signing_bytes(&payload));
+        let case = Signed {
+            payload,
+            signer: key.public(),
+            signature: signature(big_r, (k * a).to_bytes()),
+        };
+        assert_agree(&format!("R encoded {}", hex::encode(big_r)), &case, true);
+    }
+    let mut undecodable = Signed::sign(note("R off the curve"), &key);
+    let mut y2 = [0u8; 32];
+    y2[0] = 2;
+    assert!(CompressedEdwardsY(y2).decompress().is_none());
+    undecodable.signature = signature(y2, *undecodable.signature.s_bytes());
+    assert_agree("R off the curve", &undecodable, false);
+}
+
 #[test]
 fn non_canonical_s_is_refused_alone_and_in_a_batch() {
     let key = KeyPair::from_seed([3; 32]);

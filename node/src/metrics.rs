@@ -44,7 +44,7 @@ pub struct Metrics {
     pub request_latency: Histogram,
     pub batch_size: Histogram,
     /// Frames per verification batch: how much the verify threads' (or loop's) batched
-    /// signature checks gain (a batch of one costs a lone check's 26 µs).
+    /// signature checks gain (a batch of one costs what a lone check does).
     pub verify_batch_frames: Histogram,
     pub peers_connected: IntGauge,
     pub suspected_peers: IntGauge,
