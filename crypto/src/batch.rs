@@ -48,6 +48,19 @@ struct Entry {
     signer: usize,
 }
 
+impl Entry {
+    /// The nonce point and scalar as ZIP-215 reads them: R any encoding that
+    /// decodes (non-canonical ones included), s canonical.
+    fn decode(&self) -> Result<(EdwardsPoint, Scalar), CryptoError> {
+        let r = CompressedEdwardsY(self.r)
+            .decompress()
+            .ok_or(CryptoError::BadSignature)?;
+        let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(self.s))
+            .ok_or(CryptoError::BadSignature)?;
+        Ok((r, s))
+    }
+}
+
 /// Signatures waiting to be checked together.
 pub struct SignatureBatch {
     id: u64,
@@ -192,11 +205,7 @@ impl SignatureBatch {
     /// cost a third more (`cargo bench -p bft-bench --bench crypto --
     /// batch_of_one`, against `verify_512B`).
     fn one_holds(&self, e: &Entry) -> Result<bool, CryptoError> {
-        let r = CompressedEdwardsY(e.r)
-            .decompress()
-            .ok_or(CryptoError::BadSignature)?;
-        let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(e.s))
-            .ok_or(CryptoError::BadSignature)?;
+        let (r, s) = e.decode()?;
         let minus_a = -self.signers[e.signer];
         // [k](-A) + [s]B
         let sb_minus_ka = EdwardsPoint::vartime_double_scalar_mul_basepoint(&e.k, &minus_a, &s);
@@ -211,11 +220,7 @@ impl SignatureBatch {
         let mut r_coeffs = Vec::with_capacity(self.entries.len());
         let mut r_points = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
-            let r = CompressedEdwardsY(e.r)
-                .decompress()
-                .ok_or(CryptoError::BadSignature)?;
-            let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(e.s))
-                .ok_or(CryptoError::BadSignature)?;
+            let (r, s) = e.decode()?;
             let mut z = [0u8; 16];
             rng.fill_bytes(&mut z);
             let z = Scalar::from(u128::from_le_bytes(z));
