@@ -15,6 +15,9 @@ use std::path::Path;
 /// user ABI and is 100 on every architecture this project builds for.
 const TICKS_PER_SEC: f64 = 100.0;
 
+/// The name the load generator's CPU is reported under.
+pub const LOADGEN: &str = "loadgen";
+
 /// Threads of the benchmark's own process whose names start with this belong to
 /// the in-process unreplicated baseline, not to the load generator.
 pub const BASELINE_THREAD_PREFIX: &str = "baseline";
@@ -56,6 +59,27 @@ struct Counts {
 pub struct PerRequest {
     pub machine: f64,
     pub processes: BTreeMap<String, f64>,
+}
+
+impl PerRequest {
+    /// The served processes' figure (the replicas', or the baseline's) over the load
+    /// generator's, or `None` without both.
+    ///
+    /// Why: this VM's speed drifts by ±15 % between consecutive runs, and moves
+    /// every process alike. The load generator runs the same code against every
+    /// build of the replicas, so dividing by its figure cancels much of the drift:
+    /// compare builds by this ratio, back to back, beside the machine's figure.
+    #[must_use]
+    pub fn servers_over_loadgen(&self) -> Option<f64> {
+        let loadgen = *self.processes.get(LOADGEN)?;
+        let servers: Vec<f64> = self
+            .processes
+            .iter()
+            .filter(|(name, _)| name.as_str() != LOADGEN)
+            .map(|(_, v)| *v)
+            .collect();
+        (loadgen > 0.0 && !servers.is_empty()).then(|| servers.iter().sum::<f64>() / loadgen)
+    }
 }
 
 /// CPU microseconds and context switches per committed request.

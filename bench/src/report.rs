@@ -66,6 +66,10 @@ pub struct Summary {
     /// benchmark started or targets (replicas, load generator, baseline).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_us_per_request: Option<PerRequest>,
+    /// The served processes' CPU per request (replicas, or the baseline) over the
+    /// load generator's: a control for the host's drift (`PerRequest::servers_over_loadgen`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_servers_per_loadgen: Option<f64>,
     /// Context switches per committed request, likewise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_switches_per_request: Option<PerRequest>,
@@ -101,6 +105,10 @@ impl Summary {
             errors: result.errors,
             retransmissions: result.retransmissions,
             cpu_us_per_request: result.cpu.as_ref().map(|u| u.cpu_us.clone()),
+            cpu_servers_per_loadgen: result
+                .cpu
+                .as_ref()
+                .and_then(|u| u.cpu_us.servers_over_loadgen()),
             context_switches_per_request: result.cpu.as_ref().map(|u| u.switches.clone()),
             client_wait_ms: open.then(|| Latency::of(&result.client_wait_us)),
             client_capacity_rps: (open && mean_service_s > 0.0)
@@ -163,6 +171,16 @@ impl Summary {
                 "  cpu         {:.1} us/request on the machine; {}\n",
                 cpu.machine,
                 per_process(cpu, 1)
+            ));
+        }
+        if let Some(ratio) = self.cpu_servers_per_loadgen {
+            text.push_str(&format!(
+                "  cpu ratio   {ratio:.3} (the {} over the load generator's: compare builds by it)\n",
+                if c.target.kind == "unreplicated" {
+                    "baseline's CPU per request"
+                } else {
+                    "replicas' CPU per request"
+                }
             ));
         }
         if let Some(sw) = &self.context_switches_per_request {
@@ -281,6 +299,15 @@ mod tests {
     }
 
     fn summary(rate: f64, clients: usize, service_us: u64) -> Summary {
+        summary_with_cpu(rate, clients, service_us, None)
+    }
+
+    fn summary_with_cpu(
+        rate: f64,
+        clients: usize,
+        service_us: u64,
+        cpu: Option<crate::cpu::Usage>,
+    ) -> Summary {
         let load = LoadConfig {
             mode: Mode::OpenLoop { rate },
             clients,
@@ -307,7 +334,7 @@ mod tests {
             client_wait_us: histogram_of(&[1; 10]),
             read_latency_us: histogram_of(&[]),
             write_latency_us: histogram_of(&[service_us; 10]),
-            cpu: None,
+            cpu,
         };
         let target = Target {
             kind: "replicated".into(),
@@ -328,5 +355,47 @@ mod tests {
         let s = summary(10_000.0, 1024, 50_000);
         assert!(s.client_limit_warning().is_none());
         assert!(!s.text().contains("WARNING"));
+    }
+
+    #[test]
+    fn the_cpu_ratio_divides_the_served_processes_by_the_load_generator() {
+        let s = summary(100.0, 8, 1_000);
+        assert!(s.cpu_servers_per_loadgen.is_none());
+        assert!(!s.text().contains("cpu ratio"));
+
+        let per = |pairs: &[(&str, f64)]| PerRequest {
+            machine: 200.0,
+            processes: pairs.iter().map(|(n, v)| ((*n).to_string(), *v)).collect(),
+        };
+        let replicas = per(&[
+            ("loadgen", 40.0),
+            ("replica0", 40.0),
+            ("replica1", 30.0),
+            ("replica2", 30.0),
+            ("replica3", 20.0),
+        ]);
+        assert_eq!(replicas.servers_over_loadgen(), Some(3.0));
+        let baseline = per(&[("baseline", 30.0), ("loadgen", 40.0)]);
+        assert_eq!(baseline.servers_over_loadgen(), Some(0.75));
+        // Without the load generator, or with nothing it served, there is no ratio.
+        assert_eq!(per(&[("replica0", 40.0)]).servers_over_loadgen(), None);
+        assert_eq!(per(&[("loadgen", 40.0)]).servers_over_loadgen(), None);
+        assert_eq!(
+            per(&[("loadgen", 0.0), ("baseline", 1.0)]).servers_over_loadgen(),
+            None
+        );
+
+        let usage = crate::cpu::Usage {
+            cpu_us: replicas,
+            switches: PerRequest::default(),
+        };
+        let s = summary_with_cpu(100.0, 8, 1_000, Some(usage));
+        assert!(
+            s.text().contains("cpu ratio   3.000 (the replicas'"),
+            "{}",
+            s.text()
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["cpu_servers_per_loadgen"], 3.0);
     }
 }

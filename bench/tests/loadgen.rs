@@ -185,6 +185,22 @@ fn the_binary_reports_json_csv_and_a_plot() {
             .filter(|(k, _)| k.starts_with("replica") || *k == "baseline")
             .all(|(_, v)| v.as_f64().unwrap() > 0.0);
         assert!(replicas_busy, "{r}");
+        // The drift control: the served processes' CPU over the load generator's.
+        let ratio = &r["cpu_servers_per_loadgen"];
+        let loadgen = processes["loadgen"].as_f64().unwrap();
+        let served: f64 = processes
+            .iter()
+            .filter(|(k, _)| *k != "loadgen")
+            .map(|(_, v)| v.as_f64().unwrap())
+            .sum();
+        if loadgen > 0.0 {
+            assert!(
+                (ratio.as_f64().unwrap() - served / loadgen).abs() < 1e-9,
+                "{r}"
+            );
+        } else {
+            assert!(ratio.is_null(), "{r}");
+        }
         assert!(
             r["context_switches_per_request"]["machine"]
                 .as_f64()

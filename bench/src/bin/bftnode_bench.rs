@@ -172,7 +172,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             kind: "replicated".into(),
             replicas: net.validators.validators.len(),
         };
-        let mut probe = Probe::new().with("loadgen", loadgen_threads());
+        let mut probe = Probe::new().with(bft_bench::cpu::LOADGEN, loadgen_threads());
         for (i, pid) in net.replica_pids()?.into_iter().enumerate() {
             if let Some(pid) = pid {
                 probe = probe.with(format!("replica{i}"), Source::Process(pid));
@@ -188,13 +188,15 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             kind: "unreplicated".into(),
             replicas: 1,
         };
-        let probe = Probe::new().with("loadgen", loadgen_threads()).with(
-            "baseline",
-            Source::OwnThreads {
-                prefix: BASELINE_THREAD_PREFIX,
-                matching: true,
-            },
-        );
+        let probe = Probe::new()
+            .with(bft_bench::cpu::LOADGEN, loadgen_threads())
+            .with(
+                "baseline",
+                Source::OwnThreads {
+                    prefix: BASELINE_THREAD_PREFIX,
+                    matching: true,
+                },
+            );
         run_all(&server.validators, &target, &loads, &probe, &mut summaries).await?;
     }
     if args.baseline {
