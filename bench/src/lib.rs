@@ -3,6 +3,7 @@
 //! plots, and the in-process harness the criterion benchmarks drive.
 #![forbid(unsafe_code)]
 
+pub mod compare;
 pub mod cpu;
 pub mod in_process;
 pub mod loadgen;

@@ -89,6 +89,9 @@ pub struct Summary {
     pub read_latency_ms: Option<Latency>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_latency_ms: Option<Latency>,
+    /// With `--compare-with`: which build's replicas ran, `old` or `new`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
     pub config: RunConfig,
 }
 
@@ -116,6 +119,7 @@ impl Summary {
             read_latency_ms: (load.read_ratio > 0.0).then(|| Latency::of(&result.read_latency_us)),
             write_latency_ms: (load.read_ratio > 0.0)
                 .then(|| Latency::of(&result.write_latency_us)),
+            build: None,
             config: RunConfig {
                 load: load.clone(),
                 target: target.clone(),

@@ -113,6 +113,66 @@ fn bftnode_bench_help_lists_the_load_generators_options() {
 }
 
 #[test]
+fn two_builds_compare_pair_by_pair_in_abba_order() {
+    let _quiet = measuring();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("runs.json");
+    let bench = std::path::PathBuf::from(env!("CARGO_BIN_EXE_bftnode-bench"));
+    // The same build on both sides: what matters here is the procedure.
+    let old = bench.with_file_name("bftnode");
+    let out = Command::new(&bench)
+        .arg("--compare-with")
+        .arg(&old)
+        .args(["--pairs", "2", "--outstanding", "8", "--duration", "1"])
+        .args(["--warmup", "0.5", "--quiet", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("SUMMARY").count(), 4, "{stdout}");
+    assert!(stdout.contains("COMPARISON"), "{stdout}");
+    assert!(stdout.contains("2 pairs in ABBA order"), "{stdout}");
+    let comparison = &stdout[stdout.find("COMPARISON").unwrap()..];
+    for measure in [
+        "cpu machine",
+        "cpu ratio",
+        "cpu replica0",
+        "throughput",
+        "latency p50",
+    ] {
+        let line = comparison
+            .lines()
+            .find(|l| l.trim_start().starts_with(measure))
+            .unwrap_or_else(|| panic!("no {measure} line in {comparison}"));
+        assert!(line.contains("of 2"), "{line}");
+    }
+    let runs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let builds: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["build"].as_str().unwrap())
+        .collect();
+    assert_eq!(builds, ["old", "new", "new", "old"]);
+    assert!(runs.as_array().unwrap().iter().all(|r| r["errors"] == 0));
+
+    // A path that is not a binary is refused before anything runs.
+    let out = Command::new(&bench)
+        .arg("--compare-with")
+        .arg(dir.path().join("missing"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a bftnode binary"));
+}
+
+#[test]
 fn the_binary_reports_json_csv_and_a_plot() {
     let _quiet = measuring();
     let dir = tempfile::tempdir().unwrap();

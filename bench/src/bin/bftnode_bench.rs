@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _};
 use bft_bench::cpu::{Probe, Source, BASELINE_THREAD_PREFIX};
 use bft_bench::loadgen::{self, LoadConfig, Mode, WriteOp};
 use bft_bench::report::{self, Summary, Target};
-use bft_bench::{plot, unreplicated::Unreplicated};
+use bft_bench::{compare, plot, unreplicated::Unreplicated};
 use bft_client::config::{load_validators, ValidatorSet};
 use clap::Parser;
 use std::path::PathBuf;
@@ -86,6 +86,15 @@ struct Args {
     /// No per-second progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Compare this build's replicas with the `bftnode` binary at PATH: run the
+    /// load `--pairs` times on each, in ABBA order, each run on a fresh testnet
+    /// of `--replicas`, and print the paired comparison (CPU per request by
+    /// process, the servers / loadgen ratio, throughput, latency).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["testnet", "unreplicated", "baseline", "sweep"])]
+    compare_with: Option<PathBuf>,
+    /// Pairs of runs for --compare-with.
+    #[arg(long, default_value_t = 4, requires = "compare_with")]
+    pairs: usize,
 }
 
 fn main() -> ExitCode {
@@ -166,19 +175,11 @@ fn loads(args: &Args) -> anyhow::Result<Vec<LoadConfig>> {
 async fn run(args: &Args) -> anyhow::Result<()> {
     let loads = loads(args)?;
     let mut summaries = Vec::new();
-    if !args.unreplicated {
+    if let Some(old) = &args.compare_with {
+        compare_builds(args, old, &loads, &mut summaries).await?;
+    } else if !args.unreplicated {
         let net = Testnet::open(args)?;
-        let target = Target {
-            kind: "replicated".into(),
-            replicas: net.validators.validators.len(),
-        };
-        let mut probe = Probe::new().with(bft_bench::cpu::LOADGEN, loadgen_threads());
-        for (i, pid) in net.replica_pids()?.into_iter().enumerate() {
-            if let Some(pid) = pid {
-                probe = probe.with(format!("replica{i}"), Source::Process(pid));
-            }
-        }
-        let result = run_all(&net.validators, &target, &loads, &probe, &mut summaries).await;
+        let result = run_replicated(&net, &loads, &mut summaries).await;
         drop(net);
         result?;
     }
@@ -229,6 +230,97 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every load against `net`, each replica's CPU accounted by process.
+async fn run_replicated(
+    net: &Testnet,
+    loads: &[LoadConfig],
+    out: &mut Vec<Summary>,
+) -> anyhow::Result<()> {
+    let target = Target {
+        kind: "replicated".into(),
+        replicas: net.validators.validators.len(),
+    };
+    let mut probe = Probe::new().with(bft_bench::cpu::LOADGEN, loadgen_threads());
+    for (i, pid) in net.replica_pids()?.into_iter().enumerate() {
+        if let Some(pid) = pid {
+            probe = probe.with(format!("replica{i}"), Source::Process(pid));
+        }
+    }
+    run_all(&net.validators, &target, loads, &probe, out).await
+}
+
+/// `--compare-with OLD`: the load `--pairs` times on each build, ABBA, each run
+/// on a fresh testnet, then the paired comparison (`bft_bench::compare`).
+async fn compare_builds(
+    args: &Args,
+    old: &std::path::Path,
+    loads: &[LoadConfig],
+    out: &mut Vec<Summary>,
+) -> anyhow::Result<()> {
+    if args.pairs == 0 {
+        bail!("--pairs must be at least 1");
+    }
+    if !old.is_file() {
+        bail!("{} is not a bftnode binary", old.display());
+    }
+    let new = this_build()?;
+    let (mut old_runs, mut new_runs) = (Vec::new(), Vec::new());
+    for pair in 0..args.pairs {
+        let order = if compare::old_runs_first(pair) {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for is_old in order {
+            let (exe, build) = if is_old {
+                (old, "old")
+            } else {
+                (new.as_path(), "new")
+            };
+            println!(
+                "pair {} of {}: {build} ({})",
+                pair + 1,
+                args.pairs,
+                exe.display()
+            );
+            let net = Testnet::start(exe, args.replicas)?;
+            let mut runs = Vec::new();
+            let result = run_replicated(&net, loads, &mut runs).await;
+            drop(net);
+            result?;
+            for mut summary in runs {
+                summary.build = Some(build.into());
+                if is_old {
+                    old_runs.push(summary.clone());
+                } else {
+                    new_runs.push(summary.clone());
+                }
+                out.push(summary);
+            }
+        }
+    }
+    print!(
+        "{}",
+        compare::text(
+            &old.display().to_string(),
+            &compare::compare(&old_runs, &new_runs)
+        )
+    );
+    Ok(())
+}
+
+/// The `bftnode` binary beside this one: the build under test.
+fn this_build() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?.with_file_name("bftnode");
+    if !exe.exists() {
+        bail!(
+            "{} not found: build the workspace first (cargo build --release)",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
 /// The load generator: this process's threads but the in-process baseline's.
 fn loadgen_threads() -> Source {
     Source::OwnThreads {
@@ -277,23 +369,22 @@ impl Testnet {
                 owned: None,
             });
         }
-        let exe = std::env::current_exe()?.with_file_name("bftnode");
-        if !exe.exists() {
-            bail!(
-                "{} not found: build the workspace first (cargo build --release)",
-                exe.display()
-            );
-        }
+        Self::start(&this_build()?, args.replicas)
+    }
+
+    /// A fresh testnet of `replicas` started by the `bftnode` binary `exe`, in a
+    /// temporary directory (stopped and removed on drop).
+    fn start(exe: &std::path::Path, replicas: usize) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("testnet");
-        let replicas = args.replicas.to_string();
-        testnet(&exe, &dir, &["init", "--replicas", &replicas])?;
+        let replicas = replicas.to_string();
+        testnet(exe, &dir, &["init", "--replicas", &replicas])?;
         let net = Self {
             validators: load_validators(&dir.join("validators.toml"))?,
             dir: dir.clone(),
-            owned: Some((tmp, exe.clone())),
+            owned: Some((tmp, exe.to_path_buf())),
         };
-        testnet(&exe, &dir, &["up"])?;
+        testnet(exe, &dir, &["up"])?;
         Ok(net)
     }
 
