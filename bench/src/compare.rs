@@ -25,15 +25,17 @@ pub struct Paired {
     pub name: String,
     pub old_mean: f64,
     pub new_mean: f64,
-    /// The mean over pairs of (new - old) / old, in per cent.
-    pub change_percent: f64,
+    /// The mean over pairs of (new - old) / old, in per cent, over the pairs whose
+    /// old figure is positive (`changed` of them); `None` if there are none.
+    pub change_percent: Option<f64>,
+    pub changed: usize,
     /// Pairs in which the new build's figure was lower.
     pub new_lower: usize,
     pub pairs: usize,
 }
 
 /// A figure both builds' summaries report.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 enum Measure {
     MachineCpu,
     CpuRatio,
@@ -112,11 +114,9 @@ pub fn compare(old: &[Summary], new: &[Summary]) -> Vec<Paired> {
             name: measure.name(),
             old_mean: mean(|v| v.0),
             new_mean: mean(|v| v.1),
-            change_percent: if changes.is_empty() {
-                0.0
-            } else {
-                changes.iter().sum::<f64>() / changes.len() as f64
-            },
+            change_percent: (!changes.is_empty())
+                .then(|| changes.iter().sum::<f64>() / changes.len() as f64),
+            changed: changes.len(),
             new_lower: values.iter().filter(|(o, n)| n < o).count(),
             pairs,
         });
@@ -136,11 +136,69 @@ pub fn text(old_build: &str, rows: &[Paired]) -> String {
     for r in rows {
         // Small figures (the ratio, latencies of a few ms) need more digits.
         let digits = if r.old_mean.abs() < 10.0 { 3 } else { 1 };
+        let change = match r.change_percent {
+            Some(c) if r.changed == r.pairs => format!("{c:>+6.1} %"),
+            Some(c) => format!("{c:>+6.1} % (of {} pairs)", r.changed),
+            None => "   n/a  ".into(),
+        };
         let _ = writeln!(
             out,
-            "  {:width$}  old {:>9.digits$}  new {:>9.digits$}  paired {:>+6.1} %  new lower in {} of {}",
-            r.name, r.old_mean, r.new_mean, r.change_percent, r.new_lower, r.pairs
+            "  {:width$}  old {:>9.digits$}  new {:>9.digits$}  paired {change}  new lower in {} of {}",
+            r.name, r.old_mean, r.new_mean, r.new_lower, r.pairs
         );
+    }
+    out
+}
+
+/// What makes a comparison doubtful, one line each: runs with errors or
+/// retransmissions (they measured the clients' timeouts as much as the builds),
+/// runs that lack a CPU figure another run has (a process that exited or could not
+/// be read: the machine's figure and the ratio then cover less in that run), an
+/// odd number of pairs (the old build ran first once more than the new), and a
+/// load generator whose own CPU per request moved (the ratio then moved with it).
+#[must_use]
+pub fn warnings(old: &[Summary], new: &[Summary], rows: &[Paired]) -> Vec<String> {
+    let mut out = Vec::new();
+    let names = |s: &Summary| -> Vec<String> {
+        s.cpu_us_per_request
+            .as_ref()
+            .map(|c| c.processes.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let all: std::collections::BTreeSet<String> =
+        old.iter().chain(new).flat_map(|s| names(s)).collect();
+    for (build, runs) in [("old", old), ("new", new)] {
+        for (pair, s) in runs.iter().enumerate() {
+            let run = format!("pair {} ({build})", pair + 1);
+            if s.errors > 0 || s.retransmissions > 0 {
+                out.push(format!(
+                    "{run}: {} errors, {} retransmissions",
+                    s.errors, s.retransmissions
+                ));
+            }
+            let missing: Vec<&str> = all
+                .iter()
+                .filter(|n| !names(s).contains(n))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                out.push(format!("{run}: no CPU figure for {}", missing.join(", ")));
+            }
+        }
+    }
+    if old.len() % 2 == 1 {
+        out.push("an odd number of pairs: the old build ran first once more".into());
+    }
+    if let Some(loadgen) = rows
+        .iter()
+        .find(|r| r.name == Measure::ProcessCpu(crate::cpu::LOADGEN.into()).name())
+    {
+        if loadgen.change_percent.is_some_and(|c| c.abs() > 5.0) {
+            out.push(format!(
+                "the load generator's own CPU per request moved {:+.1} %: the cpu ratio moved with it",
+                loadgen.change_percent.unwrap_or_default()
+            ));
+        }
     }
     out
 }
@@ -231,17 +289,23 @@ mod tests {
         let rows = compare(&old, &new);
         let machine = row(&rows, "cpu machine (us/request)");
         assert_eq!((machine.old_mean, machine.new_mean), (150.0, 135.0));
-        assert!((machine.change_percent + 10.0).abs() < 1e-9, "{machine:?}");
+        assert!(
+            (machine.change_percent.unwrap() + 10.0).abs() < 1e-9,
+            "{machine:?}"
+        );
         assert_eq!((machine.new_lower, machine.pairs), (2, 2));
         // The load generator did not change; the ratio moved by the replica's 10 %.
         let ratio = row(&rows, "cpu ratio (servers / loadgen)");
-        assert!((ratio.change_percent + 10.0).abs() < 1e-9, "{ratio:?}");
+        assert!(
+            (ratio.change_percent.unwrap() + 10.0).abs() < 1e-9,
+            "{ratio:?}"
+        );
         let loadgen = row(&rows, "cpu loadgen (us/request)");
-        assert_eq!((loadgen.change_percent, loadgen.new_lower), (0.0, 0));
+        assert_eq!((loadgen.change_percent, loadgen.new_lower), (Some(0.0), 0));
         let replica = row(&rows, "cpu replica0 (us/request)");
         assert_eq!((replica.old_mean, replica.new_mean), (90.0, 81.0));
         let rps = row(&rows, "throughput (req/s)");
-        assert!((rps.change_percent - 10.0).abs() < 1e-9, "{rps:?}");
+        assert!((rps.change_percent.unwrap() - 10.0).abs() < 1e-9, "{rps:?}");
         assert_eq!(rps.new_lower, 0);
 
         let report = text("old/bftnode", &rows);
@@ -251,6 +315,45 @@ mod tests {
             report.contains("paired  -10.0 %  new lower in 2 of 2"),
             "{report}"
         );
+        assert!(warnings(&old, &new, &rows).is_empty());
+    }
+
+    #[test]
+    fn doubtful_runs_are_named() {
+        let old = [run(100.0, 40.0, 60.0, 1000.0)];
+        let mut new = [run(90.0, 50.0, 54.0, 1100.0)];
+        new[0].errors = 3;
+        // The replica's figure is missing from the new run.
+        if let Some(cpu) = new[0].cpu_us_per_request.as_mut() {
+            cpu.processes.remove("replica0");
+        }
+        let rows = compare(&old, &new);
+        assert!(rows.iter().all(|r| r.name != "cpu replica0 (us/request)"));
+        let w = warnings(&old, &new, &rows);
+        assert!(
+            w.contains(&"pair 1 (new): 3 errors, 0 retransmissions".to_string()),
+            "{w:?}"
+        );
+        assert!(
+            w.contains(&"pair 1 (new): no CPU figure for replica0".to_string()),
+            "{w:?}"
+        );
+        assert!(
+            w.iter().any(|l| l.starts_with("an odd number of pairs")),
+            "{w:?}"
+        );
+        // The load generator moved +25 %.
+        assert!(w.iter().any(|l| l.contains("+25.0 %")), "{w:?}");
+    }
+
+    #[test]
+    fn a_change_over_no_positive_old_figure_is_not_reported_as_zero() {
+        let old = [run(100.0, 40.0, 0.0, 1000.0)];
+        let new = [run(90.0, 40.0, 54.0, 1100.0)];
+        let rows = compare(&old, &new);
+        let replica = row(&rows, "cpu replica0 (us/request)");
+        assert_eq!((replica.change_percent, replica.changed), (None, 0));
+        assert!(text("old", &rows).contains("n/a"));
     }
 
     #[test]

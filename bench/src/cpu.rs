@@ -67,8 +67,10 @@ impl PerRequest {
     ///
     /// Why: this VM's speed drifts by ±15 % between consecutive runs, and moves
     /// every process alike. The load generator runs the same code against every
-    /// build of the replicas, so dividing by its figure cancels much of the drift:
-    /// compare builds by this ratio, back to back, beside the machine's figure.
+    /// build of the replicas, so dividing by its figure cancels much of the drift,
+    /// as long as its own cost per request did not move between the builds (it
+    /// moves with throughput, latency and retransmissions): read it beside the
+    /// load generator's and the machine's figures, back to back.
     #[must_use]
     pub fn servers_over_loadgen(&self) -> Option<f64> {
         let loadgen = *self.processes.get(LOADGEN)?;

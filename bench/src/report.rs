@@ -179,7 +179,7 @@ impl Summary {
         }
         if let Some(ratio) = self.cpu_servers_per_loadgen {
             text.push_str(&format!(
-                "  cpu ratio   {ratio:.3} (the {} over the load generator's: compare builds by it)\n",
+                "  cpu ratio   {ratio:.3} (the {} over the load generator's)\n",
                 if c.target.kind == "unreplicated" {
                     "baseline's CPU per request"
                 } else {

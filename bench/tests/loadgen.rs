@@ -118,8 +118,11 @@ fn two_builds_compare_pair_by_pair_in_abba_order() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("runs.json");
     let bench = std::path::PathBuf::from(env!("CARGO_BIN_EXE_bftnode-bench"));
-    // The same build on both sides: what matters here is the procedure.
-    let old = bench.with_file_name("bftnode");
+    // The same code on both sides, the old one a copy elsewhere: what matters
+    // here is the procedure, and that each side runs its own binary.
+    let old = dir.path().join("bftnode-old");
+    std::fs::copy(bench.with_file_name("bftnode"), &old).unwrap();
+    let old = std::fs::canonicalize(&old).unwrap();
     let out = Command::new(&bench)
         .arg("--compare-with")
         .arg(&old)
@@ -134,6 +137,12 @@ fn two_builds_compare_pair_by_pair_in_abba_order() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let order: Vec<&str> = stdout.lines().filter(|l| l.starts_with("pair ")).collect();
+    assert_eq!(order.len(), 4, "{stdout}");
+    assert_eq!(order[0], format!("pair 1 of 2: old ({})", old.display()));
+    assert!(order[1].starts_with("pair 1 of 2: new (") && !order[1].contains("bftnode-old"));
+    assert!(order[2].starts_with("pair 2 of 2: new ("), "{stdout}");
+    assert!(order[3].starts_with("pair 2 of 2: old ("), "{stdout}");
     assert_eq!(stdout.matches("SUMMARY").count(), 4, "{stdout}");
     assert!(stdout.contains("COMPARISON"), "{stdout}");
     assert!(stdout.contains("2 pairs in ABBA order"), "{stdout}");
@@ -170,6 +179,16 @@ fn two_builds_compare_pair_by_pair_in_abba_order() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a bftnode binary"));
+    // No pairs, or a sweep beside it, is refused too.
+    for extra in [&["--pairs", "0"][..], &["--sweep", "100,200"][..]] {
+        let out = Command::new(&bench)
+            .arg("--compare-with")
+            .arg(&old)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?}");
+    }
 }
 
 #[test]

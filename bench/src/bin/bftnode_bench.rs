@@ -90,9 +90,13 @@ struct Args {
     /// load `--pairs` times on each, in ABBA order, each run on a fresh testnet
     /// of `--replicas`, and print the paired comparison (CPU per request by
     /// process, the servers / loadgen ratio, throughput, latency).
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["testnet", "unreplicated", "baseline", "sweep"])]
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with_all = ["testnet", "unreplicated", "baseline", "sweep", "csv", "plot"]
+    )]
     compare_with: Option<PathBuf>,
-    /// Pairs of runs for --compare-with.
+    /// Pairs of runs for --compare-with (even, so each build runs first as often).
     #[arg(long, default_value_t = 4, requires = "compare_with")]
     pairs: usize,
 }
@@ -176,8 +180,16 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let loads = loads(args)?;
     let mut summaries = Vec::new();
     if let Some(old) = &args.compare_with {
-        compare_builds(args, old, &loads, &mut summaries).await?;
-    } else if !args.unreplicated {
+        // The pairs that completed are reported and written even if a later one
+        // failed: they may have taken an hour.
+        let outcome = compare_builds(args, old, &loads, &mut summaries).await;
+        if let Some(path) = &args.json {
+            report::write_json(path, &summaries)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        return outcome;
+    }
+    if !args.unreplicated {
         let net = Testnet::open(args)?;
         let result = run_replicated(&net, &loads, &mut summaries).await;
         drop(net);
@@ -260,11 +272,41 @@ async fn compare_builds(
     if args.pairs == 0 {
         bail!("--pairs must be at least 1");
     }
-    if !old.is_file() {
-        bail!("{} is not a bftnode binary", old.display());
+    // Absolute: a bare name would otherwise be looked up on PATH when run.
+    let old = std::fs::canonicalize(old)
+        .ok()
+        .filter(|p| p.is_file())
+        .with_context(|| format!("{} is not a bftnode binary", old.display()))?;
+    let new = std::fs::canonicalize(this_build()?)?;
+    if old == new {
+        println!("WARNING     --compare-with names this build's own bftnode: both sides are the same binary");
     }
-    let new = this_build()?;
     let (mut old_runs, mut new_runs) = (Vec::new(), Vec::new());
+    let outcome = run_pairs(args, &old, &new, loads, &mut old_runs, &mut new_runs, out).await;
+    // Only whole pairs compare.
+    let pairs = old_runs.len().min(new_runs.len());
+    let (old_runs, new_runs) = (&old_runs[..pairs], &new_runs[..pairs]);
+    if pairs > 0 {
+        let rows = compare::compare(old_runs, new_runs);
+        print!("{}", compare::text(&old.display().to_string(), &rows));
+        for warning in compare::warnings(old_runs, new_runs, &rows) {
+            println!("  WARNING   {warning}");
+        }
+    }
+    outcome
+}
+
+/// The runs of `--compare-with`, pair by pair in ABBA order, each summary added to
+/// `out` and to its build's list as it completes.
+async fn run_pairs(
+    args: &Args,
+    old: &std::path::Path,
+    new: &std::path::Path,
+    loads: &[LoadConfig],
+    old_runs: &mut Vec<Summary>,
+    new_runs: &mut Vec<Summary>,
+    out: &mut Vec<Summary>,
+) -> anyhow::Result<()> {
     for pair in 0..args.pairs {
         let order = if compare::old_runs_first(pair) {
             [true, false]
@@ -272,11 +314,7 @@ async fn compare_builds(
             [false, true]
         };
         for is_old in order {
-            let (exe, build) = if is_old {
-                (old, "old")
-            } else {
-                (new.as_path(), "new")
-            };
+            let (exe, build) = if is_old { (old, "old") } else { (new, "new") };
             println!(
                 "pair {} of {}: {build} ({})",
                 pair + 1,
@@ -299,13 +337,6 @@ async fn compare_builds(
             }
         }
     }
-    print!(
-        "{}",
-        compare::text(
-            &old.display().to_string(),
-            &compare::compare(&old_runs, &new_runs)
-        )
-    );
     Ok(())
 }
 
