@@ -165,8 +165,7 @@ pub fn warnings(old: &[Summary], new: &[Summary], rows: &[Paired]) -> Vec<String
             .map(|c| c.processes.keys().cloned().collect())
             .unwrap_or_default()
     };
-    let all: std::collections::BTreeSet<String> =
-        old.iter().chain(new).flat_map(|s| names(s)).collect();
+    let all: std::collections::BTreeSet<String> = old.iter().chain(new).flat_map(&names).collect();
     for (build, runs) in [("old", old), ("new", new)] {
         for (pair, s) in runs.iter().enumerate() {
             let run = format!("pair {} ({build})", pair + 1);
