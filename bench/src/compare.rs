@@ -175,9 +175,10 @@ pub fn warnings(old: &[Summary], new: &[Summary], rows: &[Paired]) -> Vec<String
                     s.errors, s.retransmissions
                 ));
             }
+            let has = names(s);
             let missing: Vec<&str> = all
                 .iter()
-                .filter(|n| !names(s).contains(n))
+                .filter(|n| !has.contains(n))
                 .map(String::as_str)
                 .collect();
             if !missing.is_empty() {
@@ -188,16 +189,16 @@ pub fn warnings(old: &[Summary], new: &[Summary], rows: &[Paired]) -> Vec<String
     if old.len() % 2 == 1 {
         out.push("an odd number of pairs: the old build ran first once more".into());
     }
-    if let Some(loadgen) = rows
+    let loadgen = Measure::ProcessCpu(crate::cpu::LOADGEN.into()).name();
+    let moved = rows
         .iter()
-        .find(|r| r.name == Measure::ProcessCpu(crate::cpu::LOADGEN.into()).name())
-    {
-        if loadgen.change_percent.is_some_and(|c| c.abs() > 5.0) {
-            out.push(format!(
-                "the load generator's own CPU per request moved {:+.1} %: the cpu ratio moved with it",
-                loadgen.change_percent.unwrap_or_default()
-            ));
-        }
+        .find(|r| r.name == loadgen)
+        .and_then(|r| r.change_percent)
+        .filter(|c| c.abs() > 5.0);
+    if let Some(change) = moved {
+        out.push(format!(
+            "the load generator's own CPU per request moved {change:+.1} %: the cpu ratio moved with it"
+        ));
     }
     out
 }
@@ -206,9 +207,8 @@ pub fn warnings(old: &[Summary], new: &[Summary], rows: &[Paired]) -> Vec<String
 mod tests {
     use super::*;
     use crate::cpu::PerRequest;
-    use crate::loadgen::{LoadConfig, Mode, WriteOp};
+    use crate::loadgen::{LoadConfig, Mode};
     use crate::report::{Latency, RunConfig, Target};
-    use std::time::Duration;
 
     fn run(machine: f64, loadgen: f64, replica: f64, rps: f64) -> Summary {
         let cpu = PerRequest {
@@ -241,20 +241,7 @@ mod tests {
             write_latency_ms: None,
             build: None,
             config: RunConfig {
-                load: LoadConfig {
-                    mode: Mode::ClosedLoop { outstanding: 1 },
-                    clients: 1,
-                    connections: 1,
-                    payload: 512,
-                    keys: 10,
-                    read_ratio: 0.0,
-                    ordered_reads: false,
-                    write: WriteOp::Set,
-                    duration: Duration::from_secs(1),
-                    warmup: Duration::ZERO,
-                    timeout: Duration::from_secs(1),
-                    progress: false,
-                },
+                load: LoadConfig::for_tests(Mode::ClosedLoop { outstanding: 1 }, 1),
                 target: Target {
                     kind: "replicated".into(),
                     replicas: 1,

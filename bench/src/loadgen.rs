@@ -73,6 +73,28 @@ pub struct LoadConfig {
     pub progress: bool,
 }
 
+#[cfg(test)]
+impl LoadConfig {
+    /// A small load for unit tests of what reads a run's results: 512-byte sets
+    /// to 10 keys for a second, one connection, no progress lines.
+    pub(crate) fn for_tests(mode: Mode, clients: usize) -> Self {
+        Self {
+            mode,
+            clients,
+            connections: 1,
+            payload: 512,
+            keys: 10,
+            read_ratio: 0.0,
+            ordered_reads: false,
+            write: WriteOp::Set,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+            progress: false,
+        }
+    }
+}
+
 mod secs {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,

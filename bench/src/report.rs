@@ -292,7 +292,6 @@ pub fn write_csv(path: &Path, runs: &[Summary]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn histogram_of(us: &[u64]) -> hdrhistogram::Histogram<u64> {
         let mut h = hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).unwrap();
@@ -312,20 +311,7 @@ mod tests {
         service_us: u64,
         cpu: Option<crate::cpu::Usage>,
     ) -> Summary {
-        let load = LoadConfig {
-            mode: Mode::OpenLoop { rate },
-            clients,
-            connections: 1,
-            payload: 512,
-            keys: 10,
-            read_ratio: 0.0,
-            ordered_reads: false,
-            write: WriteOp::Set,
-            duration: Duration::from_secs(1),
-            warmup: Duration::ZERO,
-            timeout: Duration::from_secs(1),
-            progress: false,
-        };
+        let load = LoadConfig::for_tests(Mode::OpenLoop { rate }, clients);
         let result = LoadResult {
             sent: 10,
             committed: 10,

@@ -17,6 +17,17 @@ fn measuring() -> MutexGuard<'static, ()> {
     MEASURING.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The standard output of a command that must have succeeded (else its output).
+fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn config(mode: Mode) -> LoadConfig {
     LoadConfig {
         mode,
@@ -131,12 +142,7 @@ fn two_builds_compare_pair_by_pair_in_abba_order() {
         .arg(&json)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     let order: Vec<&str> = stdout.lines().filter(|l| l.starts_with("pair ")).collect();
     assert_eq!(order.len(), 4, "{stdout}");
     assert_eq!(order[0], format!("pair 1 of 2: old ({})", old.display()));
@@ -210,12 +216,7 @@ fn the_binary_reports_json_csv_and_a_plot() {
         .arg(&svg)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert_eq!(stdout.matches("SUMMARY").count(), 4, "{stdout}");
     assert!(stdout.contains("replicated / unreplicated"), "{stdout}");
 

@@ -281,8 +281,14 @@ async fn compare_builds(
     if old == new {
         println!("WARNING     --compare-with names this build's own bftnode: both sides are the same binary");
     }
-    let (mut old_runs, mut new_runs) = (Vec::new(), Vec::new());
-    let outcome = run_pairs(args, &old, &new, loads, &mut old_runs, &mut new_runs, out).await;
+    let outcome = run_pairs(args, &old, &new, loads, out).await;
+    let of = |build: &str| -> Vec<Summary> {
+        out.iter()
+            .filter(|s| s.build.as_deref() == Some(build))
+            .cloned()
+            .collect()
+    };
+    let (old_runs, new_runs) = (of("old"), of("new"));
     // Only whole pairs compare.
     let pairs = old_runs.len().min(new_runs.len());
     let (old_runs, new_runs) = (&old_runs[..pairs], &new_runs[..pairs]);
@@ -297,14 +303,12 @@ async fn compare_builds(
 }
 
 /// The runs of `--compare-with`, pair by pair in ABBA order, each summary added to
-/// `out` and to its build's list as it completes.
+/// `out`, labelled with its build, as it completes.
 async fn run_pairs(
     args: &Args,
     old: &std::path::Path,
     new: &std::path::Path,
     loads: &[LoadConfig],
-    old_runs: &mut Vec<Summary>,
-    new_runs: &mut Vec<Summary>,
     out: &mut Vec<Summary>,
 ) -> anyhow::Result<()> {
     for pair in 0..args.pairs {
@@ -328,11 +332,6 @@ async fn run_pairs(
             result?;
             for mut summary in runs {
                 summary.build = Some(build.into());
-                if is_old {
-                    old_runs.push(summary.clone());
-                } else {
-                    new_runs.push(summary.clone());
-                }
                 out.push(summary);
             }
         }
