@@ -6,6 +6,7 @@
 use anyhow::{bail, Context as _};
 use bft_bench::cpu::{Probe, Source, BASELINE_THREAD_PREFIX};
 use bft_bench::loadgen::{self, LoadConfig, Mode, WriteOp};
+use bft_bench::orphans::kill_orphans;
 use bft_bench::report::{self, Summary, Target};
 use bft_bench::{compare, plot, unreplicated::Unreplicated};
 use bft_client::config::{load_validators, ValidatorSet};
@@ -454,9 +455,22 @@ fn testnet(exe: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> anyho
 }
 
 impl Drop for Testnet {
+    /// Stop the testnet this run started. `down` removes the pid files, so they
+    /// are read first: if `down` fails, the replicas still running are killed
+    /// here, or they would outlive their removed directory (`orphans.rs`).
     fn drop(&mut self) {
-        if let Some((_, exe)) = &self.owned {
-            let _ = testnet(exe, &self.dir, &["down"]);
+        let Some((_, exe)) = &self.owned else {
+            return;
+        };
+        let pids: Vec<u32> = self
+            .replica_pids()
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .collect();
+        if let Err(e) = testnet(exe, &self.dir, &["down"]) {
+            let killed = kill_orphans(&self.dir, &pids);
+            eprintln!("WARNING     {e:#}; killed the replicas still running: pids {killed:?}");
         }
     }
 }
