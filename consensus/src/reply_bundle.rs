@@ -77,9 +77,10 @@ impl SignedReplies {
     /// The messages to send, and where: replies grouped by the destination `route`
     /// gives their client (clients without one are skipped), each group as bundles
     /// or as single replies, whichever is smaller. Destinations come in the order
-    /// of their first reply (deterministic, for the simulator).
+    /// of their first reply (deterministic, for the simulator). Each reply goes to
+    /// one destination, so it is moved there, not copied.
     pub fn address<P: Ord + Clone>(
-        &self,
+        self,
         mut route: impl FnMut(&ClientId) -> Option<P>,
     ) -> Vec<(P, Message)> {
         let mut order: Vec<(P, Vec<usize>)> = Vec::new();
@@ -93,7 +94,13 @@ impl SignedReplies {
                 order[at].1.push(i);
             }
         }
-        let n = self.replies.len();
+        let SignedReplies {
+            root,
+            replies,
+            leaves,
+        } = self;
+        let n = replies.len();
+        let mut replies: Vec<Option<Reply>> = replies.into_iter().map(Some).collect();
         let depth = usize::BITS as usize - n.saturating_sub(1).leading_zeros() as usize;
         let mut tree: Option<MerkleTree> = None;
         let mut out = Vec::new();
@@ -102,16 +109,16 @@ impl SignedReplies {
             let as_bundle = (n - k) * LEAF_BYTES;
             let as_singles = k * (ROOT_BYTES + depth * SIBLING_BYTES);
             if n > 1 && as_bundle <= as_singles {
-                for bundle in self.bundles(&mine) {
+                for bundle in bundles(&root, &leaves, &mut replies, &mine) {
                     out.push((peer.clone(), Message::Replies(bundle)));
                 }
             } else {
-                let tree = tree.get_or_insert_with(|| MerkleTree::new(self.leaves.clone()));
+                let tree = tree.get_or_insert_with(|| MerkleTree::new(leaves.clone()));
                 for i in mine {
                     let single = SignedReply {
-                        reply: self.replies[i].clone(),
+                        reply: take(&mut replies, i),
                         proof: tree.proof(i).expect("index is in the tree"),
-                        root: self.root.clone(),
+                        root: root.clone(),
                     };
                     out.push((peer.clone(), Message::Reply(single)));
                 }
@@ -119,43 +126,55 @@ impl SignedReplies {
         }
         out
     }
+}
 
-    /// Bundles carrying the replies at `mine` (ascending), at most
-    /// [`BUNDLE_REPLY_BYTES`] of results each.
-    fn bundles(&self, mine: &[usize]) -> Vec<ReplyBundle> {
-        let mut chunks: Vec<Vec<usize>> = vec![Vec::new()];
-        let mut bytes = 0;
-        for &i in mine {
-            let size = self.replies[i].result.wire_len();
-            let current = chunks.last_mut().expect("never empty");
-            if !current.is_empty() && bytes + size > BUNDLE_REPLY_BYTES {
-                chunks.push(Vec::new());
-                bytes = 0;
-            }
-            chunks.last_mut().expect("never empty").push(i);
-            bytes += size;
+/// Reply `i`, moved out: each index is in exactly one destination's group.
+fn take(replies: &mut [Option<Reply>], i: usize) -> Reply {
+    replies[i]
+        .take()
+        .expect("a reply goes to one destination only")
+}
+
+/// Bundles carrying (and taking) the replies at `mine` (ascending), at most
+/// [`BUNDLE_REPLY_BYTES`] of results each, with every other leaf of the tree.
+fn bundles(
+    root: &Signed<ReplyRoot>,
+    leaves: &[Digest],
+    replies: &mut [Option<Reply>],
+    mine: &[usize],
+) -> Vec<ReplyBundle> {
+    let mut chunks: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for &i in mine {
+        let size = replies[i].as_ref().map_or(0, |r| r.result.wire_len());
+        let current = chunks.last_mut().expect("never empty");
+        if !current.is_empty() && bytes + size > BUNDLE_REPLY_BYTES {
+            chunks.push(Vec::new());
+            bytes = 0;
         }
-        chunks
-            .into_iter()
-            .map(|chunk| {
-                let mut take = chunk.into_iter().peekable();
-                let entries = (0..self.replies.len())
-                    .map(|i| {
-                        if take.peek() == Some(&i) {
-                            take.next();
-                            BundleEntry::Reply(self.replies[i].clone())
-                        } else {
-                            BundleEntry::Leaf(self.leaves[i])
-                        }
-                    })
-                    .collect();
-                ReplyBundle {
-                    root: self.root.clone(),
-                    entries,
-                }
-            })
-            .collect()
+        chunks.last_mut().expect("never empty").push(i);
+        bytes += size;
     }
+    chunks
+        .into_iter()
+        .map(|chunk| {
+            let mut mine = chunk.into_iter().peekable();
+            let entries = (0..leaves.len())
+                .map(|i| {
+                    if mine.peek() == Some(&i) {
+                        mine.next();
+                        BundleEntry::Reply(take(replies, i))
+                    } else {
+                        BundleEntry::Leaf(leaves[i])
+                    }
+                })
+                .collect();
+            ReplyBundle {
+                root: root.clone(),
+                entries,
+            }
+        })
+        .collect()
 }
 
 /// Check a bundle: every reply names the root's replica and view, the entries'
@@ -278,7 +297,7 @@ mod tests {
         let cs = clients(50);
         let batch = signed(&key, &cs, 50);
         // Process 0 hosts client 0 alone; process 1 the other 49.
-        let out = batch.address(|c| Some(usize::from(*c != cs[0])));
+        let out = batch.clone().address(|c| Some(usize::from(*c != cs[0])));
         let singles: Vec<_> = out
             .iter()
             .filter_map(|(p, m)| match m {
@@ -306,7 +325,7 @@ mod tests {
         let key = KeyPair::generate();
         let cs = clients(6);
         let batch = signed(&key, &cs, 6);
-        let good = bundled(&batch.address(|_| Some(0usize))).remove(0);
+        let good = bundled(&batch.clone().address(|_| Some(0usize))).remove(0);
         let mut changed = good.clone();
         if let BundleEntry::Reply(r) = &mut changed.entries[2] {
             r.result = ReplyResult::Full(b"forged".to_vec());
@@ -402,7 +421,7 @@ mod tests {
         let key = KeyPair::generate();
         let cs = clients(1);
         let batch = signed(&key, &cs, 1);
-        let out = batch.address(|_| Some(0usize));
+        let out = batch.clone().address(|_| Some(0usize));
         assert_eq!(out.len(), 1);
         let Message::Reply(single) = &out[0].1 else {
             panic!("a batch of one goes as a single reply");

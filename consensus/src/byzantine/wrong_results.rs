@@ -83,7 +83,7 @@ mod tests {
         for (lie, truth) in lied.replies.iter().zip(&honest) {
             assert_ne!(lie.result.digest(), truth.result.digest());
         }
-        let routed = lied.address(|_| Some(0u8));
+        let routed = lied.clone().address(|_| Some(0u8));
         let [(_, crate::messages::Message::Replies(bundle))] = &routed[..] else {
             panic!("one bundle: {routed:?}");
         };

@@ -23,6 +23,7 @@ use bft_crypto::{Digest, Signed, Verified};
 pub(super) struct Applied {
     pub fresh: Vec<crate::types::RequestId>,
     pub done: Vec<(crate::types::RequestId, Vec<u8>)>,
+    /// One per fresh request; emptied once a tentative execution has sent them.
     pub replies: Vec<Reply>,
 }
 
@@ -78,14 +79,14 @@ impl<A: Application> Replica<A> {
                 return;
             }
             self.waiting.insert(client, req.clone());
-            if self.is_primary() && !self.changing {
-                self.queue.push_back(req.clone());
-            }
         }
         if self.changing {
             return;
         }
         if self.is_primary() {
+            if known != Some(ts) {
+                self.queue.push_back(req);
+            }
             self.try_propose(false);
         } else {
             // A client sends to the primary first; a backup that hears of a request
@@ -473,8 +474,9 @@ impl<A: Application> Replica<A> {
             }
         }
         self.last_executed = seq;
-        // A refused request counts as progress too: the primary ordered it.
-        if !applied.replies.is_empty() {
+        // A refused request counts as progress too: the primary ordered it. (Each
+        // fresh request got a reply, sent already if it executed tentatively.)
+        if !applied.fresh.is_empty() {
             self.progress = true;
             if view == self.view && !self.changing {
                 self.executed_in_view_at = Some(self.now);
@@ -521,6 +523,11 @@ impl<A: Application> Replica<A> {
             applied.replies.push(reply.tentative(tentative));
             applied.done.push((id, result));
         }
+        assert_eq!(
+            applied.fresh.len(),
+            applied.replies.len(),
+            "every fresh request gets one reply"
+        );
         applied
     }
 

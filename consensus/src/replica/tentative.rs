@@ -63,12 +63,14 @@ impl<A: Application> Replica<A> {
             return;
         }
         self.clients.begin_tentative();
-        let applied = self.apply(seq, &batch, true);
+        let mut applied = self.apply(seq, &batch, true);
         self.emit(Output::TentativelyExecuted {
             seq,
             requests: applied.done.len(),
         });
-        self.send_replies(applied.replies.clone());
+        // Sent now, and never again for this execution: a commit that keeps it
+        // replies no more (`execute`), a rollback discards it.
+        self.send_replies(std::mem::take(&mut applied.replies));
         self.tentative = Some(Tentative {
             seq,
             view: self.view,
