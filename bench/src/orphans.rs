@@ -35,12 +35,14 @@ pub fn kill_orphans(dir: &Path, pids: &[u32]) -> Vec<u32> {
         .collect()
 }
 
-/// Whether process `pid` is alive with `dir` in its command line.
+/// Whether process `pid` is alive with a path under `dir` in its command line
+/// (under `dir/`, so a sibling such as `dir2/...` does not count).
 fn runs_under(pid: u32, dir: &str) -> bool {
+    let under = format!("{}/", dir.trim_end_matches('/'));
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
         cmdline
             .split(|b| *b == 0)
-            .any(|arg| String::from_utf8_lossy(arg).starts_with(dir))
+            .any(|arg| String::from_utf8_lossy(arg).starts_with(&under))
     })
 }
 
@@ -51,46 +53,84 @@ mod tests {
 
     /// A stand-in replica: a shell (with a child of its own, as a replica has
     /// threads and may have children) whose command line names `config`, leading
-    /// a process group of its own as `testnet up` starts replicas.
-    fn stand_in(config: &Path) -> std::process::Child {
-        Command::new("sh")
-            .arg("-c")
-            .arg("sleep 600; exit 0")
-            .arg(config)
-            .process_group(0)
-            .spawn()
-            .expect("sh runs")
+    /// a process group of its own as `testnet up` starts replicas. The group is
+    /// killed when this is dropped, so a failed assertion leaves nothing behind.
+    struct StandIn(std::process::Child);
+
+    impl StandIn {
+        fn start(config: &Path) -> Self {
+            let child = Command::new("sh")
+                .arg("-c")
+                .arg("sleep 600; exit 0")
+                .arg(config)
+                .process_group(0)
+                .spawn()
+                .expect("sh runs");
+            let this = Self(child);
+            // The shell and its `sleep`, before anything is asserted about them.
+            assert!(
+                within(|| group_members(this.pid()) == 2),
+                "no sleep started"
+            );
+            this
+        }
+
+        fn pid(&self) -> u32 {
+            self.0.id()
+        }
+    }
+
+    impl Drop for StandIn {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.pid())])
+                .stderr(Stdio::null())
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Whether `cond` holds within 10 s (polled: the machine may be busy).
+    fn within(cond: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        cond()
     }
 
     #[test]
     fn kills_the_testnets_replicas_and_nothing_else() {
         let net = tempfile::tempdir().unwrap();
-        let other = tempfile::tempdir().unwrap();
-        let mut ours = stand_in(&net.path().join("node0/config.toml"));
-        let mut theirs = stand_in(&other.path().join("node0/config.toml"));
-        // Give both shells time to start their `sleep`.
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Another testnet whose directory's name begins with ours.
+        let other = tempfile::Builder::new()
+            .prefix(&format!(
+                "{}2",
+                net.path().file_name().unwrap().to_string_lossy()
+            ))
+            .tempdir_in(net.path().parent().unwrap())
+            .unwrap();
+        let mut ours = StandIn::start(&net.path().join("node0/config.toml"));
+        let theirs = StandIn::start(&other.path().join("node0/config.toml"));
 
         let gone_pid = u32::MAX - 1;
-        let killed = kill_orphans(net.path(), &[ours.id(), theirs.id(), gone_pid]);
+        let killed = kill_orphans(net.path(), &[ours.pid(), theirs.pid(), gone_pid]);
 
-        assert_eq!(killed, vec![ours.id()]);
-        let status = ours.wait().unwrap();
+        assert_eq!(killed, vec![ours.pid()]);
+        let status = ours.0.wait().unwrap();
         assert_eq!(status.signal(), Some(9), "{status}");
-        assert!(
-            theirs.try_wait().unwrap().is_none(),
-            "another directory's process was killed"
-        );
-        // The whole group went, the shell's `sleep` too.
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert_eq!(group_members(ours.id()), 0);
-        assert_eq!(group_members(theirs.id()), 2);
+        // The whole group went, the shell's `sleep` too; the other testnet's stayed.
+        assert!(within(|| group_members(ours.pid()) == 0));
+        assert_eq!(group_members(theirs.pid()), 2);
 
         assert_eq!(
-            kill_orphans(other.path(), &[theirs.id()]),
-            vec![theirs.id()]
+            kill_orphans(other.path(), &[theirs.pid()]),
+            vec![theirs.pid()]
         );
-        theirs.wait().unwrap();
+        assert!(within(|| group_members(theirs.pid()) == 0));
     }
 
     /// Live processes in process group `pgid` (zombies not counted).

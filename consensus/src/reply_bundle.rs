@@ -100,6 +100,7 @@ impl SignedReplies {
             leaves,
         } = self;
         let n = replies.len();
+        assert_eq!(leaves.len(), n, "one leaf per reply");
         let mut replies: Vec<Option<Reply>> = replies.into_iter().map(Some).collect();
         let depth = usize::BITS as usize - n.saturating_sub(1).leading_zeros() as usize;
         let mut tree: Option<MerkleTree> = None;
@@ -146,7 +147,11 @@ fn bundles(
     let mut chunks: Vec<Vec<usize>> = vec![Vec::new()];
     let mut bytes = 0;
     for &i in mine {
-        let size = replies[i].as_ref().map_or(0, |r| r.result.wire_len());
+        let size = replies[i]
+            .as_ref()
+            .expect("a reply goes to one destination only")
+            .result
+            .wire_len();
         let current = chunks.last_mut().expect("never empty");
         if !current.is_empty() && bytes + size > BUNDLE_REPLY_BYTES {
             chunks.push(Vec::new());

@@ -470,7 +470,11 @@ impl Drop for Testnet {
             .collect();
         if let Err(e) = testnet(exe, &self.dir, &["down"]) {
             let killed = kill_orphans(&self.dir, &pids);
-            eprintln!("WARNING     {e:#}; killed the replicas still running: pids {killed:?}");
+            if killed.is_empty() {
+                eprintln!("WARNING     {e:#}; no replica was still running");
+            } else {
+                eprintln!("WARNING     {e:#}; killed the replicas still running: pids {killed:?}");
+            }
         }
     }
 }
