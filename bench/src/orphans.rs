@@ -25,14 +25,17 @@ pub fn kill_orphans(dir: &Path, pids: &[u32]) -> Vec<u32> {
     pids.iter()
         .copied()
         .filter(|pid| runs_under(*pid, &dir))
-        .filter(|pid| {
-            Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+        .filter(|pid| kill_group(*pid))
         .collect()
+}
+
+/// SIGKILL the process group led by `pid`; whether the signal was sent.
+fn kill_group(pid: u32) -> bool {
+    Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Whether process `pid` is alive with a path under `dir` in its command line
@@ -82,10 +85,7 @@ mod tests {
 
     impl Drop for StandIn {
         fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", self.pid())])
-                .stderr(Stdio::null())
-                .status();
+            let _ = kill_group(self.pid());
             let _ = self.0.wait();
         }
     }
