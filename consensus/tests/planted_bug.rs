@@ -113,8 +113,12 @@ fn hunt_with(
 
 #[test]
 fn planted_no_relay_sender_rule_is_caught_as_a_liveness_failure() {
-    // Found at seed 676 when it was planted (issue 11, defect 1).
-    hunt(1, 600..1000, "liveness", |c| c.planted_relay_rule = true);
+    // Found at seed 676 when it was planted (issue 11, defect 1), later at seed
+    // 993, where the primary had left view 0 alone and, with relays undone, never
+    // got back; at seed 1046 (a replica stuck in view 2 while the others order in
+    // view 1) since backups follow a primary that leaves its view (issue 13,
+    // nineteenth round), and no seed in 600..1000 fails.
+    hunt(1, 1000..1400, "liveness", |c| c.planted_relay_rule = true);
 }
 
 #[test]

@@ -813,3 +813,82 @@ fn a_new_view_fits_the_frame_bound_when_prepared_batches_are_large() {
         );
     }
 }
+
+/// A primary whose own request timer fires (its disk stalled its pre-prepares past
+/// the timeout, say) leaves its view by its view-change, and orders nothing more in
+/// it. The backups need not wait for f+1 view-changes or their own timers then: the
+/// only replica that can propose in the view has said it will not (issue 13: after
+/// a 3 GB write, the primary of a peak run gave up its view alone, and the group
+/// stood still for 3.3 s until clients' retransmissions started the backups'
+/// timers). This grants a faulty primary nothing it lacked: by staying silent it
+/// ends its own view anyway, one timeout later.
+#[test]
+fn a_primary_that_gives_up_its_view_takes_the_backups_along() {
+    let mut c = Cluster::new(4);
+    c.start_all();
+    // The primary's pre-prepares do not get out; the request reaches it alone.
+    c.drop_if = Box::new(|from, _, m| from == 0 && matches!(m, Message::PrePrepare(..)));
+    let req = request(&client_key(1), 1, "k", "v");
+    c.client_sends(0, req.clone());
+    c.run();
+    c.advance_to(Duration::from_millis(1));
+    c.run();
+    // Its request timer (100 ms here) fires: it sends a view-change for view 1.
+    c.drop_if = Box::new(|_, _, _| false);
+    c.advance_to(Duration::from_millis(100));
+    assert!(c.replica(0).in_view_change(), "the primary kept its view");
+    c.run();
+    // No backup's timer has fired (none saw the request); they follow at once.
+    for id in 0..4 {
+        let r = c.replica(id);
+        assert!(
+            r.view() == 1 && !r.in_view_change(),
+            "replica {id} in view {} (changing: {})",
+            r.view(),
+            r.in_view_change()
+        );
+    }
+    // The client's retransmission reaches everyone; view 1 orders it.
+    for r in 0..4 {
+        c.client_sends(r, req.clone());
+    }
+    c.run();
+    c.advance_to(Duration::from_millis(102));
+    c.run();
+    for id in 0..4 {
+        assert_eq!(c.replica(id).last_executed(), 1, "replica {id}");
+    }
+}
+
+/// The rule above moves a backup to the next view only, however far ahead the
+/// primary asked: every view between has a primary of its own.
+#[test]
+fn a_primary_asking_for_a_far_view_moves_the_backups_one_view() {
+    let mut c = Cluster::new(4);
+    c.start_all();
+    let leave = c.group.view_change_message(0, 5, vec![]);
+    c.deliver(2, leave);
+    let r = c.replica(2);
+    assert_eq!((r.view(), r.in_view_change()), (1, true));
+}
+
+/// A view's primary may leave it before a backup gets there: the view-change of
+/// view 1's primary (for view 2) arrives first, then view 0's primary leaves. The
+/// backup moves to view 1 and, finding view 1's primary gone too, on to view 2,
+/// instead of waiting in view 1 for a new-view that will not come.
+#[test]
+fn a_backup_follows_a_primary_that_left_before_the_backup_arrived() {
+    let mut c = Cluster::new(4);
+    c.start_all();
+    let early = c.group.view_change_message(1, 2, vec![]);
+    c.deliver(2, early);
+    assert_eq!(
+        c.replica(2).view(),
+        0,
+        "one view-change is no reason to move"
+    );
+    let leave = c.group.view_change_message(0, 1, vec![]);
+    c.deliver(2, leave);
+    let r = c.replica(2);
+    assert_eq!((r.view(), r.in_view_change()), (2, true));
+}

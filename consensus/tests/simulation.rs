@@ -191,6 +191,32 @@ fn thousand_seeds_f2_twins_family() {
     assert_twins_were_exercised(&reports);
 }
 
+/// The stalls family: replicas did stall, primaries past the request timer too.
+fn assert_stalls_were_exercised(reports: &[SimReport]) {
+    let sum = |f: fn(&SimReport) -> u64| reports.iter().map(f).sum::<u64>();
+    assert!(sum(|r| r.stalls) > 0, "no replica stalled");
+    assert!(
+        sum(|r| r.long_primary_stalls) > 0,
+        "no primary stalled past the request timer"
+    );
+    assert!(sum(|r| r.view_changes) > 0, "no view change happened");
+    assert!(sum(|r| r.suspicion_changes) > 0, "no stall was suspected");
+}
+
+#[test]
+fn thousand_seeds_f1_stalls_family() {
+    let reports = sweep_family(Family::Stalls, 1, seeds());
+    assert_eq!(reports.len() as u64, seeds());
+    assert_stalls_were_exercised(&reports);
+}
+
+#[test]
+fn thousand_seeds_f2_stalls_family() {
+    let reports = sweep_family(Family::Stalls, 2, seeds());
+    assert_eq!(reports.len() as u64, seeds());
+    assert_stalls_were_exercised(&reports);
+}
+
 #[test]
 fn calm_network_commits_everything_without_view_changes() {
     for f in [1, 2] {
@@ -225,10 +251,11 @@ fn every_core_behaviour_at_f_replicas_keeps_safety_and_liveness() {
 
 #[test]
 fn a_seed_replays_identically() {
-    let cfg = SimConfig::randomized(42, 1);
-    let a = run(&cfg).unwrap();
-    let b = run(&cfg).unwrap();
-    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    for cfg in [SimConfig::randomized(42, 1), SimConfig::stalls(42, 1)] {
+        let a = run(&cfg).unwrap();
+        let b = run(&cfg).unwrap();
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
 }
 
 /// Issue 11, defect 8: a primary switched to `silent` and back (`byzantine clear`)

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub persist_turns: Histogram,
     /// Synced writes (a group of records alone is written unsynced).
     pub persist_syncs: IntCounter,
+    /// How long each synced write took: a disk that stalls shows here first
+    /// (issue 13: a primary whose syncs stalled gave up its view).
+    pub persist_sync_seconds: Histogram,
     pub state_transfers: IntCounter,
     pub generals_decisions: IntCounterVec,
     /// Frames the transport dropped because a peer's queue was full.
@@ -186,6 +189,11 @@ impl Metrics {
             persist_syncs: counter(
                 "bft_persist_syncs_total",
                 "Synced writes: made only when a frame or a stable checkpoint waits for the records",
+            ),
+            persist_sync_seconds: histogram(
+                "bft_persist_sync_seconds",
+                "Time of each synced write of the persist thread (the frames of its turns wait for it)",
+                LATENCY_BUCKETS,
             ),
             state_transfers: counter(
                 "bft_state_transfers_total",

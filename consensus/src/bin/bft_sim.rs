@@ -77,6 +77,11 @@ struct Args {
     /// it to 1).
     #[arg(long, value_name = "N")]
     batches_in_flight: Option<u64>,
+    /// Replicas' processes or disks stall (the stalls family's fault), each for
+    /// 20 ms up to this long, over a chaos phase of at least 6 s; with `--calm`,
+    /// stalls are the only fault. Turns on grouped writes, which disk stalls hold up.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(20..))]
+    stall_ms: Option<u64>,
 }
 
 impl Args {
@@ -106,6 +111,14 @@ impl Args {
         }
         if let Some(n) = self.batches_in_flight {
             cfg.max_batches_in_flight = n;
+        }
+        if let Some(longest) = self.stall_ms {
+            cfg.faults.stall_ms = Some((20, longest));
+            cfg.faults.chaos = cfg.faults.chaos.max(Duration::from_secs(6));
+            if !cfg.storage.grouped_writes {
+                cfg.storage.grouped_writes = true;
+                cfg.storage.flush_us = 500;
+            }
         }
         cfg.clear_byzantine_at = self.clear_byzantine_at.map(Duration::from_millis);
         if let Some(spec) = &self.byzantine {
@@ -150,6 +163,9 @@ impl Args {
         }
         if let Some(n) = self.batches_in_flight {
             cfg.replay_args = format!("{} --batches-in-flight {n}", cfg.replay_args);
+        }
+        if let Some(ms) = self.stall_ms {
+            cfg.replay_args = format!("{} --stall-ms {ms}", cfg.replay_args);
         }
         if let Some(ms) = self.clear_byzantine_at {
             cfg.replay_args = format!("{} --clear-byzantine-at {ms}", cfg.replay_args);

@@ -47,6 +47,7 @@ impl<A: Application> Replica<A> {
         }));
         self.send_view_change();
         self.try_new_view();
+        self.follow_a_primary_that_left();
     }
 
     /// Build, persist and multicast our view-change for the view we are changing to,
@@ -128,6 +129,7 @@ impl<A: Application> Replica<A> {
             return;
         }
         self.view_changes.insert(from, (vc.into_signed(), bodies));
+        self.follow_a_primary_that_left();
         self.join_if_f_plus_1_moved();
         self.arm_new_view_timer();
         self.try_new_view();
@@ -149,6 +151,31 @@ impl<A: Application> Replica<A> {
                 to: peer,
                 message: Message::NewView(nv, bodies),
             });
+        }
+    }
+
+    /// The primary of the view we are in (or changing to) asked for a later one:
+    /// by its view-change it promised to propose nothing more in ours, so ours can
+    /// order nothing more. Move to the next view now instead of waiting for f+1
+    /// others or our own timer: a primary whose request timer fired alone (its disk
+    /// stalled its pre-prepares, say) otherwise leaves the group headless until
+    /// clients' retransmissions start the backups' timers (issue 13: 3.3 s after
+    /// a sub-second stall). A faulty primary gains nothing by it: silence ends its
+    /// view too, one timeout later; sent to a few backups only, it leaves them
+    /// behind as a timer that fired at them alone would. Only the next view: the
+    /// one it asked for may be far ahead, and every view between has a primary.
+    /// Checked whenever our view changes too: its primary's view-change may have
+    /// come first. Each step needs a stored view-change of that view's primary for
+    /// a later view, so a chain of them ends within n steps.
+    fn follow_a_primary_that_left(&mut self) {
+        let view = self.view;
+        let primary = self.primary_of(view);
+        let left = self
+            .view_changes
+            .get(&primary)
+            .is_some_and(|(vc, _)| vc.payload.new_view > view);
+        if primary != self.me() && left {
+            self.start_view_change(view + 1);
         }
     }
 
@@ -279,6 +306,7 @@ impl<A: Application> Replica<A> {
         for seq in seqs {
             self.check_prepared(seq);
         }
+        self.follow_a_primary_that_left();
     }
 
     /// min-s becomes the low water mark (see `Replica::new_view_floor`), and its

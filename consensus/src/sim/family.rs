@@ -23,15 +23,19 @@ pub enum Family {
     /// Twins: one replica runs as two honest twins sharing its key, under
     /// partitions drawn per round, then a synchronous suffix.
     Twins,
+    /// The basic family's faults, and replicas (the primary in half the cases)
+    /// that stall for up to a few seconds, then find everything that queued.
+    Stalls,
 }
 
 impl Family {
     /// Every family, in the order `--help` lists them.
-    pub const ALL: [Family; 4] = [
+    pub const ALL: [Family; 5] = [
         Family::Basic,
         Family::Storage,
         Family::Adversarial,
         Family::Twins,
+        Family::Stalls,
     ];
 
     #[must_use]
@@ -41,6 +45,7 @@ impl Family {
             Family::Storage => "storage",
             Family::Adversarial => "adversarial",
             Family::Twins => "twins",
+            Family::Stalls => "stalls",
         }
     }
 
@@ -64,6 +69,10 @@ impl Family {
                 "one replica runs as two twins with one key; partitions drawn per round, then \
                  a synchronous suffix"
             }
+            Family::Stalls => {
+                "the basic family's faults, and replicas (the primary half the time) that \
+                 stall for up to seconds, then find their inputs queued and timers due"
+            }
         }
     }
 
@@ -75,6 +84,7 @@ impl Family {
             Family::Storage => SimConfig::storage(seed, f),
             Family::Adversarial => SimConfig::adversarial(seed, f),
             Family::Twins => SimConfig::twins(seed, f),
+            Family::Stalls => SimConfig::stalls(seed, f),
         };
         cfg.replay_args = format!("--family {self} --seed {seed} --f {f}");
         cfg

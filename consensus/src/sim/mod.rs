@@ -47,6 +47,15 @@ pub struct SimReport {
     /// Requests the run had to add after the workload (and a grace period) before
     /// every honest replica caught up: 0 when retransmission alone sufficed.
     pub catch_up_requests: u64,
+    /// Client requests' time from invocation to an accepted result (ms): the
+    /// longest, and the sum over accepted requests. How long faults kept clients
+    /// waiting, to compare builds on the same seeds (safety is judged elsewhere).
+    pub longest_request_ms: u64,
+    pub request_ms_total: u64,
+    /// Replicas stalled (the stalls family), and of those stalls, the ones of the
+    /// primary most replicas were in the view of that outlasted the request timer.
+    pub stalls: u64,
+    pub long_primary_stalls: u64,
     /// Changes of some replica's suspected set.
     pub suspicion_changes: u64,
     /// Replicas that refused to start (a damaged snapshot, a wiped directory).

@@ -301,6 +301,7 @@ fn persist_turns(
         let stable = records
             .iter()
             .any(|r| matches!(r, PersistRecord::Stable(_)));
+        let began = Instant::now();
         let synced = if !records.is_empty() {
             let sync = sends || stable;
             storage.persist(&records, sync)?;
@@ -314,6 +315,9 @@ fn persist_turns(
         };
         if synced {
             metrics.persist_syncs.inc();
+            metrics
+                .persist_sync_seconds
+                .observe(began.elapsed().as_secs_f64());
         }
         let apart = turns
             .iter_mut()

@@ -113,11 +113,50 @@ enum Event {
     Restart {
         replica: ReplicaId,
     },
+    /// A replica stalls (see `Faults::stall_ms`); the next stall is drawn.
+    Stall,
     PartitionStart,
     PartitionEnd,
     Heal,
     /// `byzantine clear` on every Byzantine replica.
     ClearByzantine,
+}
+
+impl Event {
+    /// The replica this event happens at, and what of it must run for the event
+    /// to: a stalled replica's events wait for the stall's end. Deliveries still
+    /// land in its inbox (the kernel's socket buffers).
+    fn handled_by(&self) -> Option<(ReplicaId, Needs)> {
+        match self {
+            Event::Ingest { replica, .. } | Event::ReplicaTimer { replica, .. } => {
+                Some((*replica, Needs::Process))
+            }
+            Event::Flush { replica, .. } => Some((*replica, Needs::ProcessAndDisk)),
+            // The checkpoint thread's write was issued before: a paused process
+            // does not hold it up, a stalled disk does.
+            Event::LandApart { replica, .. } => Some((*replica, Needs::Disk)),
+            _ => None,
+        }
+    }
+}
+
+/// What of a replica an event needs running (see `Faults::stall_ms`).
+#[derive(Clone, Copy, Debug)]
+enum Needs {
+    Process,
+    Disk,
+    ProcessAndDisk,
+}
+
+impl Needs {
+    /// Until when `r` cannot serve an event that needs this.
+    fn blocked_until(self, r: &SimReplica) -> Duration {
+        match self {
+            Needs::Process => r.stalled_until,
+            Needs::Disk => r.disk_stalled_until,
+            Needs::ProcessAndDisk => r.stalled_until.max(r.disk_stalled_until),
+        }
+    }
 }
 
 struct Entry {
@@ -172,6 +211,9 @@ struct SimReplica {
     retired: bool,
     /// This replica's clock rate, in millionths.
     rate_ppm: u64,
+    /// Until when its process, and its disk, are stalled (see `Faults::stall_ms`).
+    stalled_until: Duration,
+    disk_stalled_until: Duration,
 }
 
 impl SimReplica {
@@ -306,6 +348,8 @@ impl World {
                     has_persisted: false,
                     retired: false,
                     rate_ppm: 1_000_000,
+                    stalled_until: Duration::ZERO,
+                    disk_stalled_until: Duration::ZERO,
                 }
             })
             .collect();
@@ -435,6 +479,11 @@ impl World {
         if let Some(at) = self.cfg.clear_byzantine_at {
             self.schedule(at, Event::ClearByzantine);
         }
+        if self.cfg.faults.stall_ms.is_some() && self.heal_at > Duration::ZERO {
+            let at =
+                Duration::from_millis(self.rng.gen_range(0..=self.heal_at.as_millis() as u64 / 4));
+            self.schedule(at, Event::Stall);
+        }
         if self.cfg.faults.partitions && self.heal_at > Duration::ZERO {
             let at = Duration::from_millis(self.rng.gen_range(0..=self.heal_at.as_millis() as u64));
             self.schedule(at, Event::PartitionStart);
@@ -466,6 +515,14 @@ impl World {
     }
 
     fn step(&mut self, event: Event) -> Step {
+        if let Some((id, needs)) = event.handled_by() {
+            let until = needs.blocked_until(&self.replicas[id as usize]);
+            if until > self.now {
+                // In the order they came: later entries get later ties.
+                self.schedule(until - self.now, event);
+                return Ok(());
+            }
+        }
         match event {
             Event::Deliver { from, to, frame } => self.deliver(from, to, frame),
             Event::Ingest {
@@ -523,6 +580,10 @@ impl World {
             Event::ClientNext { client } => self.client_submit(client),
             Event::RogueSends { rogue } => self.rogue_sends(rogue),
             Event::Restart { replica } => self.restart(replica),
+            Event::Stall => {
+                self.stall();
+                Ok(())
+            }
             Event::PartitionStart => {
                 if !self.healed {
                     let n = self.cfg.n() as ReplicaId;
@@ -684,6 +745,11 @@ impl World {
                 ClientOutput::Accepted { timestamp, result } => {
                     let id = (self.clients[client].client.id(), timestamp);
                     self.log(format!("c{client} accepted ts {timestamp}"));
+                    if let Some((_, invoked)) = &self.clients[client].invocation {
+                        let took = self.now.saturating_sub(*invoked).as_millis() as u64;
+                        self.report.request_ms_total += took;
+                        self.report.longest_request_ms = self.report.longest_request_ms.max(took);
+                    }
                     if self.clients[client].reading.take() == Some(timestamp) {
                         self.checker.on_read_accept(id, &result, self.now)?;
                     } else {
@@ -857,6 +923,61 @@ impl World {
         }
         self.schedule_flush(id);
         Ok(())
+    }
+
+    /// Stall a running replica (the primary, as most replicas see it, half the
+    /// time), then draw the next stall, until the heal.
+    fn stall(&mut self) {
+        if self.healed {
+            return;
+        }
+        let (shortest, longest) = self
+            .cfg
+            .faults
+            .stall_ms
+            .expect("stalls are scheduled only when on");
+        let n = self.cfg.n() as ReplicaId;
+        let primary = self.commonest_primary();
+        let id = if self.rng.gen_bool(0.5) {
+            primary
+        } else {
+            self.rng.gen_range(0..n)
+        };
+        let length = Duration::from_millis(self.rng.gen_range(shortest..=longest));
+        let disk = self.cfg.storage.grouped_writes && self.rng.gen_bool(0.5);
+        // Faults end at the heal: the synchronous suffix starts with every replica running.
+        let until = (self.now + length).min(self.heal_at);
+        let length = until.saturating_sub(self.now);
+        let r = &mut self.replicas[id as usize];
+        if r.node.is_some() && !length.is_zero() {
+            if id == primary && length > VIEW_CHANGE_TIMEOUT {
+                self.report.long_primary_stalls += 1;
+            }
+            let what = if disk {
+                r.disk_stalled_until = r.disk_stalled_until.max(until);
+                "'s DISK"
+            } else {
+                r.stalled_until = r.stalled_until.max(until);
+                ""
+            };
+            self.report.stalls += 1;
+            self.log(format!("r{id}{what} STALLS for {length:?}"));
+        }
+        let gap = Duration::from_millis(self.rng.gen_range(100..=1_500));
+        self.schedule(length + gap, Event::Stall);
+    }
+
+    /// The primary of the view most running replicas are in (the lowest on a tie).
+    fn commonest_primary(&self) -> ReplicaId {
+        let mut votes: BTreeMap<ReplicaId, usize> = BTreeMap::new();
+        for node in self.replicas.iter().filter_map(|r| r.node.as_ref()) {
+            *votes.entry(node.replica().primary()).or_default() += 1;
+        }
+        let most = votes.values().copied().max().unwrap_or(0);
+        votes
+            .into_iter()
+            .find(|(_, v)| *v == most)
+            .map_or(0, |(id, _)| id)
     }
 
     /// A replica's clock: the simulation's, at the replica's rate.
