@@ -833,9 +833,12 @@ fn a_primary_that_gives_up_its_view_takes_the_backups_along() {
     c.run();
     c.advance_to(Duration::from_millis(1));
     c.run();
-    // Its request timer (100 ms here) fires: it sends a view-change for view 1.
+    // Its request timer (twice a backup's 100 ms) fires: it sends a view-change
+    // for view 1.
     c.drop_if = Box::new(|_, _, _| false);
-    c.advance_to(Duration::from_millis(100));
+    c.advance_to(Duration::from_millis(199));
+    assert!(!c.replica(0).in_view_change(), "the primary gave up early");
+    c.advance_to(Duration::from_millis(200));
     assert!(c.replica(0).in_view_change(), "the primary kept its view");
     c.run();
     // No backup's timer has fired (none saw the request); they follow at once.
@@ -853,7 +856,7 @@ fn a_primary_that_gives_up_its_view_takes_the_backups_along() {
         c.client_sends(r, req.clone());
     }
     c.run();
-    c.advance_to(Duration::from_millis(102));
+    c.advance_to(Duration::from_millis(202));
     c.run();
     for id in 0..4 {
         assert_eq!(c.replica(id).last_executed(), 1, "replica {id}");

@@ -43,6 +43,10 @@ pub use recovery::RecoveryError;
 /// Cap on the exponential view-change back-off, as a multiple of the base timeout.
 const MAX_BACKOFF_FACTOR: u32 = 64;
 
+/// How many request-timer periods the primary waits, where a backup waits one
+/// (see `update_request_timer`).
+const PRIMARY_PATIENCE: u32 = 2;
+
 /// A PBFT replica over application `A`.
 pub struct Replica<A: Application> {
     cfg: ReplicaConfig,
@@ -251,7 +255,13 @@ impl<A: Application> Replica<A> {
     /// §4.4: a replica waiting for a request runs a timer; it restarts the timer when
     /// a request executes and it is still waiting for another. Unlike the paper, the
     /// primary runs it too: a primary that cannot gather a quorum (say it restarted
-    /// into a view the others have left) must give up its view as well.
+    /// into a view the others have left) must give up its view as well. It waits
+    /// [`PRIMARY_PATIENCE`] times as long as a backup: it holds every request first,
+    /// while a backup learns of one only from a client's retransmission, a period
+    /// later, so with equal timers the primary was the first to give up whenever
+    /// all replicas slowed down together (issue 13: every replica's syncs stalled
+    /// behind a 1.5 GB write, the primary's timer fired alone, and the view change,
+    /// its every step a synced write, took seconds more).
     fn update_request_timer(&mut self) {
         if self.changing {
             self.progress = false;
@@ -260,7 +270,12 @@ impl<A: Application> Replica<A> {
         if self.waiting.is_empty() {
             self.deadlines.remove(&Timer::ViewChange);
         } else if self.progress || !self.deadlines.contains_key(&Timer::ViewChange) {
-            self.set_timer(Timer::ViewChange, self.vc_timeout);
+            let period = if self.is_primary() {
+                self.vc_timeout.saturating_mul(PRIMARY_PATIENCE)
+            } else {
+                self.vc_timeout
+            };
+            self.set_timer(Timer::ViewChange, period);
         }
         self.progress = false;
     }
