@@ -192,7 +192,7 @@ impl Metrics {
             ),
             persist_sync_seconds: histogram(
                 "bft_persist_sync_seconds",
-                "Time of each synced write of the persist thread (the frames of its turns wait for it)",
+                "Time of each synced write of the persist thread, its records' encoding included (the frames of its turns wait for it)",
                 LATENCY_BUCKETS,
             ),
             state_transfers: counter(

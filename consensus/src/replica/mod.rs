@@ -45,7 +45,7 @@ const MAX_BACKOFF_FACTOR: u32 = 64;
 
 /// How many request-timer periods the primary waits, where a backup waits one
 /// (see `update_request_timer`).
-const PRIMARY_PATIENCE: u32 = 2;
+pub(crate) const PRIMARY_PATIENCE: u32 = 2;
 
 /// A PBFT replica over application `A`.
 pub struct Replica<A: Application> {

@@ -1,6 +1,7 @@
 //! View changes (OSDI'99 §4.4, TOCS'02 §4.5): view-change messages carrying the
 //! stable checkpoint proof and prepared certificates, the new primary's new-view,
-//! and the liveness rules (exponential back-off, join once f+1 others have).
+//! and the liveness rules (exponential back-off, join once f+1 others have, follow a
+//! primary that left its view).
 
 use super::{backoff, Replica};
 use crate::app::Application;
@@ -129,8 +130,8 @@ impl<A: Application> Replica<A> {
             return;
         }
         self.view_changes.insert(from, (vc.into_signed(), bodies));
-        self.follow_a_primary_that_left();
         self.join_if_f_plus_1_moved();
+        self.follow_a_primary_that_left();
         self.arm_new_view_timer();
         self.try_new_view();
     }
@@ -165,17 +166,26 @@ impl<A: Application> Replica<A> {
     /// behind as a timer that fired at them alone would. Only the next view: the
     /// one it asked for may be far ahead, and every view between has a primary.
     /// Checked whenever our view changes too: its primary's view-change may have
-    /// come first. Each step needs a stored view-change of that view's primary for
-    /// a later view, so a chain of them ends within n steps.
+    /// come first. Then the next view's primary may have left it as well: the
+    /// replica goes straight to the first view whose primary has not (one
+    /// view-change, one back-off step, not one per view passed). That ends within
+    /// n views, at the latest at one this replica leads.
     fn follow_a_primary_that_left(&mut self) {
-        let view = self.view;
-        let primary = self.primary_of(view);
-        let left = self
-            .view_changes
-            .get(&primary)
-            .is_some_and(|(vc, _)| vc.payload.new_view > view);
-        if primary != self.me() && left {
-            self.start_view_change(view + 1);
+        let me = self.me();
+        let mut target = self.view;
+        loop {
+            let primary = self.primary_of(target);
+            let left = self
+                .view_changes
+                .get(&primary)
+                .is_some_and(|(vc, _)| vc.payload.new_view > target);
+            if primary == me || !left {
+                break;
+            }
+            target += 1;
+        }
+        if target > self.view {
+            self.start_view_change(target);
         }
     }
 

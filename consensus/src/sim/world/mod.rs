@@ -950,7 +950,9 @@ impl World {
         let length = until.saturating_sub(self.now);
         let r = &mut self.replicas[id as usize];
         if r.node.is_some() && !length.is_zero() {
-            if id == primary && length > VIEW_CHANGE_TIMEOUT {
+            // Past the primary's request timer, which runs longer than a backup's.
+            let patience = VIEW_CHANGE_TIMEOUT * crate::replica::PRIMARY_PATIENCE;
+            if id == primary && length > patience {
                 self.report.long_primary_stalls += 1;
             }
             let what = if disk {
