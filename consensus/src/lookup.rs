@@ -86,6 +86,16 @@ impl<K: Eq + Hash, V> LookupMap<K, V> {
         self.0.entry(key)
     }
 
+    /// Keep only the entries `keep` says yes to (whatever order it sees them
+    /// in, so `keep` must not depend on the others).
+    pub fn retain(&mut self, keep: impl FnMut(&K, &mut V) -> bool) {
+        self.0.retain(keep);
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
     /// Every entry, in key order.
     #[must_use]
     pub fn sorted(&self) -> Vec<(&K, &V)>
@@ -96,6 +106,57 @@ impl<K: Eq + Hash, V> LookupMap<K, V> {
         // Keys are unique: an unstable sort gives one order.
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all
+    }
+}
+
+/// A set for membership tests only, as [`LookupMap`] is a map: no iteration at all.
+///
+/// For keys looked up for every request, such as the requests of the batches in
+/// flight: in a B-tree of a thousand 40-byte keys each insertion, test and removal
+/// compared about ten keys behind pointers, ~3 % of the primary's event loop
+/// (issue 13).
+#[derive(Clone, Debug, Default)]
+pub struct LookupSet<K>(LookupMap<K, ()>);
+
+impl<K: Eq + Hash> LookupSet<K> {
+    #[must_use]
+    pub fn new() -> Self {
+        Self(LookupMap::new())
+    }
+
+    /// Whether `key` was absent.
+    pub fn insert(&mut self, key: K) -> bool {
+        self.0.insert(key, ()).is_none()
+    }
+
+    #[must_use]
+    pub fn contains<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.0.get(key).is_some()
+    }
+
+    /// Whether `key` was present.
+    pub fn remove<Q>(&mut self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.0.remove(key).is_some()
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl<K: Eq + Hash> Extend<K> for LookupSet<K> {
+    fn extend<I: IntoIterator<Item = K>>(&mut self, keys: I) {
+        for k in keys {
+            self.insert(k);
+        }
     }
 }
 
@@ -114,5 +175,31 @@ mod tests {
         assert_eq!(keys, [1, 2, 3, 5, 7, 8]);
         let other: LookupMap<u32, u32> = m.sorted().into_iter().map(|(k, v)| (*k, *v)).collect();
         assert_eq!(other, m);
+    }
+
+    #[test]
+    fn a_set_answers_membership_as_it_was_changed() {
+        let mut s = LookupSet::new();
+        assert!(!s.contains(&3u32));
+        assert!(s.insert(3u32));
+        assert!(!s.insert(3), "already there");
+        s.extend([4, 5, 3]);
+        assert!(s.contains(&4) && s.contains(&5) && !s.contains(&6));
+        assert!(s.remove(&4));
+        assert!(!s.remove(&4), "gone already");
+        assert!(!s.contains(&4));
+        s.clear();
+        assert!(!s.contains(&3) && !s.contains(&5));
+    }
+
+    #[test]
+    fn retain_keeps_exactly_the_entries_asked_for() {
+        let mut m: LookupMap<u32, u32> = (0..10).map(|k| (k, k * 2)).collect();
+        m.retain(|k, v| {
+            *v += 1;
+            k % 3 == 0
+        });
+        let kept: Vec<(u32, u32)> = m.sorted().into_iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(kept, [(0, 1), (3, 7), (6, 13), (9, 19)]);
     }
 }

@@ -63,6 +63,24 @@ pub fn encode_with_capacity<T: serde::Serialize>(
 ///
 /// # Panics
 /// Only if serde refuses the value, which our message types never do.
+/// SHA-256 of `value`'s encoding (the bytes [`encode`] gives), written straight
+/// into the hash: no sizing pass, no buffer, no copy. A client's request is ~600
+/// bytes and its prehash is taken once to sign it and once per replica that
+/// checks it (see [`Signable::PREHASHED`]).
+pub(crate) fn sha256_of_encoding<T: serde::Serialize>(value: &T) -> Result<Digest, CryptoError> {
+    struct IntoHash(sha2::Sha256);
+    impl bincode::enc::write::Writer for IntoHash {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            sha2::Digest::update(&mut self.0, bytes);
+            Ok(())
+        }
+    }
+    let mut hash = IntoHash(<sha2::Sha256 as sha2::Digest>::new());
+    bincode::serde::encode_into_writer(value, &mut hash, bincode::config::standard())
+        .map_err(encode_error)?;
+    Ok(Digest(sha2::Digest::finalize(hash.0).into()))
+}
+
 #[must_use]
 pub fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
     try_encoded_len(value).expect("message types always encode")
@@ -131,6 +149,11 @@ mod tests {
             );
             assert_eq!(encoded_len(v), bytes.len());
         }
+        assert_eq!(
+            sha256_of_encoding(&values).unwrap(),
+            sha256(&encode(&values).unwrap()),
+            "hashing while encoding gives the digest of the encoding"
+        );
         assert_eq!(encode(&values).unwrap(), {
             bincode::serde::encode_to_vec(&values, bincode::config::standard()).unwrap()
         });

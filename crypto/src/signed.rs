@@ -12,7 +12,7 @@
 //! A type that sets [`Signable::PREHASHED`] has `SHA-256(bincode(payload))` signed
 //! in place of the encoding (see there why).
 
-use crate::{encode, sha256, CryptoError, KeyPair, PublicKey, SignatureBatch};
+use crate::{encode, sha256_of_encoding, CryptoError, KeyPair, PublicKey, SignatureBatch};
 use ed25519_dalek::Signature;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::fmt;
@@ -64,12 +64,13 @@ pub fn signing_bytes<T: Signable>(payload: &T) -> Vec<u8> {
 }
 
 pub(crate) fn try_signing_bytes<T: Signable>(payload: &T) -> Result<Vec<u8>, CryptoError> {
-    let body = encode(payload)?;
+    let body;
     let digest;
     let signed: &[u8] = if T::PREHASHED {
-        digest = sha256(&body);
+        digest = sha256_of_encoding(payload)?;
         &digest.0
     } else {
+        body = encode(payload)?;
         &body
     };
     let mut out = Vec::with_capacity(8 + T::DOMAIN.len() + signed.len());
@@ -189,6 +190,7 @@ pub fn verify_batch<T: Signable>(items: Vec<Signed<T>>) -> Vec<Result<Verified<T
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sha256;
 
     #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
     struct Vote {

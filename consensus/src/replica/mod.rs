@@ -24,6 +24,7 @@ use crate::client_table::ClientTable;
 use crate::durable::StableCheckpoint;
 use crate::fd::FailureDetector;
 use crate::io::{Input, Output, Timer};
+use crate::lookup::{LookupMap, LookupSet};
 use crate::messages::{
     snapshot_digest, Bodies, Checkpoint, Message, NewView, PreparedCert, ReadRequest, Request,
     ViewChange,
@@ -77,11 +78,13 @@ pub struct Replica<A: Application> {
     own_checkpoints: BTreeMap<Seq, (Digest, Arc<Vec<u8>>)>,
 
     /// Requests known and not yet executed, newest per client (the paper's "waiting").
-    waiting: BTreeMap<ClientId, Signed<Request>>,
+    /// Looked up for every request; read in full only in client order
+    /// ([`LookupMap::sorted`]).
+    waiting: LookupMap<ClientId, Signed<Request>>,
     /// Primary only: requests to put into batches, in arrival order.
     queue: VecDeque<Signed<Request>>,
     /// Requests in an accepted pre-prepare of this view, not yet executed.
-    in_flight: BTreeSet<RequestId>,
+    in_flight: LookupSet<RequestId>,
     /// Read-only requests waiting until this replica executed the sequence number
     /// beside each (see [`reads`]), in that order.
     reads: VecDeque<(Seq, bft_crypto::Verified<ReadRequest>)>,
@@ -177,9 +180,9 @@ impl<A: Application> Replica<A> {
             new_view_floor: 0,
             checkpoint_votes: BTreeMap::new(),
             own_checkpoints: BTreeMap::new(),
-            waiting: BTreeMap::new(),
+            waiting: LookupMap::new(),
             queue: VecDeque::new(),
-            in_flight: BTreeSet::new(),
+            in_flight: LookupSet::new(),
             reads: VecDeque::new(),
             read_bytes: 0,
             read_clients: BTreeSet::new(),

@@ -330,7 +330,12 @@ impl<A: Application> Replica<A> {
 
     /// New primary: queue every request still waiting, and propose.
     fn resume_proposing(&mut self) {
-        let queue: Vec<_> = self.waiting.values().cloned().collect();
+        let queue: Vec<_> = self
+            .waiting
+            .sorted()
+            .into_iter()
+            .map(|(_, r)| r.clone())
+            .collect();
         self.queue.extend(queue);
         self.try_propose(false);
     }
