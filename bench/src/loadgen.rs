@@ -321,30 +321,37 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 /// Emit the due time of every request of an open-loop run, `rate` per second
-/// from `start` until `end`, each as close to its time as [`PACER_GAP`] allows.
+/// from `start` until `end`, each as close to its time as [`PACER_GAP`] allows:
+/// request `i` is due at `start + i / rate`, and none at or after `end`.
 ///
 /// On a thread of its own: tokio's timers have a millisecond's resolution, and a
 /// pacer ticking on them handed each request out 1.0-1.2 ms after it was due
 /// (median), which every latency of an open-loop run counted, the unreplicated
 /// baseline's 1.7 ms median included (issue 13).
 fn pace(rate: f64, start: Instant, end: Instant, tx: &mpsc::UnboundedSender<Instant>) {
+    if !(rate.is_finite() && rate > 0.0) {
+        return; // nothing is ever due
+    }
+    let due_at = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
+    // Requests due before the end: i / rate < end - start.
+    let total = (end.duration_since(start).as_secs_f64() * rate).ceil() as u64;
     let mut issued: u64 = 0;
-    loop {
-        let now = Instant::now().min(end);
-        let due_total = (now.duration_since(start).as_secs_f64() * rate) as u64;
-        while issued < due_total {
-            let at = start + Duration::from_secs_f64(issued as f64 / rate);
-            if tx.send(at).is_err() {
-                return;
+    while issued < total {
+        // Every request due by now: i / rate <= elapsed.
+        let elapsed = Instant::now().duration_since(start).as_secs_f64();
+        let due_now = ((elapsed * rate).floor() as u64 + 1).min(total);
+        while issued < due_now {
+            if tx.send(due_at(issued)).is_err() {
+                return; // the workers are gone
             }
             issued += 1;
         }
-        if now >= end {
-            return; // dropping tx lets the workers finish
+        if issued < total {
+            let now = Instant::now();
+            std::thread::sleep(due_at(issued).max(now + PACER_GAP) - now);
         }
-        let next = start + Duration::from_secs_f64(issued as f64 / rate);
-        std::thread::sleep(next.max(now + PACER_GAP).min(end) - now);
     }
+    // Dropping tx (the caller's) lets the workers finish.
 }
 
 /// The pacer sleeps at least this long between hand-outs: each wake-up costs the
@@ -529,6 +536,10 @@ mod tests {
             due.push(at);
         }
         assert_eq!(due.len(), 240, "60 ms at 4,000 per second");
+        assert!(
+            due.iter().all(|at| *at < end),
+            "none due at the end or after"
+        );
         for (i, at) in due.iter().enumerate() {
             assert_eq!(*at, start + Duration::from_secs_f64(i as f64 / rate));
         }
@@ -542,5 +553,17 @@ mod tests {
         drop(rx);
         // Would run for an hour if it did not stop.
         pace(1_000.0, start, start + Duration::from_secs(3_600), &tx);
+    }
+
+    /// No rate, nothing due: the pacer returns at once instead of dividing by zero.
+    #[test]
+    fn a_pacer_without_a_rate_hands_out_nothing() {
+        let start = Instant::now();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            pace(rate, start, start + Duration::from_secs(3_600), &tx);
+        }
+        drop(tx);
+        assert!(rx.try_recv().is_err());
     }
 }

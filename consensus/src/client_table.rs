@@ -26,6 +26,7 @@ use crate::lookup::LookupMap;
 use crate::types::{ClientId, Seq};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 /// Bytes the table may hold, results included: with the key-value store's own
 /// bound it keeps a snapshot inside one frame (see `kv::MAX_STATE_BYTES`).
@@ -56,7 +57,7 @@ struct Stored {
     horizon: Seq,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(from = "Stored")]
 pub struct ClientTable {
     /// A hash map ([`LookupMap`]): every request looks its client up several times
@@ -66,8 +67,12 @@ pub struct ClientTable {
     entries: LookupMap<ClientId, LastReply>,
     /// (executed_at, client) of every entry, oldest first.
     by_age: BTreeSet<(Seq, ClientId)>,
-    /// (executed_at, client) of every entry still holding its result, oldest first.
-    with_result: BTreeSet<(Seq, ClientId)>,
+    /// No entry before this place in `by_age` holds a result (`None`: the start).
+    /// The byte bound drops the oldest results first, searching `by_age` from here,
+    /// so results dropped once are not searched again. It replaces a second index
+    /// of the entries holding results, which cost two more B-tree searches for
+    /// every executed request (issue 13).
+    results_from: Option<(Seq, ClientId)>,
     bytes: usize,
     /// `request_horizon`: how far behind the executing sequence number a request's
     /// horizon may be.
@@ -80,20 +85,29 @@ pub struct ClientTable {
     undo: Option<Vec<(ClientId, Option<LastReply>)>>,
 }
 
+/// The same entries and horizon (and the same tentative journal): `by_age` and
+/// the byte count follow from the entries, and where the search for results
+/// starts is a shortcut, not content.
+impl PartialEq for ClientTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+            && self.horizon == other.horizon
+            && self.undo == other.undo
+            && self.by_age == other.by_age
+            && self.bytes == other.bytes
+    }
+}
+
+impl Eq for ClientTable {}
+
 impl From<Stored> for ClientTable {
     fn from(s: Stored) -> Self {
         let by_age = s.entries.iter().map(|(c, e)| (e.executed_at, *c)).collect();
-        let with_result = s
-            .entries
-            .iter()
-            .filter(|(_, e)| e.result.is_some())
-            .map(|(c, e)| (e.executed_at, *c))
-            .collect();
         let bytes = s.entries.values().map(LastReply::bytes).sum();
         Self {
             entries: s.entries.into_iter().collect(),
             by_age,
-            with_result,
+            results_from: None,
             bytes,
             horizon: s.horizon,
             undo: None,
@@ -149,7 +163,7 @@ impl ClientTable {
         Self {
             entries: LookupMap::new(),
             by_age: BTreeSet::new(),
-            with_result: BTreeSet::new(),
+            results_from: None,
             bytes: 0,
             horizon: horizon.max(1),
             undo: None,
@@ -200,14 +214,31 @@ impl ClientTable {
         self.bytes += entry.bytes();
         self.by_age.insert((entry.executed_at, client));
         if entry.result.is_some() {
-            self.with_result.insert((entry.executed_at, client));
+            self.result_at((entry.executed_at, client));
         }
     }
 
     fn unindex(&mut self, client: ClientId, entry: &LastReply) {
         self.bytes -= entry.bytes();
         self.by_age.remove(&(entry.executed_at, client));
-        self.with_result.remove(&(entry.executed_at, client));
+    }
+
+    /// An entry holding a result is at `place` in `by_age`: search for results from
+    /// there at the latest.
+    fn result_at(&mut self, place: (Seq, ClientId)) {
+        if self.results_from.is_some_and(|from| place < from) {
+            self.results_from = Some(place);
+        }
+    }
+
+    /// The oldest entry holding a result, as (executed_at, client).
+    fn oldest_result(&self) -> Option<(Seq, ClientId)> {
+        let from = self.results_from.map_or(Bound::Unbounded, Bound::Included);
+        let entries = &self.entries;
+        self.by_age
+            .range((from, Bound::Unbounded))
+            .find(|(_, c)| entries.get(c).is_some_and(|e| e.result.is_some()))
+            .copied()
     }
 
     #[must_use]
@@ -241,26 +272,26 @@ impl ClientTable {
         if let Some(old) = &old {
             self.bytes -= old.bytes();
             self.by_age.remove(&(old.executed_at, client));
-            self.with_result.remove(&(old.executed_at, client));
         }
         // The replaced entry itself goes to the undo journal, not a copy of it.
         self.keep_for_undo(client, old);
         self.by_age.insert((seq, client));
-        self.with_result.insert((seq, client));
+        self.result_at((seq, client));
         while let Some(&(at, oldest)) = self.by_age.first() {
             if seq - at <= self.horizon {
                 break;
             }
             self.remember(oldest);
             self.by_age.pop_first();
-            self.with_result.remove(&(at, oldest));
             let gone = self.entries.remove(&oldest).expect("indexed entries exist");
             self.bytes -= gone.bytes();
         }
         while self.bytes > MAX_TABLE_BYTES {
-            let Some((_, oldest)) = self.with_result.pop_first() else {
+            let Some(place) = self.oldest_result() else {
                 break; // entries alone: bounded by the horizon (see ProtocolParams)
             };
+            self.results_from = Some(place);
+            let oldest = place.1;
             self.remember(oldest);
             let entry = self
                 .entries
@@ -396,6 +427,105 @@ mod tests {
         assert!(bytes.len() <= t.encoded_bound());
         let back: ClientTable = bft_crypto::decode(&bytes, usize::MAX).unwrap();
         assert_eq!(back, t);
+    }
+
+    /// The table against the rules written plainly (every entry in one ordered map,
+    /// each eviction found by scanning all of them): random records in batches of
+    /// one sequence number, results big enough to cross the byte bound often, and
+    /// tentative batches rolled back or kept. The two agree after every step on
+    /// every entry, result and byte.
+    #[test]
+    fn the_table_keeps_exactly_the_entries_and_results_the_rules_say() {
+        #[derive(Clone, Default)]
+        struct Plain {
+            entries: BTreeMap<ClientId, LastReply>,
+        }
+        impl Plain {
+            fn bytes(&self) -> usize {
+                self.entries.values().map(LastReply::bytes).sum()
+            }
+            fn record(&mut self, horizon: Seq, c: ClientId, ts: u64, result: Vec<u8>, seq: Seq) {
+                let entry = LastReply {
+                    timestamp: ts,
+                    executed_at: seq,
+                    result: Some(result),
+                };
+                self.entries.insert(c, entry);
+                self.entries.retain(|_, e| seq - e.executed_at <= horizon);
+                while self.bytes() > MAX_TABLE_BYTES {
+                    let oldest = self
+                        .entries
+                        .iter()
+                        .filter(|(_, e)| e.result.is_some())
+                        .map(|(c, e)| (e.executed_at, *c))
+                        .min();
+                    let Some((_, c)) = oldest else { break };
+                    self.entries.get_mut(&c).unwrap().result = None;
+                }
+            }
+        }
+        let horizon = 6;
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut t = ClientTable::new(horizon);
+        let mut plain = Plain::default();
+        let mut ts = 0;
+        let mut seq = 1;
+        let (mut rollbacks, mut drops) = (0, 0);
+        for _ in 0..500 {
+            let tentative = next(2) == 0;
+            let saved = plain.clone();
+            if tentative {
+                t.begin_tentative();
+            }
+            for _ in 0..=next(5) {
+                let c = client(u8::try_from(next(12)).unwrap());
+                ts += 1;
+                let len = [0, 1, MAX_TABLE_BYTES / 5, MAX_TABLE_BYTES / 3][next(4) as usize];
+                t.record(c, ts, vec![7; len], seq);
+                plain.record(horizon, c, ts, vec![7; len], seq);
+            }
+            if tentative && next(2) == 0 {
+                t.rollback_tentative();
+                plain = saved;
+                rollbacks += 1;
+            } else {
+                if tentative {
+                    t.commit_tentative();
+                }
+                seq += 1 + next(2);
+            }
+            let dropped = plain
+                .entries
+                .values()
+                .filter(|e| e.result.is_none())
+                .count();
+            drops += dropped;
+            let ours: Vec<(ClientId, LastReply)> = t
+                .entries
+                .sorted()
+                .into_iter()
+                .map(|(c, e)| (*c, e.clone()))
+                .collect();
+            let theirs: Vec<(ClientId, LastReply)> =
+                plain.entries.iter().map(|(c, e)| (*c, e.clone())).collect();
+            assert_eq!(ours, theirs);
+            assert_eq!(t.bytes, plain.bytes());
+            assert_eq!(t.by_age.len(), t.len());
+            // Where the search for results starts, none is before it.
+            if let Some(from) = t.results_from {
+                for (_, c) in t.by_age.range(..from) {
+                    assert!(t.entries.get(c).unwrap().result.is_none(), "{c:?} skipped");
+                }
+            }
+        }
+        assert!(rollbacks > 20, "{rollbacks} rollbacks");
+        assert!(drops > 100, "results dropped {drops} times");
     }
 
     #[test]

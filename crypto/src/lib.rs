@@ -59,10 +59,6 @@ pub fn encode_with_capacity<T: serde::Serialize>(
     Ok(out)
 }
 
-/// How many bytes [`encode`] makes of `value`, without making them.
-///
-/// # Panics
-/// Only if serde refuses the value, which our message types never do.
 /// SHA-256 of `value`'s encoding (the bytes [`encode`] gives), written straight
 /// into the hash: no sizing pass, no buffer, no copy. A client's request is ~600
 /// bytes and its prehash is taken once to sign it and once per replica that
@@ -81,6 +77,10 @@ pub(crate) fn sha256_of_encoding<T: serde::Serialize>(value: &T) -> Result<Diges
     Ok(Digest(sha2::Digest::finalize(hash.0).into()))
 }
 
+/// How many bytes [`encode`] makes of `value`, without making them.
+///
+/// # Panics
+/// Only if serde refuses the value, which our message types never do.
 #[must_use]
 pub fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
     try_encoded_len(value).expect("message types always encode")
