@@ -255,6 +255,11 @@ fn the_binary_reports_json_csv_and_a_plot() {
             expected,
             "{r}"
         );
+        // The machine ran these processes, so it was busy at least as long as they
+        // were (half, for /proc's 10 ms resolution). Reading the busy time off the
+        // kernel's tick samples once gave 0.0 here (src/cpu.rs).
+        let theirs: f64 = processes.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!(cpu["machine"].as_f64().unwrap() >= theirs / 2.0, "{r}");
         // The replicas do real work for every request (10 ms ticks over 2 s).
         assert!(
             processes.values().all(|v| v.as_f64().unwrap() >= 0.0),
