@@ -2,7 +2,7 @@
 //! Reports committed requests per second (criterion's "elements").
 
 use bft_bench::{signed_requests, InProcessCluster};
-use bft_consensus::{Application, KvOp, KvStore};
+use bft_consensus::{Application, KvOp, KvStore, ProtocolParams};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 const REQUESTS: usize = 2_000;
@@ -75,5 +75,46 @@ fn kv_put(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, core, kv_put);
+/// What a replica does on its event loop at every checkpoint (every 128 sequence
+/// numbers), with the load generator's state: 10,000 keys of 512 bytes and 1,024
+/// clients' last replies. Every replica takes it at the same sequence number, so
+/// its time is a stall of the whole group: at 4,000 req/s, every 0.64 s (README,
+/// "Performance", issue 13's twenty-first round).
+fn checkpoint(c: &mut Criterion) {
+    use bft_consensus::client_table::{ClientTable, ReplicaSnapshot};
+    use bft_consensus::messages::snapshot_digest;
+    const KEYS: usize = 10_000;
+    const CLIENTS: u64 = 1_024;
+    let mut kv = KvStore::new();
+    for i in 0..KEYS {
+        kv.execute(
+            &KvOp::Put {
+                key: format!("bench-{i}").into_bytes(),
+                value: vec![(i % 251) as u8; 512],
+            }
+            .encode(),
+        );
+    }
+    let mut clients = ClientTable::new(ProtocolParams::default().request_horizon);
+    for (seq, client) in (1..=CLIENTS).map(|s| (s, bft_crypto::KeyPair::generate().public())) {
+        clients.record(client, 1, b"written".to_vec(), seq);
+    }
+    let bytes = bft_consensus::encode_snapshot(&kv, &clients);
+    // The replica's encoding is a ReplicaSnapshot's, written without cloning.
+    let decoded: ReplicaSnapshot = bft_crypto::decode(&bytes, usize::MAX).unwrap();
+    assert_eq!(decoded.app, kv.snapshot());
+    let mut group = c.benchmark_group("checkpoint_10k_keys_512B_1024_clients");
+    group.throughput(Throughput::Bytes(bytes.len() as u64));
+    group.sample_size(20);
+    group.bench_function("encode_store", |b| b.iter(|| kv.snapshot()));
+    group.bench_function("digest", |b| b.iter(|| snapshot_digest(&bytes)));
+    // As `take_checkpoint` does: the store's encoding inside the snapshot's, then
+    // its digest.
+    group.bench_function("encode_snapshot_and_digest", |b| {
+        b.iter(|| snapshot_digest(&bft_consensus::encode_snapshot(&kv, &clients)));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, core, kv_put, checkpoint);
 criterion_main!(benches);

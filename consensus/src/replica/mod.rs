@@ -397,7 +397,9 @@ impl<A: Application> Replica<A> {
 
 /// A [`ReplicaSnapshot`]'s bytes, in one pass over the state and without copying
 /// the client table first (both were a large share of every checkpoint: issue 13).
-fn encode_snapshot<A: Application>(app: &A, clients: &ClientTable) -> Vec<u8> {
+/// Public for the checkpoint benchmark (`bench/benches/core.rs`).
+#[must_use]
+pub fn encode_snapshot<A: Application>(app: &A, clients: &ClientTable) -> Vec<u8> {
     /// [`ReplicaSnapshot`] with the table borrowed: the same bytes.
     #[derive(serde::Serialize)]
     struct SnapshotRef<'a> {
