@@ -11,13 +11,14 @@
 //! what `/proc/stat` counts as idle, I/O wait and stolen, not the busy fields it
 //! also has. Why: on a tickless kernel (`NO_HZ_IDLE`, this VM's) an idle CPU's
 //! time is measured on the monotonic clock (the period in progress included), but
-//! busy time is only sampled, a whole tick to whatever runs when the tick fires. Work that starts after one tick and
-//! ends before the next is never seen, and the open-loop pacer, which releases
-//! requests on a fixed schedule, can stay in step with the tick (every 5 ms at
-//! 200 req/s against this kernel's 4 ms tick): a run that cost its processes
-//! 450 µs per request once read 0.0 for the machine (CI, `the_binary_reports_
-//! json_csv_and_a_plot`). Per-process times are exact but for the 10 ms each
-//! printed field is cut to: the kernel scales them to each task's measured run time.
+//! busy time is only sampled, a whole tick to whatever runs when the tick fires.
+//! Work that starts after one tick and ends before the next is never seen, and the
+//! open-loop pacer, which releases requests on a fixed schedule, can stay in step
+//! with the tick (every 5 ms at 200 req/s against this kernel's 4 ms tick): a run
+//! that cost its processes 450 µs per request once read 0.0 for the machine (CI,
+//! `the_binary_reports_json_csv_and_a_plot`). Per-process times are exact but for
+//! the 10 ms each printed field is cut to: the kernel scales them to each task's
+//! measured run time.
 //!
 //! One known error, small here: a halted vCPU woken but waiting for the host to run
 //! it counts that wait as idle and as stolen, so it is subtracted twice and the
@@ -59,7 +60,7 @@ pub struct Probe {
     accounts: Vec<(String, Source)>,
 }
 
-/// CPU ticks and context switches at one instant.
+/// CPU ticks and context switches at one instant, and when it was.
 #[derive(Clone, Debug)]
 pub struct Sample {
     at: Instant,

@@ -256,8 +256,9 @@ fn the_binary_reports_json_csv_and_a_plot() {
             "{r}"
         );
         // The machine ran these processes, so it was busy at least as long as they
-        // were (half: /proc cuts each thread's user and system time to 10 ms). Reading the busy time off the
-        // kernel's tick samples once gave 0.0 here (src/cpu.rs).
+        // were (half: /proc cuts each thread's user and system time to 10 ms).
+        // Reading the busy time off the kernel's tick samples once gave 0.0 here
+        // (src/cpu.rs).
         let theirs: f64 = processes.values().map(|v| v.as_f64().unwrap()).sum();
         assert!(cpu["machine"].as_f64().unwrap() >= theirs / 2.0, "{r}");
         // The replicas do real work for every request (10 ms ticks over 2 s).
