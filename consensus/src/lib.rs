@@ -54,7 +54,7 @@ pub use kv::{KvOp, KvResult, KvStore};
 pub use messages::Message;
 pub use params::ProtocolParams;
 pub use rejection::Rejection;
-pub use replica::{encode_snapshot, RecoveryError, Replica};
+pub use replica::{encode_snapshot, encode_snapshot_into, RecoveryError, Replica};
 pub use reply::{RootCache, SignedReply, VerifiedReply};
 pub use reply_bundle::{ReplyBundle, SignedReplies};
 pub use types::{ClientId, Membership, ReplicaConfig, ReplicaId, RequestId, Seq, View};

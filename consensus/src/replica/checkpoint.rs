@@ -1,6 +1,6 @@
 //! Checkpoints and garbage collection (OSDI'99 §4.3).
 
-use super::{encode_snapshot, Replica};
+use super::{encode_snapshot_into, Replica};
 use crate::app::Application;
 use crate::durable::{PersistRecord, StableCheckpoint};
 use crate::io::Output;
@@ -12,7 +12,13 @@ use std::collections::BTreeMap;
 impl<A: Application> Replica<A> {
     /// After executing a multiple of K: snapshot the state, multicast its digest.
     pub(super) fn take_checkpoint(&mut self, seq: Seq) {
-        let snapshot = encode_snapshot(&self.app, &self.clients);
+        // The retired buffer if it is ours alone by now; else a fresh one.
+        let buf = self
+            .retired_snapshot
+            .take()
+            .and_then(std::sync::Arc::into_inner)
+            .unwrap_or_default();
+        let snapshot = encode_snapshot_into(&self.app, &self.clients, buf);
         let digest = snapshot_digest(&snapshot);
         self.own_checkpoints
             .insert(seq, (digest, std::sync::Arc::new(snapshot)));
@@ -125,7 +131,8 @@ impl<A: Application> Replica<A> {
             Written::BeforeNextSend => Output::Persist(record),
         });
         self.emit(Output::CheckpointStable { seq, digest });
-        self.stable = cp;
+        let replaced = std::mem::replace(&mut self.stable, cp);
+        self.retired_snapshot = Some(replaced.snapshot);
         self.log.retain(|s, _| *s > seq);
         self.certs.retain(|s, _| *s > seq);
         self.checkpoint_votes.retain(|s, _| *s > seq);
