@@ -46,16 +46,24 @@ pub trait Application {
     /// change did not keep it): put the state back exactly as it was then.
     fn rollback_tentative(&mut self) {}
 
-    /// The whole state, deterministically encoded (equal states, equal bytes).
-    fn snapshot(&self) -> Vec<u8>;
+    /// The whole state, deterministically encoded (equal states, equal bytes),
+    /// appended to `out`. A checkpoint writes the state straight into the buffer of
+    /// the replica's snapshot, which is reused from checkpoint to checkpoint: a
+    /// state of megabytes is then neither copied from a buffer of its own nor
+    /// written into freshly mapped pages (issue 13).
+    fn snapshot_into(&self, out: &mut Vec<u8>);
 
-    /// [`Application::snapshot`]'s bytes appended to `out`. A checkpoint writes the
-    /// state straight into the buffer of the replica's snapshot, which is reused
-    /// from checkpoint to checkpoint: a state of megabytes is then neither copied
-    /// from a buffer of its own nor written into freshly mapped pages (issue 13).
-    /// The default copies [`Application::snapshot`]'s bytes.
-    fn snapshot_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.snapshot());
+    /// At least as many bytes as [`Application::snapshot_into`] would append now,
+    /// so that the snapshot's buffer is sized once (0: unknown).
+    fn snapshot_bound(&self) -> usize {
+        0
+    }
+
+    /// [`Application::snapshot_into`]'s bytes in a buffer of their own.
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.snapshot_bound());
+        self.snapshot_into(&mut out);
+        out
     }
 
     /// Replace the state with a snapshot taken by [`Application::snapshot`].

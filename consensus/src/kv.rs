@@ -511,18 +511,15 @@ impl Application for KvStore {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.snapshot_into(&mut out);
-        out
+    /// One pass over the entries, in the order kept for this.
+    fn snapshot_into(&self, out: &mut Vec<u8>) {
+        bft_crypto::encode_into(&Entries(self), out).expect("map always encodes");
     }
 
-    /// One pass over the entries, in the order kept for this: `bytes` bounds the
-    /// encoding (each entry's two length prefixes take at most 10 of the
-    /// [`ENTRY_OVERHEAD`] bytes it counts; the map's length at most 10 more).
-    fn snapshot_into(&self, out: &mut Vec<u8>) {
-        out.reserve(self.bytes + 10);
-        bft_crypto::encode_into(&Entries(self), out).expect("map always encodes");
+    /// `bytes` bounds the encoding: each entry's two length prefixes take at most
+    /// 10 of the [`ENTRY_OVERHEAD`] bytes it counts, the map's length at most 10 more.
+    fn snapshot_bound(&self) -> usize {
+        self.bytes + 10
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {

@@ -40,22 +40,8 @@ pub use signed::{all_valid, signing_bytes, verify_batch, Signable, Signed, Verif
 /// 600-byte request eight reallocations and copies and a 128 KiB batch seventeen
 /// (issue 13). Counting walks the value without copying anything.
 pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CryptoError> {
-    encode_with_capacity(value, try_encoded_len(value).map_err(encode_error)?)
-}
-
-/// [`encode`] in one pass, into a vector of `capacity` bytes to begin with: for a
-/// large value whose size the caller can bound cheaply (a state snapshot of
-/// megabytes), where counting would walk it a second time. The bytes are the same.
-///
-/// # Errors
-/// As [`encode`].
-pub fn encode_with_capacity<T: serde::Serialize>(
-    value: &T,
-    capacity: usize,
-) -> Result<Vec<u8>, CryptoError> {
-    let mut out = Vec::with_capacity(capacity);
-    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
-        .map_err(encode_error)?;
+    let mut out = Vec::with_capacity(try_encoded_len(value).map_err(encode_error)?);
+    encode_into(value, &mut out)?;
     Ok(out)
 }
 

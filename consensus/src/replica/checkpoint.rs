@@ -133,6 +133,10 @@ impl<A: Application> Replica<A> {
         self.emit(Output::CheckpointStable { seq, digest });
         let replaced = std::mem::replace(&mut self.stable, cp);
         self.retired_snapshot = Some(replaced.snapshot);
+        // The state reply served for the replaced checkpoint is never sent again
+        // (it is served only for the stable one), and it would keep the retired
+        // buffer from being taken back.
+        self.signed_state = None;
         self.log.retain(|s, _| *s > seq);
         self.certs.retain(|s, _| *s > seq);
         self.checkpoint_votes.retain(|s, _| *s > seq);

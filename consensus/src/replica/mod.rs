@@ -79,7 +79,8 @@ pub struct Replica<A: Application> {
     /// The snapshot of the stable checkpoint before the current one, whose buffer
     /// the next checkpoint is encoded into if nobody else holds it by then (see
     /// [`encode_snapshot_into`]). Not taken back when it is replaced: the node's
-    /// storage still holds it until the new stable checkpoint is written.
+    /// storage still holds it until the new stable checkpoint is written. One more
+    /// state's worth of memory than before, bounded like the others.
     retired_snapshot: Option<Arc<Vec<u8>>>,
 
     /// Requests known and not yet executed, newest per client (the paper's "waiting").
@@ -424,6 +425,9 @@ pub fn encode_snapshot_into<A: Application>(
     encode_snapshot_with(app, clients, buf, LIKELY_PREFIX)
 }
 
+/// How much larger than a snapshot's bound a reused buffer may be.
+const REUSE_SLACK: usize = 64 * 1024;
+
 /// The length prefix of a state from 64 KiB to 4 GiB, the states whose copy is
 /// worth saving: bincode's varint is then 5 bytes.
 const LIKELY_PREFIX: usize = 5;
@@ -439,6 +443,13 @@ fn encode_snapshot_with<A: Application>(
     mut buf: Vec<u8>,
     guess: usize,
 ) -> Vec<u8> {
+    let bound = guess + app.snapshot_bound() + clients.encoded_bound();
+    // Sized once: a buffer too small is replaced rather than grown (growing copies
+    // what it holds, and may double it), and one far too large (the state shrank)
+    // is let go rather than kept resident.
+    if buf.capacity() < bound || buf.capacity() > 2 * bound + REUSE_SLACK {
+        buf = Vec::with_capacity(bound);
+    }
     buf.clear();
     buf.resize(guess, 0);
     app.snapshot_into(&mut buf);
@@ -451,7 +462,6 @@ fn encode_snapshot_with<A: Application>(
     } else {
         buf.splice(..guess, prefix);
     }
-    buf.reserve(clients.encoded_bound());
     bft_crypto::encode_into(clients, &mut buf).expect("snapshots always encode");
     buf
 }
@@ -462,7 +472,9 @@ fn backoff(current: Duration, base: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::{encode_snapshot, encode_snapshot_into, encode_snapshot_with};
+    use super::{
+        encode_snapshot, encode_snapshot_into, encode_snapshot_with, LIKELY_PREFIX, REUSE_SLACK,
+    };
     use crate::client_table::{ClientTable, ReplicaSnapshot};
     use crate::kv::{KvOp, KvStore};
     use crate::Application;
@@ -492,11 +504,11 @@ mod tests {
     }
 
     /// Whatever the gap left for the state's length prefix, and whatever the reused
-    /// buffer held, the bytes are the same: for a state whose prefix is 1 byte and
-    /// one whose prefix is 5 (64 KiB and more).
+    /// buffer held, the bytes are the same: for states whose prefix is 1, 3 and 5
+    /// bytes (under 251 bytes, under 64 KiB, 64 KiB and more).
     #[test]
     fn a_snapshot_written_into_a_reused_buffer_has_the_same_bytes() {
-        for (keys, value_len) in [(3u8, 10usize), (200, 400)] {
+        for (keys, value_len) in [(3u8, 10usize), (20, 400), (200, 400)] {
             let mut app = KvStore::new();
             let mut clients = ClientTable::new(100);
             for i in 0..keys {
@@ -521,6 +533,30 @@ mod tests {
                 encode_snapshot_into(&app, &clients, garbage.clone()),
                 expected
             );
+        }
+    }
+
+    /// A buffer that fits is written in place; one too small or far too large is
+    /// replaced by one of the snapshot's bound.
+    #[test]
+    fn a_reused_buffer_is_kept_only_if_it_fits() {
+        let mut app = KvStore::new();
+        let clients = ClientTable::new(100);
+        for i in 0..200u8 {
+            let op = KvOp::Set {
+                key: vec![i],
+                value: vec![i; 400],
+            };
+            app.execute(&op.encode());
+        }
+        let bound = LIKELY_PREFIX + app.snapshot_bound() + clients.encoded_bound();
+        let fits = Vec::with_capacity(bound);
+        let at = fits.as_ptr();
+        let written = encode_snapshot_into(&app, &clients, fits);
+        assert_eq!(written.as_ptr(), at, "written in the buffer given");
+        for capacity in [bound - 1, 2 * bound + REUSE_SLACK + 1] {
+            let out = encode_snapshot_into(&app, &clients, Vec::with_capacity(capacity));
+            assert_eq!(out.capacity(), bound, "a buffer of {capacity} bytes");
         }
     }
 }
