@@ -21,7 +21,7 @@ use futures::AsyncReadExt as _;
 use libp2p::PeerId;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// The byte a reader writes back once it has taken a stream.
@@ -47,6 +47,9 @@ const TRANSIENT_CONNECT_WAIT: Duration = Duration::from_secs(5);
 const TRANSIENT_ATTEMPTS: u32 = 3;
 /// Frames written per flush.
 const WRITE_BATCH: usize = 512;
+/// A writer woken this soon after its last write gives the tasks that are ready
+/// one turn to queue more frames before it writes (see [`write_to_peer`]).
+const COALESCE_WITHIN: Duration = Duration::from_millis(1);
 
 /// Why a stream could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,7 @@ pub(crate) async fn write_to_peer(
         shared.counters.opens.fetch_add(1, Ordering::Relaxed);
         retry = Retry::default();
         let mut probe = [0u8; 1];
+        let mut last_write = Instant::now();
         loop {
             // Biased: a stream found dead is replaced before queued frames are
             // taken, so they go out on the new stream rather than into the old.
@@ -114,13 +118,15 @@ pub(crate) async fn write_to_peer(
                 () = tokio::time::sleep(TRANSIENT_IDLE), if !persistent => return,
             };
             let Some(first) = next else { return };
-            if rx.is_empty() {
-                // Let the tasks that are ready run first: many clients behind one
-                // gateway each queue a request a few microseconds apart, and a
-                // writer woken by the first used to write each alone (a write,
-                // a noise and a yamux frame, and a wake-up of the peer's reader
-                // each). After one turn of the scheduler they leave together.
-                // (Yielding again while frames keep coming did not gather more.)
+            if rx.is_empty() && last_write.elapsed() < COALESCE_WITHIN {
+                // Frames are coming fast: let the tasks that are ready run first.
+                // Many clients behind one gateway each queue a request a few
+                // microseconds apart, and a writer woken by the first used to
+                // write each alone (a write, a noise and a yamux frame, and a
+                // wake-up of the peer's reader each). After one turn of the
+                // scheduler they leave together. (Yielding again while frames
+                // kept coming did not gather more.) A frame after a quiet spell
+                // goes at once: nothing else is likely to follow it.
                 tokio::task::yield_now().await;
             }
             let mut frames = vec![first];
@@ -132,6 +138,7 @@ pub(crate) async fn write_to_peer(
             }
             match write_frames(&mut stream, &frames).await {
                 Ok(()) => {
+                    last_write = Instant::now();
                     shared
                         .counters
                         .sent
