@@ -63,6 +63,7 @@ impl Unreplicated {
             inbound_queue: 16_384,
             others_queue: None,
             limits: IngressLimits::default(),
+            coalesce_writes: false,
         })?;
         let validators = ValidatorSet {
             validators: vec![config::ValidatorPeer {

@@ -153,6 +153,7 @@ impl Gateway {
             inbound_queue: 64 * 1024,
             others_queue: None,
             limits: IngressLimits::default(),
+            coalesce_writes: true,
         })?;
         let sessions = Sessions::default();
         let peers: Vec<PeerId> = peers.into_iter().map(|(p, _)| p).collect();

@@ -61,6 +61,11 @@ pub struct NetConfig {
     pub others_queue: Option<usize>,
     /// What peers may hold open here.
     pub limits: IngressLimits,
+    /// Whether a writer woken soon after its last write lets the tasks that are
+    /// ready queue more frames first (see `writer::write_to_peer`): for a gateway,
+    /// whose many clients each queue a request microseconds apart. A replica sends
+    /// what a turn produced at once, and gains nothing from waiting.
+    pub coalesce_writes: bool,
 }
 
 /// Bounds on what other peers may hold open at this node. A connection over a
@@ -146,6 +151,7 @@ pub(crate) struct Shared {
     pub(crate) limits: IngressLimits,
     pub(crate) counters: Counters,
     peer_queue: usize,
+    pub(crate) coalesce_writes: bool,
     pub(crate) shutdown: watch::Sender<bool>,
 }
 
@@ -264,6 +270,7 @@ impl Network {
             limits: cfg.limits,
             counters: Counters::default(),
             peer_queue: cfg.peer_queue.max(1),
+            coalesce_writes: cfg.coalesce_writes,
             shutdown,
         });
         let (inbound_tx, inbound) = mpsc::channel(cfg.inbound_queue.max(1));

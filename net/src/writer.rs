@@ -118,7 +118,7 @@ pub(crate) async fn write_to_peer(
                 () = tokio::time::sleep(TRANSIENT_IDLE), if !persistent => return,
             };
             let Some(first) = next else { return };
-            if rx.is_empty() && last_write.elapsed() < COALESCE_WITHIN {
+            if shared.coalesce_writes && rx.is_empty() && last_write.elapsed() < COALESCE_WITHIN {
                 // Frames are coming fast: let the tasks that are ready run first.
                 // Many clients behind one gateway each queue a request a few
                 // microseconds apart, and a writer woken by the first used to

@@ -34,6 +34,7 @@ fn server(limits: IngressLimits) -> (Network, PeerId, libp2p::Multiaddr) {
         inbound_queue: 64,
         others_queue: None,
         limits,
+        coalesce_writes: false,
     })
     .unwrap();
     (net, peer, addr)
@@ -50,6 +51,7 @@ fn client(key: &KeyPair, servers: &[(PeerId, libp2p::Multiaddr)]) -> Network {
         inbound_queue: 64,
         others_queue: None,
         limits: IngressLimits::default(),
+        coalesce_writes: false,
     })
     .unwrap()
 }

@@ -138,6 +138,7 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         // Clients' frames apart, so the replicas' can lead each verify batch (see `verify`).
         others_queue: Some(8 * 1024),
         limits: IngressLimits::default(),
+        coalesce_writes: false,
     })?;
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (control_tx, control_rx) = mpsc::channel(64);

@@ -351,6 +351,7 @@ fn clients_behind_one_gateway_commit_and_a_route_from_elsewhere_is_refused() {
             inbound_queue: 64,
             others_queue: None,
             limits: bft_net::IngressLimits::default(),
+            coalesce_writes: false,
         })
         .unwrap();
         let route = bft_crypto::Signed::sign(
