@@ -61,10 +61,11 @@ pub struct NetConfig {
     pub others_queue: Option<usize>,
     /// What peers may hold open here.
     pub limits: IngressLimits,
-    /// Whether a writer woken soon after its last write lets the tasks that are
-    /// ready queue more frames first (see `writer::write_to_peer`): for a gateway,
-    /// whose many clients each queue a request microseconds apart. A replica sends
-    /// what a turn produced at once, and gains nothing from waiting.
+    /// Whether a writer woken with one frame queued, less than 1 ms after its last
+    /// write, yields once so that the tasks that are ready queue more frames first
+    /// (see `writer::write_to_peer`): for a gateway, whose many clients each queue
+    /// a request microseconds apart. A replica queues what a turn produced at once,
+    /// and gains nothing from waiting.
     pub coalesce_writes: bool,
 }
 

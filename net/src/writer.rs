@@ -1,5 +1,8 @@
 //! One writer task per peer: wait for a connection, open a stream the peer
 //! confirms it accepted, then write whatever is queued, many frames per flush.
+//! A gateway's writer (`NetConfig::coalesce_writes`) also waits a turn of the
+//! scheduler before a write while frames come fast, so that its many clients'
+//! requests leave together.
 //!
 //! Two ways a frame used to vanish without a trace, both fixed here:
 //! - libp2p-stream hands inbound streams to the application through a channel of
@@ -47,8 +50,9 @@ const TRANSIENT_CONNECT_WAIT: Duration = Duration::from_secs(5);
 const TRANSIENT_ATTEMPTS: u32 = 3;
 /// Frames written per flush.
 const WRITE_BATCH: usize = 512;
-/// A writer woken this soon after its last write gives the tasks that are ready
-/// one turn to queue more frames before it writes (see [`write_to_peer`]).
+/// With [`crate::NetConfig::coalesce_writes`], a writer woken with one frame
+/// queued this soon after its last write yields once, so that the tasks that are
+/// ready queue more frames before it writes (see [`write_to_peer`]).
 const COALESCE_WITHIN: Duration = Duration::from_millis(1);
 
 /// Why a stream could not be used.
@@ -101,7 +105,7 @@ pub(crate) async fn write_to_peer(
         shared.counters.opens.fetch_add(1, Ordering::Relaxed);
         retry = Retry::default();
         let mut probe = [0u8; 1];
-        let mut last_write = Instant::now();
+        let mut last_write: Option<Instant> = None;
         loop {
             // Biased: a stream found dead is replaced before queued frames are
             // taken, so they go out on the new stream rather than into the old.
@@ -118,15 +122,18 @@ pub(crate) async fn write_to_peer(
                 () = tokio::time::sleep(TRANSIENT_IDLE), if !persistent => return,
             };
             let Some(first) = next else { return };
-            if shared.coalesce_writes && rx.is_empty() && last_write.elapsed() < COALESCE_WITHIN {
-                // Frames are coming fast: let the tasks that are ready run first.
-                // Many clients behind one gateway each queue a request a few
-                // microseconds apart, and a writer woken by the first used to
-                // write each alone (a write, a noise and a yamux frame, and a
-                // wake-up of the peer's reader each). After one turn of the
-                // scheduler they leave together. (Yielding again while frames
-                // kept coming did not gather more.) A frame after a quiet spell
-                // goes at once: nothing else is likely to follow it.
+            let coming_fast = last_write.is_some_and(|t| t.elapsed() < COALESCE_WITHIN);
+            if shared.coalesce_writes && coming_fast && rx.is_empty() {
+                // Let the tasks that are ready run first. Many clients behind one
+                // gateway each queue a request a few microseconds apart, and a
+                // writer woken by the first used to write each alone (a write, a
+                // noise and a yamux frame, and a wake-up of the peer's reader
+                // each). Tokio runs a yielded task again once its worker has no
+                // other work queued (or after its periodic maintenance, at most
+                // some tens of polls later), so the requests queued meanwhile
+                // leave together. (Yielding again while frames kept coming did
+                // not gather more.) A frame after a quiet spell, or the first on
+                // a new stream, goes at once.
                 tokio::task::yield_now().await;
             }
             let mut frames = vec![first];
@@ -138,7 +145,9 @@ pub(crate) async fn write_to_peer(
             }
             match write_frames(&mut stream, &frames).await {
                 Ok(()) => {
-                    last_write = Instant::now();
+                    if shared.coalesce_writes {
+                        last_write = Some(Instant::now());
+                    }
                     shared
                         .counters
                         .sent
