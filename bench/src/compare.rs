@@ -239,6 +239,7 @@ mod tests {
             client_capacity_rps: None,
             read_latency_ms: None,
             write_latency_ms: None,
+            commit_windows: None,
             build: None,
             config: RunConfig {
                 load: LoadConfig::for_tests(Mode::ClosedLoop { outstanding: 1 }, 1),

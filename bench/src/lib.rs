@@ -10,6 +10,7 @@ pub mod loadgen;
 pub mod orphans;
 pub mod plot;
 pub mod report;
+pub mod timeline;
 pub mod unreplicated;
 
 pub use in_process::{signed_requests, InProcessCluster};

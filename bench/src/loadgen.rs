@@ -9,6 +9,7 @@
 //! (no coordinated omission).
 
 use crate::cpu::{Probe, Usage};
+use crate::timeline::{self, Timeline};
 use anyhow::Context as _;
 use bft_client::config::{ResolvedClient, ValidatorSet};
 use bft_client::{ClientError, Gateway, KvClient};
@@ -130,6 +131,8 @@ pub struct LoadResult {
     /// in, see [`LoadConfig::read_ratio`]).
     pub read_latency_us: Histogram<u64>,
     pub write_latency_us: Histogram<u64>,
+    /// Requests accepted inside the window, per [`timeline::WINDOW`].
+    pub timeline: Timeline,
     /// CPU and context switches per request accepted inside the window, if a
     /// [`Probe`] was given.
     pub cpu: Option<Usage>,
@@ -238,7 +241,7 @@ pub async fn run(
     // One set of histograms for all workers: each set is about 0.9 MB, and one per
     // worker cost 4,096 clients 3.5 GB of sparse memory and a page fault for
     // many a first sample (issue 13: 2-3 % of the load generator's CPU).
-    let measured = Arc::new(std::sync::Mutex::new(Measured::new()));
+    let measured = Arc::new(std::sync::Mutex::new(Measured::new(cfg.duration)));
 
     let tasks: Vec<_> = clients
         .into_iter()
@@ -266,7 +269,7 @@ pub async fn run(
     }
     let total = std::mem::replace(
         &mut *measured.lock().unwrap_or_else(PoisonError::into_inner),
-        Measured::new(),
+        Measured::new(Duration::ZERO),
     );
     let Measured {
         latency_us,
@@ -274,6 +277,7 @@ pub async fn run(
         client_wait_us,
         read_latency_us,
         write_latency_us,
+        timeline,
         count: measured,
     } = total;
     if let Some(p) = progress {
@@ -295,6 +299,7 @@ pub async fn run(
         client_wait_us,
         read_latency_us,
         write_latency_us,
+        timeline,
         cpu,
     })
 }
@@ -366,22 +371,28 @@ struct Measured {
     client_wait_us: Histogram<u64>,
     read_latency_us: Histogram<u64>,
     write_latency_us: Histogram<u64>,
+    timeline: Timeline,
     count: u64,
 }
 
 impl Measured {
-    fn new() -> Self {
+    /// For a measurement that lasts `span`.
+    fn new(span: Duration) -> Self {
         Self {
             latency_us: new_histogram(),
             service_us: new_histogram(),
             client_wait_us: new_histogram(),
             read_latency_us: new_histogram(),
             write_latency_us: new_histogram(),
+            timeline: Timeline::new(timeline::WINDOW, span),
             count: 0,
         }
     }
 
-    fn record(&mut self, read: bool, due: Instant, sent: Instant, done: Instant) {
+    /// A request due at `due`, sent at `sent` and accepted at `done`, `since` the
+    /// measurement began.
+    fn record(&mut self, read: bool, due: Instant, sent: Instant, done: Instant, since: Duration) {
+        self.timeline.record(since);
         let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
         let latency = us(done.duration_since(due));
         self.latency_us.saturating_record(latency);
@@ -466,7 +477,7 @@ impl Worker {
                         self.measured
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .record(read, sent_at, now, done);
+                            .record(read, sent_at, now, done, done - self.measure_from);
                     }
                 }
                 Ok(other) => {

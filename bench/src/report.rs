@@ -2,6 +2,7 @@
 
 use crate::cpu::PerRequest;
 use crate::loadgen::{LoadConfig, LoadResult, Mode, WriteOp};
+use crate::timeline::Windows;
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -89,6 +90,11 @@ pub struct Summary {
     pub read_latency_ms: Option<Latency>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_latency_ms: Option<Latency>,
+    /// Requests accepted per 100 ms window of the measurement: its median, its lowest
+    /// and when, and how many windows fell below half the median (a stall of the
+    /// group, such as a checkpoint, shows there before it shows in p99).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_windows: Option<Windows>,
     /// With `--compare-with`: which build's replicas ran, `old` or `new`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub build: Option<String>,
@@ -119,6 +125,7 @@ impl Summary {
             read_latency_ms: (load.read_ratio > 0.0).then(|| Latency::of(&result.read_latency_us)),
             write_latency_ms: (load.read_ratio > 0.0)
                 .then(|| Latency::of(&result.write_latency_us)),
+            commit_windows: result.timeline.summary(),
             build: None,
             config: RunConfig {
                 load: load.clone(),
@@ -168,6 +175,12 @@ impl Summary {
                 r.p99,
                 w.p50,
                 w.p99
+            ));
+        }
+        if let Some(w) = &self.commit_windows {
+            text.push_str(&format!(
+                "  windows     {} ms: median {} accepted, lowest {} at {:.1} s, {} of {} below half the median\n",
+                w.window_ms, w.median, w.lowest, w.lowest_at_s, w.below_half_median, w.windows
             ));
         }
         if let Some(cpu) = &self.cpu_us_per_request {
@@ -324,6 +337,7 @@ mod tests {
             client_wait_us: histogram_of(&[1; 10]),
             read_latency_us: histogram_of(&[]),
             write_latency_us: histogram_of(&[service_us; 10]),
+            timeline: stalled_once(),
             cpu,
         };
         let target = Target {
@@ -331,6 +345,35 @@ mod tests {
             replicas: 4,
         };
         Summary::new(&result, &load, &target)
+    }
+
+    /// A second of 100 ms windows of 100 accepted requests each, but 30 in the fourth.
+    fn stalled_once() -> crate::timeline::Timeline {
+        use std::time::Duration;
+        let mut t = crate::timeline::Timeline::new(crate::timeline::WINDOW, Duration::from_secs(1));
+        for w in 0..10u64 {
+            for i in 0..if w == 3 { 30 } else { 100 } {
+                t.record(Duration::from_millis(w * 100) + Duration::from_micros(i * 900));
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn the_summary_and_the_json_show_the_stalled_window() {
+        let s = summary(1_000.0, 64, 1_000);
+        let text = s.text();
+        assert!(
+            text.contains("windows     100 ms: median 100 accepted, lowest 30 at 0.3 s, 1 of 10 below half the median"),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        let w = &json["commit_windows"];
+        assert_eq!(w["median"], 100);
+        assert_eq!(w["lowest"], 30);
+        assert_eq!(w["below_half_median"], 1);
+        assert_eq!(w["windows"], 10);
     }
 
     #[test]
