@@ -374,6 +374,8 @@ mod tests {
         assert_eq!(w["lowest"], 30);
         assert_eq!(w["below_half_median"], 1);
         assert_eq!(w["windows"], 10);
+        assert_eq!(w["window_ms"], 100);
+        assert_eq!(w["lowest_at_s"], 0.3);
     }
 
     #[test]

@@ -60,8 +60,10 @@ impl Timeline {
         &self.counts
     }
 
-    /// The windows' median, the lowest and when it began, and how many fell below
-    /// half the median (`None` without a full window).
+    /// The windows' median (the upper one of an even count), the lowest and when it
+    /// began, and how many fell below half the median (`None` without a full
+    /// window). The count is relative to the median: a run stalled more than half
+    /// the time has a low median, and counts few.
     #[must_use]
     pub fn summary(&self) -> Option<Windows> {
         let (lowest_index, &lowest) = self
@@ -82,7 +84,10 @@ impl Timeline {
             windows: self.counts.len(),
             median,
             lowest,
-            lowest_at_s: self.window.as_secs_f64() * lowest_index as f64,
+            lowest_at_s: u32::try_from(lowest_index)
+                .ok()
+                .and_then(|i| self.window.checked_mul(i))
+                .map_or(f64::MAX, |at| at.as_secs_f64()),
             below_half_median,
         })
     }
@@ -94,13 +99,14 @@ pub struct Windows {
     pub window_ms: u64,
     /// Full windows in the measurement.
     pub windows: usize,
-    /// Requests accepted in the median window.
+    /// Requests accepted in the median window (the upper one of an even count).
     pub median: u32,
     /// In the window with the fewest (the earliest of those), and when it began,
     /// in seconds from the start of the measurement.
     pub lowest: u32,
     pub lowest_at_s: f64,
-    /// Windows with fewer than half the median: the run's stalls.
+    /// Windows with fewer than half the median: the run's stalls, next to a run that
+    /// mostly flowed.
     pub below_half_median: usize,
 }
 
@@ -126,7 +132,7 @@ mod tests {
         assert_eq!(s.windows, 10);
         assert_eq!(s.median, 100);
         assert_eq!(s.lowest, 30);
-        assert!((s.lowest_at_s - 0.3).abs() < 1e-9, "{}", s.lowest_at_s);
+        assert_eq!(s.lowest_at_s, 0.3);
         assert_eq!(s.below_half_median, 1);
         assert_eq!(s.window_ms, 100);
     }

@@ -191,19 +191,61 @@ struct Entries<'a>(&'a KvStore);
 impl Serialize for Entries<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let KvStore { map, order, .. } = self.0;
-        // Every entry is found first, then written: the lookups do not depend on one
-        // another, so the CPU overlaps their cache misses, where finding each entry
-        // just before copying it waited for them one at a time.
-        let pairs: Vec<(&[u8], &[u8])> = order
-            .iter()
-            .map(|k| {
-                let stored = map.get(k).expect("every ordered key is in the map");
-                (&k[..], &stored.value[..])
-            })
-            .collect();
-        bft_crypto::bytes::map::serialize_pairs(pairs.into_iter(), s)
+        let entries = InOrder {
+            keys: order.iter(),
+            map,
+            chunk: Vec::with_capacity(LOOKAHEAD),
+            next: 0,
+        };
+        bft_crypto::bytes::map::serialize_pairs(entries, s)
     }
 }
+
+/// Entries [`InOrder`] finds before it hands out the first of them.
+const LOOKAHEAD: usize = 256;
+
+/// The store's entries in key order, found [`LOOKAHEAD`] at a time: those lookups
+/// do not depend on one another, so the CPU overlaps their cache misses, where
+/// finding each entry just before it is copied waited for them one at a time
+/// (issue 13: encoding 10,000 entries of 512 bytes with cold caches, the median of
+/// alternating benchmark runs fell from 3.1 to 2.45 ms). A chunk at a time, not
+/// all at once, so the references take a few kilobytes rather than twice the
+/// state's bound for a state of tiny entries. Exact in length, as the encoding of
+/// a map's length needs.
+struct InOrder<'a> {
+    keys: std::collections::btree_set::Iter<'a, Vec<u8>>,
+    map: &'a LookupMap<Vec<u8>, Stored>,
+    chunk: Vec<(&'a [u8], &'a [u8])>,
+    /// The next of `chunk` to hand out.
+    next: usize,
+}
+
+impl<'a> Iterator for InOrder<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next == self.chunk.len() {
+            let map = self.map;
+            self.chunk.clear();
+            self.next = 0;
+            self.chunk
+                .extend(self.keys.by_ref().take(LOOKAHEAD).map(|k| {
+                    let stored = map.get(k).expect("every ordered key is in the map");
+                    (&k[..], &stored.value[..])
+                }));
+        }
+        let entry = self.chunk.get(self.next).copied()?;
+        self.next += 1;
+        Some(entry)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.keys.len() + (self.chunk.len() - self.next);
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for InOrder<'_> {}
 
 #[derive(Deserialize)]
 struct OwnedEntries(
@@ -952,8 +994,11 @@ mod tests {
         struct Plain<'a>(#[serde(with = "bft_crypto::bytes::map")] &'a BTreeMap<Vec<u8>, Vec<u8>>);
         let mut kv = KvStore::new();
         let mut plain = BTreeMap::new();
-        for i in 0u8..40 {
-            let (key, value) = (vec![i % 7, i], vec![i; usize::from(i) * 3]);
+        assert_eq!(kv.snapshot(), bft_crypto::encode(&Plain(&plain)).unwrap());
+        // One more than two look-ahead chunks, then one deleted: exactly two.
+        for i in 0..=2 * LOOKAHEAD as u16 {
+            let [hi, lo] = i.to_be_bytes();
+            let (key, value) = (vec![lo % 7, hi, lo], vec![lo; usize::from(lo % 40) * 3]);
             run(
                 &mut kv,
                 KvOp::Put {
@@ -963,8 +1008,12 @@ mod tests {
             );
             plain.insert(key, value);
         }
-        run(&mut kv, KvOp::Delete { key: vec![0, 0] });
-        plain.remove(&vec![0, 0]);
+        run(&mut kv, KvOp::Delete { key: vec![0, 0, 0] });
+        plain.remove(&vec![0, 0, 0]);
+        assert_eq!(kv.len(), 2 * LOOKAHEAD);
+        assert_eq!(kv.snapshot(), bft_crypto::encode(&Plain(&plain)).unwrap());
+        run(&mut kv, KvOp::Delete { key: vec![1, 0, 1] });
+        plain.remove(&vec![1, 0, 1]);
         assert_eq!(kv.snapshot(), bft_crypto::encode(&Plain(&plain)).unwrap());
         let mut fresh = KvStore::new();
         fresh.restore(&kv.snapshot()).unwrap();
