@@ -337,7 +337,7 @@ mod tests {
             client_wait_us: histogram_of(&[1; 10]),
             read_latency_us: histogram_of(&[]),
             write_latency_us: histogram_of(&[service_us; 10]),
-            timeline: stalled_once(),
+            timeline: crate::timeline::stalled_once(),
             cpu,
         };
         let target = Target {
@@ -345,18 +345,6 @@ mod tests {
             replicas: 4,
         };
         Summary::new(&result, &load, &target)
-    }
-
-    /// A second of 100 ms windows of 100 accepted requests each, but 30 in the fourth.
-    fn stalled_once() -> crate::timeline::Timeline {
-        use std::time::Duration;
-        let mut t = crate::timeline::Timeline::new(crate::timeline::WINDOW, Duration::from_secs(1));
-        for w in 0..10u64 {
-            for i in 0..if w == 3 { 30 } else { 100 } {
-                t.record(Duration::from_millis(w * 100) + Duration::from_micros(i * 900));
-            }
-        }
-        t
     }
 
     #[test]

@@ -110,6 +110,19 @@ pub struct Windows {
     pub below_half_median: usize,
 }
 
+/// A second of [`WINDOW`]s of 100 accepted requests each, but 30 in the fourth: a
+/// run with one stall, for this module's tests and the report's.
+#[cfg(test)]
+pub(crate) fn stalled_once() -> Timeline {
+    let mut t = Timeline::new(WINDOW, Duration::from_secs(1));
+    for w in 0..10u64 {
+        for i in 0..if w == 3 { 30 } else { 100 } {
+            t.record(Duration::from_millis(w * 100) + Duration::from_micros(i * 900));
+        }
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,14 +133,8 @@ mod tests {
 
     #[test]
     fn a_stall_shows_as_the_lowest_window_and_is_counted() {
-        let mut t = Timeline::new(WINDOW, ms(1_000));
-        for w in 0..10u64 {
-            // 100 a window, but the fourth window gets only 30.
-            let n = if w == 3 { 30 } else { 100 };
-            for i in 0..n {
-                t.record(ms(w * 100) + ms(i));
-            }
-        }
+        let t = stalled_once();
+        assert_eq!(t.counts()[3], 30);
         let s = t.summary().unwrap();
         assert_eq!(s.windows, 10);
         assert_eq!(s.median, 100);
