@@ -102,6 +102,14 @@ impl InProcessCluster {
                         self.queue.push_back((to, bytes.clone()));
                     }
                 }
+                // The checkpoint's job runs at once, as part of the work counted
+                // (the node runs it on a thread of its own).
+                Output::TakeSnapshot(job) => {
+                    let mut more = Vec::new();
+                    let taken = Input::SnapshotTaken(job.run());
+                    self.replicas[from as usize].handle(self.now, taken, &mut more);
+                    self.perform(from, more);
+                }
                 // Replies are signed (that cost is counted) but no client reads them.
                 _ => {}
             }

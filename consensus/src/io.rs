@@ -9,6 +9,7 @@ use crate::durable::PersistRecord;
 use crate::messages::Message;
 use crate::rejection::Rejection;
 use crate::reply_bundle::SignedReplies;
+use crate::snapshot_job::{SnapshotJob, SnapshotTaken};
 use crate::types::{ReplicaId, RequestId, Seq, View};
 use crate::validate::VerifiedMessage;
 use bft_crypto::Digest;
@@ -38,6 +39,8 @@ pub enum Input {
     Message(VerifiedMessage),
     /// A timer set earlier reached its deadline.
     Timer(Timer),
+    /// An [`Output::TakeSnapshot`]'s job finished (see [`crate::snapshot_job`]).
+    SnapshotTaken(SnapshotTaken),
 }
 
 /// An effect for the driver to perform, in order.
@@ -58,6 +61,11 @@ pub enum Output {
     /// stable checkpoint: the log below it stays on disk until it lands). Drivers
     /// must keep the newest of these once several land (`DurableState::apply` does).
     PersistApart(PersistRecord),
+    /// Run this job, off the replica's loop if the driver likes, and deliver its
+    /// result as [`Input::SnapshotTaken`] (see [`crate::snapshot_job`]). Drivers must
+    /// run every one they are handed (the replica signs its checkpoint only then),
+    /// except that a replica's jobs die with it.
+    TakeSnapshot(SnapshotJob),
     /// Deliver `Input::Timer(timer)` at `at` (replaces an earlier deadline).
     SetTimer { timer: Timer, at: Duration },
     /// Bad input, for counting and logging; `peer` is the replica it came from, if known.

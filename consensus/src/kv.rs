@@ -1,7 +1,7 @@
 //! A key-value store on the [`Application`] trait: put, set, get, delete,
 //! compare-and-swap.
 
-use crate::app::{Application, RestoreError};
+use crate::app::{Application, CapturedState, RestoreError};
 use crate::lookup::LookupMap;
 use bft_crypto::{Digest, SetElement, SetHash};
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,8 @@ use std::collections::hash_map::Entry;
 #[cfg(test)]
 use std::collections::BTreeMap;
 use std::collections::{BTreeSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
 
 /// A client operation on the key-value store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +131,10 @@ fn entry_bytes(key: &[u8], value: &[u8]) -> usize {
     key.len() + value.len() + ENTRY_OVERHEAD
 }
 
+/// A stored value: shared, so that a checkpoint captures the state by taking a
+/// reference to each value rather than copying it (see [`Application::capture`]).
+type Value = Arc<[u8]>;
+
 /// A value, with what the state digest counts for its key.
 ///
 /// The digest is brought up to date only when asked for ([`KvStore::digest`]):
@@ -141,7 +147,7 @@ fn entry_bytes(key: &[u8], value: &[u8]) -> usize {
 /// the store through a shared reference, and updates them.
 #[derive(Clone, Debug)]
 struct Stored {
-    value: Vec<u8>,
+    value: Value,
     counted: Cell<Option<SetElement>>,
     stale: Cell<bool>,
 }
@@ -190,13 +196,7 @@ struct Entries<'a>(&'a KvStore);
 
 impl Serialize for Entries<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let KvStore { map, order, .. } = self.0;
-        let entries = InOrder {
-            keys: order.iter(),
-            map,
-            chunk: Vec::with_capacity(LOOKAHEAD),
-            next: 0,
-        };
+        let entries = InOrder::new(self.0).map(|(k, stored)| (&k[..], &stored.value[..]));
         bft_crypto::bytes::map::serialize_pairs(entries, s)
     }
 }
@@ -213,15 +213,26 @@ const LOOKAHEAD: usize = 256;
 /// state's bound for a state of tiny entries. Exact in length, as the encoding of
 /// a map's length needs.
 struct InOrder<'a> {
-    keys: std::collections::btree_set::Iter<'a, Vec<u8>>,
+    keys: std::collections::btree_set::Iter<'a, Arc<[u8]>>,
     map: &'a LookupMap<Vec<u8>, Stored>,
-    chunk: Vec<(&'a [u8], &'a [u8])>,
+    chunk: Vec<(&'a Arc<[u8]>, &'a Stored)>,
     /// The next of `chunk` to hand out.
     next: usize,
 }
 
+impl<'a> InOrder<'a> {
+    fn new(store: &'a KvStore) -> Self {
+        Self {
+            keys: store.order.iter(),
+            map: &store.map,
+            chunk: Vec::with_capacity(LOOKAHEAD),
+            next: 0,
+        }
+    }
+}
+
 impl<'a> Iterator for InOrder<'a> {
-    type Item = (&'a [u8], &'a [u8]);
+    type Item = (&'a Arc<[u8]>, &'a Stored);
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.next == self.chunk.len() {
@@ -230,8 +241,8 @@ impl<'a> Iterator for InOrder<'a> {
             self.next = 0;
             self.chunk
                 .extend(self.keys.by_ref().take(LOOKAHEAD).map(|k| {
-                    let stored = map.get(k).expect("every ordered key is in the map");
-                    (&k[..], &stored.value[..])
+                    let stored = map.get(&k[..]).expect("every ordered key is in the map");
+                    (k, stored)
                 }));
         }
         let entry = self.chunk.get(self.next).copied()?;
@@ -246,6 +257,44 @@ impl<'a> Iterator for InOrder<'a> {
 }
 
 impl ExactSizeIterator for InOrder<'_> {}
+
+/// A [`KvStore`]'s entries at a checkpoint, in key order (see
+/// [`Application::capture`]).
+struct Captured {
+    entries: Vec<(Arc<[u8]>, Value)>,
+    /// [`Application::snapshot_bound`] at the capture.
+    bound: usize,
+}
+
+impl CapturedState for Captured {
+    /// The bytes [`Entries`] wrote at the capture: the same map encoding of the
+    /// same pairs in the same order.
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        bft_crypto::encode_into(&CapturedEntries(&self.entries), out).expect("map always encodes");
+    }
+
+    fn encoded_bound(&self) -> usize {
+        self.bound
+    }
+}
+
+impl fmt::Debug for Captured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Captured")
+            .field("entries", &self.entries.len())
+            .field("bound", &self.bound)
+            .finish()
+    }
+}
+
+struct CapturedEntries<'a>(&'a [(Arc<[u8]>, Value)]);
+
+impl Serialize for CapturedEntries<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let pairs = self.0.iter().map(|(k, v)| (&k[..], &v[..]));
+        bft_crypto::bytes::map::serialize_pairs(pairs, s)
+    }
+}
 
 #[derive(Deserialize)]
 struct OwnedEntries(
@@ -267,8 +316,9 @@ struct OwnedEntries(
 #[derive(Clone, Debug, Default)]
 pub struct KvStore {
     map: LookupMap<Vec<u8>, Stored>,
-    /// The map's keys, in order.
-    order: BTreeSet<Vec<u8>>,
+    /// The map's keys, in order (shared with the captures of checkpoints, which
+    /// hold them in this order).
+    order: BTreeSet<Arc<[u8]>>,
     /// The state digest (a [`SetHash`] over the entries), up to date as of the
     /// last [`Application::digest`]; a `RefCell` for the same reason as
     /// [`Stored`]'s cells.
@@ -289,8 +339,8 @@ impl KvStore {
     }
 
     #[must_use]
-    pub fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
-        self.map.get(key).map(|s| &s.value)
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.map.get(key).map(|s| &s.value[..])
     }
 
     #[must_use]
@@ -313,10 +363,10 @@ impl KvStore {
     fn set(
         &mut self,
         key: Vec<u8>,
-        value: Vec<u8>,
+        value: Value,
         bounded: bool,
         previous: Previous,
-    ) -> Result<Option<Vec<u8>>, Full> {
+    ) -> Result<Option<Value>, Full> {
         let added = entry_bytes(&key, &value);
         let entry = self.map.entry(key);
         let freed = match &entry {
@@ -336,7 +386,7 @@ impl KvStore {
         let result = match entry {
             Entry::Vacant(e) => {
                 journal(&mut self.undo, e.key(), || None);
-                self.order.insert(e.key().clone());
+                self.order.insert(Arc::from(&e.key()[..]));
                 digested.list(e.key().clone());
                 e.insert(stored);
                 None
@@ -367,7 +417,7 @@ impl KvStore {
 
     /// Take `key` out, keeping the digest, size and undo journal in step; returns
     /// its value.
-    fn remove(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+    fn remove(&mut self, key: &[u8]) -> Option<Value> {
         let old = self.map.remove(key)?;
         self.order.remove(key);
         if let Some(counted) = old.counted.get() {
@@ -429,22 +479,24 @@ impl KvStore {
 
     fn apply(&mut self, op: KvOp) -> KvResult {
         match op {
-            KvOp::Put { key, value } => match self.set(key, value, true, Previous::Return) {
-                Ok(previous) => KvResult::Done { previous },
+            KvOp::Put { key, value } => match self.set(key, value.into(), true, Previous::Return) {
+                Ok(previous) => KvResult::Done {
+                    previous: previous.map(|v| v.to_vec()),
+                },
                 Err(Full) => KvResult::Full,
             },
-            KvOp::Set { key, value } => match self.set(key, value, true, Previous::Drop) {
+            KvOp::Set { key, value } => match self.set(key, value.into(), true, Previous::Drop) {
                 Ok(_) => KvResult::Written,
                 Err(Full) => KvResult::Full,
             },
-            KvOp::Get { key } => KvResult::Value(self.get(&key).cloned()),
+            KvOp::Get { key } => KvResult::Value(self.get(&key).map(<[u8]>::to_vec)),
             KvOp::Delete { key } => KvResult::Done {
-                previous: self.remove(&key),
+                previous: self.remove(&key).map(|v| v.to_vec()),
             },
             KvOp::CompareAndSwap { key, expected, new } => {
-                let current = self.get(&key).cloned();
+                let current = self.get(&key).map(<[u8]>::to_vec);
                 if current == expected {
-                    match self.set(key, new, true, Previous::Drop) {
+                    match self.set(key, new.into(), true, Previous::Drop) {
                         Ok(_) => KvResult::Swapped {
                             swapped: true,
                             current,
@@ -464,7 +516,7 @@ impl KvStore {
 
 /// The changes made while executing tentatively, oldest first: each key written
 /// or deleted, with the value it had before (`None`: absent).
-type Journal = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+type Journal = Vec<(Vec<u8>, Option<Value>)>;
 
 /// Whether [`KvStore::set`] returns the value it replaces.
 #[derive(Clone, Copy)]
@@ -479,7 +531,7 @@ enum Previous {
 /// the changes newest first ends at each key's value from before the first.
 /// `before` is only called when kept, so a value the caller no longer needs moves
 /// in instead of being copied.
-fn journal(undo: &mut Option<Journal>, key: &[u8], before: impl FnOnce() -> Option<Vec<u8>>) {
+fn journal(undo: &mut Option<Journal>, key: &[u8], before: impl FnOnce() -> Option<Value>) {
     if let Some(undo) = undo {
         undo.push((key.to_vec(), before()));
     }
@@ -524,7 +576,7 @@ impl Application for KvStore {
     fn execute_read_only(&self, operation: &[u8]) -> Option<Vec<u8>> {
         match bft_crypto::decode::<KvOp>(operation, MAX_OP_BYTES) {
             Ok(KvOp::Get { key }) => {
-                let result = KvResult::Value(self.get(&key).cloned());
+                let result = KvResult::Value(self.get(&key).map(<[u8]>::to_vec));
                 Some(bft_crypto::encode(&result).expect("KvResult always encodes"))
             }
             _ => None,
@@ -562,6 +614,20 @@ impl Application for KvStore {
         bft_crypto::encode_into(&Entries(self), out).expect("map always encodes");
     }
 
+    /// A reference to each key and value, in key order: a walk over the entries
+    /// with no copy (the values are shared, see [`Value`]). Until the capture is
+    /// dropped, the values overwritten since stay allocated: at most one more
+    /// state's worth for each checkpoint being encoded.
+    fn capture(&self) -> Arc<dyn CapturedState> {
+        let entries = InOrder::new(self)
+            .map(|(k, stored)| (Arc::clone(k), Arc::clone(&stored.value)))
+            .collect();
+        Arc::new(Captured {
+            entries,
+            bound: self.snapshot_bound(),
+        })
+    }
+
     /// `bytes` bounds the encoding: each entry's two length prefixes take at most
     /// 10 of the [`ENTRY_OVERHEAD`] bytes it counts, the map's length at most 10 more.
     fn snapshot_bound(&self) -> usize {
@@ -581,14 +647,14 @@ impl Application for KvStore {
         // became lazy: restoring is a pass over the state anyway, and a node asked
         // for `/status` right after must not hash it all then (see STALE_MAX).
         let mut sum = SetHash::new();
-        self.order = map.keys().cloned().collect();
+        self.order = map.keys().map(|k| Arc::from(&k[..])).collect();
         self.map = map
             .into_iter()
             .map(|(k, value)| {
                 let element = SetElement::of(&[&k, &value]);
                 sum.insert_element(&element);
                 let stored = Stored {
-                    value,
+                    value: value.into(),
                     counted: Cell::new(Some(element)),
                     stale: Cell::new(false),
                 };
@@ -651,7 +717,7 @@ mod tests {
                 new: b"swapped".to_vec(),
             },
         );
-        assert_eq!(kv.get(b"a"), Some(&b"swapped".to_vec()));
+        assert_eq!(kv.get(b"a"), Some(&b"swapped"[..]));
         assert_ne!(kv.digest(), before.digest());
         kv.rollback_tentative();
         assert_eq!(kv, before);
@@ -775,7 +841,7 @@ mod tests {
             value: b"6".to_vec(),
         };
         assert_eq!(run(&mut kv, fresh), KvResult::Written);
-        assert_eq!(kv.get(&k), Some(&b"6".to_vec()));
+        assert_eq!(kv.get(&k), Some(&b"6"[..]));
     }
 
     /// The store never outgrows its bound (a snapshot must fit one frame): a write
@@ -834,6 +900,63 @@ mod tests {
         assert!(kv.is_empty());
     }
 
+    /// A capture writes the state as it was when captured, whatever the store
+    /// did since: overwrites, deletes, new keys, a rollback, a restore.
+    #[test]
+    fn a_capture_encodes_the_state_it_was_taken_from() {
+        let mut kv = KvStore::new();
+        for i in 0..600u32 {
+            let key = format!("key-{}", i % 300).into_bytes();
+            run(
+                &mut kv,
+                KvOp::Set {
+                    key,
+                    value: vec![i as u8; 40],
+                },
+            );
+        }
+        let before = kv.snapshot();
+        let captured = kv.capture();
+        assert!(captured.encoded_bound() >= before.len());
+        for i in 0..300u32 {
+            let key = format!("key-{i}").into_bytes();
+            match i % 3 {
+                0 => run(&mut kv, KvOp::Delete { key }),
+                1 => run(
+                    &mut kv,
+                    KvOp::Put {
+                        key,
+                        value: vec![9; 90],
+                    },
+                ),
+                _ => run(
+                    &mut kv,
+                    KvOp::Set {
+                        key: [&key[..], b"-new"].concat(),
+                        value: vec![1],
+                    },
+                ),
+            };
+        }
+        assert!(kv.begin_tentative());
+        run(
+            &mut kv,
+            KvOp::Set {
+                key: b"key-1".to_vec(),
+                value: vec![7],
+            },
+        );
+        kv.rollback_tentative();
+        assert_ne!(kv.snapshot(), before);
+        let mut out = Vec::new();
+        captured.encode_into(&mut out);
+        assert_eq!(out, before);
+        kv.restore(&KvStore::new().snapshot()).unwrap();
+        let mut again = vec![1, 2, 3];
+        captured.encode_into(&mut again);
+        assert_eq!(&again[3..], &before[..]);
+    }
+
     #[test]
     fn snapshot_restore_and_digest_agree() {
         let mut a = KvStore::new();
@@ -871,7 +994,7 @@ mod tests {
                 2 => KvOp::Set { key, value },
                 3 => KvOp::Delete { key },
                 _ => KvOp::CompareAndSwap {
-                    expected: kv.get(&key).cloned(),
+                    expected: kv.get(&key).map(<[u8]>::to_vec),
                     key,
                     new: value,
                 },
@@ -883,7 +1006,7 @@ mod tests {
                 assert_eq!(kv.digest(), fresh.digest(), "step {step}");
             }
         }
-        let keys: Vec<Vec<u8>> = kv.order.iter().cloned().collect();
+        let keys: Vec<Vec<u8>> = kv.order.iter().map(|k| k.to_vec()).collect();
         for key in keys {
             run(&mut kv, KvOp::Delete { key });
         }

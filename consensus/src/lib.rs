@@ -37,6 +37,7 @@ pub mod reply;
 pub mod reply_bundle;
 pub mod reply_result;
 pub mod request_checks;
+pub mod snapshot_job;
 pub mod types;
 pub mod validate;
 
@@ -57,5 +58,6 @@ pub use rejection::Rejection;
 pub use replica::{encode_snapshot, encode_snapshot_into, RecoveryError, Replica};
 pub use reply::{RootCache, SignedReply, VerifiedReply};
 pub use reply_bundle::{ReplyBundle, SignedReplies};
+pub use snapshot_job::{SnapshotJob, SnapshotTaken};
 pub use types::{ClientId, Membership, ReplicaConfig, ReplicaId, RequestId, Seq, View};
 pub use validate::{Validator, VerifiedMessage};

@@ -102,7 +102,7 @@ fn a_prepared_batch_executes_tentatively_then_commits_without_running_twice() {
     assert_eq!(c.replica(1).tentative_seq(), None);
     // The state is the committed one, the same as a replica that never went
     // tentative reaches (replica 0 commits it the ordinary way in a full run).
-    assert_eq!(c.replica(1).app().get(b"k"), Some(&b"new".to_vec()));
+    assert_eq!(c.replica(1).app().get(b"k"), Some(&b"new"[..]));
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn leaving_the_view_rolls_a_tentative_execution_back() {
     let batch = batch_of(vec![req]);
     c.prepare_at_backup_1(&batch);
     assert_eq!(c.replica(1).tentative_seq(), Some(1));
-    assert_eq!(c.replica(1).app().get(b"k"), Some(&b"new".to_vec()));
+    assert_eq!(c.replica(1).app().get(b"k"), Some(&b"new"[..]));
     let tentative_digest = c.replica(1).app_digest();
 
     // No commit comes: the request timer fires and the backup asks for view 1.

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub fd_phi: GaugeVec,
     pub byzantine_behaviour: IntGaugeVec,
     pub checkpoint_persist: Histogram,
+    pub checkpoint_snapshot: Histogram,
     /// Event-loop turns whose records one write took (group commit).
     pub persist_turns: Histogram,
     /// Synced writes (a group of records alone is written unsynced).
@@ -179,6 +180,11 @@ impl Metrics {
             checkpoint_persist: histogram(
                 "bft_checkpoint_persist_seconds",
                 "Time to durably write a stable checkpoint (its snapshot file, then its record)",
+                LATENCY_BUCKETS,
+            ),
+            checkpoint_snapshot: histogram(
+                "bft_checkpoint_snapshot_seconds",
+                "Time to encode and hash a checkpoint's snapshot, on the snapshot thread (the event loop only captures the state)",
                 LATENCY_BUCKETS,
             ),
             persist_turns: histogram(

@@ -131,8 +131,17 @@ impl Twin {
             self.other.handle(ctx.now, input, &mut outs);
         }
         let mut kept = Vec::new();
-        for o in outs {
+        // The second twin's snapshot jobs run at once: the driver does not know it
+        // exists, and its checkpoint votes are what matters, not when.
+        let mut outs = std::collections::VecDeque::from(outs);
+        while let Some(o) = outs.pop_front() {
             match o {
+                Output::TakeSnapshot(job) => {
+                    let mut more = Vec::new();
+                    let taken = Input::SnapshotTaken(job.run());
+                    self.other.handle(ctx.now, taken, &mut more);
+                    outs.extend(more);
+                }
                 Output::SetTimer { timer, at } => {
                     self.timers.insert(timer, at);
                 }
@@ -159,7 +168,7 @@ impl Behaviour for Twin {
     fn filter_input(&mut self, ctx: &Ctx<'_>, input: Input) -> Option<Input> {
         let second = self.schedule.second_twin();
         let (to_first, to_second) = match &input {
-            Input::Timer(_) => (true, false),
+            Input::Timer(_) | Input::SnapshotTaken(_) => (true, false),
             Input::Message(m) => match m.sender() {
                 // Clients are outside the partitions.
                 None => (true, true),

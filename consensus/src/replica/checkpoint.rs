@@ -1,27 +1,68 @@
 //! Checkpoints and garbage collection (OSDI'99 §4.3).
 
-use super::{encode_snapshot_into, Replica};
+use super::Replica;
 use crate::app::Application;
 use crate::durable::{PersistRecord, StableCheckpoint};
 use crate::io::Output;
-use crate::messages::{snapshot_digest, Checkpoint, Message};
+use crate::messages::{Checkpoint, Message};
+use crate::snapshot_job::{SnapshotJob, SnapshotTaken};
 use crate::types::Seq;
 use bft_crypto::{Digest, Signed, Verified};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// One of our own checkpoints above the stable one.
+#[derive(Debug)]
+pub(crate) enum OwnCheckpoint {
+    /// Its state is captured and its job is with the driver: we have not signed
+    /// it yet. A proof of it that arrived meanwhile waits here (the first one:
+    /// every valid proof of a sequence number has one digest, as 2f+1 signers
+    /// include an honest one).
+    Pending {
+        proof: Option<(Digest, Vec<Signed<Checkpoint>>)>,
+    },
+    /// Encoded and hashed, and our vote for it sent.
+    Taken {
+        digest: Digest,
+        snapshot: Arc<Vec<u8>>,
+    },
+}
 
 impl<A: Application> Replica<A> {
-    /// After executing a multiple of K: snapshot the state, multicast its digest.
+    /// After executing a multiple of K: capture the state and hand the driver the
+    /// job that encodes and hashes it (see [`crate::snapshot_job`]); the digest is
+    /// multicast when the job's result comes back ([`Replica::on_snapshot_taken`]).
     pub(super) fn take_checkpoint(&mut self, seq: Seq) {
-        // The retired buffer if it is ours alone by now; else a fresh one.
-        let buf = self
-            .retired_snapshot
-            .take()
-            .and_then(std::sync::Arc::into_inner)
-            .unwrap_or_default();
-        let snapshot = encode_snapshot_into(&self.app, &self.clients, buf);
-        let digest = snapshot_digest(&snapshot);
+        let clients = bft_crypto::encode(&self.clients).expect("the client table always encodes");
+        let job = SnapshotJob::new(
+            seq,
+            self.app.capture(),
+            clients,
+            self.retired_snapshot.take(),
+        );
         self.own_checkpoints
-            .insert(seq, (digest, std::sync::Arc::new(snapshot)));
+            .insert(seq, OwnCheckpoint::Pending { proof: None });
+        self.emit(Output::TakeSnapshot(job));
+    }
+
+    /// A checkpoint's job finished: sign and multicast its digest, and adopt it if
+    /// it is stable already. A result for a checkpoint we no longer wait for (it
+    /// fell below the stable checkpoint meanwhile, or came from before a restart)
+    /// is dropped.
+    pub(super) fn on_snapshot_taken(&mut self, taken: SnapshotTaken) {
+        let SnapshotTaken {
+            seq,
+            digest,
+            snapshot,
+        } = taken;
+        let Some(own) = self.own_checkpoints.get_mut(&seq) else {
+            return;
+        };
+        let OwnCheckpoint::Pending { proof } = own else {
+            return; // taken already: a driver delivered it twice
+        };
+        let deferred = proof.take();
+        *own = OwnCheckpoint::Taken { digest, snapshot };
         let cp = self.sign(Checkpoint {
             seq,
             snapshot_digest: digest,
@@ -29,7 +70,10 @@ impl<A: Application> Replica<A> {
         });
         self.record_checkpoint_vote(cp.clone());
         self.broadcast(Message::Checkpoint(cp));
-        self.check_stable(seq);
+        match deferred {
+            Some((proven, proof)) => self.adopt_stable(seq, proven, proof),
+            None => self.check_stable(seq),
+        }
     }
 
     pub(super) fn on_checkpoint(&mut self, c: Verified<Checkpoint>) {
@@ -94,8 +138,11 @@ impl<A: Application> Replica<A> {
         if seq <= self.stable.seq {
             return;
         }
-        match self.own_checkpoints.get(&seq) {
-            Some((own, snapshot)) if *own == digest => {
+        match self.own_checkpoints.get_mut(&seq) {
+            Some(OwnCheckpoint::Taken {
+                digest: own,
+                snapshot,
+            }) if *own == digest => {
                 let snapshot = snapshot.clone();
                 let cp = StableCheckpoint {
                     seq,
@@ -104,6 +151,11 @@ impl<A: Application> Replica<A> {
                     snapshot,
                 };
                 self.install_stable(cp, Written::Apart);
+            }
+            // Our own state there is being encoded: whether it matches is known
+            // when its job is done, and fetching it meanwhile would be waste.
+            Some(OwnCheckpoint::Pending { proof: deferred }) => {
+                deferred.get_or_insert((digest, proof));
             }
             _ => self.start_fetch(seq, proof.iter().map(|c| c.payload.replica).collect()),
         }

@@ -39,6 +39,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use checkpoint::OwnCheckpoint;
 pub use recovery::RecoveryError;
 
 /// Cap on the exponential view-change back-off, as a multiple of the base timeout.
@@ -74,8 +75,9 @@ pub struct Replica<A: Application> {
     new_view_floor: Seq,
 
     checkpoint_votes: BTreeMap<Seq, BTreeMap<ReplicaId, Signed<Checkpoint>>>,
-    /// Own checkpoints not yet stable: seq -> (digest, snapshot).
-    own_checkpoints: BTreeMap<Seq, (Digest, Arc<Vec<u8>>)>,
+    /// Own checkpoints not yet stable, taken or still being taken (bounded by the
+    /// window: one per checkpoint interval above the low water mark).
+    own_checkpoints: BTreeMap<Seq, OwnCheckpoint>,
     /// The snapshot of the stable checkpoint before the current one, whose buffer
     /// the next checkpoint is encoded into if nobody else holds it by then (see
     /// [`encode_snapshot_into`]). Not taken back when it is replaced: the node's
@@ -223,6 +225,7 @@ impl<A: Application> Replica<A> {
         match input {
             Input::Timer(timer) => self.on_timer(timer),
             Input::Message(msg) => self.on_message(msg),
+            Input::SnapshotTaken(taken) => self.on_snapshot_taken(taken),
         }
         self.answer_reads();
         self.update_request_timer();
@@ -430,7 +433,7 @@ const REUSE_SLACK: usize = 64 * 1024;
 
 /// The length prefix of a state from 64 KiB to 4 GiB, the states whose copy is
 /// worth saving: bincode's varint is then 5 bytes.
-const LIKELY_PREFIX: usize = 5;
+pub const LIKELY_PREFIX: usize = 5;
 
 /// [`encode_snapshot_into`], leaving `guess` bytes for the varint length of the
 /// application's bytes (a [`ReplicaSnapshot`] is that length, those bytes, then the
@@ -440,10 +443,43 @@ const LIKELY_PREFIX: usize = 5;
 fn encode_snapshot_with<A: Application>(
     app: &A,
     clients: &ClientTable,
+    buf: Vec<u8>,
+    guess: usize,
+) -> Vec<u8> {
+    encode_snapshot_parts(
+        Part {
+            bound: app.snapshot_bound(),
+            write: |out: &mut Vec<u8>| app.snapshot_into(out),
+        },
+        Part {
+            bound: clients.encoded_bound(),
+            write: |out: &mut Vec<u8>| {
+                bft_crypto::encode_into(clients, out).expect("snapshots always encode");
+            },
+        },
+        buf,
+        guess,
+    )
+}
+
+/// One part of a snapshot: at least how many bytes it takes, and what writes it.
+pub struct Part<W: FnOnce(&mut Vec<u8>)> {
+    pub bound: usize,
+    pub write: W,
+}
+
+/// A [`ReplicaSnapshot`]'s bytes from its two parts, the application's state (a
+/// byte string: its length, then its bytes) and the client table, written into
+/// `buf` (see [`encode_snapshot_with`]). Shared by the checkpoint's job
+/// ([`crate::snapshot_job`]) and [`encode_snapshot`], so that the two write the
+/// same bytes by construction.
+pub fn encode_snapshot_parts(
+    state: Part<impl FnOnce(&mut Vec<u8>)>,
+    clients: Part<impl FnOnce(&mut Vec<u8>)>,
     mut buf: Vec<u8>,
     guess: usize,
 ) -> Vec<u8> {
-    let bound = guess + app.snapshot_bound() + clients.encoded_bound();
+    let bound = guess + state.bound + clients.bound;
     // Sized once: a buffer too small is replaced rather than grown (growing copies
     // what it holds, and may double it), and one far too large (the state shrank)
     // is let go rather than kept resident.
@@ -452,7 +488,7 @@ fn encode_snapshot_with<A: Application>(
     }
     buf.clear();
     buf.resize(guess, 0);
-    app.snapshot_into(&mut buf);
+    (state.write)(&mut buf);
     let app_len = (buf.len() - guess) as u64;
     // A length prefix is encoded as a u64 is: the same varint.
     let prefix = bft_crypto::encode(&app_len).expect("a length always encodes");
@@ -462,7 +498,7 @@ fn encode_snapshot_with<A: Application>(
     } else {
         buf.splice(..guess, prefix);
     }
-    bft_crypto::encode_into(clients, &mut buf).expect("snapshots always encode");
+    (clients.write)(&mut buf);
     buf
 }
 

@@ -119,7 +119,7 @@ impl Linearizability {
                 });
             }
             let key = op.key().to_vec();
-            let now = self.model.get(&key).cloned();
+            let now = self.model.get(&key).map(<[u8]>::to_vec);
             let versions = self
                 .versions
                 .entry(key)

@@ -250,6 +250,10 @@ pub struct Cluster {
     pub max_frame: usize,
     /// Frames the ingress refused: (from, to, message type, why).
     pub refused: Vec<(ReplicaId, ReplicaId, &'static str, bft_consensus::Rejection)>,
+    /// Replicas whose checkpoint snapshot jobs wait in `held_snapshots` until a
+    /// test releases them; every other replica's job runs at once.
+    pub hold_snapshots_of: Vec<ReplicaId>,
+    pub held_snapshots: Vec<(ReplicaId, bft_consensus::SnapshotJob)>,
 }
 
 impl Cluster {
@@ -287,6 +291,8 @@ impl Cluster {
             drop_if: Box::new(|_, _, _| false),
             max_frame: bft_consensus::messages::MAX_MESSAGE_BYTES,
             refused: Vec::new(),
+            hold_snapshots_of: Vec::new(),
+            held_snapshots: Vec::new(),
         }
     }
 
@@ -336,6 +342,7 @@ impl Cluster {
 
     pub fn perform(&mut self, id: ReplicaId, out: Vec<Output>) {
         let n = self.replicas.len() as ReplicaId;
+        let mut jobs = Vec::new();
         for o in &out {
             match o {
                 Output::Send { to, message } => {
@@ -357,10 +364,29 @@ impl Cluster {
                     self.durable[id as usize].apply(rec);
                 }
                 Output::SetTimer { timer, at } => self.timers[id as usize].push((*timer, *at)),
+                Output::TakeSnapshot(job) => jobs.push(job.clone()),
                 _ => {}
             }
         }
         self.outputs[id as usize].push(out);
+        for job in jobs {
+            if self.hold_snapshots_of.contains(&id) {
+                self.held_snapshots.push((id, job));
+            } else {
+                self.input(id, Input::SnapshotTaken(job.run()));
+            }
+        }
+    }
+
+    /// Run the held snapshot jobs of `id` and hand it their results.
+    pub fn release_snapshots(&mut self, id: ReplicaId) {
+        let (mine, others) = std::mem::take(&mut self.held_snapshots)
+            .into_iter()
+            .partition(|(r, _)| *r == id);
+        self.held_snapshots = others;
+        for (_, job) in mine {
+            self.input(id, Input::SnapshotTaken(job.run()));
+        }
     }
 
     /// Send a client request to one replica.

@@ -7,6 +7,7 @@ mod admin;
 mod outputs;
 mod persister;
 mod routes;
+mod snapshotter;
 
 use crate::committed_log::CommittedLog;
 use crate::control::Control;
@@ -23,6 +24,7 @@ use bft_consensus::{
 use bft_net::{NetHandle, PeerId};
 use persister::{Frame, Persister};
 use routes::ReplyRoutes;
+use snapshotter::Snapshotter;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -61,6 +63,8 @@ pub struct Runtime {
     behaviour: (String, Params),
     /// Owns the storage: makes each turn durable, then sends its frames.
     persister: Persister,
+    /// Encodes and hashes checkpoints' snapshots off the loop.
+    snapshotter: Snapshotter,
     /// This turn's frames, handed to the persister with its records at `flush`.
     outbox: Vec<Frame>,
     net: NetHandle,
@@ -94,6 +98,7 @@ impl Runtime {
             generals: p.generals,
             behaviour: p.behaviour,
             persister: Persister::start(p.storage, p.net.clone(), p.metrics.clone()),
+            snapshotter: Snapshotter::start(p.metrics.checkpoint_snapshot.clone()),
             outbox: Vec::new(),
             net: p.net,
             peers: p.peers,
@@ -154,6 +159,9 @@ impl Runtime {
                     }
                 }
                 Some(cmd) = control.recv() => self.on_control(cmd),
+                Some(taken) = self.snapshotter.done.recv() => {
+                    self.handle(Input::SnapshotTaken(taken));
+                }
                 () = sleep_until(next_timer) => self.fire_timers(),
                 () = sleep_until(next_delayed) => self.release_delayed(),
                 () = sleep_until(next_generals) => {

@@ -46,6 +46,7 @@ impl Runtime {
                 }
             }
             Output::Persist(_) | Output::PersistApart(_) => {}
+            Output::TakeSnapshot(job) => self.snapshotter.submit(job),
             Output::SetTimer { timer, at } => {
                 self.timers.insert(timer, self.start + at);
             }

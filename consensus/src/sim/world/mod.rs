@@ -58,6 +58,12 @@ const INGEST_DELAY_US: u64 = 300;
 /// Longest a record written apart takes to land (the node's checkpoint thread writes
 /// a snapshot file and a record, each synced).
 const APART_WRITE_MS: u64 = 250;
+/// Longest a checkpoint's snapshot job takes (see `crate::snapshot_job`): the
+/// node's takes a few milliseconds for megabytes of state, on a busy machine tens.
+/// Drawn from 0, so that a replica's own checkpoint is sometimes done at once and
+/// sometimes still pending when the others' votes, a proof in a new-view, a crash
+/// or a state transfer arrive.
+const SNAPSHOT_JOB_MS: u64 = 40;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Node {
@@ -86,6 +92,13 @@ enum Event {
         replica: ReplicaId,
         incarnation: u32,
         record: Box<PersistRecord>,
+    },
+    /// A checkpoint's snapshot job is done (see `Output::TakeSnapshot`); lost if its
+    /// replica crashed since, as the node's thread is.
+    SnapshotTaken {
+        replica: ReplicaId,
+        incarnation: u32,
+        taken: Box<crate::snapshot_job::SnapshotTaken>,
     },
     ReplicaTimer {
         replica: ReplicaId,
@@ -128,9 +141,11 @@ impl Event {
     /// land in its inbox (the kernel's socket buffers).
     fn handled_by(&self) -> Option<(ReplicaId, Needs)> {
         match self {
-            Event::Ingest { replica, .. } | Event::ReplicaTimer { replica, .. } => {
-                Some((*replica, Needs::Process))
-            }
+            // The snapshot job's thread is the process's: a paused process pauses
+            // it too.
+            Event::Ingest { replica, .. }
+            | Event::ReplicaTimer { replica, .. }
+            | Event::SnapshotTaken { replica, .. } => Some((*replica, Needs::Process)),
             Event::Flush { replica, .. } => Some((*replica, Needs::ProcessAndDisk)),
             // The checkpoint thread's write was issued before: a paused process
             // does not hold it up, a stalled disk does.
@@ -553,6 +568,18 @@ impl World {
                 }
                 Ok(())
             }
+            Event::SnapshotTaken {
+                replica,
+                incarnation,
+                taken,
+            } => {
+                let r = &self.replicas[replica as usize];
+                if r.node.is_some() && r.incarnation == incarnation {
+                    self.log(format!("r{replica} snapshot {} taken", taken.seq));
+                    self.handle(replica, Input::SnapshotTaken(*taken))?;
+                }
+                Ok(())
+            }
             Event::ReplicaTimer {
                 replica,
                 incarnation,
@@ -839,6 +866,21 @@ impl World {
                     } else {
                         self.write_apart(id, record);
                     }
+                }
+                Output::TakeSnapshot(job) => {
+                    // Run now: the job's state was captured when it was made, so
+                    // running it at any later moment gives the same bytes.
+                    let incarnation = self.replicas[id as usize].incarnation;
+                    let taken = Box::new(job.run());
+                    let after = Duration::from_millis(self.rng.gen_range(0..=SNAPSHOT_JOB_MS));
+                    self.schedule(
+                        after,
+                        Event::SnapshotTaken {
+                            replica: id,
+                            incarnation,
+                            taken,
+                        },
+                    );
                 }
                 Output::SetTimer { timer, at } => {
                     let r = &mut self.replicas[id as usize];
