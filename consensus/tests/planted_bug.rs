@@ -133,11 +133,12 @@ fn planted_state_transfer_checkpoint_written_apart_is_caught_as_a_durability_fai
     // 1060 since the simulator's values grew long enough for digest replies (issue
     // 13, eighth round); seed 1463 (the first in 0..4000) since `forge-request`
     // joined the behaviours every family draws and a request's digest covers its
-    // signature (issue 13, ninth round).
+    // signature (issue 13, ninth round); seed 1507 since a checkpoint's snapshot is
+    // taken off the loop and its vote waits for it (issue 13, twenty-fifth round).
     hunt_with(
         Family::Basic,
         1,
-        1440..1480,
+        1490..1530,
         "durability",
         |c| c.requests_per_client = 40,
         |c| c.planted_transfer_apart = true,
@@ -164,11 +165,13 @@ fn storage_family_catches_a_state_transfer_checkpoint_written_apart() {
     // violations) and 2 times after (both crashes after 224 ms, once the write had
     // landed), while installs (1752 and 1705) and the delays from any executed
     // checkpoint to the next crash were the same: a rare event's count, not a
-    // mechanism (`--batches-in-flight 1 --trace`, counted by script).
+    // mechanism (`--batches-in-flight 1 --trace`, counted by script). Seed 2940
+    // (the first in 300..2940) since a checkpoint's vote waits for its snapshot job,
+    // which the simulator delivers 0 to 40 ms later (issue 13, twenty-fifth round).
     hunt_with(
         Family::Storage,
         1,
-        300..340,
+        2920..2960,
         "durability",
         |c| c.max_batches_in_flight = Family::Storage.config(c.seed, c.f).max_batches_in_flight,
         |c| c.planted_transfer_apart = true,
@@ -215,8 +218,9 @@ fn planted_f_plus_1_read_quorum_is_caught_as_a_stale_read() {
     // takes the faulty replica's stale value when one correct replica had not
     // executed the latest write yet. With 2f+1 the same seed is linearizable.
     // Found at seed 52 (f=1) when it was planted; at seed 122 since digest replies
-    // changed the runs (issue 13, eighth round).
-    let seeds = 100..160u64;
+    // changed the runs (issue 13, eighth round); at seed 276 (the first in 100..276)
+    // since a checkpoint's snapshot is taken off the loop (twenty-fifth round).
+    let seeds = 260..300u64;
     let found = seeds.clone().find_map(|seed| {
         let mut cfg = stale_reader(seed);
         cfg.planted_read_quorum = Some(2);

@@ -33,7 +33,8 @@ impl<A: Application> Replica<A> {
     /// job that encodes and hashes it (see [`crate::snapshot_job`]); the digest is
     /// multicast when the job's result comes back ([`Replica::on_snapshot_taken`]).
     pub(super) fn take_checkpoint(&mut self, seq: Seq) {
-        let clients = bft_crypto::encode(&self.clients).expect("the client table always encodes");
+        let mut clients = Vec::with_capacity(self.clients.encoded_bound());
+        bft_crypto::encode_into(&self.clients, &mut clients).expect("the client table encodes");
         let job = SnapshotJob::new(
             seq,
             self.app.capture(),

@@ -458,6 +458,8 @@ impl Cluster {
     pub fn crash(&mut self, id: ReplicaId) {
         self.replicas[id as usize] = None;
         self.timers[id as usize].clear();
+        // Its snapshot jobs die with it, as the node's thread does.
+        self.held_snapshots.retain(|(r, _)| *r != id);
     }
 
     pub fn restart(&mut self, id: ReplicaId) {

@@ -159,9 +159,12 @@ impl Runtime {
                     }
                 }
                 Some(cmd) = control.recv() => self.on_control(cmd),
-                Some(taken) = self.snapshotter.done.recv() => {
-                    self.handle(Input::SnapshotTaken(taken));
-                }
+                taken = self.snapshotter.done.recv() => match taken {
+                    Some(taken) => self.handle(Input::SnapshotTaken(taken)),
+                    // The thread ends only with the loop, unless it panicked: then
+                    // the checkpoint it held is never signed here. Stop.
+                    None => anyhow::bail!("the snapshot thread is gone"),
+                },
                 () = sleep_until(next_timer) => self.fire_timers(),
                 () = sleep_until(next_delayed) => self.release_delayed(),
                 () = sleep_until(next_generals) => {

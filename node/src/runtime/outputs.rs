@@ -20,6 +20,10 @@ impl Runtime {
             match o {
                 Output::Persist(r) => records.push(r),
                 Output::PersistApart(r) => apart.push(r),
+                // The replica signs its checkpoint only when the job is done: a
+                // node whose snapshot thread is gone must stop rather than look
+                // alive and never vote a checkpoint again.
+                Output::TakeSnapshot(job) => self.snapshotter.submit(job)?,
                 other => self.perform(other),
             }
         }
@@ -46,7 +50,7 @@ impl Runtime {
                 }
             }
             Output::Persist(_) | Output::PersistApart(_) => {}
-            Output::TakeSnapshot(job) => self.snapshotter.submit(job),
+            Output::TakeSnapshot(_) => {} // in `flush`
             Output::SetTimer { timer, at } => {
                 self.timers.insert(timer, self.start + at);
             }

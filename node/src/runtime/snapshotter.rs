@@ -12,24 +12,35 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-/// Jobs waiting for the thread at most. The replica has at most one pending
-/// checkpoint per checkpoint interval in its window (a handful), so this is never
-/// reached; if it were, the loop would wait for room rather than drop a job the
-/// replica waits for.
+/// Jobs waiting for the thread at most. The replica makes one job per checkpoint
+/// interval it executes, so a turn rarely hands over more than one; a turn that
+/// hands over more (a restart or a state transfer re-executing a window with a
+/// small checkpoint interval) waits for room, a job's time at most each, since the
+/// thread never waits for the loop (see [`Snapshotter::done`]).
 const JOBS_QUEUED: usize = 16;
+
+/// The snapshot thread could not take a job: it is gone (it panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("the snapshot thread is gone; checkpoint {seq} cannot be taken")]
+pub(super) struct SnapshotterGone {
+    seq: u64,
+}
 
 /// The snapshot thread's two ends, as the event loop holds them.
 pub(super) struct Snapshotter {
     jobs: std_mpsc::SyncSender<SnapshotJob>,
-    /// Finished jobs, for the loop to feed the replica.
-    pub(super) done: mpsc::Receiver<SnapshotTaken>,
+    /// Finished jobs, for the loop to feed the replica. Unbounded so that the
+    /// thread never waits for the loop (which may be waiting for room in `jobs`);
+    /// it holds at most the jobs taken from `jobs` and not yet received, each a
+    /// checkpoint the replica awaits.
+    pub(super) done: mpsc::UnboundedReceiver<SnapshotTaken>,
 }
 
 impl Snapshotter {
     /// Start the thread; it ends when the `Snapshotter` is dropped.
     pub(super) fn start(seconds: prometheus::Histogram) -> Self {
         let (jobs, queue) = std_mpsc::sync_channel::<SnapshotJob>(JOBS_QUEUED);
-        let (finished, done) = mpsc::channel(JOBS_QUEUED);
+        let (finished, done) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
@@ -37,7 +48,7 @@ impl Snapshotter {
                     let started = Instant::now();
                     let taken = job.run();
                     seconds.observe(started.elapsed().as_secs_f64());
-                    if finished.blocking_send(taken).is_err() {
+                    if finished.send(taken).is_err() {
                         break; // the loop stopped
                     }
                 }
@@ -46,13 +57,13 @@ impl Snapshotter {
         Self { jobs, done }
     }
 
-    /// Queue `job`.
-    pub(super) fn submit(&self, job: SnapshotJob) {
+    /// Queue `job`, waiting for room if [`JOBS_QUEUED`] wait already.
+    ///
+    /// # Errors
+    /// The thread is gone: the replica would never sign a checkpoint again, so the
+    /// node must stop.
+    pub(super) fn submit(&self, job: SnapshotJob) -> Result<(), SnapshotterGone> {
         let seq = job.seq();
-        if self.jobs.send(job).is_err() {
-            // Only if the thread panicked: the checkpoint is never signed here, and
-            // the others' proofs make it stable (fetched) all the same.
-            tracing::error!(seq, "snapshot thread gone; checkpoint not taken");
-        }
+        self.jobs.send(job).map_err(|_| SnapshotterGone { seq })
     }
 }
