@@ -333,6 +333,7 @@ mod tests {
             "bft_byzantine_behaviour{behaviour=\"none\"} 1",
             "bft_byzantine_behaviour{behaviour=\"flood\"} 0",
             "bft_checkpoint_persist_seconds_bucket",
+            "bft_checkpoint_snapshot_seconds_bucket",
             "bft_state_transfers_total",
             "bft_generals_decisions_total{outcome=\"value\"} 1",
             "bft_frames_lost",
