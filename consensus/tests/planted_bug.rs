@@ -119,8 +119,10 @@ fn planted_no_relay_sender_rule_is_caught_as_a_liveness_failure() {
     // 993, where the primary had left view 0 alone and, with relays undone, never
     // got back; at seed 698 (a replica stuck in view 2 while the others order in
     // view 1) since backups follow a primary that leaves its view and the primary
-    // waits twice a backup's request timer (issue 13, nineteenth round).
-    hunt(1, 600..1000, "liveness", |c| c.planted_relay_rule = true);
+    // waits twice a backup's request timer (issue 13, nineteenth round); at seed
+    // 1322 (none in 600..1322) since one checkpoint job in eight before the heal may
+    // take up to 1.5 s in the simulator (issue 13, twenty-fifth round).
+    hunt(1, 1310..1350, "liveness", |c| c.planted_relay_rule = true);
 }
 
 #[test]
@@ -134,11 +136,13 @@ fn planted_state_transfer_checkpoint_written_apart_is_caught_as_a_durability_fai
     // 13, eighth round); seed 1463 (the first in 0..4000) since `forge-request`
     // joined the behaviours every family draws and a request's digest covers its
     // signature (issue 13, ninth round); seed 1507 since a checkpoint's snapshot is
-    // taken off the loop and its vote waits for it (issue 13, twenty-fifth round).
+    // taken off the loop and its vote waits for it (issue 13, twenty-fifth round),
+    // seed 1781 (the first in 1440..1781) once the simulator let one job in eight
+    // take up to 1.5 s before the heal.
     hunt_with(
         Family::Basic,
         1,
-        1490..1530,
+        1770..1810,
         "durability",
         |c| c.requests_per_client = 40,
         |c| c.planted_transfer_apart = true,
@@ -167,11 +171,13 @@ fn storage_family_catches_a_state_transfer_checkpoint_written_apart() {
     // checkpoint to the next crash were the same: a rare event's count, not a
     // mechanism (`--batches-in-flight 1 --trace`, counted by script). Seed 2940
     // (the first in 300..2940) since a checkpoint's vote waits for its snapshot job,
-    // which the simulator delivers 0 to 40 ms later (issue 13, twenty-fifth round).
+    // which the simulator delivers 0 to 40 ms later (issue 13, twenty-fifth round);
+    // seed 3814 (the first in 300..3814) once one job in eight before the heal may
+    // take up to 1.5 s.
     hunt_with(
         Family::Storage,
         1,
-        2920..2960,
+        3800..3840,
         "durability",
         |c| c.max_batches_in_flight = Family::Storage.config(c.seed, c.f).max_batches_in_flight,
         |c| c.planted_transfer_apart = true,
@@ -219,8 +225,10 @@ fn planted_f_plus_1_read_quorum_is_caught_as_a_stale_read() {
     // executed the latest write yet. With 2f+1 the same seed is linearizable.
     // Found at seed 52 (f=1) when it was planted; at seed 122 since digest replies
     // changed the runs (issue 13, eighth round); at seed 276 (the first in 100..276)
-    // since a checkpoint's snapshot is taken off the loop (twenty-fifth round).
-    let seeds = 260..300u64;
+    // since a checkpoint's snapshot is taken off the loop, and at seed 317 (the
+    // first in 100..317) once some of its jobs may take up to 1.5 s (twenty-fifth
+    // round).
+    let seeds = 300..340u64;
     let found = seeds.clone().find_map(|seed| {
         let mut cfg = stale_reader(seed);
         cfg.planted_read_quorum = Some(2);

@@ -58,12 +58,18 @@ const INGEST_DELAY_US: u64 = 300;
 /// Longest a record written apart takes to land (the node's checkpoint thread writes
 /// a snapshot file and a record, each synced).
 const APART_WRITE_MS: u64 = 250;
-/// Longest a checkpoint's snapshot job takes (see `crate::snapshot_job`): the
-/// node's takes a few milliseconds for megabytes of state, on a busy machine tens.
-/// Drawn from 0, so that a replica's own checkpoint is sometimes done at once and
-/// sometimes still pending when the others' votes, a proof in a new-view, a crash
-/// or a state transfer arrive.
+/// Longest a checkpoint's snapshot job usually takes (see `crate::snapshot_job`):
+/// the node's takes a few milliseconds for megabytes of state, on a busy machine
+/// tens. Drawn from 0, so that a replica's own checkpoint is sometimes done at once
+/// and sometimes still pending when the others' votes, a proof in a new-view, a
+/// crash or a state transfer arrive.
 const SNAPSHOT_JOB_MS: u64 = 40;
+/// Before the heal, one job in [`SLOW_SNAPSHOT_ONE_IN`] takes up to this long
+/// instead: the node runs its jobs at the lowest priority, and on a saturated
+/// machine one waits until the loops go idle (at worst until the window fills
+/// behind the pending checkpoint and the primary pauses).
+const SLOW_SNAPSHOT_JOB_MS: u64 = 1_500;
+const SLOW_SNAPSHOT_ONE_IN: u32 = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Node {
@@ -872,7 +878,12 @@ impl World {
                     // running it at any later moment gives the same bytes.
                     let incarnation = self.replicas[id as usize].incarnation;
                     let taken = Box::new(job.run());
-                    let after = Duration::from_millis(self.rng.gen_range(0..=SNAPSHOT_JOB_MS));
+                    let longest = if !self.healed && self.rng.gen_ratio(1, SLOW_SNAPSHOT_ONE_IN) {
+                        SLOW_SNAPSHOT_JOB_MS
+                    } else {
+                        SNAPSHOT_JOB_MS
+                    };
+                    let after = Duration::from_millis(self.rng.gen_range(0..=longest));
                     self.schedule(
                         after,
                         Event::SnapshotTaken {
