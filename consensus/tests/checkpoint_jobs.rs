@@ -31,12 +31,9 @@ fn asks_for_state(outputs: &[Output]) -> bool {
     })
 }
 
-/// OSDI'99 §4.3 with the digest computed off the loop: replica 3's job is held
-/// while the other three prove checkpoint K stable. It executed K, so it neither
-/// votes (it has no digest yet) nor fetches the state it has; once its job is
-/// done it votes, and the proof that waited makes K its stable checkpoint.
-#[test]
-fn a_proof_waits_for_the_replicas_own_snapshot_instead_of_fetching_it() {
+/// A group of four that executed K requests, one a batch, with replica 3's
+/// snapshot jobs held; and K.
+fn at_first_checkpoint_with_replica_3_held() -> (Cluster, u64) {
     let mut c = Cluster::new(4);
     c.hold_snapshots_of = vec![3];
     let k = c.group.params.checkpoint_interval;
@@ -44,6 +41,16 @@ fn a_proof_waits_for_the_replicas_own_snapshot_instead_of_fetching_it() {
         c.client_sends(0, request(&client_key(1), ts, "k", &format!("v{ts}")));
         c.run();
     }
+    (c, k)
+}
+
+/// OSDI'99 §4.3 with the digest computed off the loop: replica 3's job is held
+/// while the other three prove checkpoint K stable. It executed K, so it neither
+/// votes (it has no digest yet) nor fetches the state it has; once its job is
+/// done it votes, and the proof that waited makes K its stable checkpoint.
+#[test]
+fn a_proof_waits_for_the_replicas_own_snapshot_instead_of_fetching_it() {
+    let (mut c, k) = at_first_checkpoint_with_replica_3_held();
     for id in 0..3 {
         assert_eq!(c.replica(id).stable_checkpoint().seq, k, "replica {id}");
     }
@@ -88,13 +95,7 @@ fn a_proof_waits_for_the_replicas_own_snapshot_instead_of_fetching_it() {
 /// nothing and sends nothing.
 #[test]
 fn a_snapshot_result_no_longer_awaited_is_dropped() {
-    let mut c = Cluster::new(4);
-    c.hold_snapshots_of = vec![3];
-    let k = c.group.params.checkpoint_interval;
-    for ts in 1..=k {
-        c.client_sends(0, request(&client_key(1), ts, "k", &format!("v{ts}")));
-        c.run();
-    }
+    let (mut c, k) = at_first_checkpoint_with_replica_3_held();
     let job = c.held_snapshots[0].1.clone();
     c.release_snapshots(3);
     c.run();
