@@ -189,7 +189,17 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
     });
     runtime.push_outputs(initial);
     tracing::info!(replica = id, listen = %res.listen, http = %res.http, "replica started");
-    let result = runtime.run(frames, control_rx, shutdown_signal()).await;
+    // The loop runs as a task on the runtime's workers, not on the thread that
+    // called `block_on`: a frame read by a connection's task then wakes the loop
+    // on the same worker (tokio's LIFO slot) instead of waking a parked thread
+    // through a futex, and the frames a turn sends wake their writers the same
+    // way. Issue 13, twenty-sixth round: at 10,000 req/s, 8 alternating pairs,
+    // p50 -11 % and context switches -18 %, the peak unchanged.
+    let result =
+        tokio::spawn(async move { runtime.run(frames, control_rx, shutdown_signal()).await })
+            .await
+            .map_err(|e| anyhow::anyhow!("the event loop's task failed: {e}"))
+            .and_then(|r| r);
     net.handle.shutdown();
     result
 }
