@@ -572,6 +572,61 @@ mod tests {
         }
     }
 
+    fn replica_with_audit(audit: bool) -> super::Replica<KvStore> {
+        let keys: Vec<KeyPair> = (0..4u8).map(|i| KeyPair::from_seed([i; 32])).collect();
+        let members = crate::types::Membership::new(keys.iter().map(KeyPair::public).collect());
+        let mut cfg = crate::ReplicaConfig::new(1, members);
+        cfg.audit_batch_digests = audit;
+        super::Replica::new(cfg, keys[1].clone(), KvStore::new())
+    }
+
+    /// Execution takes a batch under the digest it was accepted with (checked when
+    /// the batch arrived) rather than hashing it again; only an audited replica
+    /// (the simulator's, a debug build's) hashes it to check. A digest that names
+    /// another batch shows which one did: the trusting replica executes, the
+    /// auditing one stops.
+    #[test]
+    fn execution_trusts_the_accepted_digest_unless_audited() {
+        let batch = crate::messages::Batch::default();
+        let other = bft_crypto::Digest([7; 32]);
+        assert_ne!(batch.digest(), other);
+
+        let mut trusting = replica_with_audit(false);
+        trusting.execute(1, 0, other, &batch);
+        assert_eq!(trusting.last_executed(), 1);
+
+        let mut auditing = replica_with_audit(true);
+        auditing.execute(1, 0, batch.digest(), &batch);
+        assert_eq!(auditing.last_executed(), 1);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            auditing.execute(2, 0, other, &batch);
+        }));
+        assert!(caught.is_err(), "an audited replica checks the digest");
+    }
+
+    /// The node's replicas trust the digests in release builds whatever features
+    /// the build turned on: `cargo test --workspace` turns on `sim` for every crate
+    /// it builds, the node's binary included, and with the audit tied to that
+    /// feature the binary a user ran hashed every batch twice or once depending on
+    /// the cargo command that built it last.
+    #[test]
+    fn only_debug_builds_audit_by_default() {
+        assert_eq!(
+            replica_config_default_audit(),
+            cfg!(debug_assertions),
+            "the default must not depend on the crate's features"
+        );
+    }
+
+    fn replica_config_default_audit() -> bool {
+        let members = crate::types::Membership::new(
+            (0..4u8)
+                .map(|i| KeyPair::from_seed([i; 32]).public())
+                .collect(),
+        );
+        crate::ReplicaConfig::new(0, members).audit_batch_digests
+    }
+
     /// A buffer that fits is written in place; one too small or far too large is
     /// replaced by one of the snapshot's bound.
     #[test]

@@ -325,6 +325,8 @@ impl World {
                 rc.view_change_timeout = VIEW_CHANGE_TIMEOUT;
                 rc.state_fetch_timeout = Duration::from_millis(300);
                 rc.fd = FdConfig::with_interval(HEARTBEAT_INTERVAL);
+                // Every seeded run checks the digests the node takes on trust.
+                rc.audit_batch_digests = true;
                 if let Some(q) = cfg.planted_commit_quorum {
                     rc = rc.with_planted_commit_quorum(q);
                 }
