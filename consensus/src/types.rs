@@ -238,6 +238,16 @@ impl ReplicaConfig {
         self
     }
 
+    /// Test-only: hash each batch again at execution to check the digest it was
+    /// accepted under (see `audit_batch_digests`), as the simulator's replicas do;
+    /// for harnesses outside the crate that build replicas themselves.
+    #[cfg(feature = "sim")]
+    #[must_use]
+    pub fn with_audited_batch_digests(mut self) -> Self {
+        self.audit_batch_digests = true;
+        self
+    }
+
     /// Test-only: write checkpoints installed by state transfer apart, as the node
     /// did before issue 11.
     #[cfg(feature = "sim")]

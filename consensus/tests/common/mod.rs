@@ -47,7 +47,8 @@ impl Group {
     }
 
     pub fn config(&self, id: ReplicaId) -> ReplicaConfig {
-        let mut c = ReplicaConfig::new(id, self.members.clone());
+        // Every directed test checks the batch digests the node takes on trust.
+        let mut c = ReplicaConfig::new(id, self.members.clone()).with_audited_batch_digests();
         c.params = self.params.clone();
         c.max_batches_in_flight = self.max_batches_in_flight;
         c.tentative_execution = self.tentative_execution;
