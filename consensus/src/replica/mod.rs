@@ -572,12 +572,17 @@ mod tests {
         }
     }
 
-    fn replica_with_audit(audit: bool) -> super::Replica<KvStore> {
+    /// Replica 1's key and config in a group of four.
+    fn replica_config() -> (KeyPair, crate::ReplicaConfig) {
         let keys: Vec<KeyPair> = (0..4u8).map(|i| KeyPair::from_seed([i; 32])).collect();
         let members = crate::types::Membership::new(keys.iter().map(KeyPair::public).collect());
-        let mut cfg = crate::ReplicaConfig::new(1, members);
+        (keys[1].clone(), crate::ReplicaConfig::new(1, members))
+    }
+
+    fn replica_with_audit(audit: bool) -> super::Replica<KvStore> {
+        let (key, mut cfg) = replica_config();
         cfg.audit_batch_digests = audit;
-        super::Replica::new(cfg, keys[1].clone(), KvStore::new())
+        super::Replica::new(cfg, key, KvStore::new())
     }
 
     /// Execution takes a batch under the digest it was accepted with (checked when
@@ -612,19 +617,10 @@ mod tests {
     #[test]
     fn only_debug_builds_audit_by_default() {
         assert_eq!(
-            replica_config_default_audit(),
+            replica_config().1.audit_batch_digests,
             cfg!(debug_assertions),
             "the default must not depend on the crate's features"
         );
-    }
-
-    fn replica_config_default_audit() -> bool {
-        let members = crate::types::Membership::new(
-            (0..4u8)
-                .map(|i| KeyPair::from_seed([i; 32]).public())
-                .collect(),
-        );
-        crate::ReplicaConfig::new(0, members).audit_batch_digests
     }
 
     /// A buffer that fits is written in place; one too small or far too large is

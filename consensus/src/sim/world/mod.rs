@@ -326,7 +326,7 @@ impl World {
                 rc.state_fetch_timeout = Duration::from_millis(300);
                 rc.fd = FdConfig::with_interval(HEARTBEAT_INTERVAL);
                 // Every seeded run checks the digests the node takes on trust.
-                rc.audit_batch_digests = true;
+                rc = rc.with_audited_batch_digests();
                 if let Some(q) = cfg.planted_commit_quorum {
                     rc = rc.with_planted_commit_quorum(q);
                 }
