@@ -12,6 +12,7 @@ pub mod http;
 pub mod http_admin;
 pub mod http_client;
 pub mod k8s;
+pub mod loop_cpu;
 pub mod metrics;
 pub mod netfault;
 pub mod netns;

@@ -4,11 +4,12 @@
 //! Latency histograms use buckets from 100 µs to 10 s: PBFT on a LAN commits in
 //! about a millisecond, a view change takes seconds.
 
+use crate::loop_cpu::{PhaseClock, PHASES};
 use bft_consensus::byzantine::ALL_BEHAVIOURS;
 use bft_consensus::{Frame, Rejection, ReplicaId};
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Sub-millisecond to seconds, for request latency and persist time.
@@ -46,6 +47,8 @@ pub struct Metrics {
     /// Frames per verification batch: how much the verify threads' (or loop's) batched
     /// signature checks gain (a batch of one costs what a lone check does).
     pub verify_batch_frames: Histogram,
+    /// CPU seconds of the event loop's phases (see [`crate::loop_cpu`]).
+    pub loop_cpu: CounterVec,
     pub peers_connected: IntGauge,
     pub suspected_peers: IntGauge,
     pub fd_phi: GaugeVec,
@@ -156,6 +159,17 @@ impl Metrics {
                 "Frames checked together by a verify thread or the event loop (signatures batch-verified)",
                 BATCH_BUCKETS,
             ),
+            loop_cpu: register(
+                &r,
+                CounterVec::new(
+                    Opts::new(
+                        "bft_loop_cpu_seconds_total",
+                        "CPU seconds of the event loop's phases (verify, handle, outputs), from the thread's own CPU clock",
+                    ),
+                    &["phase"],
+                )
+                .expect("valid metric"),
+            ),
             peers_connected: gauge("bft_peers_connected", "Replicas connected"),
             suspected_peers: gauge(
                 "bft_suspected_peers",
@@ -238,7 +252,16 @@ impl Metrics {
         for outcome in ["value", "none"] {
             m.generals_decisions.with_label_values(&[outcome]);
         }
+        for phase in PHASES {
+            m.loop_cpu.with_label_values(&[phase]);
+        }
         m
+    }
+
+    /// The clock of the loop's phase `phase` (one of [`PHASES`]).
+    #[must_use]
+    pub fn phase_clock(&self, phase: &str) -> PhaseClock {
+        PhaseClock::new(self.loop_cpu.with_label_values(&[phase]))
     }
 
     /// Every metric registered, with each labelled series a replica `me` of a group
@@ -320,6 +343,9 @@ mod tests {
             "bft_read_only_requests_total",
             "bft_tentative_executions_total",
             "bft_rollbacks_total",
+            "bft_loop_cpu_seconds_total{phase=\"verify\"} 0",
+            "bft_loop_cpu_seconds_total{phase=\"handle\"} 0",
+            "bft_loop_cpu_seconds_total{phase=\"outputs\"} 0",
             "bft_view_changes_total",
             "bft_messages_sent_total{type=\"prepare\"}",
             "bft_messages_received_total{type=\"prepare\"}",

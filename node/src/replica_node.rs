@@ -3,11 +3,12 @@
 use crate::config::Resolved;
 use crate::generals_node::GeneralsNode;
 use crate::http::{router, HttpState};
+use crate::loop_cpu;
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeParts};
 use crate::status::Status;
 use crate::storage::Storage;
-use crate::verify::Frames;
+use crate::verify::{Frames, VerifyMetrics};
 use anyhow::Context as _;
 use bft_consensus::byzantine::{build, Params, Wrapped};
 use bft_consensus::messages::MAX_MESSAGE_BYTES;
@@ -171,7 +172,10 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         Arc::new(replica_peers),
         net.inbound,
         net.others,
-        metrics.verify_batch_frames.clone(),
+        VerifyMetrics {
+            batch_frames: metrics.verify_batch_frames.clone(),
+            cpu: metrics.phase_clock(loop_cpu::VERIFY),
+        },
     );
     let generals = GeneralsNode::new(id, res.validators.n(), res.key.clone(), &name);
     let mut runtime = Runtime::new(RuntimeParts {

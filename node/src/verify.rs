@@ -13,6 +13,7 @@
 //! everyone (4,096 clients on a cold machine: 45,000 retransmissions, views 3 and
 //! 4, nothing committed after the fourth second).
 
+use crate::loop_cpu::PhaseClock;
 use bft_consensus::{Admitted, Ingress, Origin, Rejection, ReplicaId, VerifiedFrame};
 use bft_net::{Inbound, PeerId};
 use prometheus::Histogram;
@@ -40,6 +41,14 @@ impl Checked {
     }
 }
 
+/// What verification reports: each batch's size, and the CPU its checks took
+/// (`bft_verify_batch_frames`, `bft_loop_cpu_seconds_total{phase="verify"}`).
+#[derive(Clone)]
+pub struct VerifyMetrics {
+    pub batch_frames: Histogram,
+    pub cpu: PhaseClock,
+}
+
 /// Frames handed to one worker at once (their signatures are batch-verified).
 const BATCH: usize = 256;
 
@@ -54,7 +63,7 @@ impl VerifyPool {
     /// Start `threads` workers reading `inbound` (the replicas' frames, or all)
     /// and `others` (the clients', if the network keeps them apart) and sending
     /// results to `out`. `replicas` tells which transport peers are replicas (the
-    /// rest are clients). Each batch's size goes to `batch_frames`. Everything
+    /// rest are clients). Each batch's size and CPU go to `metrics`. Everything
     /// stops once the replicas' queue closes or `out` is dropped.
     pub fn start(
         threads: usize,
@@ -63,7 +72,7 @@ impl VerifyPool {
         inbound: mpsc::Receiver<Inbound>,
         others: Option<mpsc::Receiver<Inbound>>,
         out: mpsc::Sender<Vec<Checked>>,
-        batch_frames: Histogram,
+        metrics: VerifyMetrics,
     ) {
         let inbound = Arc::new(Mutex::new(Queues {
             replicas: inbound,
@@ -74,18 +83,16 @@ impl VerifyPool {
             let ingress = ingress.clone();
             let replicas = replicas.clone();
             let out = out.clone();
-            let batch_frames = batch_frames.clone();
+            let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name(format!("verify-{i}"))
                 .spawn(move || loop {
                     let Some(batch) = next_batch(&inbound) else {
                         return;
                     };
-                    batch_frames.observe(batch.len() as f64);
-                    if out
-                        .blocking_send(check(&ingress, &replicas, &batch))
-                        .is_err()
-                    {
+                    metrics.batch_frames.observe(batch.len() as f64);
+                    let checked = metrics.cpu.time(|| check(&ingress, &replicas, &batch));
+                    if out.blocking_send(checked).is_err() {
                         return;
                     }
                 })
@@ -112,28 +119,16 @@ impl Frames {
         replicas: Arc<HashMap<PeerId, ReplicaId>>,
         inbound: mpsc::Receiver<Inbound>,
         others: Option<mpsc::Receiver<Inbound>>,
-        batch_frames: Histogram,
+        metrics: VerifyMetrics,
     ) -> Self {
         if threads == 0 {
             return Self::Inline(InlineVerifier::new(
-                ingress,
-                replicas,
-                inbound,
-                others,
-                batch_frames,
+                ingress, replicas, inbound, others, metrics,
             ));
         }
         // Small: frames should wait before verification, where batches are ordered.
         let (out, results) = mpsc::channel(64);
-        VerifyPool::start(
-            threads,
-            ingress,
-            replicas,
-            inbound,
-            others,
-            out,
-            batch_frames,
-        );
+        VerifyPool::start(threads, ingress, replicas, inbound, others, out, metrics);
         Self::Pool(results)
     }
 
@@ -155,7 +150,7 @@ pub struct InlineVerifier {
     queues: Queues,
     ingress: Arc<Ingress>,
     replicas: Arc<HashMap<PeerId, ReplicaId>>,
-    batch_frames: Histogram,
+    metrics: VerifyMetrics,
 }
 
 impl InlineVerifier {
@@ -167,7 +162,7 @@ impl InlineVerifier {
         replicas: Arc<HashMap<PeerId, ReplicaId>>,
         inbound: mpsc::Receiver<Inbound>,
         others: Option<mpsc::Receiver<Inbound>>,
-        batch_frames: Histogram,
+        metrics: VerifyMetrics,
     ) -> Self {
         Self {
             queues: Queues {
@@ -176,7 +171,7 @@ impl InlineVerifier {
             },
             ingress,
             replicas,
-            batch_frames,
+            metrics,
         }
     }
 
@@ -188,8 +183,9 @@ impl InlineVerifier {
         // before anything is taken, so the future stays cancel-safe.
         tokio::task::consume_budget().await;
         let batch = take(&mut self.queues).await?;
-        self.batch_frames.observe(batch.len() as f64);
-        Some(check(&self.ingress, &self.replicas, &batch))
+        self.metrics.batch_frames.observe(batch.len() as f64);
+        let (ingress, replicas) = (&self.ingress, &self.replicas);
+        Some(self.metrics.cpu.time(|| check(ingress, replicas, &batch)))
     }
 }
 
@@ -387,12 +383,16 @@ mod tests {
         })
         .unwrap();
         let histogram = Histogram::with_opts(prometheus::HistogramOpts::new("f", "f")).unwrap();
+        let cpu = prometheus::Counter::new("c", "c").unwrap();
         let mut frames = Frames::Inline(InlineVerifier::new(
             ingress,
             Arc::new(HashMap::from([(replica, 2)])),
             rrx,
             Some(crx),
-            histogram.clone(),
+            VerifyMetrics {
+                batch_frames: histogram.clone(),
+                cpu: PhaseClock::new(cpu.clone()),
+            },
         ));
         let batch = futures::executor::block_on(frames.next()).unwrap();
         let seen: Vec<_> = batch
@@ -409,6 +409,10 @@ mod tests {
         assert_eq!(seen.len(), 3);
         assert_eq!((seen[2].0, seen[2].3), (client, false), "garbage refused");
         assert_eq!(histogram.get_sample_count(), 1);
+        assert!(
+            cpu.get() > 0.0,
+            "the checks' CPU is counted as the verify phase"
+        );
         // Nothing queued: it waits, holding nothing (dropping the wait loses no
         // frame), and takes what came meanwhile, the replica's first.
         assert!(frames.next().now_or_never().is_none());

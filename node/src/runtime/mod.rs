@@ -12,6 +12,7 @@ mod snapshotter;
 use crate::committed_log::CommittedLog;
 use crate::control::Control;
 use crate::generals_node::GeneralsNode;
+use crate::loop_cpu::{self, PhaseClock};
 use crate::metrics::Metrics;
 use crate::status::Status;
 use crate::storage::Storage;
@@ -75,6 +76,10 @@ pub struct Runtime {
     status: watch::Sender<Status>,
     heartbeat: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    /// CPU of the loop's phases (`bft_loop_cpu_seconds_total`; the verify phase is
+    /// counted by the verifier).
+    handle_cpu: PhaseClock,
+    outputs_cpu: PhaseClock,
     timers: BTreeMap<Timer, Instant>,
     pending: Vec<Output>,
     /// Frames held back by the `delay` behaviour: (due, tie) -> (peer, frame).
@@ -106,6 +111,8 @@ impl Runtime {
             start: p.start,
             status: p.status,
             heartbeat: p.heartbeat,
+            handle_cpu: p.metrics.phase_clock(loop_cpu::HANDLE),
+            outputs_cpu: p.metrics.phase_clock(loop_cpu::OUTPUTS),
             metrics: p.metrics,
             timers: BTreeMap::new(),
             pending: Vec::new(),
@@ -154,18 +161,27 @@ impl Runtime {
             tokio::select! {
                 () = &mut shutdown => break,
                 Some(batch) = frames.next() => {
-                    for checked in batch {
-                        self.on_checked(checked);
-                    }
+                    let clock = self.handle_cpu.clone();
+                    clock.time(|| {
+                        for checked in batch {
+                            self.on_checked(checked);
+                        }
+                    });
                 }
                 Some(cmd) = control.recv() => self.on_control(cmd),
                 taken = self.snapshotter.done.recv() => match taken {
-                    Some(taken) => self.handle(Input::SnapshotTaken(taken)),
+                    Some(taken) => {
+                        let clock = self.handle_cpu.clone();
+                        clock.time(|| self.handle(Input::SnapshotTaken(taken)));
+                    }
                     // The thread ends only with the loop, unless it panicked: then
                     // the checkpoint it held is never signed here. Stop.
                     None => anyhow::bail!("the snapshot thread is gone"),
                 },
-                () = sleep_until(next_timer) => self.fire_timers(),
+                () = sleep_until(next_timer) => {
+                    let clock = self.handle_cpu.clone();
+                    clock.time(|| self.fire_timers());
+                }
                 () = sleep_until(next_delayed) => self.release_delayed(),
                 () = sleep_until(next_generals) => {
                     let out = self.generals.on_timer();

@@ -16,17 +16,21 @@ impl Runtime {
         let out = std::mem::take(&mut self.pending);
         let mut records = Vec::new();
         let mut apart = Vec::new();
-        for o in out {
-            match o {
-                Output::Persist(r) => records.push(r),
-                Output::PersistApart(r) => apart.push(r),
-                // The replica signs its checkpoint only when the job is done: a
-                // node whose snapshot thread is gone must stop rather than look
-                // alive and never vote a checkpoint again.
-                Output::TakeSnapshot(job) => self.snapshotter.submit(job)?,
-                other => self.perform(other),
+        let clock = self.outputs_cpu.clone();
+        clock.time(|| -> anyhow::Result<()> {
+            for o in out {
+                match o {
+                    Output::Persist(r) => records.push(r),
+                    Output::PersistApart(r) => apart.push(r),
+                    // The replica signs its checkpoint only when the job is done: a
+                    // node whose snapshot thread is gone must stop rather than look
+                    // alive and never vote a checkpoint again.
+                    Output::TakeSnapshot(job) => self.snapshotter.submit(job)?,
+                    other => self.perform(other),
+                }
             }
-        }
+            Ok(())
+        })?;
         let frames = std::mem::take(&mut self.outbox);
         self.persister.submit(records, apart, frames).await
     }
