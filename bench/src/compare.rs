@@ -235,6 +235,7 @@ mod tests {
             cpu_servers_per_loadgen: cpu.servers_over_loadgen(),
             cpu_us_per_request: Some(cpu),
             context_switches_per_request: None,
+            loop_cpu_us_per_request: std::collections::BTreeMap::new(),
             client_wait_ms: None,
             client_capacity_rps: None,
             read_latency_ms: None,

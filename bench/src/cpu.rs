@@ -25,6 +25,7 @@
 //! machine reads low by at most the window's stolen time (about 0.2 % of this
 //! VM's time since boot).
 
+use crate::loop_phases::{PhaseProbe, PhaseSample};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -58,6 +59,8 @@ pub enum Source {
 #[derive(Clone, Debug, Default)]
 pub struct Probe {
     accounts: Vec<(String, Source)>,
+    /// The replicas whose event loops are also read by phase.
+    phases: PhaseProbe,
 }
 
 /// CPU ticks and context switches at one instant, and when it was.
@@ -67,6 +70,7 @@ pub struct Sample {
     /// `None` where `/proc/stat` could not be read.
     machine: Option<MachineCounts>,
     processes: BTreeMap<String, Counts>,
+    phases: PhaseSample,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -121,6 +125,8 @@ impl PerRequest {
 pub struct Usage {
     pub cpu_us: PerRequest,
     pub switches: PerRequest,
+    /// Each replica's event-loop CPU by phase, µs per request (`crate::loop_phases`).
+    pub loop_cpu_us: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 impl Probe {
@@ -136,7 +142,17 @@ impl Probe {
         self
     }
 
+    /// Also read the event loop's phases of the replica `name` from its HTTP
+    /// server at `base` (`http://HOST:PORT`).
+    #[must_use]
+    pub fn with_phases(mut self, name: impl Into<String>, base: impl Into<String>) -> Self {
+        self.phases = self.phases.with(name, base);
+        self
+    }
+
     /// Read every account now. Processes that cannot be read (exited) are left out.
+    /// Blocking: with phases to read, one HTTP request per replica (after `/proc`,
+    /// so the machine's window is not stretched by them).
     #[must_use]
     pub fn sample(&self) -> Sample {
         let processes = self
@@ -144,11 +160,16 @@ impl Probe {
             .iter()
             .filter_map(|(name, source)| Some((name.clone(), read_source(source)?)))
             .collect();
-        Sample {
+        let mut sample = Sample {
             at: Instant::now(),
             machine: read_machine(),
             processes,
+            phases: PhaseSample::new(),
+        };
+        if !self.phases.is_empty() {
+            sample.phases = self.phases.sample();
         }
+        sample
     }
 }
 
@@ -166,7 +187,10 @@ impl Usage {
                 switches: e.switches.saturating_sub(s.switches),
             })
         };
-        let mut usage = Usage::default();
+        let mut usage = Usage {
+            loop_cpu_us: crate::loop_phases::per_request(&start.phases, &end.phases, requests),
+            ..Usage::default()
+        };
         // A CPU that came or went during the window would bring idle time without
         // wall time (or the reverse): the machine is then left unaccounted.
         if let Some((s, e)) = same_cpus(start.machine, end.machine) {
@@ -347,6 +371,7 @@ mod tests {
             at,
             machine: parse_proc_stat(proc_stat),
             processes: BTreeMap::new(),
+            phases: PhaseSample::new(),
         }
     }
 

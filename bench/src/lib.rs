@@ -7,6 +7,7 @@ pub mod compare;
 pub mod cpu;
 pub mod in_process;
 pub mod loadgen;
+pub mod loop_phases;
 pub mod orphans;
 pub mod plot;
 pub mod report;

@@ -314,10 +314,17 @@ async fn sample_window(
     if Instant::now() > from {
         return None;
     }
+    // Off the runtime's workers: reading the replicas' phases is an HTTP request
+    // each, and the load generator's clients run on those workers.
+    let sample = |probe: Probe| async move {
+        tokio::task::spawn_blocking(move || probe.sample())
+            .await
+            .ok()
+    };
     tokio::time::sleep_until(from.into()).await;
-    let start = probe.sample();
+    let start = sample(probe.clone()).await?;
     tokio::time::sleep_until(end.into()).await;
-    Some((start, probe.sample()))
+    Some((start, sample(probe).await?))
 }
 
 /// 1 µs to 10 minutes, 3 significant digits.

@@ -4,6 +4,7 @@ use crate::cpu::PerRequest;
 use crate::loadgen::{LoadConfig, LoadResult, Mode, WriteOp};
 use crate::timeline::Windows;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -74,6 +75,10 @@ pub struct Summary {
     /// Context switches per committed request, likewise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_switches_per_request: Option<PerRequest>,
+    /// Each replica's event-loop CPU by phase, µs per committed request
+    /// (`replica -> phase -> µs`, from `bft_loop_cpu_seconds_total`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub loop_cpu_us_per_request: BTreeMap<String, BTreeMap<String, f64>>,
     /// Open loop only: time requests waited in the load generator for a free client
     /// (PBFT clients have one request outstanding each). Included in `latency_ms`,
     /// which counts from when a request was due.
@@ -119,6 +124,11 @@ impl Summary {
                 .as_ref()
                 .and_then(|u| u.cpu_us.servers_over_loadgen()),
             context_switches_per_request: result.cpu.as_ref().map(|u| u.switches.clone()),
+            loop_cpu_us_per_request: result
+                .cpu
+                .as_ref()
+                .map(|u| u.loop_cpu_us.clone())
+                .unwrap_or_default(),
             client_wait_ms: open.then(|| Latency::of(&result.client_wait_us)),
             client_capacity_rps: (open && mean_service_s > 0.0)
                 .then(|| load.clients as f64 / mean_service_s),
@@ -198,6 +208,23 @@ impl Summary {
                 } else {
                     "replicas' CPU per request"
                 }
+            ));
+        }
+        if !self.loop_cpu_us_per_request.is_empty() {
+            let replicas: Vec<String> = self
+                .loop_cpu_us_per_request
+                .iter()
+                .map(|(replica, phases)| {
+                    let phases: Vec<String> = phases
+                        .iter()
+                        .map(|(phase, us)| format!("{phase} {us:.1}"))
+                        .collect();
+                    format!("{replica} {}", phases.join(" "))
+                })
+                .collect();
+            text.push_str(&format!(
+                "  loop cpu    us/request by phase; {}\n",
+                replicas.join(", ")
             ));
         }
         if let Some(sw) = &self.context_switches_per_request {
@@ -411,6 +438,10 @@ mod tests {
         let usage = crate::cpu::Usage {
             cpu_us: replicas,
             switches: PerRequest::default(),
+            loop_cpu_us: BTreeMap::from([(
+                "replica0".to_string(),
+                BTreeMap::from([("handle".to_string(), 4.3), ("verify".to_string(), 20.0)]),
+            )]),
         };
         let s = summary_with_cpu(100.0, 8, 1_000, Some(usage));
         assert!(
@@ -418,7 +449,18 @@ mod tests {
             "{}",
             s.text()
         );
+        assert!(
+            s.text()
+                .contains("loop cpu    us/request by phase; replica0 handle 4.3 verify 20.0"),
+            "{}",
+            s.text()
+        );
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["cpu_servers_per_loadgen"], 3.0);
+        assert_eq!(json["loop_cpu_us_per_request"]["replica0"]["verify"], 20.0);
+        // A run without the phases (the baseline, an unreadable replica) says nothing of them.
+        let none = summary(100.0, 8, 1_000);
+        assert!(!none.text().contains("loop cpu"));
+        assert!(serde_json::to_value(&none).unwrap()["loop_cpu_us_per_request"].is_null());
     }
 }

@@ -293,6 +293,29 @@ fn the_binary_reports_json_csv_and_a_plot() {
                 .unwrap()
                 > 0.0
         );
+        // Each replica's loop by phase, read from its /metrics: every replica checks
+        // signatures (requests or votes) in the window, so `verify` is never zero.
+        let phases = &r["loop_cpu_us_per_request"];
+        if r["config"]["kind"] == "replicated" {
+            let replicas = phases.as_object().unwrap();
+            assert_eq!(
+                replicas.keys().map(String::as_str).collect::<Vec<_>>(),
+                ["replica0", "replica1", "replica2", "replica3"],
+                "{r}"
+            );
+            for by_phase in replicas.values() {
+                let by_phase = by_phase.as_object().unwrap();
+                assert_eq!(
+                    by_phase.keys().map(String::as_str).collect::<Vec<_>>(),
+                    ["handle", "outputs", "verify"],
+                    "{r}"
+                );
+                assert!(by_phase["verify"].as_f64().unwrap() > 0.0, "{r}");
+                assert!(by_phase.values().all(|v| v.as_f64().unwrap() >= 0.0));
+            }
+        } else {
+            assert!(phases.is_null(), "{r}");
+        }
         // Open loop at 100-200 req/s with 8 clients is far from their capacity.
         assert!(r["client_capacity_rps"].as_f64().unwrap() > 200.0, "{r}");
         assert!(r["client_wait_ms"]["p50"].as_f64().unwrap() >= 0.0);

@@ -259,6 +259,11 @@ async fn run_replicated(
             probe = probe.with(format!("replica{i}"), Source::Process(pid));
         }
     }
+    for (i, base) in net.replica_http().into_iter().enumerate() {
+        if let Some(base) = base {
+            probe = probe.with_phases(format!("replica{i}"), base);
+        }
+    }
     run_all(&net.validators, &target, loads, &probe, out).await
 }
 
@@ -417,6 +422,20 @@ impl Testnet {
         };
         testnet(exe, &dir, &["up"])?;
         Ok(net)
+    }
+
+    /// Each replica's HTTP server (`http://HOST:PORT`, from the `[http] listen` of
+    /// its `node{i}/config.toml`), where its `/metrics` are; None where unreadable.
+    fn replica_http(&self) -> Vec<Option<String>> {
+        (0..self.validators.n())
+            .map(|i| {
+                let text =
+                    std::fs::read_to_string(self.dir.join(format!("node{i}/config.toml"))).ok()?;
+                let config: toml::Table = text.parse().ok()?;
+                let listen = config.get("http")?.get("listen")?.as_str()?;
+                Some(format!("http://{listen}"))
+            })
+            .collect()
     }
 
     /// Each replica's process id (from the pid file `testnet up` writes in each

@@ -1,0 +1,163 @@
+//! Each replica's event-loop CPU by phase per committed request, from the
+//! replica's own `bft_loop_cpu_seconds_total{phase}` (INTERFACE.md "Metrics"),
+//! read from its `/metrics` at the start and the end of the measurement window.
+//!
+//! `/proc` says how much CPU a replica spent; this says in which part of its loop:
+//! checking frames (`verify`), in the replica (`handle`) or performing outputs.
+//! What is left of the process's figure ran outside the loop (the network's
+//! tasks, the persist and snapshot threads). A replica that cannot be read at
+//! either end is left out of the report rather than failing the run.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::time::Duration;
+
+/// The counter read, and the label that names its phase.
+const METRIC: &str = "bft_loop_cpu_seconds_total{phase=\"";
+/// A scrape that takes longer is given up (the run goes on without it).
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes of a `/metrics` body read at most (a replica's is tens of kilobytes).
+const MAX_BODY: u64 = 4 * 1024 * 1024;
+
+/// CPU seconds by phase, by replica, at one instant.
+pub type PhaseSample = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// The replicas whose loops are read, by the name the report gives them, and
+/// the base URL of each one's HTTP server (`http://HOST:PORT`).
+#[derive(Clone, Debug, Default)]
+pub struct PhaseProbe {
+    replicas: Vec<(String, String)>,
+}
+
+impl PhaseProbe {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Read `name`'s phases from `base` (`http://HOST:PORT`).
+    #[must_use]
+    pub fn with(mut self, name: impl Into<String>, base: impl Into<String>) -> Self {
+        self.replicas.push((name.into(), base.into()));
+        self
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.replicas.is_empty()
+    }
+
+    /// Every replica's phases now (blocking: one HTTP request each). Replicas that
+    /// cannot be read are left out.
+    #[must_use]
+    pub fn sample(&self) -> PhaseSample {
+        self.replicas
+            .iter()
+            .filter_map(|(name, base)| {
+                let phases = parse(&scrape(base)?);
+                (!phases.is_empty()).then(|| (name.clone(), phases))
+            })
+            .collect()
+    }
+}
+
+/// `GET base/metrics`, or None on any failure.
+fn scrape(base: &str) -> Option<String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(SCRAPE_TIMEOUT))
+        .proxy(None)
+        .build()
+        .into();
+    let response = agent.get(&format!("{base}/metrics")).call().ok()?;
+    let mut body = String::new();
+    response
+        .into_body()
+        .into_reader()
+        .take(MAX_BODY)
+        .read_to_string(&mut body)
+        .ok()?;
+    Some(body)
+}
+
+/// The phases of one `/metrics` text: `phase -> seconds`.
+#[must_use]
+pub fn parse(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(METRIC)?;
+            let (phase, value) = rest.split_once("\"}")?;
+            Some((phase.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Microseconds of each replica's phases per request between `start` and `end`,
+/// for the replicas read at both.
+#[must_use]
+pub fn per_request(
+    start: &PhaseSample,
+    end: &PhaseSample,
+    requests: u64,
+) -> BTreeMap<String, BTreeMap<String, f64>> {
+    let requests = requests.max(1) as f64;
+    end.iter()
+        .filter_map(|(replica, phases)| {
+            let before = start.get(replica)?;
+            let us = phases
+                .iter()
+                .filter_map(|(phase, secs)| {
+                    let was = before.get(phase)?;
+                    Some((phase.clone(), (secs - was).max(0.0) * 1e6 / requests))
+                })
+                .collect();
+            Some((replica.clone(), us))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = "\
+# HELP bft_loop_cpu_seconds_total CPU seconds of the event loop's phases
+# TYPE bft_loop_cpu_seconds_total counter
+bft_loop_cpu_seconds_total{phase=\"handle\"} 1.5
+bft_loop_cpu_seconds_total{phase=\"outputs\"} 0.25
+bft_loop_cpu_seconds_total{phase=\"verify\"} 3
+bft_committed_requests_total 1000
+";
+
+    #[test]
+    fn the_phases_are_read_from_the_exposition() {
+        let phases = parse(METRICS);
+        assert_eq!(phases.len(), 3);
+        assert_eq!(phases["verify"], 3.0);
+        assert_eq!(phases["handle"], 1.5);
+        assert_eq!(phases["outputs"], 0.25);
+        assert!(parse("bft_committed_requests_total 5\n").is_empty());
+    }
+
+    #[test]
+    fn per_request_divides_each_phases_growth_by_the_requests() {
+        let at = |verify: f64| -> PhaseSample {
+            BTreeMap::from([(
+                "replica0".to_string(),
+                BTreeMap::from([("verify".to_string(), verify)]),
+            )])
+        };
+        let us = per_request(&at(1.0), &at(1.5), 10_000);
+        assert!((us["replica0"]["verify"] - 50.0).abs() < 1e-9);
+        // A replica read at one end only is left out.
+        let mut end = at(2.0);
+        end.insert("replica1".into(), BTreeMap::new());
+        assert_eq!(per_request(&at(1.0), &end, 1).len(), 1);
+    }
+
+    #[test]
+    fn an_unreachable_replica_is_left_out() {
+        // Port 9 (discard) on the loopback: nothing listens there in a test.
+        let probe = PhaseProbe::new().with("replica0", "http://127.0.0.1:9");
+        assert!(probe.sample().is_empty());
+    }
+}
