@@ -70,7 +70,17 @@ pub struct Sample {
     /// `None` where `/proc/stat` could not be read.
     machine: Option<MachineCounts>,
     processes: BTreeMap<String, Counts>,
+    /// The replicas' phases, read about then ([`Sample::with_phases`]).
     phases: PhaseSample,
+}
+
+impl Sample {
+    /// This sample with the replicas' phases read about the same time.
+    #[must_use]
+    pub fn with_phases(mut self, phases: PhaseSample) -> Self {
+        self.phases = phases;
+        self
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -150,9 +160,9 @@ impl Probe {
         self
     }
 
-    /// Read every account now. Processes that cannot be read (exited) are left out.
-    /// Blocking: with phases to read, one HTTP request per replica (after `/proc`,
-    /// so the machine's window is not stretched by them).
+    /// Read every account in `/proc` now. Processes that cannot be read (exited)
+    /// are left out. The replicas' phases are read apart ([`Probe::phases`]): an
+    /// HTTP request each, which must not delay the window's ends.
     #[must_use]
     pub fn sample(&self) -> Sample {
         let processes = self
@@ -160,16 +170,18 @@ impl Probe {
             .iter()
             .filter_map(|(name, source)| Some((name.clone(), read_source(source)?)))
             .collect();
-        let mut sample = Sample {
+        Sample {
             at: Instant::now(),
             machine: read_machine(),
             processes,
             phases: PhaseSample::new(),
-        };
-        if !self.phases.is_empty() {
-            sample.phases = self.phases.sample();
         }
-        sample
+    }
+
+    /// The replicas whose phases are read (empty: none).
+    #[must_use]
+    pub fn phases(&self) -> &PhaseProbe {
+        &self.phases
     }
 }
 

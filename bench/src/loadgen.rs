@@ -9,6 +9,7 @@
 //! (no coordinated omission).
 
 use crate::cpu::{Probe, Usage};
+use crate::loop_phases::PhaseSample;
 use crate::timeline::{self, Timeline};
 use anyhow::Context as _;
 use bft_client::config::{ResolvedClient, ValidatorSet};
@@ -314,17 +315,28 @@ async fn sample_window(
     if Instant::now() > from {
         return None;
     }
-    // Off the runtime's workers: reading the replicas' phases is an HTTP request
-    // each, and the load generator's clients run on those workers.
-    let sample = |probe: Probe| async move {
-        tokio::task::spawn_blocking(move || probe.sample())
-            .await
-            .ok()
+    // The replicas' phases are an HTTP request each: off the runtime's workers
+    // (the load generator's clients run there), and after `/proc` is read, so a
+    // slow replica never moves the window's ends.
+    let phases = |probe: &Probe| {
+        let phases = probe.phases().clone();
+        async move {
+            if phases.is_empty() {
+                return PhaseSample::new();
+            }
+            tokio::task::spawn_blocking(move || phases.sample())
+                .await
+                .unwrap_or_default()
+        }
     };
     tokio::time::sleep_until(from.into()).await;
-    let start = sample(probe.clone()).await?;
+    let start = probe.sample();
+    let start_phases = tokio::spawn(phases(&probe));
     tokio::time::sleep_until(end.into()).await;
-    Some((start, sample(probe).await?))
+    let end_sample = probe.sample();
+    let start = start.with_phases(start_phases.await.unwrap_or_default());
+    let end_sample = end_sample.with_phases(phases(&probe).await);
+    Some((start, end_sample))
 }
 
 /// 1 µs to 10 minutes, 3 significant digits.

@@ -1,21 +1,22 @@
-//! Each replica's event-loop CPU by phase per committed request, from the
-//! replica's own `bft_loop_cpu_seconds_total{phase}` (INTERFACE.md "Metrics"),
-//! read from its `/metrics` at the start and the end of the measurement window.
+//! Each replica's CPU by phase per committed request, from the replica's own
+//! `bft_loop_cpu_seconds_total{phase}` (INTERFACE.md "Metrics"), read from its
+//! `/metrics` at the start and the end of the measurement window.
 //!
-//! `/proc` says how much CPU a replica spent; this says in which part of its loop:
-//! checking frames (`verify`), in the replica (`handle`) or performing outputs.
-//! What is left of the process's figure ran outside the loop (the network's
-//! tasks, the persist and snapshot threads). A replica that cannot be read at
-//! either end is left out of the report rather than failing the run.
+//! `/proc` says how much CPU a replica spent; this says on what: checking frames
+//! (`verify`, on its event loop or its verify threads), the rest of its event
+//! loop (`handle`) or performing outputs. What is left of the process's figure
+//! ran elsewhere (the network's tasks, the persist and snapshot threads). A
+//! replica that cannot be read at either end, or whose counters went backwards
+//! (it restarted), is left out of the report rather than failing the run.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::time::Duration;
 
 /// The counter read, and the label that names its phase.
 const METRIC: &str = "bft_loop_cpu_seconds_total{phase=\"";
-/// A scrape that takes longer is given up (the run goes on without it).
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A scrape that takes longer is given up (the run goes on without it). The
+/// replicas are read at once, so this bounds a whole sample.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes of a `/metrics` body read at most (a replica's is tens of kilobytes).
 const MAX_BODY: u64 = 4 * 1024 * 1024;
 
@@ -47,17 +48,24 @@ impl PhaseProbe {
         self.replicas.is_empty()
     }
 
-    /// Every replica's phases now (blocking: one HTTP request each). Replicas that
-    /// cannot be read are left out.
+    /// Every replica's phases now (blocking: one HTTP request each, all at once,
+    /// each within [`SCRAPE_TIMEOUT`]). Replicas that cannot be read are left out.
     #[must_use]
     pub fn sample(&self) -> PhaseSample {
-        self.replicas
-            .iter()
-            .filter_map(|(name, base)| {
-                let phases = parse(&scrape(base)?);
-                (!phases.is_empty()).then(|| (name.clone(), phases))
-            })
-            .collect()
+        std::thread::scope(|scope| {
+            let reads: Vec<_> = self
+                .replicas
+                .iter()
+                .map(|(name, base)| {
+                    scope.spawn(move || Some((name.clone(), parse(&scrape(base)?))))
+                })
+                .collect();
+            reads
+                .into_iter()
+                .filter_map(|read| read.join().ok().flatten())
+                .filter(|(_, phases)| !phases.is_empty())
+                .collect()
+        })
     }
 }
 
@@ -68,15 +76,13 @@ fn scrape(base: &str) -> Option<String> {
         .proxy(None)
         .build()
         .into();
-    let response = agent.get(&format!("{base}/metrics")).call().ok()?;
-    let mut body = String::new();
+    let mut response = agent.get(&format!("{base}/metrics")).call().ok()?;
     response
-        .into_body()
-        .into_reader()
-        .take(MAX_BODY)
-        .read_to_string(&mut body)
-        .ok()?;
-    Some(body)
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_to_string()
+        .ok()
 }
 
 /// The phases of one `/metrics` text: `phase -> seconds`.
@@ -92,7 +98,8 @@ pub fn parse(text: &str) -> BTreeMap<String, f64> {
 }
 
 /// Microseconds of each replica's phases per request between `start` and `end`,
-/// for the replicas read at both.
+/// for the replicas read at both with every phase, none of them lower at the end
+/// (a replica that restarted in the window started its counters again).
 #[must_use]
 pub fn per_request(
     start: &PhaseSample,
@@ -105,11 +112,11 @@ pub fn per_request(
             let before = start.get(replica)?;
             let us = phases
                 .iter()
-                .filter_map(|(phase, secs)| {
-                    let was = before.get(phase)?;
-                    Some((phase.clone(), (secs - was).max(0.0) * 1e6 / requests))
+                .map(|(phase, secs)| {
+                    let grew = secs - before.get(phase)?;
+                    (grew >= 0.0).then(|| (phase.clone(), grew * 1e6 / requests))
                 })
-                .collect();
+                .collect::<Option<BTreeMap<_, _>>>()?;
             Some((replica.clone(), us))
         })
         .collect()
@@ -152,12 +159,19 @@ bft_committed_requests_total 1000
         let mut end = at(2.0);
         end.insert("replica1".into(), BTreeMap::new());
         assert_eq!(per_request(&at(1.0), &end, 1).len(), 1);
+        // So is one whose counter went backwards (it restarted in the window).
+        assert!(per_request(&at(2.0), &at(0.5), 1).is_empty());
     }
 
     #[test]
     fn an_unreachable_replica_is_left_out() {
-        // Port 9 (discard) on the loopback: nothing listens there in a test.
-        let probe = PhaseProbe::new().with("replica0", "http://127.0.0.1:9");
+        // A port just freed on the loopback: nothing listens there any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let probe = PhaseProbe::new().with("replica0", format!("http://127.0.0.1:{port}"));
         assert!(probe.sample().is_empty());
     }
 }

@@ -77,7 +77,7 @@ pub struct Summary {
     pub context_switches_per_request: Option<PerRequest>,
     /// Each replica's event-loop CPU by phase, µs per committed request
     /// (`replica -> phase -> µs`, from `bft_loop_cpu_seconds_total`).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub loop_cpu_us_per_request: BTreeMap<String, BTreeMap<String, f64>>,
     /// Open loop only: time requests waited in the load generator for a free client
     /// (PBFT clients have one request outstanding each). Included in `latency_ms`,
@@ -438,10 +438,7 @@ mod tests {
         let usage = crate::cpu::Usage {
             cpu_us: replicas,
             switches: PerRequest::default(),
-            loop_cpu_us: BTreeMap::from([(
-                "replica0".to_string(),
-                BTreeMap::from([("handle".to_string(), 4.3), ("verify".to_string(), 20.0)]),
-            )]),
+            loop_cpu_us: BTreeMap::new(),
         };
         let s = summary_with_cpu(100.0, 8, 1_000, Some(usage));
         assert!(
@@ -449,6 +446,20 @@ mod tests {
             "{}",
             s.text()
         );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["cpu_servers_per_loadgen"], 3.0);
+    }
+
+    #[test]
+    fn each_replicas_phases_are_reported_per_request() {
+        let usage = crate::cpu::Usage {
+            loop_cpu_us: BTreeMap::from([(
+                "replica0".to_string(),
+                BTreeMap::from([("handle".to_string(), 4.3), ("verify".to_string(), 20.0)]),
+            )]),
+            ..crate::cpu::Usage::default()
+        };
+        let s = summary_with_cpu(100.0, 8, 1_000, Some(usage));
         assert!(
             s.text()
                 .contains("loop cpu    us/request by phase; replica0 handle 4.3 verify 20.0"),
@@ -456,9 +467,9 @@ mod tests {
             s.text()
         );
         let json = serde_json::to_value(&s).unwrap();
-        assert_eq!(json["cpu_servers_per_loadgen"], 3.0);
         assert_eq!(json["loop_cpu_us_per_request"]["replica0"]["verify"], 20.0);
-        // A run without the phases (the baseline, an unreadable replica) says nothing of them.
+        // A run without them (the baseline, replicas that could not be read) says
+        // nothing of them.
         let none = summary(100.0, 8, 1_000);
         assert!(!none.text().contains("loop cpu"));
         assert!(serde_json::to_value(&none).unwrap()["loop_cpu_us_per_request"].is_null());

@@ -293,8 +293,8 @@ fn the_binary_reports_json_csv_and_a_plot() {
                 .unwrap()
                 > 0.0
         );
-        // Each replica's loop by phase, read from its /metrics: every replica checks
-        // signatures (requests or votes) in the window, so `verify` is never zero.
+        // Each replica's phases, read from its /metrics: every replica checks
+        // signatures (requests or votes), handles them and sends in the window.
         let phases = &r["loop_cpu_us_per_request"];
         if r["config"]["kind"] == "replicated" {
             let replicas = phases.as_object().unwrap();
@@ -310,8 +310,7 @@ fn the_binary_reports_json_csv_and_a_plot() {
                     ["handle", "outputs", "verify"],
                     "{r}"
                 );
-                assert!(by_phase["verify"].as_f64().unwrap() > 0.0, "{r}");
-                assert!(by_phase.values().all(|v| v.as_f64().unwrap() >= 0.0));
+                assert!(by_phase.values().all(|v| v.as_f64().unwrap() > 0.0), "{r}");
             }
         } else {
             assert!(phases.is_null(), "{r}");

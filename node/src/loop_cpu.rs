@@ -1,14 +1,15 @@
-//! CPU time of the event loop's phases, read from the running thread's own CPU
-//! clock (`CLOCK_THREAD_CPUTIME_ID`) around each synchronous piece of a turn.
+//! CPU time of a replica's phases of work, read from the running thread's own CPU
+//! clock (`CLOCK_THREAD_CPUTIME_ID`) around each synchronous piece of it.
 //!
 //! Why not a profiler: perf's samples say which functions run, not which replica
 //! does which share of the work, and without them the primary's 15 µs per request
 //! more than a backup's were first put down to slower signature checks, when the
-//! primary checks every request and each backup two batches in three (issue 13,
-//! twenty-eighth round). Why not wall time: on a machine shared by more busy
-//! threads than cores, a piece of work is preempted about as long as it runs.
-//! The thread's CPU clock counts only what the thread ran, and each phase is
-//! synchronous code (no await inside), so it runs on one thread from start to end.
+//! primary checks every request and each backup (with four replicas) two batches
+//! in three (issue 13, twenty-eighth round). Why not wall time: on a machine
+//! shared by more busy threads than cores, a piece of work is preempted about as
+//! long as it runs. The thread's CPU clock counts only what the thread ran, and
+//! each timed piece is synchronous code (no await inside), so it runs on one
+//! thread from start to end.
 //!
 //! Exported as `bft_loop_cpu_seconds_total{phase}`; a rate of it over the rate of
 //! `bft_committed_requests_total` is the phase's CPU per request. Cost: two
@@ -18,18 +19,36 @@
 use prometheus::Counter;
 use std::time::Duration;
 
-/// The loop's phases, in the order of a turn: the metric's `phase` label values.
-pub const PHASES: [&str; 3] = [VERIFY, HANDLE, OUTPUTS];
-/// Frames through the ingress on the loop: decoding, the sender rule, signature
-/// checks (the inline verifier; verify threads count theirs on their own threads).
-pub const VERIFY: &str = "verify";
-/// Checked frames handed to the replica (the state machine and its wrappers), the
-/// reply routes and the generals engine.
-pub const HANDLE: &str = "handle";
-/// The turn's outputs performed: frames encoded and queued, replies addressed,
-/// timers set, metrics counted (the records and frames then go to the persister,
-/// whose thread is not counted here).
-pub const OUTPUTS: &str = "outputs";
+/// A phase of a replica's work: the metric's `phase` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Frames through the ingress: decoding, the sender rule, the batched signature
+    /// checks. On the event loop, or summed over the verify threads where the node
+    /// runs them (`BFTNODE_VERIFY_THREADS` above 0: a lone replica's default).
+    Verify,
+    /// Everything else the event loop does in a turn but perform outputs: checked
+    /// frames through the replica (the state machine and its wrappers), the reply
+    /// routes and the generals engine, timers, snapshots taken, admin commands,
+    /// the status refresh.
+    Handle,
+    /// The turn's outputs performed: frames encoded and queued, replies addressed,
+    /// timers set (the records and frames then go to the persister, whose thread is
+    /// not counted).
+    Outputs,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 3] = [Phase::Verify, Phase::Handle, Phase::Outputs];
+
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Verify => "verify",
+            Phase::Handle => "handle",
+            Phase::Outputs => "outputs",
+        }
+    }
+}
 
 /// One phase's counter.
 #[derive(Clone)]
@@ -43,6 +62,15 @@ impl PhaseClock {
 
     /// Run `work`, adding the CPU time this thread spent in it to the phase.
     pub fn time<R>(&self, work: impl FnOnce() -> R) -> R {
+        self.time_if(true, work)
+    }
+
+    /// Run `work`, timed only if `timed` (work known to be trivial is not worth
+    /// the clock's two system calls).
+    pub fn time_if<R>(&self, timed: bool, work: impl FnOnce() -> R) -> R {
+        if !timed {
+            return work();
+        }
         let start = thread_cpu();
         let result = work();
         self.0

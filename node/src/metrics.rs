@@ -4,7 +4,7 @@
 //! Latency histograms use buckets from 100 µs to 10 s: PBFT on a LAN commits in
 //! about a millisecond, a view change takes seconds.
 
-use crate::loop_cpu::{PhaseClock, PHASES};
+use crate::loop_cpu::{Phase, PhaseClock};
 use bft_consensus::byzantine::ALL_BEHAVIOURS;
 use bft_consensus::{Frame, Rejection, ReplicaId};
 use prometheus::{
@@ -47,7 +47,7 @@ pub struct Metrics {
     /// Frames per verification batch: how much the verify threads' (or loop's) batched
     /// signature checks gain (a batch of one costs what a lone check does).
     pub verify_batch_frames: Histogram,
-    /// CPU seconds of the event loop's phases (see [`crate::loop_cpu`]).
+    /// CPU seconds of a replica's phases of work (see [`crate::loop_cpu`]).
     pub loop_cpu: CounterVec,
     pub peers_connected: IntGauge,
     pub suspected_peers: IntGauge,
@@ -164,7 +164,7 @@ impl Metrics {
                 CounterVec::new(
                     Opts::new(
                         "bft_loop_cpu_seconds_total",
-                        "CPU seconds of the event loop's phases (verify, handle, outputs), from the thread's own CPU clock",
+                        "CPU seconds of a replica's phases of work, from the running thread's own CPU clock: verify (frame checks, on the event loop or the verify threads), handle (the rest of the event loop but outputs), outputs",
                     ),
                     &["phase"],
                 )
@@ -252,16 +252,16 @@ impl Metrics {
         for outcome in ["value", "none"] {
             m.generals_decisions.with_label_values(&[outcome]);
         }
-        for phase in PHASES {
-            m.loop_cpu.with_label_values(&[phase]);
+        for phase in Phase::ALL {
+            m.loop_cpu.with_label_values(&[phase.label()]);
         }
         m
     }
 
-    /// The clock of the loop's phase `phase` (one of [`PHASES`]).
+    /// The clock of `phase`.
     #[must_use]
-    pub fn phase_clock(&self, phase: &str) -> PhaseClock {
-        PhaseClock::new(self.loop_cpu.with_label_values(&[phase]))
+    pub fn phase_clock(&self, phase: Phase) -> PhaseClock {
+        PhaseClock::new(self.loop_cpu.with_label_values(&[phase.label()]))
     }
 
     /// Every metric registered, with each labelled series a replica `me` of a group

@@ -3,7 +3,7 @@
 use crate::config::Resolved;
 use crate::generals_node::GeneralsNode;
 use crate::http::{router, HttpState};
-use crate::loop_cpu;
+use crate::loop_cpu::Phase;
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeParts};
 use crate::status::Status;
@@ -174,7 +174,7 @@ pub async fn run(res: Resolved, behaviour: Option<String>) -> anyhow::Result<()>
         net.others,
         VerifyMetrics {
             batch_frames: metrics.verify_batch_frames.clone(),
-            cpu: metrics.phase_clock(loop_cpu::VERIFY),
+            cpu: metrics.phase_clock(Phase::Verify),
         },
     );
     let generals = GeneralsNode::new(id, res.validators.n(), res.key.clone(), &name);

@@ -425,15 +425,18 @@ impl Testnet {
     }
 
     /// Each replica's HTTP server (`http://HOST:PORT`, from the `[http] listen` of
-    /// its `node{i}/config.toml`), where its `/metrics` are; None where unreadable.
+    /// its `node{i}/config.toml`), where its `/metrics` are; None where unreadable,
+    /// or where it listens on every address (`0.0.0.0`: a testnet of named hosts,
+    /// whose replicas share one port, so that address would reach one of them).
     fn replica_http(&self) -> Vec<Option<String>> {
         (0..self.validators.n())
             .map(|i| {
                 let text =
                     std::fs::read_to_string(self.dir.join(format!("node{i}/config.toml"))).ok()?;
                 let config: toml::Table = text.parse().ok()?;
-                let listen = config.get("http")?.get("listen")?.as_str()?;
-                Some(format!("http://{listen}"))
+                let listen: std::net::SocketAddr =
+                    config.get("http")?.get("listen")?.as_str()?.parse().ok()?;
+                (!listen.ip().is_unspecified()).then(|| format!("http://{listen}"))
             })
             .collect()
     }

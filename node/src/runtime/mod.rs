@@ -12,7 +12,7 @@ mod snapshotter;
 use crate::committed_log::CommittedLog;
 use crate::control::Control;
 use crate::generals_node::GeneralsNode;
-use crate::loop_cpu::{self, PhaseClock};
+use crate::loop_cpu::{Phase, PhaseClock};
 use crate::metrics::Metrics;
 use crate::status::Status;
 use crate::storage::Storage;
@@ -20,7 +20,8 @@ use crate::verify::{Checked, Frames};
 use bft_consensus::byzantine::{Params, Wrapped};
 use bft_consensus::messages::request_id;
 use bft_consensus::{
-    Input, KvStore, Output, ReplicaId, RequestId, Timer, VerifiedFrame, VerifiedMessage,
+    Input, KvStore, Output, ReplicaId, RequestId, SnapshotTaken, Timer, VerifiedFrame,
+    VerifiedMessage,
 };
 use bft_net::{NetHandle, PeerId};
 use persister::{Frame, Persister};
@@ -94,6 +95,18 @@ pub struct Runtime {
     committed: CommittedLog,
 }
 
+/// What woke the event loop for a turn.
+enum Turn {
+    Frames(Vec<Checked>),
+    Control(Control),
+    /// A snapshot job done, or None: the snapshot thread is gone.
+    Snapshot(Option<SnapshotTaken>),
+    Timers,
+    Delayed,
+    Generals,
+    Tick,
+}
+
 impl Runtime {
     #[must_use]
     pub fn new(p: RuntimeParts) -> Self {
@@ -111,8 +124,8 @@ impl Runtime {
             start: p.start,
             status: p.status,
             heartbeat: p.heartbeat,
-            handle_cpu: p.metrics.phase_clock(loop_cpu::HANDLE),
-            outputs_cpu: p.metrics.phase_clock(loop_cpu::OUTPUTS),
+            handle_cpu: p.metrics.phase_clock(Phase::Handle),
+            outputs_cpu: p.metrics.phase_clock(Phase::Outputs),
             metrics: p.metrics,
             timers: BTreeMap::new(),
             pending: Vec::new(),
@@ -158,43 +171,49 @@ impl Runtime {
             // `sleep_until` first, though a timer kept across turns changed
             // nothing in this loop). A random pick reaches a due timer or a
             // command within a few turns, each of at most one batch of frames.
-            tokio::select! {
+            let turn = tokio::select! {
                 () = &mut shutdown => break,
-                Some(batch) = frames.next() => {
-                    let clock = self.handle_cpu.clone();
-                    clock.time(|| {
-                        for checked in batch {
-                            self.on_checked(checked);
-                        }
-                    });
-                }
-                Some(cmd) = control.recv() => self.on_control(cmd),
-                taken = self.snapshotter.done.recv() => match taken {
-                    Some(taken) => {
-                        let clock = self.handle_cpu.clone();
-                        clock.time(|| self.handle(Input::SnapshotTaken(taken)));
-                    }
-                    // The thread ends only with the loop, unless it panicked: then
-                    // the checkpoint it held is never signed here. Stop.
-                    None => anyhow::bail!("the snapshot thread is gone"),
-                },
-                () = sleep_until(next_timer) => {
-                    let clock = self.handle_cpu.clone();
-                    clock.time(|| self.fire_timers());
-                }
-                () = sleep_until(next_delayed) => self.release_delayed(),
-                () = sleep_until(next_generals) => {
-                    let out = self.generals.on_timer();
-                    self.generals_outputs(out);
-                }
-                _ = tick.tick() => self.refresh_status(),
-            }
+                Some(batch) = frames.next() => Turn::Frames(batch),
+                Some(cmd) = control.recv() => Turn::Control(cmd),
+                taken = self.snapshotter.done.recv() => Turn::Snapshot(taken),
+                () = sleep_until(next_timer) => Turn::Timers,
+                () = sleep_until(next_delayed) => Turn::Delayed,
+                () = sleep_until(next_generals) => Turn::Generals,
+                _ = tick.tick() => Turn::Tick,
+            };
+            let clock = self.handle_cpu.clone();
+            clock.time(|| self.take_turn(turn))?;
             self.flush().await?;
         }
         self.flush().await?;
         self.persister.finish()?;
         self.refresh_status();
         tracing::info!(replica = self.me(), "event loop stopped");
+        Ok(())
+    }
+
+    /// What the loop does with what woke it (all but the outputs, which `flush`
+    /// performs): synchronous, so its CPU is one phase's (`loop_cpu`).
+    fn take_turn(&mut self, turn: Turn) -> anyhow::Result<()> {
+        match turn {
+            Turn::Frames(batch) => {
+                for checked in batch {
+                    self.on_checked(checked);
+                }
+            }
+            Turn::Control(cmd) => self.on_control(cmd),
+            Turn::Snapshot(Some(taken)) => self.handle(Input::SnapshotTaken(taken)),
+            // The thread ends only with the loop, unless it panicked: then the
+            // checkpoint it held is never signed here. Stop.
+            Turn::Snapshot(None) => anyhow::bail!("the snapshot thread is gone"),
+            Turn::Timers => self.fire_timers(),
+            Turn::Delayed => self.release_delayed(),
+            Turn::Generals => {
+                let out = self.generals.on_timer();
+                self.generals_outputs(out);
+            }
+            Turn::Tick => self.refresh_status(),
+        }
         Ok(())
     }
 
