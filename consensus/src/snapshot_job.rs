@@ -40,7 +40,12 @@ pub struct SnapshotJob {
 }
 
 impl SnapshotJob {
-    pub(crate) fn new(
+    /// The job for checkpoint `seq`: `state` as captured, the client table's
+    /// bytes, and the buffer of an older snapshot to write into if nobody holds it
+    /// any more. The replica makes these; public so that a driver's own tests can
+    /// make one (a driver only runs jobs and feeds back their results).
+    #[must_use]
+    pub fn new(
         seq: Seq,
         state: Arc<dyn CapturedState>,
         clients: Vec<u8>,

@@ -16,22 +16,25 @@ impl Runtime {
         let out = std::mem::take(&mut self.pending);
         let mut records = Vec::new();
         let mut apart = Vec::new();
+        let mut jobs = Vec::new();
         let clock = self.outputs_cpu.clone();
         let perform = !out.is_empty(); // an idle turn costs no clock reads
-        clock.time_if(perform, || -> anyhow::Result<()> {
+        clock.time_if(perform, || {
             for o in out {
                 match o {
                     Output::Persist(r) => records.push(r),
                     Output::PersistApart(r) => apart.push(r),
-                    // The replica signs its checkpoint only when the job is done: a
-                    // node whose snapshot thread is gone must stop rather than look
-                    // alive and never vote a checkpoint again.
-                    Output::TakeSnapshot(job) => self.snapshotter.submit(job)?,
+                    Output::TakeSnapshot(job) => jobs.push(job),
                     other => self.perform(other),
                 }
             }
-            Ok(())
-        })?;
+        });
+        // The replica signs its checkpoint only when the job is done: a node whose
+        // snapshot thread is gone must stop rather than look alive and never vote a
+        // checkpoint again.
+        for job in jobs {
+            self.snapshotter.submit(job).await?;
+        }
         let frames = std::mem::take(&mut self.outbox);
         self.persister.submit(records, apart, frames).await
     }
