@@ -49,6 +49,20 @@ pub struct VerifyMetrics {
     pub cpu: PhaseClock,
 }
 
+impl VerifyMetrics {
+    /// [`check`] `batch`, its size and CPU counted: what a verify thread and the
+    /// inline verifier each do with a batch.
+    fn check(
+        &self,
+        ingress: &Ingress,
+        replicas: &HashMap<PeerId, ReplicaId>,
+        batch: &[Inbound],
+    ) -> Vec<Checked> {
+        self.batch_frames.observe(batch.len() as f64);
+        self.cpu.time(|| check(ingress, replicas, batch))
+    }
+}
+
 /// Frames handed to one worker at once (their signatures are batch-verified).
 const BATCH: usize = 256;
 
@@ -90,8 +104,7 @@ impl VerifyPool {
                     let Some(batch) = next_batch(&inbound) else {
                         return;
                     };
-                    metrics.batch_frames.observe(batch.len() as f64);
-                    let checked = metrics.cpu.time(|| check(&ingress, &replicas, &batch));
+                    let checked = metrics.check(&ingress, &replicas, &batch);
                     if out.blocking_send(checked).is_err() {
                         return;
                     }
@@ -183,9 +196,7 @@ impl InlineVerifier {
         // before anything is taken, so the future stays cancel-safe.
         tokio::task::consume_budget().await;
         let batch = take(&mut self.queues).await?;
-        self.metrics.batch_frames.observe(batch.len() as f64);
-        let (ingress, replicas) = (&self.ingress, &self.replicas);
-        Some(self.metrics.cpu.time(|| check(ingress, replicas, &batch)))
+        Some(self.metrics.check(&self.ingress, &self.replicas, &batch))
     }
 }
 
