@@ -160,6 +160,19 @@ impl Probe {
         self
     }
 
+    /// Also read `name`'s `phase` from a counter in this process (the in-process
+    /// baseline's `verify`).
+    #[must_use]
+    pub fn with_local_phase(
+        mut self,
+        name: impl Into<String>,
+        phase: impl Into<String>,
+        counter: crate::loop_phases::LocalPhase,
+    ) -> Self {
+        self.phases = self.phases.with_local(name, phase, counter);
+        self
+    }
+
     /// Read every account in `/proc` now. Processes that cannot be read (exited)
     /// are left out. The replicas' phases are read apart ([`Probe::phases`]): an
     /// HTTP request each, which must not delay the window's ends.

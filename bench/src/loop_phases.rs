@@ -8,8 +8,15 @@
 //! ran elsewhere (the network's tasks, the persist and snapshot threads). A
 //! replica that cannot be read at either end, or whose counters went backwards
 //! (it restarted), is left out of the report rather than failing the run.
+//!
+//! The in-process baseline server has no `/metrics`: it counts its `verify`
+//! phase (decoding and checking the requests' signatures) in a [`LocalPhase`]
+//! the probe reads directly, so a run with `--baseline` says how much of the
+//! unreplicated server's CPU is signature checks and how much the rest.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The counter read, and the label that names its phase.
@@ -23,11 +30,56 @@ const MAX_BODY: u64 = 4 * 1024 * 1024;
 /// CPU seconds by phase, by replica, at one instant.
 pub type PhaseSample = BTreeMap<String, BTreeMap<String, f64>>;
 
+/// A phase counted in this process: CPU nanoseconds, added to by the thread
+/// that did the work, read by the probe.
+#[derive(Clone, Debug, Default)]
+pub struct LocalPhase(Arc<AtomicU64>);
+
+impl LocalPhase {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Run `work` (synchronous: it runs on this thread from start to end),
+    /// counting the CPU time this thread spent in it: the thread's own CPU clock,
+    /// as the replicas' `bft_loop_cpu_seconds_total` counts theirs.
+    pub fn time<R>(&self, work: impl FnOnce() -> R) -> R {
+        let start = thread_cpu();
+        let result = work();
+        self.add(thread_cpu().saturating_sub(start));
+        result
+    }
+
+    /// Count `cpu` more.
+    pub fn add(&self, cpu: Duration) {
+        let nanos = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Everything counted so far.
+    #[must_use]
+    pub fn seconds(&self) -> f64 {
+        self.0.load(Ordering::Relaxed) as f64 / 1e9
+    }
+}
+
+/// CPU time this thread has run so far.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
 /// The replicas whose loops are read, by the name the report gives them, and
-/// the base URL of each one's HTTP server (`http://HOST:PORT`).
+/// the base URL of each one's HTTP server (`http://HOST:PORT`); and phases
+/// counted in this process (by name and phase).
 #[derive(Clone, Debug, Default)]
 pub struct PhaseProbe {
     replicas: Vec<(String, String)>,
+    locals: Vec<(String, String, LocalPhase)>,
 }
 
 impl PhaseProbe {
@@ -43,15 +95,39 @@ impl PhaseProbe {
         self
     }
 
+    /// Read `name`'s `phase` from a counter in this process.
+    #[must_use]
+    pub fn with_local(
+        mut self,
+        name: impl Into<String>,
+        phase: impl Into<String>,
+        counter: LocalPhase,
+    ) -> Self {
+        self.locals.push((name.into(), phase.into(), counter));
+        self
+    }
+
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.replicas.is_empty()
+        self.replicas.is_empty() && self.locals.is_empty()
     }
 
     /// Every replica's phases now (blocking: one HTTP request each, all at once,
-    /// each within [`SCRAPE_TIMEOUT`]). Replicas that cannot be read are left out.
+    /// each within [`SCRAPE_TIMEOUT`]), and the local ones. Replicas that cannot
+    /// be read are left out.
     #[must_use]
     pub fn sample(&self) -> PhaseSample {
+        let mut sample = self.scrape_all();
+        for (name, phase, counter) in &self.locals {
+            sample
+                .entry(name.clone())
+                .or_default()
+                .insert(phase.clone(), counter.seconds());
+        }
+        sample
+    }
+
+    fn scrape_all(&self) -> PhaseSample {
         std::thread::scope(|scope| {
             let reads: Vec<_> = self
                 .replicas
@@ -173,5 +249,38 @@ bft_committed_requests_total 1000
             .port();
         let probe = PhaseProbe::new().with("replica0", format!("http://127.0.0.1:{port}"));
         assert!(probe.sample().is_empty());
+    }
+
+    #[test]
+    fn a_local_phase_is_read_with_the_others() {
+        let verify = LocalPhase::new();
+        let probe = PhaseProbe::new().with_local("baseline", "verify", verify.clone());
+        assert!(!probe.is_empty());
+        let start = probe.sample();
+        assert_eq!(start["baseline"]["verify"], 0.0);
+        verify.add(Duration::from_millis(3));
+        let us = per_request(&start, &probe.sample(), 100);
+        assert!((us["baseline"]["verify"] - 30.0).abs() < 1e-6, "{us:?}");
+    }
+
+    /// `time` counts the CPU its work ran, not the time it slept.
+    #[test]
+    fn a_local_phase_times_cpu_not_sleep() {
+        let phase = LocalPhase::new();
+        let started = std::time::Instant::now();
+        let out = phase.time(|| {
+            while started.elapsed() < Duration::from_millis(30) {
+                std::hint::black_box(0u64);
+            }
+            7
+        });
+        assert_eq!(out, 7);
+        let spun = phase.seconds();
+        assert!(
+            spun > 0.0 && spun <= started.elapsed().as_secs_f64() + 0.01,
+            "{spun}"
+        );
+        phase.time(|| std::thread::sleep(Duration::from_millis(50)));
+        assert!(phase.seconds() - spun < 0.01, "{}", phase.seconds());
     }
 }

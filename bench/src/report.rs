@@ -302,6 +302,39 @@ fn per_process(p: &PerRequest, digits: usize) -> String {
 
 pub const CSV_HEADER: &str = "target,replicas,rate,outstanding,clients,payload,throughput_rps,p50_ms,p90_ms,p99_ms,max_ms,sent,committed,errors,cpu_us_per_request";
 
+/// The replicated/unreplicated ratio if agreement itself cost nothing, from a
+/// baseline run alone: `replicas` replicas each costing what the baseline server
+/// spends on a request but its signature check, `checkers` of them checking it
+/// (the primary and the backups `request_checks` does not excuse), and a client
+/// costing what the baseline's does. With L the load generator's CPU per request,
+/// S the server's and V the server's `verify`:
+/// `(L + S) / (L + checkers·V + replicas·(S − V))`.
+///
+/// Why: it says how much of the gap to the unreplicated server is PBFT's own
+/// work (pre-prepares, votes, persistence, more replies) and how much is only
+/// that n replicas must each receive, execute and answer a request and n − f of
+/// them check its signature (issue 13's ratio target). It is an estimate, not a
+/// bound: a backup takes requests inside pre-prepares, not one frame each.
+/// `None` without the server's CPU, its `verify`, or the load generator's.
+#[must_use]
+pub fn ratio_at_baseline_costs(
+    baseline: &Summary,
+    replicas: usize,
+    checkers: usize,
+) -> Option<f64> {
+    let cpu = baseline.cpu_us_per_request.as_ref()?;
+    let loadgen = *cpu.processes.get(crate::cpu::LOADGEN)?;
+    let server = *cpu.processes.get("baseline")?;
+    // Two clocks (the thread's CPU clock, /proc's ticks): never more than all.
+    let verify = baseline
+        .loop_cpu_us_per_request
+        .get("baseline")?
+        .get("verify")?
+        .min(server);
+    let replicated = loadgen + checkers as f64 * verify + replicas as f64 * (server - verify);
+    (replicated > 0.0).then(|| (loadgen + server) / replicated)
+}
+
 /// Write `runs` as JSON: one object for a single run, an array for a sweep.
 ///
 /// # Errors
@@ -473,5 +506,44 @@ mod tests {
         let none = summary(100.0, 8, 1_000);
         assert!(!none.text().contains("loop cpu"));
         assert!(serde_json::to_value(&none).unwrap()["loop_cpu_us_per_request"].is_null());
+    }
+
+    #[test]
+    fn the_ratio_at_baseline_costs_counts_every_replica_and_the_checkers() {
+        let baseline = |verify: Option<f64>| {
+            let usage = crate::cpu::Usage {
+                cpu_us: PerRequest {
+                    machine: 60.0,
+                    processes: [
+                        ("baseline".to_string(), 30.0),
+                        ("loadgen".to_string(), 30.0),
+                    ]
+                    .into(),
+                },
+                switches: PerRequest::default(),
+                loop_cpu_us: verify
+                    .map(|v| {
+                        BTreeMap::from([(
+                            "baseline".to_string(),
+                            BTreeMap::from([("verify".to_string(), v)]),
+                        )])
+                    })
+                    .unwrap_or_default(),
+            };
+            summary_with_cpu(100.0, 8, 1_000, Some(usage))
+        };
+        // L = 30, S = 30, V = 20: 4 replicas at 10 each but the checks, 3 checks
+        // of 20: 60 / (30 + 60 + 40).
+        let r = ratio_at_baseline_costs(&baseline(Some(20.0)), 4, 3).unwrap();
+        assert!((r - 60.0 / 130.0).abs() < 1e-12, "{r}");
+        // One replica that checks everything is the baseline itself.
+        let one = ratio_at_baseline_costs(&baseline(Some(20.0)), 1, 1).unwrap();
+        assert!((one - 1.0).abs() < 1e-12, "{one}");
+        // A verify read above the server's whole figure counts as all of it.
+        let all = ratio_at_baseline_costs(&baseline(Some(45.0)), 4, 3).unwrap();
+        assert!((all - 60.0 / 120.0).abs() < 1e-12, "{all}");
+        // Without the server's verify there is nothing to say.
+        assert!(ratio_at_baseline_costs(&baseline(None), 4, 3).is_none());
+        assert!(ratio_at_baseline_costs(&summary(100.0, 8, 1_000), 4, 3).is_none());
     }
 }

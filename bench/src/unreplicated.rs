@@ -5,8 +5,15 @@
 //! the replies (one signature per batch taken from the network, as a replica signs
 //! once per executed batch). The replicated/unreplicated
 //! throughput ratio is then the cost of PBFT itself.
+//!
+//! It counts the CPU it spends decoding and checking requests
+//! ([`Unreplicated::verify_cpu`], the `verify` a replica's
+//! `bft_loop_cpu_seconds_total` counts): with it a `--baseline` run splits the
+//! server's cost into signature checks and the rest, which is what the ratio
+//! would be if agreement itself cost nothing (`crate::report::ratio_at_baseline_costs`).
 
 use crate::cpu::BASELINE_THREAD_PREFIX;
+use crate::loop_phases::LocalPhase;
 use bft_client::config::{self, ValidatorSet};
 use bft_consensus::messages::{Refusal, Reply, ReplyResult};
 use bft_consensus::reply::sign_replies;
@@ -35,6 +42,7 @@ pub struct Unreplicated {
     net: NetHandle,
     task: tokio::task::JoinHandle<()>,
     runtime: Option<tokio::runtime::Runtime>,
+    verify: LocalPhase,
 }
 
 impl Unreplicated {
@@ -76,14 +84,22 @@ impl Unreplicated {
             params: bft_consensus::ProtocolParams::default(),
         };
         let handle = net.handle.clone();
-        let task = tokio::spawn(serve(key, net.handle.clone(), net.inbound));
+        let verify = LocalPhase::new();
+        let task = tokio::spawn(serve(key, net.handle.clone(), net.inbound, verify.clone()));
         drop(entered);
         Ok(Self {
             validators,
             net: handle,
             task,
             runtime: Some(runtime),
+            verify,
         })
+    }
+
+    /// The CPU the server has spent decoding and checking requests.
+    #[must_use]
+    pub fn verify_cpu(&self) -> LocalPhase {
+        self.verify.clone()
     }
 }
 
@@ -98,7 +114,12 @@ impl Drop for Unreplicated {
     }
 }
 
-async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound>) {
+async fn serve(
+    key: KeyPair,
+    net: NetHandle,
+    mut inbound: mpsc::Receiver<Inbound>,
+    verify: LocalPhase,
+) {
     let validator = Validator::new(&ReplicaConfig::new(0, Membership::new(vec![key.public()])));
     let mut app = KvStore::new();
     // Each client's last timestamp and reply, re-sent on retransmission (as replicas do).
@@ -113,17 +134,20 @@ async fn serve(key: KeyPair, net: NetHandle, mut inbound: mpsc::Receiver<Inbound
         }
         // Replies go back over the connection the request came on: the client's own,
         // or the gateway's that hosts it (what a replica learns from a reply route).
-        let (senders, messages): (Vec<PeerId>, Vec<Message>) = frames
-            .iter()
-            .filter_map(|f| match bft_crypto::decode(&f.bytes, MAX_FRAME_BYTES) {
-                Ok(Frame::Pbft(m)) => Some((f.peer, m)),
-                _ => None, // reply routes: replies go back over the request's connection
-            })
-            .unzip();
+        let (senders, checked) = verify.time(|| {
+            let (senders, messages): (Vec<PeerId>, Vec<Message>) = frames
+                .iter()
+                .filter_map(|f| match bft_crypto::decode(&f.bytes, MAX_FRAME_BYTES) {
+                    Ok(Frame::Pbft(m)) => Some((f.peer, m)),
+                    _ => None, // reply routes: replies go back over the request's connection
+                })
+                .unzip();
+            (senders, validator.verify_many(messages))
+        });
         // Execute everything this batch holds, then sign its replies once, as a
         // replica signs the replies of one executed batch.
         let mut fresh: Vec<(PeerId, Reply)> = Vec::new();
-        for (peer, checked) in senders.into_iter().zip(validator.verify_many(messages)) {
+        for (peer, checked) in senders.into_iter().zip(checked) {
             let request = match checked {
                 Ok(VerifiedMessage::Request(request)) => request,
                 // A read-only request: answered from the state, nothing recorded.

@@ -219,6 +219,15 @@ fn the_binary_reports_json_csv_and_a_plot() {
     let stdout = succeeded(&out);
     assert_eq!(stdout.matches("SUMMARY").count(), 4, "{stdout}");
     assert!(stdout.contains("replicated / unreplicated"), "{stdout}");
+    // Beside each ratio, the ratio if agreement cost nothing: a share, at most all
+    // (n replicas each cost at least what is left of the server without checks).
+    let at_costs: Vec<f64> = stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("at the baseline's costs: "))
+        .map(|rest| rest.split('%').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(at_costs.len(), 2, "{stdout}");
+    assert!(at_costs.iter().all(|p| *p > 0.0 && *p <= 100.0), "{stdout}");
 
     let runs: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -313,7 +322,10 @@ fn the_binary_reports_json_csv_and_a_plot() {
                 assert!(by_phase.values().all(|v| v.as_f64().unwrap() > 0.0), "{r}");
             }
         } else {
-            assert!(phases.is_null(), "{r}");
+            // The baseline server's signature checks, from its threads' CPU clocks.
+            let baseline = phases.as_object().unwrap();
+            assert_eq!(baseline.keys().collect::<Vec<_>>(), ["baseline"], "{r}");
+            assert!(phases["baseline"]["verify"].as_f64().unwrap() > 0.0, "{r}");
         }
         // Open loop at 100-200 req/s with 8 clients is far from their capacity.
         assert!(r["client_capacity_rps"].as_f64().unwrap() > 200.0, "{r}");

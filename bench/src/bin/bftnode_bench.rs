@@ -10,6 +10,7 @@ use bft_bench::orphans::kill_orphans;
 use bft_bench::report::{self, Summary, Target};
 use bft_bench::{compare, plot, unreplicated::Unreplicated};
 use bft_client::config::{load_validators, ValidatorSet};
+use bft_consensus::{request_checks, Membership};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -190,8 +191,22 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         }
         return outcome;
     }
+    // How many replicas the testnet has, and how many of them check each
+    // request's signature (`request_checks`): the ratio at the baseline's costs.
+    let mut group = None;
     if !args.unreplicated {
         let net = Testnet::open(args)?;
+        let members = Membership::new(
+            net.validators
+                .validators
+                .iter()
+                .map(|v| v.public_key)
+                .collect(),
+        );
+        group = Some((
+            members.n(),
+            members.n() - request_checks::skippers(&members),
+        ));
         let result = run_replicated(&net, &loads, &mut summaries).await;
         drop(net);
         result?;
@@ -210,7 +225,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                     prefix: BASELINE_THREAD_PREFIX,
                     matching: true,
                 },
-            );
+            )
+            .with_local_phase("baseline", "verify", server.verify_cpu());
         run_all(&server.validators, &target, &loads, &probe, &mut summaries).await?;
     }
     if args.baseline {
@@ -222,6 +238,21 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 u.throughput_rps,
                 100.0 * r.throughput_rps / u.throughput_rps.max(1e-9)
             );
+            let at_costs = group.and_then(|(replicas, checkers)| {
+                Some((
+                    replicas,
+                    checkers,
+                    report::ratio_at_baseline_costs(u, replicas, checkers)?,
+                ))
+            });
+            if let Some((replicas, checkers, ratio)) = at_costs {
+                println!(
+                    "  at the baseline's costs: {:.1}% ({replicas} replicas each costing what the \
+                     server does but its signature checks, {checkers} of them checking each \
+                     request: the ratio if agreement cost nothing)",
+                    100.0 * ratio
+                );
+            }
         }
     }
     if let Some(path) = &args.json {
