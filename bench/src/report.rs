@@ -302,26 +302,33 @@ fn per_process(p: &PerRequest, digits: usize) -> String {
 
 pub const CSV_HEADER: &str = "target,replicas,rate,outstanding,clients,payload,throughput_rps,p50_ms,p90_ms,p99_ms,max_ms,sent,committed,errors,cpu_us_per_request";
 
-/// The replicated/unreplicated ratio if agreement itself cost nothing, from a
-/// baseline run alone: `replicas` replicas each costing what the baseline server
-/// spends on a request but its signature check, `checkers` of them checking it
-/// (the primary and the backups `request_checks` does not excuse), and a client
-/// costing what the baseline's does. With L the load generator's CPU per request,
-/// S the server's and V the server's `verify`:
-/// `(L + S) / (L + checkers·V + replicas·(S − V))`.
+/// Signature checks a request costs a group of `replicas` in which `checkers`
+/// check each ordered request (`request_checks::checkers`): a read-only request
+/// goes to every replica and each checks it, so with `--read-ratio` r the
+/// mean is `(1 − r)·checkers + r·replicas`.
+#[must_use]
+pub fn checks_per_request(run: &Summary, replicas: usize, checkers: usize) -> f64 {
+    let reads = run.config.load.read_ratio.clamp(0.0, 1.0);
+    (1.0 - reads) * checkers as f64 + reads * replicas as f64
+}
+
+/// The replicated/unreplicated ratio if agreement itself cost nothing, estimated
+/// from a baseline run alone: `replicas` replicas each costing what the baseline
+/// server spends on a request but its signature check, `checks` checks a request
+/// ([`checks_per_request`]), and a client costing what the baseline's does. With
+/// L the load generator's CPU per request, S the server's and V the server's
+/// `verify`: `(L + S) / (L + checks·V + replicas·(S − V))`.
 ///
 /// Why: it says how much of the gap to the unreplicated server is PBFT's own
 /// work (pre-prepares, votes, persistence, more replies) and how much is only
-/// that n replicas must each receive, execute and answer a request and n − f of
-/// them check its signature (issue 13's ratio target). It is an estimate, not a
-/// bound: a backup takes requests inside pre-prepares, not one frame each.
+/// that n replicas must each receive, execute and answer a request and as many
+/// of them check its signature as the skip rule requires (issue 13's ratio
+/// target). An estimate, not a bound: a backup takes requests inside
+/// pre-prepares, not one frame each, and checks them in bigger batches; and
+/// throughput follows CPU per request only while the machine is the limit.
 /// `None` without the server's CPU, its `verify`, or the load generator's.
 #[must_use]
-pub fn ratio_at_baseline_costs(
-    baseline: &Summary,
-    replicas: usize,
-    checkers: usize,
-) -> Option<f64> {
+pub fn ratio_at_baseline_costs(baseline: &Summary, replicas: usize, checks: f64) -> Option<f64> {
     let cpu = baseline.cpu_us_per_request.as_ref()?;
     let loadgen = *cpu.processes.get(crate::cpu::LOADGEN)?;
     let server = *cpu.processes.get("baseline")?;
@@ -331,7 +338,7 @@ pub fn ratio_at_baseline_costs(
         .get("baseline")?
         .get("verify")?
         .min(server);
-    let replicated = loadgen + checkers as f64 * verify + replicas as f64 * (server - verify);
+    let replicated = loadgen + checks * verify + replicas as f64 * (server - verify);
     (replicated > 0.0).then(|| (loadgen + server) / replicated)
 }
 
@@ -534,16 +541,27 @@ mod tests {
         };
         // L = 30, S = 30, V = 20: 4 replicas at 10 each but the checks, 3 checks
         // of 20: 60 / (30 + 60 + 40).
-        let r = ratio_at_baseline_costs(&baseline(Some(20.0)), 4, 3).unwrap();
+        let r = ratio_at_baseline_costs(&baseline(Some(20.0)), 4, 3.0).unwrap();
         assert!((r - 60.0 / 130.0).abs() < 1e-12, "{r}");
         // One replica that checks everything is the baseline itself.
-        let one = ratio_at_baseline_costs(&baseline(Some(20.0)), 1, 1).unwrap();
+        let one = ratio_at_baseline_costs(&baseline(Some(20.0)), 1, 1.0).unwrap();
         assert!((one - 1.0).abs() < 1e-12, "{one}");
         // A verify read above the server's whole figure counts as all of it.
-        let all = ratio_at_baseline_costs(&baseline(Some(45.0)), 4, 3).unwrap();
+        let all = ratio_at_baseline_costs(&baseline(Some(45.0)), 4, 3.0).unwrap();
         assert!((all - 60.0 / 120.0).abs() < 1e-12, "{all}");
         // Without the server's verify there is nothing to say.
-        assert!(ratio_at_baseline_costs(&baseline(None), 4, 3).is_none());
-        assert!(ratio_at_baseline_costs(&summary(100.0, 8, 1_000), 4, 3).is_none());
+        assert!(ratio_at_baseline_costs(&baseline(None), 4, 3.0).is_none());
+        assert!(ratio_at_baseline_costs(&summary(100.0, 8, 1_000), 4, 3.0).is_none());
+    }
+
+    #[test]
+    fn read_only_requests_are_checked_by_every_replica() {
+        let mut run = summary(100.0, 8, 1_000);
+        run.config.load.read_ratio = 0.0;
+        assert_eq!(checks_per_request(&run, 4, 3), 3.0);
+        run.config.load.read_ratio = 0.5;
+        assert_eq!(checks_per_request(&run, 4, 3), 3.5);
+        run.config.load.read_ratio = 1.0;
+        assert_eq!(checks_per_request(&run, 4, 3), 4.0);
     }
 }

@@ -219,15 +219,20 @@ fn the_binary_reports_json_csv_and_a_plot() {
     let stdout = succeeded(&out);
     assert_eq!(stdout.matches("SUMMARY").count(), 4, "{stdout}");
     assert!(stdout.contains("replicated / unreplicated"), "{stdout}");
-    // Beside each ratio, the ratio if agreement cost nothing: a share, at most all
-    // (n replicas each cost at least what is left of the server without checks).
+    // Beside each ratio, the ratio if agreement cost nothing, for 4 replicas of
+    // which 3 check each write and all 4 each read (half the requests here).
     let at_costs: Vec<f64> = stdout
         .lines()
         .filter_map(|l| l.trim().strip_prefix("at the baseline's costs: "))
+        .inspect(|rest| {
+            assert!(
+                rest.contains("(4 replicas") && rest.contains("3.50 checks a request"),
+                "{rest}"
+            );
+        })
         .map(|rest| rest.split('%').next().unwrap().parse().unwrap())
         .collect();
     assert_eq!(at_costs.len(), 2, "{stdout}");
-    assert!(at_costs.iter().all(|p| *p > 0.0 && *p <= 100.0), "{stdout}");
 
     let runs: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -334,6 +339,21 @@ fn the_binary_reports_json_csv_and_a_plot() {
     assert_eq!(runs[0]["config"]["kind"], "replicated");
     assert_eq!(runs[0]["config"]["replicas"], 4);
     assert_eq!(runs[3]["config"]["kind"], "unreplicated");
+    // Each printed figure is the unreplicated run's own, recomputed from its JSON:
+    // (L + S) / (L + 3.5 V + 4 (S - V)), V at most S.
+    for (printed, u) in at_costs.iter().zip(&runs[2..]) {
+        let cpu = |name: &str| u["cpu_us_per_request"]["processes"][name].as_f64().unwrap();
+        let (l, s) = (cpu("loadgen"), cpu("baseline"));
+        let v = u["loop_cpu_us_per_request"]["baseline"]["verify"]
+            .as_f64()
+            .unwrap()
+            .min(s);
+        let expected = 100.0 * (l + s) / (l + 3.5 * v + 4.0 * (s - v));
+        assert!(
+            (printed - expected).abs() < 0.051,
+            "{printed} against {expected} in {u}"
+        );
+    }
 
     let csv = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");

@@ -34,6 +34,14 @@ pub fn skippers(members: &Membership) -> usize {
     members.quorum() - members.weak_quorum()
 }
 
+/// How many replicas check each request of a batch: the primary and every
+/// backup that does not skip, `n - skippers` (n - f when n = 3f+1). The
+/// benchmark's ratio at the baseline's costs counts this many checks a request.
+#[must_use]
+pub fn checkers(members: &Membership) -> usize {
+    members.n() - skippers(members)
+}
+
 /// Whether replica `me` skips the client-signature checks of the pre-prepare for
 /// (`view`, `seq`), when `skippers` backups skip for each sequence number. The
 /// primary never skips.
@@ -78,6 +86,16 @@ mod tests {
         assert_eq!(who(0, 2), vec![2]);
         assert_eq!(who(0, 3), vec![1]);
         assert_eq!(who(1, 3), vec![2]);
+    }
+
+    #[test]
+    fn checkers_are_the_replicas_no_rule_excuses() {
+        // n = 3f+1: n - f.
+        assert_eq!(checkers(&members(4)), 3);
+        assert_eq!(checkers(&members(7)), 5);
+        // n = 5, f = 1: a quorum of 4, so two backups skip and three replicas check.
+        assert_eq!(checkers(&members(5)), 3);
+        assert_eq!(checkers(&members(1)), 1);
     }
 
     #[test]

@@ -203,10 +203,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 .map(|v| v.public_key)
                 .collect(),
         );
-        group = Some((
-            members.n(),
-            members.n() - request_checks::skippers(&members),
-        ));
+        group = Some((members.n(), request_checks::checkers(&members)));
         let result = run_replicated(&net, &loads, &mut summaries).await;
         drop(net);
         result?;
@@ -239,17 +236,18 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 100.0 * r.throughput_rps / u.throughput_rps.max(1e-9)
             );
             let at_costs = group.and_then(|(replicas, checkers)| {
+                let checks = report::checks_per_request(u, replicas, checkers);
                 Some((
                     replicas,
-                    checkers,
-                    report::ratio_at_baseline_costs(u, replicas, checkers)?,
+                    checks,
+                    report::ratio_at_baseline_costs(u, replicas, checks)?,
                 ))
             });
-            if let Some((replicas, checkers, ratio)) = at_costs {
+            if let Some((replicas, checks, ratio)) = at_costs {
                 println!(
                     "  at the baseline's costs: {:.1}% ({replicas} replicas each costing what the \
-                     server does but its signature checks, {checkers} of them checking each \
-                     request: the ratio if agreement cost nothing)",
+                     server spends but its signature checks, {checks:.2} checks a request: the \
+                     estimated ratio if agreement cost nothing)",
                     100.0 * ratio
                 );
             }
