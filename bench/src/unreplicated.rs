@@ -9,8 +9,9 @@
 //! It counts the CPU it spends decoding and checking requests
 //! ([`Unreplicated::verify_cpu`], the `verify` a replica's
 //! `bft_loop_cpu_seconds_total` counts): with it a `--baseline` run splits the
-//! server's cost into signature checks and the rest, which is what the ratio
-//! would be if agreement itself cost nothing (`crate::report::ratio_at_baseline_costs`).
+//! server's cost into signature checks and the rest, from which the benchmark
+//! estimates the ratio if agreement itself cost nothing
+//! (`crate::report::ratio_at_baseline_costs`).
 
 use crate::cpu::BASELINE_THREAD_PREFIX;
 use crate::loop_phases::LocalPhase;
