@@ -38,6 +38,10 @@ const TICKS_PER_SEC: f64 = 100.0;
 /// The name the load generator's CPU is reported under.
 pub const LOADGEN: &str = "loadgen";
 
+/// The name the in-process unreplicated server's CPU (and its `verify` phase) is
+/// reported under.
+pub const BASELINE: &str = "baseline";
+
 /// Threads of the benchmark's own process whose names start with this belong to
 /// the in-process unreplicated baseline, not to the load generator.
 pub const BASELINE_THREAD_PREFIX: &str = "baseline";

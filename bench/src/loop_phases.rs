@@ -27,6 +27,10 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes of a `/metrics` body read at most (a replica's is tens of kilobytes).
 const MAX_BODY: u64 = 4 * 1024 * 1024;
 
+/// The phase that checks frames (decoding, signatures): the replicas' label, and
+/// the one the in-process baseline counts.
+pub const VERIFY: &str = "verify";
+
 /// CPU seconds by phase, by replica, at one instant.
 pub type PhaseSample = BTreeMap<String, BTreeMap<String, f64>>;
 

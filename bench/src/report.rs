@@ -331,12 +331,12 @@ pub fn checks_per_request(run: &Summary, replicas: usize, checkers: usize) -> f6
 pub fn ratio_at_baseline_costs(baseline: &Summary, replicas: usize, checks: f64) -> Option<f64> {
     let cpu = baseline.cpu_us_per_request.as_ref()?;
     let loadgen = *cpu.processes.get(crate::cpu::LOADGEN)?;
-    let server = *cpu.processes.get("baseline")?;
+    let server = *cpu.processes.get(crate::cpu::BASELINE)?;
     // Two clocks (the thread's CPU clock, /proc's ticks): never more than all.
     let verify = baseline
         .loop_cpu_us_per_request
-        .get("baseline")?
-        .get("verify")?
+        .get(crate::cpu::BASELINE)?
+        .get(crate::loop_phases::VERIFY)?
         .min(server);
     let replicated = loadgen + checks * verify + replicas as f64 * (server - verify);
     (replicated > 0.0).then(|| (loadgen + server) / replicated)

@@ -4,7 +4,7 @@
 //! run and writes JSON, CSV and an SVG latency-versus-throughput plot.
 
 use anyhow::{bail, Context as _};
-use bft_bench::cpu::{Probe, Source, BASELINE_THREAD_PREFIX};
+use bft_bench::cpu::{Probe, Source, BASELINE, BASELINE_THREAD_PREFIX};
 use bft_bench::loadgen::{self, LoadConfig, Mode, WriteOp};
 use bft_bench::orphans::kill_orphans;
 use bft_bench::report::{self, Summary, Target};
@@ -217,13 +217,17 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         let probe = Probe::new()
             .with(bft_bench::cpu::LOADGEN, loadgen_threads())
             .with(
-                "baseline",
+                BASELINE,
                 Source::OwnThreads {
                     prefix: BASELINE_THREAD_PREFIX,
                     matching: true,
                 },
             )
-            .with_local_phase("baseline", "verify", server.verify_cpu());
+            .with_local_phase(
+                BASELINE,
+                bft_bench::loop_phases::VERIFY,
+                server.verify_cpu(),
+            );
         run_all(&server.validators, &target, &loads, &probe, &mut summaries).await?;
     }
     if args.baseline {
